@@ -1,0 +1,1 @@
+//! Everything operators declare, once: the topology and the event registry.
