@@ -1,19 +1,57 @@
 //! `spoolhouse`: the one binary, a thin command-line front over the crates.
 
+mod cmd_config;
+mod cmd_local;
+mod logging;
+
 use clap::{Parser, Subcommand};
 
 /// Spoolhouse: a multi-datacenter event pipeline.
+///
+/// Apps hand events to a collector on their own host; it appends them to a
+/// local spool; a shipper streams the spool into the datacenter's ClickHouse
+/// and keeps the latest keyed state in Redis; a query service reads both,
+/// across datacenters for global answers. Operators declare every
+/// datacenter (the topology file) and every event type (the registry) once.
 #[derive(Parser, Debug)]
-#[command(name = "spoolhouse", version, about, long_about = None)]
+#[command(name = "spoolhouse", version, about, long_about)]
 struct Cli {
+    #[command(flatten)]
+    log: logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Check the topology and registry, and render everything from them.
+    Config(cmd_config::ConfigArgs),
+    /// Run real ZooKeeper, ClickHouse and Redis servers for a topology on this machine.
+    Local(cmd_local::LocalArgs),
+    /// The main job: bring up two datacenters, write events into each, print a global report.
+    Demo(cmd_local::DemoArgs),
+}
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    logging::init(&cli.log);
+    let result = match cli.command {
+        Command::Config(a) => cmd_config::run(a),
+        Command::Local(a) => cmd_local::run(a),
+        Command::Demo(a) => cmd_local::demo(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed pipe (`spoolhouse … | head`) is the reader's choice, not an error.
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return std::process::ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

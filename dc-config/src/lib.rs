@@ -1,1 +1,15 @@
 //! Everything operators declare, once: the topology and the event registry.
+pub mod check;
+pub mod declared;
+pub mod error;
+pub mod event;
+pub mod local;
+pub mod locate;
+pub mod registry;
+pub mod render;
+pub mod row;
+pub mod services;
+pub mod sql;
+pub mod topology;
+
+pub use declared::Declared;

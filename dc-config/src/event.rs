@@ -1,0 +1,329 @@
+//! The event value type and its validation against the registry: the one
+//! place that decides whether an event is acceptable, used by the collector
+//! at the edge and by the shipper and query service downstream.
+//!
+//! Wire form, one JSON object per line:
+//! `{"event":"registration","time":1700000000123,"attrs":{"user_id":7,"gender":"male","country_id":47}}`
+//! where `time` is milliseconds since the Unix epoch.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::registry::{Field, FieldType, Registry};
+
+/// Earliest accepted event time: 2000-01-01T00:00:00Z, in ms.
+pub const MIN_TIME_MS: u64 = 946_684_800_000;
+/// Latest accepted event time: 2105-12-31T23:59:59.999Z, in ms; ClickHouse's
+/// `DateTime` (a u32 of seconds) ends early in 2106.
+pub const MAX_TIME_MS: u64 = 4_291_747_199_999;
+
+/// A typed attribute value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    /// An unsigned integer or a timestamp in ms.
+    UInt(u64),
+    /// A signed integer.
+    Int(i64),
+    /// A finite float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A string or enum value.
+    Str(String),
+}
+
+impl Value {
+    /// The canonical text stored in the `attr_values` column: integers in
+    /// decimal, floats in shortest round-trip form, booleans as `1`/`0` (so
+    /// ClickHouse's `toUInt8` reads them), strings as they are.
+    pub fn to_column_text(&self) -> String {
+        match self {
+            Value::UInt(v) => v.to_string(),
+            Value::Int(v) => v.to_string(),
+            Value::Float(v) => v.to_string(),
+            Value::Bool(b) => if *b { "1" } else { "0" }.to_string(),
+            Value::Str(s) => s.clone(),
+        }
+    }
+}
+
+/// An event as it arrives on the wire, before validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Event type name.
+    pub event: String,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Attributes as sent.
+    pub attrs: serde_json::Map<String, Json>,
+}
+
+/// An event that passed validation: attributes typed and in registry order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidEvent {
+    /// Event type name, known to the registry.
+    pub event: String,
+    /// Milliseconds since the Unix epoch, within [`MIN_TIME_MS`]..=[`MAX_TIME_MS`].
+    pub time_ms: u64,
+    /// Present attributes, in the order the registry declares the fields.
+    pub attrs: Vec<(String, Value)>,
+}
+
+impl ValidEvent {
+    /// The value of attribute `name`, if present.
+    pub fn attr(&self, name: &str) -> Option<&Value> {
+        self.attrs.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
+/// Which rule an event broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// The line is not valid JSON.
+    NotJson(String),
+    /// The value must be a JSON object.
+    NotObject,
+    /// A required key or field is absent.
+    Missing,
+    /// The event type is not in the registry.
+    UnknownEvent,
+    /// The key or attribute is not declared.
+    Unknown,
+    /// The value has the wrong JSON type.
+    WrongType {
+        /// What was expected, e.g. `u16`.
+        expected: String,
+    },
+    /// An integer outside its type's range.
+    OutOfRange {
+        /// Smallest allowed.
+        min: i128,
+        /// Largest allowed.
+        max: i128,
+    },
+    /// A string longer than the field's `max_len`.
+    TooLong {
+        /// The longest allowed, in bytes.
+        max_len: u32,
+    },
+    /// A value that is not one of the enum's values.
+    NotInEnum {
+        /// The allowed values.
+        allowed: Vec<String>,
+    },
+    /// NaN or infinity.
+    NotFinite,
+    /// The event time is outside the accepted range.
+    TimeOutOfRange,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rule::NotJson(e) => write!(f, "not valid JSON ({e})"),
+            Rule::NotObject => write!(f, "must be a JSON object"),
+            Rule::Missing => write!(f, "is required but missing"),
+            Rule::UnknownEvent => write!(f, "is not an event type in the registry"),
+            Rule::Unknown => write!(f, "is not declared for this event type"),
+            Rule::WrongType { expected } => write!(f, "must be {expected}"),
+            Rule::OutOfRange { min, max } => write!(f, "must be from {min} to {max}"),
+            Rule::TooLong { max_len } => write!(f, "is longer than its max_len of {max_len} bytes"),
+            Rule::NotInEnum { allowed } => write!(f, "must be one of: {}", allowed.join(", ")),
+            Rule::NotFinite => write!(f, "must be a finite number"),
+            Rule::TimeOutOfRange => write!(
+                f,
+                "must be milliseconds since the Unix epoch, from {MIN_TIME_MS} (2000-01-01) to {MAX_TIME_MS} (2105-12-31); a value near 1.7e9 is seconds, multiply by 1000"
+            ),
+        }
+    }
+}
+
+/// An event that broke a rule: which field (`event`, `time`, `attrs.NAME`) and which rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{rule}", if field.is_empty() { String::new() } else { format!("`{field}` ") })]
+pub struct ValidationError {
+    /// The offending key; empty for the line as a whole.
+    pub field: String,
+    /// The rule it broke.
+    pub rule: Rule,
+}
+
+impl ValidationError {
+    fn new(field: impl Into<String>, rule: Rule) -> Self {
+        Self {
+            field: field.into(),
+            rule,
+        }
+    }
+
+    /// A short stable code for the rule, fit for a metric label.
+    pub fn code(&self) -> &'static str {
+        match self.rule {
+            Rule::NotJson(_) => "not_json",
+            Rule::NotObject => "not_object",
+            Rule::Missing => "missing",
+            Rule::UnknownEvent => "unknown_event",
+            Rule::Unknown => "unknown_field",
+            Rule::WrongType { .. } => "wrong_type",
+            Rule::OutOfRange { .. } => "out_of_range",
+            Rule::TooLong { .. } => "too_long",
+            Rule::NotInEnum { .. } => "not_in_enum",
+            Rule::NotFinite => "not_finite",
+            Rule::TimeOutOfRange => "time_out_of_range",
+        }
+    }
+}
+
+impl Event {
+    /// Parses one wire line (without its newline).
+    pub fn parse_line(line: &[u8]) -> Result<Self, ValidationError> {
+        let v: Json = serde_json::from_slice(line)
+            .map_err(|e| ValidationError::new("", Rule::NotJson(e.to_string())))?;
+        Self::from_json(v)
+    }
+
+    /// Builds an event from a parsed JSON value.
+    pub fn from_json(v: Json) -> Result<Self, ValidationError> {
+        let Json::Object(mut obj) = v else {
+            return Err(ValidationError::new("", Rule::NotObject));
+        };
+        let event = match obj.remove("event") {
+            Some(Json::String(s)) => s,
+            Some(_) => {
+                return Err(ValidationError::new(
+                    "event",
+                    Rule::WrongType {
+                        expected: "a string".into(),
+                    },
+                ))
+            }
+            None => return Err(ValidationError::new("event", Rule::Missing)),
+        };
+        let time_ms = match obj.remove("time") {
+            Some(Json::Number(n)) => n.as_u64().ok_or_else(|| {
+                ValidationError::new(
+                    "time",
+                    Rule::WrongType {
+                        expected: "a whole number of milliseconds".into(),
+                    },
+                )
+            })?,
+            Some(_) => {
+                return Err(ValidationError::new(
+                    "time",
+                    Rule::WrongType {
+                        expected: "a whole number of milliseconds".into(),
+                    },
+                ))
+            }
+            None => return Err(ValidationError::new("time", Rule::Missing)),
+        };
+        let attrs = match obj.remove("attrs") {
+            Some(Json::Object(m)) => m,
+            Some(_) => return Err(ValidationError::new("attrs", Rule::NotObject)),
+            None => serde_json::Map::new(),
+        };
+        if let Some(k) = obj.keys().next() {
+            return Err(ValidationError::new(k.clone(), Rule::Unknown));
+        }
+        Ok(Self {
+            event,
+            time_ms,
+            attrs,
+        })
+    }
+}
+
+/// Checks `event` against `registry`; on success returns the typed event.
+pub fn validate(event: &Event, registry: &Registry) -> Result<ValidEvent, ValidationError> {
+    let ty = registry
+        .get(&event.event)
+        .ok_or_else(|| ValidationError::new("event", Rule::UnknownEvent))?;
+    if !(MIN_TIME_MS..=MAX_TIME_MS).contains(&event.time_ms) {
+        return Err(ValidationError::new("time", Rule::TimeOutOfRange));
+    }
+    if let Some(k) = event.attrs.keys().find(|k| !ty.fields.contains_key(*k)) {
+        return Err(ValidationError::new(format!("attrs.{k}"), Rule::Unknown));
+    }
+    let mut attrs = Vec::with_capacity(event.attrs.len());
+    for (name, field) in &ty.fields {
+        match event.attrs.get(name) {
+            None | Some(Json::Null) if field.required => {
+                return Err(ValidationError::new(format!("attrs.{name}"), Rule::Missing))
+            }
+            None | Some(Json::Null) => {}
+            Some(v) => {
+                let typed = typed_value(field, v)
+                    .map_err(|rule| ValidationError::new(format!("attrs.{name}"), rule))?;
+                attrs.push((name.clone(), typed));
+            }
+        }
+    }
+    Ok(ValidEvent {
+        event: event.event.clone(),
+        time_ms: event.time_ms,
+        attrs,
+    })
+}
+
+fn typed_value(field: &Field, v: &Json) -> Result<Value, Rule> {
+    let wrong = |expected: &str| Rule::WrongType {
+        expected: expected.to_string(),
+    };
+    match field.ty {
+        FieldType::Bool => v
+            .as_bool()
+            .map(Value::Bool)
+            .ok_or_else(|| wrong("true or false")),
+        FieldType::Float => {
+            let f = v.as_f64().ok_or_else(|| wrong("a number"))?;
+            if f.is_finite() {
+                Ok(Value::Float(f))
+            } else {
+                Err(Rule::NotFinite)
+            }
+        }
+        FieldType::String => {
+            let s = v.as_str().ok_or_else(|| wrong("a string"))?;
+            let max_len = field.string_max_len();
+            if s.len() > max_len as usize {
+                return Err(Rule::TooLong { max_len });
+            }
+            Ok(Value::Str(s.to_string()))
+        }
+        FieldType::Enum => {
+            let s = v.as_str().ok_or_else(|| wrong("a string"))?;
+            if field.values.iter().any(|a| a == s) {
+                Ok(Value::Str(s.to_string()))
+            } else {
+                Err(Rule::NotInEnum {
+                    allowed: field.values.clone(),
+                })
+            }
+        }
+        ty => {
+            let (min, max) = ty.int_range().expect("every other type is an integer");
+            let n = v
+                .as_number()
+                .ok_or_else(|| wrong(&format!("an integer ({})", ty.name())))?;
+            let i: i128 = if let Some(u) = n.as_u64() {
+                u.into()
+            } else if let Some(i) = n.as_i64() {
+                i.into()
+            } else {
+                return Err(wrong(&format!("an integer ({})", ty.name())));
+            };
+            if i < min || i > max {
+                return Err(Rule::OutOfRange { min, max });
+            }
+            Ok(if min < 0 {
+                Value::Int(i as i64)
+            } else {
+                Value::UInt(i as u64)
+            })
+        }
+    }
+}

@@ -1,0 +1,667 @@
+//! The local launcher: real ZooKeeper, ClickHouse and Redis servers for any
+//! topology, as child processes of this process, on free loopback ports, in
+//! a state directory of their own. The main job and every integration test
+//! use this one piece of code.
+//!
+//! ```no_run
+//! use dc_config::local::{LaunchOptions, LocalCluster};
+//! use dc_config::Declared;
+//! let declared = Declared::load("examples/two-dc.toml".as_ref(), "examples/events.toml".as_ref())?;
+//! let cluster = LocalCluster::start(&declared, LaunchOptions::default())?;
+//! let rows = cluster.clickhouse("dc1-s1-r1")?.query("SELECT count() FROM spoolhouse.events_all")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Start order follows the servers' own rules: ZooKeeper first (a ClickHouse
+//! with replicated tables exits when ZooKeeper is down), readiness by `srvr`
+//! reporting a mode (ZooKeeper answers `ruok` before it serves), Redis by
+//! `PING`, ClickHouse by `SELECT 1`; then the schema of each DC is applied on
+//! each of its servers. Nothing here installs anything or touches the
+//! packaged system services.
+
+pub mod probe;
+pub mod process;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::declared::Declared;
+use crate::error::ConfigErrors;
+use crate::render;
+use crate::topology::{RedisMode, Topology};
+use probe::{ClickHouseHttp, HttpError};
+use process::{Proc, Spec};
+
+/// Set by a binary's Ctrl-C handler; launcher waits give up when it is set.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Default time each server gets to become ready.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of one ClickHouse HTTP request made by the launcher.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Start attempts when a freshly chosen port was taken by someone else
+/// between choosing it and the server binding it.
+const PORT_RACE_ATTEMPTS: usize = 3;
+
+/// Jars ZooKeeper runs from, as Debian's `zookeeper` package installs them.
+const ZOOKEEPER_CLASSPATH: &[&str] = &[
+    "/usr/share/java/zookeeper.jar",
+    "/usr/share/java/zookeeper-jute.jar",
+    "/usr/share/java/slf4j-api.jar",
+    "/usr/share/java/slf4j-simple.jar",
+    "/usr/share/java/netty-handler.jar",
+    "/usr/share/java/netty-common.jar",
+    "/usr/share/java/netty-buffer.jar",
+    "/usr/share/java/netty-transport.jar",
+    "/usr/share/java/netty-codec.jar",
+    "/usr/share/java/netty-resolver.jar",
+    "/usr/share/java/netty-transport-native-epoll.jar",
+    "/usr/share/java/netty-transport-native-unix-common.jar",
+];
+
+/// The apt packages that provide every server the launcher runs.
+pub const APT_PACKAGES: &str = "clickhouse-server clickhouse-client zookeeper redis-server";
+
+/// Why a local cluster could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// A server program is not installed.
+    #[error("{what} not found (looked in {looked}); install it with `apt-get install -y {APT_PACKAGES}`")]
+    Missing {
+        /// The program or file.
+        what: String,
+        /// Where it was looked for.
+        looked: String,
+    },
+    /// A file or folder of the state directory could not be prepared.
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A server exited while starting.
+    #[error("{name} exited during start-up ({status}); last lines of {log}:\n{tail}")]
+    Exited {
+        /// The server.
+        name: String,
+        /// How it exited.
+        status: String,
+        /// Its log file.
+        log: PathBuf,
+        /// The end of its log.
+        tail: String,
+    },
+    /// A server did not become ready in time.
+    #[error("{name} did not become ready within {secs} s; last lines of {log}:\n{tail}")]
+    NotReady {
+        /// The server.
+        name: String,
+        /// The timeout.
+        secs: u64,
+        /// Its log file.
+        log: PathBuf,
+        /// The end of its log.
+        tail: String,
+    },
+    /// A setup command (e.g. `redis-cli --cluster create`) failed.
+    #[error("{command} failed: {output}")]
+    Setup {
+        /// The command.
+        command: String,
+        /// What it printed.
+        output: String,
+    },
+    /// ClickHouse refused a schema statement.
+    #[error("applying the schema on {server} failed: {source}")]
+    Schema {
+        /// The server.
+        server: String,
+        /// The error.
+        source: HttpError,
+    },
+    /// The topology with local ports and paths broke a rule: a launcher bug.
+    #[error("the localized topology is invalid (a launcher bug): {0}")]
+    Localize(ConfigErrors),
+    /// Ctrl-C arrived while waiting.
+    #[error("interrupted")]
+    Interrupted,
+    /// No server of that name.
+    #[error("no server called `{0}` in this local cluster")]
+    UnknownServer(String),
+}
+
+/// How to launch.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// Keep state here (and stop servers gracefully); `None`: a temporary
+    /// directory, removed when the cluster is dropped.
+    pub state_dir: Option<PathBuf>,
+    /// Time each server gets to become ready.
+    pub ready_timeout: Duration,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        Self {
+            state_dir: None,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+        }
+    }
+}
+
+/// The programs the launcher runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `clickhouse-server`.
+    pub clickhouse_server: PathBuf,
+    /// `java`, for ZooKeeper.
+    pub java: PathBuf,
+    /// ZooKeeper's class path.
+    pub zookeeper_classpath: String,
+    /// `redis-server`.
+    pub redis_server: PathBuf,
+    /// `redis-cli`, needed for Redis Cluster only.
+    pub redis_cli: Option<PathBuf>,
+}
+
+fn find_program(name: &str) -> Result<PathBuf, LaunchError> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from));
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| LaunchError::Missing {
+            what: name.to_string(),
+            looked: "PATH, /usr/sbin, /usr/bin".to_string(),
+        })
+}
+
+impl Binaries {
+    /// Finds every program, or says which package to install.
+    pub fn find() -> Result<Self, LaunchError> {
+        for jar in &ZOOKEEPER_CLASSPATH[..2] {
+            if !Path::new(jar).is_file() {
+                return Err(LaunchError::Missing {
+                    what: "ZooKeeper".to_string(),
+                    looked: jar.to_string(),
+                });
+            }
+        }
+        Ok(Self {
+            clickhouse_server: find_program("clickhouse-server")?,
+            java: find_program("java")?,
+            zookeeper_classpath: ZOOKEEPER_CLASSPATH
+                .iter()
+                .filter(|j| Path::new(j).is_file())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(":"),
+            redis_server: find_program("redis-server")?,
+            redis_cli: find_program("redis-cli").ok(),
+        })
+    }
+}
+
+/// What a member of the cluster is, and how to tell it serves.
+#[derive(Debug, Clone)]
+enum Kind {
+    ZooKeeper(SocketAddr),
+    Redis(SocketAddr),
+    ClickHouse(ClickHouseHttp),
+}
+
+#[derive(Debug)]
+struct Member {
+    proc: Proc,
+    kind: Kind,
+}
+
+impl Member {
+    fn ready(&self) -> bool {
+        match &self.kind {
+            Kind::ZooKeeper(a) => probe::zookeeper_serving(*a),
+            Kind::Redis(a) => probe::redis_ready(*a),
+            Kind::ClickHouse(c) => c.ready(),
+        }
+    }
+}
+
+/// A running set of servers for a topology; dropping it stops them all.
+#[derive(Debug)]
+pub struct LocalCluster {
+    declared: Declared,
+    members: Vec<Member>,
+    state_dir: PathBuf,
+    temp: Option<tempfile::TempDir>,
+    opts: LaunchOptions,
+    binaries: Binaries,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LaunchError + '_ {
+    move |source| LaunchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Ports that are free right now, distinct from each other: all are held
+/// open until every one is chosen.
+fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// `topology` with every server on a free loopback port and every path
+/// inside `state`.
+fn localize(topology: &Topology, state: &Path) -> std::io::Result<Topology> {
+    let mut t = topology.clone();
+    let per_dc: usize = t
+        .datacenter
+        .iter()
+        .map(|d| d.zookeeper.len() + d.redis.nodes.len() + 3 * d.replicas().count() + 4)
+        .sum();
+    let mut ports = free_ports(per_dc)?.into_iter();
+    let mut next = || ports.next().expect("counted above");
+    let lo = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    for dc in &mut t.datacenter {
+        let dir = state.join(&dc.name);
+        for (i, z) in dc.zookeeper.iter_mut().enumerate() {
+            z.host = "127.0.0.1".into();
+            z.port = next();
+            z.data_path = dir.join(format!("zk{}", i + 1));
+        }
+        for n in &mut dc.redis.nodes {
+            *n = lo(next());
+        }
+        for (s, shard) in dc.clickhouse.shard.iter_mut().enumerate() {
+            for (r, rep) in shard.replica.iter_mut().enumerate() {
+                rep.host = "127.0.0.1".into();
+                rep.tcp_port = next();
+                rep.http_port = next();
+                rep.interserver_port = next();
+                rep.data_path = dir.join(format!("ch-s{}-r{}", s + 1, r + 1));
+            }
+        }
+        dc.collector.tcp = lo(next());
+        dc.collector.admin = lo(next());
+        dc.shipper.admin = lo(next());
+        dc.query.listen = lo(next());
+        dc.collector.socket = dir.join("collector.sock");
+        dc.collector.inbox = dir.join("inbox");
+        dc.spool.dir = dir.join("spool");
+    }
+    Ok(t)
+}
+
+impl LocalCluster {
+    /// Starts every server of `declared`'s topology, waits until each
+    /// serves, and applies each DC's schema.
+    pub fn start(declared: &Declared, opts: LaunchOptions) -> Result<Self, LaunchError> {
+        let binaries = Binaries::find()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(declared, opts.clone(), binaries.clone()) {
+                Err(e) if attempt < PORT_RACE_ATTEMPTS && is_port_race(&e) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(
+        declared: &Declared,
+        opts: LaunchOptions,
+        binaries: Binaries,
+    ) -> Result<Self, LaunchError> {
+        let (state_dir, temp) = match &opts.state_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).map_err(io_err(d))?;
+                (d.canonicalize().map_err(io_err(d))?, None)
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("spoolhouse-local-")
+                    .tempdir()
+                    .map_err(io_err(Path::new("/tmp")))?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let topology = localize(&declared.topology, &state_dir).map_err(io_err(&state_dir))?;
+        let mut c = crate::check::Checker::default();
+        topology.check(&mut c);
+        if !c.is_clean() {
+            let errors = c.into_errors(Path::new("<localized topology>"), "");
+            return Err(LaunchError::Localize(ConfigErrors(errors)));
+        }
+        let declared = Declared {
+            topology,
+            ..declared.clone()
+        };
+        let files = render::render(&declared.topology, &declared.registry_text);
+        let rendered = state_dir.join("rendered");
+        render::write_all(&rendered, &files).map_err(io_err(&rendered))?;
+        let mut cluster = Self {
+            declared,
+            members: Vec::new(),
+            state_dir,
+            temp,
+            opts,
+            binaries,
+        };
+        cluster.spawn_all()?;
+        Ok(cluster)
+    }
+
+    fn spawn_all(&mut self) -> Result<(), LaunchError> {
+        let t = self.declared.topology.clone();
+        let rendered = self.state_dir.join("rendered");
+        let mut first_wave = Vec::new();
+        for dc in &t.datacenter {
+            for (i, z) in dc.zookeeper.iter().enumerate() {
+                std::fs::create_dir_all(&z.data_path).map_err(io_err(&z.data_path))?;
+                let myid = z.data_path.join("myid");
+                std::fs::write(&myid, format!("{}\n", i + 1)).map_err(io_err(&myid))?;
+                let name = render::zookeeper::node_name(dc, i);
+                let cfg = rendered.join("zookeeper").join(&name).join("zoo.cfg");
+                let spec = Spec {
+                    program: self.binaries.java.clone(),
+                    args: vec![
+                        "-Xms32m".into(),
+                        "-Xmx256m".into(),
+                        "-XX:+UseSerialGC".into(),
+                        "-XX:TieredStopAtLevel=1".into(),
+                        "-Dzookeeper.admin.enableServer=false".into(),
+                        "-cp".into(),
+                        self.binaries.zookeeper_classpath.clone(),
+                        "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
+                        cfg.display().to_string(),
+                    ],
+                    cwd: z.data_path.clone(),
+                    log: z.data_path.join("zookeeper.log"),
+                };
+                let addr = SocketAddr::from(([127, 0, 0, 1], z.port));
+                first_wave.push(self.spawn(name, spec, Kind::ZooKeeper(addr))?);
+            }
+            for (i, addr) in dc.redis.nodes.iter().enumerate() {
+                let name = format!("{}-redis{}", dc.name, i + 1);
+                let dir = self.state_dir.join(&dc.name).join(&name);
+                std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                let mut args = vec![
+                    "--port".to_string(),
+                    addr.port().to_string(),
+                    "--bind".into(),
+                    addr.ip().to_string(),
+                    "--save".into(),
+                    String::new(),
+                    "--appendonly".into(),
+                    "no".into(),
+                    "--dir".into(),
+                    dir.display().to_string(),
+                    "--daemonize".into(),
+                    "no".into(),
+                ];
+                if dc.redis.mode == RedisMode::Cluster {
+                    args.extend(
+                        [
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            "nodes.conf",
+                            "--cluster-node-timeout",
+                            "2000",
+                        ]
+                        .map(String::from),
+                    );
+                }
+                let spec = Spec {
+                    program: self.binaries.redis_server.clone(),
+                    args,
+                    cwd: dir.clone(),
+                    log: dir.join("redis.log"),
+                };
+                first_wave.push(self.spawn(name, spec, Kind::Redis(*addr))?);
+            }
+        }
+        self.wait_ready(&first_wave)?;
+        for dc in &t.datacenter {
+            if dc.redis.mode == RedisMode::Cluster {
+                self.create_redis_cluster(&dc.redis.nodes)?;
+            }
+        }
+        let mut second_wave = Vec::new();
+        for r in t.replicas() {
+            let dir = &r.replica.data_path;
+            for sub in ["", "log", "tmp", "user_files", "format_schemas"] {
+                let d = dir.join(sub);
+                std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+            }
+            let cfg_dir = rendered.join("clickhouse").join(r.name());
+            let spec = Spec {
+                program: self.binaries.clickhouse_server.clone(),
+                args: vec![format!(
+                    "--config-file={}",
+                    cfg_dir.join("config.xml").display()
+                )],
+                cwd: dir.clone(),
+                log: dir.join("log").join("stdout.log"),
+            };
+            let http = ClickHouseHttp::new(r.http_url(), HTTP_TIMEOUT);
+            second_wave.push(self.spawn(r.name(), spec, Kind::ClickHouse(http))?);
+        }
+        self.wait_ready(&second_wave)?;
+        for dc in &t.datacenter {
+            let statements = render::ddl::statements(&t, dc);
+            for r in dc.replicas() {
+                let ch = self.clickhouse(&r.name())?;
+                for s in &statements {
+                    ch.query(s).map_err(|source| LaunchError::Schema {
+                        server: r.name(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, name: String, spec: Spec, kind: Kind) -> Result<usize, LaunchError> {
+        let log = spec.log.clone();
+        let proc = Proc::spawn(name, spec).map_err(io_err(&log))?;
+        self.members.push(Member { proc, kind });
+        Ok(self.members.len() - 1)
+    }
+
+    /// Waits until every listed member serves, failing fast if one exits.
+    fn wait_ready(&mut self, idxs: &[usize]) -> Result<(), LaunchError> {
+        let deadline = Instant::now() + self.opts.ready_timeout;
+        let mut pending: Vec<usize> = idxs.to_vec();
+        while !pending.is_empty() {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                return Err(LaunchError::Interrupted);
+            }
+            let mut still = Vec::new();
+            for &i in &pending {
+                let m = &mut self.members[i];
+                if let Some(status) = m.proc.exited() {
+                    return Err(LaunchError::Exited {
+                        name: m.proc.name.clone(),
+                        status: status.to_string(),
+                        log: m.proc.spec.log.clone(),
+                        tail: m.proc.log_tail(20),
+                    });
+                }
+                if !m.ready() {
+                    still.push(i);
+                }
+            }
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let m = &self.members[pending[0]];
+                return Err(LaunchError::NotReady {
+                    name: m.proc.name.clone(),
+                    secs: self.opts.ready_timeout.as_secs(),
+                    log: m.proc.spec.log.clone(),
+                    tail: m.proc.log_tail(20),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn create_redis_cluster(&self, nodes: &[SocketAddr]) -> Result<(), LaunchError> {
+        let cli = self
+            .binaries
+            .redis_cli
+            .clone()
+            .ok_or(LaunchError::Missing {
+                what: "redis-cli (needed for Redis Cluster)".into(),
+                looked: "PATH, /usr/sbin, /usr/bin".into(),
+            })?;
+        let mut cmd = std::process::Command::new(&cli);
+        cmd.arg("--cluster").arg("create");
+        for n in nodes {
+            cmd.arg(n.to_string());
+        }
+        cmd.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        let command = format!("{cmd:?}");
+        let out = cmd.output().map_err(io_err(&cli))?;
+        if !out.status.success() {
+            return Err(LaunchError::Setup {
+                command,
+                output: String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            });
+        }
+        let deadline = Instant::now() + self.opts.ready_timeout;
+        for n in nodes {
+            while !probe::redis_command(*n, &["CLUSTER", "INFO"])
+                .is_ok_and(|r| r.contains("cluster_state:ok"))
+            {
+                if Instant::now() > deadline {
+                    return Err(LaunchError::Setup {
+                        command: format!("CLUSTER INFO on {n}"),
+                        output: "cluster_state never became ok".into(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// The topology as launched: real ports and paths.
+    pub fn topology(&self) -> &Topology {
+        &self.declared.topology
+    }
+
+    /// The declared files, with the launched topology.
+    pub fn declared(&self) -> &Declared {
+        &self.declared
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Names of every server, in start order (`dc1-zk1`, `dc1-redis1`, `dc1-s1-r1`, …).
+    pub fn servers(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.proc.name.clone()).collect()
+    }
+
+    /// Process ids of every running server.
+    pub fn pids(&mut self) -> Vec<u32> {
+        self.members
+            .iter_mut()
+            .filter_map(|m| if m.proc.running() { m.proc.pid() } else { None })
+            .collect()
+    }
+
+    fn member(&mut self, name: &str) -> Result<&mut Member, LaunchError> {
+        self.members
+            .iter_mut()
+            .find(|m| m.proc.name == name)
+            .ok_or_else(|| LaunchError::UnknownServer(name.to_string()))
+    }
+
+    /// An HTTP client for the ClickHouse server `name` (e.g. `dc1-s1-r1`).
+    pub fn clickhouse(&self, name: &str) -> Result<ClickHouseHttp, LaunchError> {
+        self.members
+            .iter()
+            .find_map(|m| match &m.kind {
+                Kind::ClickHouse(c) if m.proc.name == name => Some(c.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| LaunchError::UnknownServer(name.to_string()))
+    }
+
+    /// Stops server `name` gracefully (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop(&mut self, name: &str) -> Result<(), LaunchError> {
+        self.member(name)?.proc.stop();
+        Ok(())
+    }
+
+    /// Kills server `name` at once, as a crash would.
+    pub fn kill(&mut self, name: &str) -> Result<(), LaunchError> {
+        self.member(name)?.proc.kill();
+        Ok(())
+    }
+
+    /// Starts a stopped server `name` again and waits until it serves.
+    pub fn restart(&mut self, name: &str) -> Result<(), LaunchError> {
+        let i = self
+            .members
+            .iter()
+            .position(|m| m.proc.name == name)
+            .ok_or_else(|| LaunchError::UnknownServer(name.to_string()))?;
+        let m = &mut self.members[i];
+        if !m.proc.running() {
+            m.proc.kill();
+            let log = m.proc.spec.log.clone();
+            m.proc.start().map_err(io_err(&log))?;
+        }
+        self.wait_ready(&[i])
+    }
+
+    /// Stops every server: ClickHouse first, ZooKeeper last, so no server
+    /// loses a dependency while it shuts down. Gracefully for a kept state
+    /// directory; at once for a temporary one, which is deleted anyway.
+    pub fn shutdown(&mut self) {
+        let graceful = self.temp.is_none();
+        for m in self.members.iter_mut().rev() {
+            if graceful {
+                m.proc.stop();
+            } else {
+                m.proc.kill();
+            }
+        }
+        self.members.clear();
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn is_port_race(e: &LaunchError) -> bool {
+    match e {
+        LaunchError::Exited { tail, .. } | LaunchError::NotReady { tail, .. } => {
+            tail.contains("Address already in use") || tail.contains("BindException")
+        }
+        _ => false,
+    }
+}

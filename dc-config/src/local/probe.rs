@@ -1,0 +1,153 @@
+//! Plain readiness probes and a small blocking ClickHouse HTTP client: just
+//! enough for the launcher to know a server serves and to apply the schema.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// How long one probe may take; a probe is retried by the caller.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Sends `request` to `addr` and returns what the server sent before closing
+/// or going quiet (at most 64 KiB).
+fn exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)?;
+    s.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    s.set_write_timeout(Some(PROBE_TIMEOUT))?;
+    s.write_all(request)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while buf.len() < 64 * 1024 {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                // Redis answers one line and keeps the connection open.
+                if buf.ends_with(b"\r\n") && request.starts_with(b"*") {
+                    break;
+                }
+            }
+            Err(e) if buf.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// ZooKeeper serves (not merely answers `ruok`): `srvr` reports a mode.
+/// After a restart `ruok` says `imok` before the server serves; `srvr`
+/// only shows `Mode:` once it does.
+pub fn zookeeper_serving(addr: SocketAddr) -> bool {
+    exchange(addr, b"srvr").is_ok_and(|r| {
+        r.lines().any(|l| {
+            l.starts_with("Mode: standalone")
+                || l.starts_with("Mode: leader")
+                || l.starts_with("Mode: follower")
+        })
+    })
+}
+
+/// Sends one Redis command (given as its words) and returns the reply line.
+pub fn redis_command(addr: SocketAddr, words: &[&str]) -> std::io::Result<String> {
+    let mut req = format!("*{}\r\n", words.len());
+    for w in words {
+        req.push_str(&format!("${}\r\n{}\r\n", w.len(), w));
+    }
+    exchange(addr, req.as_bytes())
+}
+
+/// Redis answers `PING` with `PONG`.
+pub fn redis_ready(addr: SocketAddr) -> bool {
+    redis_command(addr, &["PING"]).is_ok_and(|r| r.starts_with("+PONG"))
+}
+
+/// A ClickHouse server's HTTP interface.
+#[derive(Debug, Clone)]
+pub struct ClickHouseHttp {
+    base_url: String,
+    agent: ureq::Agent,
+}
+
+/// A failed ClickHouse HTTP request.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The server could not be reached or the connection broke.
+    #[error("ClickHouse at {url} is unreachable: {reason}")]
+    Unreachable {
+        /// Base URL tried.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The server answered with an error.
+    #[error("ClickHouse at {url} refused the query (HTTP {status}): {body}")]
+    Refused {
+        /// Base URL tried.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// ClickHouse's error text.
+        body: String,
+    },
+}
+
+impl ClickHouseHttp {
+    /// A client for the server at `base_url` (`http://host:port`), with a
+    /// per-request timeout.
+    pub fn new(base_url: impl Into<String>, timeout: Duration) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .build()
+            .new_agent();
+        Self {
+            base_url: base_url.into(),
+            agent,
+        }
+    }
+
+    /// Base URL of the server.
+    pub fn url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Runs `sql` with `settings` (name, value) as URL parameters and returns
+    /// the response body.
+    pub fn query_with(&self, sql: &str, settings: &[(&str, &str)]) -> Result<String, HttpError> {
+        let mut req = self.agent.post(&self.base_url);
+        for (k, v) in settings {
+            req = req.query(*k, *v);
+        }
+        let unreachable = |e: ureq::Error| HttpError::Unreachable {
+            url: self.base_url.clone(),
+            reason: e.to_string(),
+        };
+        let resp = req.send(sql).map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .with_config()
+            .limit(256 * 1024 * 1024)
+            .read_to_string()
+            .map_err(unreachable)?;
+        if status == 200 {
+            Ok(body)
+        } else {
+            Err(HttpError::Refused {
+                url: self.base_url.clone(),
+                status,
+                body: body.trim().to_string(),
+            })
+        }
+    }
+
+    /// Runs `sql` and returns the response body.
+    pub fn query(&self, sql: &str) -> Result<String, HttpError> {
+        self.query_with(sql, &[])
+    }
+
+    /// True when the server answers `SELECT 1`.
+    pub fn ready(&self) -> bool {
+        self.query("SELECT 1").is_ok_and(|b| b.trim() == "1")
+    }
+}

@@ -1,0 +1,197 @@
+//! ClickHouse server configuration: `config.xml` (ports, paths, clusters,
+//! ZooKeeper, macros) and `users.xml` (a writer and a read-only user).
+
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use crate::topology::{ReplicaRef, Topology};
+
+/// User the shipper and the schema step connect as.
+pub const WRITER_USER: &str = "default";
+/// Read-only user of the query service (`readonly = 2`: it may still set
+/// per-query settings such as `skip_unavailable_shards`).
+pub const QUERY_USER: &str = "spoolhouse_query";
+
+/// Escapes text for an XML element body.
+pub fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// `config.xml` for one server.
+pub fn server_config(topology: &Topology, server: &ReplicaRef<'_>) -> String {
+    let r = server.replica;
+    let data = r.data_path.display().to_string();
+    let data = data.trim_end_matches('/');
+    let e = xml_escape;
+    let mut x = String::new();
+    let _ = write!(
+        x,
+        r#"<?xml version="1.0"?>
+<!-- Rendered by spoolhouse from the topology: server {name} of datacenter {dc}. -->
+<yandex>
+    <logger>
+        <level>information</level>
+        <log>{data}/log/clickhouse-server.log</log>
+        <errorlog>{data}/log/clickhouse-server.err.log</errorlog>
+        <size>100M</size>
+        <count>3</count>
+    </logger>
+    <listen_host>{host}</listen_host>
+    <http_port>{http}</http_port>
+    <tcp_port>{tcp}</tcp_port>
+    <interserver_http_port>{inter}</interserver_http_port>
+    <interserver_http_host>{host}</interserver_http_host>
+    <max_connections>1024</max_connections>
+    <keep_alive_timeout>3</keep_alive_timeout>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <uncompressed_cache_size>1073741824</uncompressed_cache_size>
+    <mark_cache_size>1073741824</mark_cache_size>
+    <path>{data}/</path>
+    <tmp_path>{data}/tmp/</tmp_path>
+    <user_files_path>{data}/user_files/</user_files_path>
+    <format_schema_path>{data}/format_schemas/</format_schema_path>
+    <users_config>users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
+    <max_session_timeout>3600</max_session_timeout>
+    <default_session_timeout>60</default_session_timeout>
+    <distributed_ddl><path>/clickhouse/{dcname}/task_queue/ddl</path></distributed_ddl>
+    <remote_servers>
+"#,
+        name = e(&server.name()),
+        dc = e(&server.dc.name),
+        dcname = e(&server.dc.name),
+        host = e(&r.host),
+        http = r.http_port,
+        tcp = r.tcp_port,
+        inter = r.interserver_port,
+        data = e(data),
+    );
+    for dc in &topology.datacenter {
+        cluster_xml(
+            &mut x,
+            &dc.name,
+            dc.replicas().collect::<Vec<_>>().as_slice(),
+        );
+    }
+    let every: Vec<_> = topology.replicas().collect();
+    cluster_xml(&mut x, &topology.global_cluster, &every);
+    x.push_str("    </remote_servers>\n    <zookeeper>\n");
+    for (i, z) in server.dc.zookeeper.iter().enumerate() {
+        let _ = writeln!(
+            x,
+            "        <node index=\"{}\"><host>{}</host><port>{}</port></node>",
+            i + 1,
+            e(&z.host),
+            z.port
+        );
+    }
+    let _ = write!(
+        x,
+        "        <session_timeout_ms>30000</session_timeout_ms>\n    </zookeeper>\n    <macros>\n        <dc>{}</dc>\n        <shard>{}</shard>\n        <replica>{}</replica>\n    </macros>\n</yandex>\n",
+        e(&server.dc.name),
+        server.shard,
+        e(&server.name()),
+    );
+    x
+}
+
+/// One `<cluster>` of `remote_servers`: the given servers grouped by shard.
+fn cluster_xml(x: &mut String, name: &str, servers: &[ReplicaRef<'_>]) {
+    let _ = writeln!(x, "        <{name}>");
+    let mut i = 0;
+    while i < servers.len() {
+        let (dc, shard) = (&servers[i].dc.name, servers[i].shard);
+        let weight = servers[i].dc.clickhouse.shard[shard - 1].weight;
+        let _ = writeln!(
+            x,
+            "            <shard>\n                <weight>{weight}</weight>\n                <internal_replication>true</internal_replication>"
+        );
+        while i < servers.len() && &servers[i].dc.name == dc && servers[i].shard == shard {
+            let r = servers[i].replica;
+            let _ = writeln!(
+                x,
+                "                <replica><host>{}</host><port>{}</port></replica>",
+                xml_escape(&r.host),
+                r.tcp_port
+            );
+            i += 1;
+        }
+        x.push_str("            </shard>\n");
+    }
+    let _ = writeln!(x, "        </{name}>");
+}
+
+/// `users.xml`, the same on every server: the writer and the query user may
+/// connect from loopback and from the servers of the topology only.
+pub fn users_config(topology: &Topology) -> String {
+    let mut networks = String::from("<ip>::1</ip><ip>127.0.0.1</ip>");
+    let mut seen = std::collections::BTreeSet::new();
+    for r in topology.replicas() {
+        let h = &r.replica.host;
+        if !seen.insert(h.clone()) || h == "127.0.0.1" || h == "::1" {
+            continue;
+        }
+        if h.parse::<IpAddr>().is_ok() {
+            let _ = write!(networks, "<ip>{}</ip>", xml_escape(h));
+        } else {
+            let _ = write!(networks, "<host>{}</host>", xml_escape(h));
+        }
+    }
+    format!(
+        r#"<?xml version="1.0"?>
+<!-- Rendered by spoolhouse from the topology. -->
+<yandex>
+    <profiles>
+        <default>
+            <max_memory_usage>10000000000</max_memory_usage>
+            <use_uncompressed_cache>0</use_uncompressed_cache>
+            <load_balancing>in_order</load_balancing>
+            <connect_timeout_with_failover_ms>250</connect_timeout_with_failover_ms>
+        </default>
+        <readonly>
+            <readonly>2</readonly>
+            <max_execution_time>30</max_execution_time>
+            <max_memory_usage>4000000000</max_memory_usage>
+            <load_balancing>in_order</load_balancing>
+            <connect_timeout_with_failover_ms>250</connect_timeout_with_failover_ms>
+        </readonly>
+    </profiles>
+    <users>
+        <{WRITER_USER}>
+            <password></password>
+            <networks>{networks}</networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </{WRITER_USER}>
+        <{QUERY_USER}>
+            <password></password>
+            <networks>{networks}</networks>
+            <profile>readonly</profile>
+            <quota>default</quota>
+            <allow_databases><database>{db}</database></allow_databases>
+        </{QUERY_USER}>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+"#,
+        db = xml_escape(&topology.database),
+    )
+}

@@ -1,0 +1,83 @@
+//! The Ansible inventory: one group per role per datacenter, and a group per
+//! datacenter holding them, with every port and path as host variables.
+
+use std::fmt::Write;
+
+use crate::topology::Topology;
+
+/// `inventory.ini` for `topology`.
+pub fn inventory(topology: &Topology) -> String {
+    let mut s = String::from(
+        "# Rendered by `spoolhouse config render` from the topology.\n\
+         # Groups: <dc>_zookeeper, <dc>_clickhouse, <dc>_redis, <dc>_spoolhouse; <dc> holds all four.\n\n",
+    );
+    for dc in &topology.datacenter {
+        let d = &dc.name;
+        let _ = writeln!(s, "[{d}_zookeeper]");
+        for (i, z) in dc.zookeeper.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{d}-zk{} ansible_host={} zk_id={} zk_port={} zk_data_path={}",
+                i + 1,
+                z.host,
+                i + 1,
+                z.port,
+                z.data_path.display()
+            );
+        }
+        let _ = writeln!(s, "\n[{d}_clickhouse]");
+        for r in dc.replicas() {
+            let _ = writeln!(
+                s,
+                "{} ansible_host={} ch_shard={} ch_replica={} ch_tcp_port={} ch_http_port={} ch_interserver_port={} ch_data_path={}",
+                r.name(),
+                r.replica.host,
+                r.shard,
+                r.replica_no,
+                r.replica.tcp_port,
+                r.replica.http_port,
+                r.replica.interserver_port,
+                r.replica.data_path.display()
+            );
+        }
+        let _ = writeln!(s, "\n[{d}_redis]");
+        for (i, n) in dc.redis.nodes.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{d}-redis{} ansible_host={} redis_port={} redis_mode={}",
+                i + 1,
+                n.ip(),
+                n.port(),
+                match dc.redis.mode {
+                    crate::topology::RedisMode::Single => "single",
+                    crate::topology::RedisMode::Cluster => "cluster",
+                }
+            );
+        }
+        let _ = writeln!(s, "\n[{d}_spoolhouse]");
+        let _ = writeln!(
+            s,
+            "{} ansible_host={} spool_dir={} spool_quota_bytes={} collector_tcp={} collector_socket={} collector_inbox={} collector_admin={} shipper_admin={} query_listen={}",
+            dc.host,
+            dc.collector.tcp.ip(),
+            dc.spool.dir.display(),
+            dc.spool.quota_bytes,
+            dc.collector.tcp,
+            dc.collector.socket.display(),
+            dc.collector.inbox.display(),
+            dc.collector.admin,
+            dc.shipper.admin,
+            dc.query.listen
+        );
+        let _ = writeln!(
+            s,
+            "\n[{d}:children]\n{d}_zookeeper\n{d}_clickhouse\n{d}_redis\n{d}_spoolhouse\n\n[{d}:vars]\ndc={d}\n"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "[all:vars]\nspoolhouse_database={}\nspoolhouse_global_cluster={}",
+        topology.database, topology.global_cluster
+    );
+    s
+}

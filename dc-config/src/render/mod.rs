@@ -1,0 +1,114 @@
+//! Everything rendered from the declared files, all from one checked model:
+//! ClickHouse and ZooKeeper configs, the schema, service configs and the
+//! Ansible inventory.
+
+pub mod clickhouse;
+pub mod ddl;
+pub mod inventory;
+pub mod zookeeper;
+
+use std::path::{Path, PathBuf};
+
+use crate::services::{CollectorConfig, QueryConfig, ShipperConfig, REGISTRY_FILE};
+use crate::topology::Topology;
+
+/// One rendered file: where it goes (relative to the output folder) and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedFile {
+    /// Path relative to the output folder.
+    pub path: PathBuf,
+    /// Contents.
+    pub text: String,
+}
+
+fn file(path: impl Into<PathBuf>, text: String) -> RenderedFile {
+    RenderedFile {
+        path: path.into(),
+        text,
+    }
+}
+
+fn to_toml<T: serde::Serialize>(header: &str, v: &T) -> String {
+    let body = toml::to_string_pretty(v).expect("service configs are plain structs of TOML types");
+    format!("# {header}\n# Rendered by `spoolhouse config render`; edit the topology, not this file.\n\n{body}")
+}
+
+/// Every file for `topology` and `registry`, in a stable order:
+///
+/// ```text
+/// clickhouse/<replica>/config.xml, users.xml   one folder per server
+/// zookeeper/<dc>-zk<n>/zoo.cfg                 one folder per ZooKeeper node
+/// ddl/<dc>.sql                                 the schema of each DC
+/// services/<dc>/{collector,shipper,query}.toml, events.toml
+/// ansible/inventory.ini
+/// ```
+pub fn render(topology: &Topology, registry_text: &str) -> Vec<RenderedFile> {
+    let mut out = Vec::new();
+    let users = clickhouse::users_config(topology);
+    for r in topology.replicas() {
+        let dir = Path::new("clickhouse").join(r.name());
+        out.push(file(
+            dir.join("config.xml"),
+            clickhouse::server_config(topology, &r),
+        ));
+        out.push(file(dir.join("users.xml"), users.clone()));
+    }
+    for dc in &topology.datacenter {
+        for (i, _) in dc.zookeeper.iter().enumerate() {
+            out.push(file(
+                Path::new("zookeeper")
+                    .join(zookeeper::node_name(dc, i))
+                    .join("zoo.cfg"),
+                zookeeper::zoo_cfg(dc, i),
+            ));
+        }
+    }
+    for dc in &topology.datacenter {
+        out.push(file(
+            Path::new("ddl").join(format!("{}.sql", dc.name)),
+            ddl::script(topology, dc),
+        ));
+    }
+    for dc in &topology.datacenter {
+        let dir = Path::new("services").join(&dc.name);
+        out.push(file(
+            dir.join("collector.toml"),
+            to_toml(
+                &format!("Collector of datacenter {}.", dc.name),
+                &CollectorConfig::for_dc(dc),
+            ),
+        ));
+        out.push(file(
+            dir.join("shipper.toml"),
+            to_toml(
+                &format!("Shipper of datacenter {}.", dc.name),
+                &ShipperConfig::for_dc(topology, dc),
+            ),
+        ));
+        out.push(file(
+            dir.join("query.toml"),
+            to_toml(
+                &format!("Query service of datacenter {}.", dc.name),
+                &QueryConfig::for_dc(topology, dc),
+            ),
+        ));
+        out.push(file(dir.join(REGISTRY_FILE), registry_text.to_string()));
+    }
+    out.push(file(
+        "ansible/inventory.ini",
+        inventory::inventory(topology),
+    ));
+    out
+}
+
+/// Writes `files` under `dir`, creating folders; an existing file is replaced.
+pub fn write_all(dir: &Path, files: &[RenderedFile]) -> std::io::Result<()> {
+    for f in files {
+        let path = dir.join(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, &f.text)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,508 @@
+//! The topology file: datacenters, their ClickHouse shards × replicas,
+//! ZooKeeper, Redis, and where the Spoolhouse services listen.
+//!
+//! ```toml
+//! database = "spoolhouse"       # default
+//! global_cluster = "global"     # default: the cluster over every DC
+//!
+//! [[datacenter]]
+//! name = "dc1"
+//! host = "dc1-app1"             # recorded in each event's `host` column
+//! zookeeper = [{ host = "127.0.0.1", port = 2181, data_path = "/var/lib/spoolhouse/dc1/zk1" }]
+//! redis = { mode = "single", nodes = ["127.0.0.1:6379"] }
+//! collector = { tcp = "127.0.0.1:7101", socket = "/run/spoolhouse/dc1.sock", inbox = "/var/lib/spoolhouse/dc1/inbox", admin = "127.0.0.1:7102" }
+//! spool = { dir = "/var/lib/spoolhouse/dc1/spool", quota_bytes = 10737418240 }
+//! shipper = { admin = "127.0.0.1:7103" }
+//! query = { listen = "127.0.0.1:7104" }
+//! [[datacenter.clickhouse.shard]]
+//! weight = 1
+//! replica = [{ host = "127.0.0.1", tcp_port = 9000, http_port = 8123, interserver_port = 9009, data_path = "/var/lib/spoolhouse/dc1/ch-s1-r1" }]
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::check::{self, Checker, IDENTIFIER_RULE};
+use crate::error::{ConfigErrors, LoadError};
+use crate::locate::KeyPath;
+
+/// Default ClickHouse database holding every Spoolhouse table.
+pub const DEFAULT_DATABASE: &str = "spoolhouse";
+/// Default name of the ClickHouse cluster spanning every datacenter.
+pub const DEFAULT_GLOBAL_CLUSTER: &str = "global";
+/// Default Unix socket mode: owner and group may write, others may not.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// The smallest spool quota accepted: below this a single maximal batch
+/// could not fit, and the collector would refuse everything.
+pub const MIN_SPOOL_QUOTA_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A checked topology: every rule in this module holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// ClickHouse database for all Spoolhouse tables.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Name of the ClickHouse cluster over every datacenter.
+    #[serde(default = "default_global_cluster")]
+    pub global_cluster: String,
+    /// The datacenters, in declaration order.
+    pub datacenter: Vec<Datacenter>,
+}
+
+/// One datacenter: its own ClickHouse cluster, ZooKeeper, Redis and services.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Datacenter {
+    /// Datacenter name; also its ClickHouse cluster name and `{dc}` macro.
+    pub name: String,
+    /// Name of the app host running this DC's collector and shipper.
+    pub host: String,
+    /// ZooKeeper ensemble used by this DC's replicated tables.
+    pub zookeeper: Vec<ZkNode>,
+    /// This DC's ClickHouse cluster.
+    pub clickhouse: ClickHouse,
+    /// This DC's Redis, for the latest keyed state.
+    pub redis: Redis,
+    /// Where the collector listens.
+    pub collector: Collector,
+    /// The local spool.
+    pub spool: Spool,
+    /// Where the shipper serves its admin endpoints.
+    pub shipper: Shipper,
+    /// Where the query service listens.
+    pub query: Query,
+}
+
+/// One ZooKeeper server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZkNode {
+    /// Host name or IP address.
+    pub host: String,
+    /// Client port.
+    pub port: u16,
+    /// Data directory (snapshots and transaction log).
+    pub data_path: PathBuf,
+}
+
+/// A DC's ClickHouse cluster: shards, each with replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouse {
+    /// Shards, in order; shard numbers are 1-based positions here.
+    pub shard: Vec<Shard>,
+}
+
+/// One shard of a DC's cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    /// Relative share of inserts and of Distributed writes (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Replicas holding the same data.
+    pub replica: Vec<Replica>,
+}
+
+/// One ClickHouse server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    /// Host name or IP address the server listens on.
+    pub host: String,
+    /// Native protocol port (Distributed queries, clickhouse-client).
+    pub tcp_port: u16,
+    /// HTTP port (inserts and queries from Spoolhouse).
+    pub http_port: u16,
+    /// Replication port (replicas fetch parts from each other).
+    pub interserver_port: u16,
+    /// Data directory of this server.
+    pub data_path: PathBuf,
+}
+
+/// How a DC's Redis is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server.
+    Single,
+    /// Redis Cluster: keys spread over masters by hash slot.
+    Cluster,
+}
+
+/// A DC's Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    /// Single node or cluster.
+    pub mode: RedisMode,
+    /// `host:port` of each node (one for `single`, the masters for `cluster`).
+    pub nodes: Vec<SocketAddr>,
+}
+
+/// Where the collector listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Collector {
+    /// Loopback TCP listener for JSON lines.
+    pub tcp: SocketAddr,
+    /// Unix socket for JSON lines.
+    pub socket: PathBuf,
+    /// Mode of the Unix socket file (default 0o660).
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: u32,
+    /// LSD-style inbox directory apps append lines to.
+    pub inbox: PathBuf,
+    /// Admin HTTP (`/metrics`, `/healthz`).
+    pub admin: SocketAddr,
+}
+
+/// The local spool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spool {
+    /// Directory of segment files.
+    pub dir: PathBuf,
+    /// Total bytes the spool may hold before the collector pushes back.
+    pub quota_bytes: u64,
+}
+
+/// Where the shipper serves its admin endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shipper {
+    /// Admin HTTP (`/metrics`, `/healthz`).
+    pub admin: SocketAddr,
+}
+
+/// Where the query service listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Query {
+    /// HTTP API, `/metrics` and `/healthz`.
+    pub listen: SocketAddr,
+}
+
+fn default_database() -> String {
+    DEFAULT_DATABASE.to_string()
+}
+fn default_global_cluster() -> String {
+    DEFAULT_GLOBAL_CLUSTER.to_string()
+}
+fn default_socket_mode() -> u32 {
+    DEFAULT_SOCKET_MODE
+}
+fn one() -> u32 {
+    1
+}
+
+/// A ClickHouse server with its place in the topology.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaRef<'a> {
+    /// The datacenter.
+    pub dc: &'a Datacenter,
+    /// 1-based shard number within the DC.
+    pub shard: usize,
+    /// 1-based replica number within the shard.
+    pub replica_no: usize,
+    /// The server.
+    pub replica: &'a Replica,
+}
+
+impl ReplicaRef<'_> {
+    /// Stable replica name, e.g. `dc1-s2-r1`: the `{replica}` macro.
+    pub fn name(&self) -> String {
+        format!("{}-s{}-r{}", self.dc.name, self.shard, self.replica_no)
+    }
+
+    /// Base URL of the server's HTTP interface.
+    pub fn http_url(&self) -> String {
+        format!("http://{}:{}", self.replica.host, self.replica.http_port)
+    }
+}
+
+impl Datacenter {
+    /// Every ClickHouse server of this DC, in shard then replica order.
+    pub fn replicas(&self) -> impl Iterator<Item = ReplicaRef<'_>> {
+        self.clickhouse
+            .shard
+            .iter()
+            .enumerate()
+            .flat_map(move |(s, shard)| {
+                shard
+                    .replica
+                    .iter()
+                    .enumerate()
+                    .map(move |(r, replica)| ReplicaRef {
+                        dc: self,
+                        shard: s + 1,
+                        replica_no: r + 1,
+                        replica,
+                    })
+            })
+    }
+}
+
+impl Topology {
+    /// Reads and checks a topology file.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let src = check::read(path)?;
+        Ok(Self::parse(path, &src)?)
+    }
+
+    /// Parses and checks the text of a topology file named `file`.
+    pub fn parse(file: &Path, src: &str) -> Result<Self, ConfigErrors> {
+        let t: Topology = check::parse_toml(file, src)?;
+        let mut c = Checker::default();
+        t.check(&mut c);
+        if c.is_clean() {
+            Ok(t)
+        } else {
+            Err(ConfigErrors(c.into_errors(file, src)))
+        }
+    }
+
+    /// The datacenter called `name`.
+    pub fn dc(&self, name: &str) -> Option<&Datacenter> {
+        self.datacenter.iter().find(|d| d.name == name)
+    }
+
+    /// Every ClickHouse server of every DC.
+    pub fn replicas(&self) -> impl Iterator<Item = ReplicaRef<'_>> {
+        self.datacenter.iter().flat_map(|d| d.replicas())
+    }
+
+    /// Applies every rule to an already parsed topology.
+    pub fn check(&self, c: &mut Checker) {
+        let root = KeyPath::root();
+        c.require(
+            check::is_identifier(&self.database),
+            &root.key("database"),
+            IDENTIFIER_RULE,
+        );
+        c.require(
+            check::is_identifier(&self.global_cluster),
+            &root.key("global_cluster"),
+            IDENTIFIER_RULE,
+        );
+        c.require(
+            !self.datacenter.is_empty(),
+            &root.key("datacenter"),
+            "declare at least one [[datacenter]]",
+        );
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        // Every listening (host, port) and socket path must be unique across
+        // the whole topology: two services on one port fail only at start-up.
+        let mut ports: HashMap<(String, u16), KeyPath> = HashMap::new();
+        let mut claim = |c: &mut Checker, host: &str, port: u16, path: KeyPath| {
+            if port == 0 {
+                c.fail(
+                    &path,
+                    "port 0 is not a fixed port; choose one from 1 to 65535",
+                );
+                return;
+            }
+            let host = normalise_host(host);
+            if let Some(first) = ports.get(&(host.clone(), port)) {
+                c.fail(
+                    &path,
+                    format!("duplicate port: {host}:{port} is already used by `{first}`"),
+                );
+            } else {
+                ports.insert((host, port), path);
+            }
+        };
+        for (i, dc) in self.datacenter.iter().enumerate() {
+            let at = root.key("datacenter").index(i);
+            if !check::is_identifier(&dc.name) {
+                c.fail(&at.key("name"), IDENTIFIER_RULE);
+            }
+            if dc.name == self.global_cluster {
+                c.fail(
+                    &at.key("name"),
+                    format!(
+                        "`{}` is the global cluster's name; rename the DC or set `global_cluster`",
+                        dc.name
+                    ),
+                );
+            }
+            if let Some(first) = names.insert(&dc.name, i) {
+                c.fail(
+                    &at.key("name"),
+                    format!("duplicate datacenter name: also datacenter[{first}]"),
+                );
+            }
+            c.require(
+                !dc.host.is_empty() && dc.host.len() <= 255,
+                &at.key("host"),
+                "must be a non-empty host name of at most 255 bytes",
+            );
+            c.require(
+                !dc.zookeeper.is_empty(),
+                &at.key("zookeeper"),
+                "declare at least one ZooKeeper node: replicated tables need one",
+            );
+            for (z, node) in dc.zookeeper.iter().enumerate() {
+                let zp = at.key("zookeeper").index(z);
+                claim(c, &node.host, node.port, zp.key("port"));
+                require_absolute(c, &node.data_path, &zp.key("data_path"));
+            }
+            let ch = at.key("clickhouse");
+            c.require(
+                !dc.clickhouse.shard.is_empty(),
+                &ch.key("shard"),
+                "declare at least one [[datacenter.clickhouse.shard]]",
+            );
+            for (s, shard) in dc.clickhouse.shard.iter().enumerate() {
+                let sp = ch.key("shard").index(s);
+                c.require(
+                    shard.weight > 0,
+                    &sp.key("weight"),
+                    "must be at least 1: a shard of weight 0 would never receive data",
+                );
+                c.require(
+                    !shard.replica.is_empty(),
+                    &sp.key("replica"),
+                    "declare at least one replica",
+                );
+                for (r, rep) in shard.replica.iter().enumerate() {
+                    let rp = sp.key("replica").index(r);
+                    claim(c, &rep.host, rep.tcp_port, rp.key("tcp_port"));
+                    claim(c, &rep.host, rep.http_port, rp.key("http_port"));
+                    claim(
+                        c,
+                        &rep.host,
+                        rep.interserver_port,
+                        rp.key("interserver_port"),
+                    );
+                    require_absolute(c, &rep.data_path, &rp.key("data_path"));
+                }
+            }
+            let rp = at.key("redis").key("nodes");
+            match dc.redis.mode {
+                RedisMode::Single => c.require(
+                    dc.redis.nodes.len() == 1,
+                    &rp,
+                    "mode `single` takes exactly one node",
+                ),
+                RedisMode::Cluster => c.require(
+                    !dc.redis.nodes.is_empty(),
+                    &rp,
+                    "mode `cluster` takes at least one node (its masters)",
+                ),
+            }
+            for (n, node) in dc.redis.nodes.iter().enumerate() {
+                claim(c, &node.ip().to_string(), node.port(), rp.index(n));
+            }
+            let col = at.key("collector");
+            claim(
+                c,
+                &dc.collector.tcp.ip().to_string(),
+                dc.collector.tcp.port(),
+                col.key("tcp"),
+            );
+            c.require(
+                dc.collector.tcp.ip().is_loopback(),
+                &col.key("tcp"),
+                "the collector's TCP listener must be on loopback (127.0.0.0/8 or ::1): apps hand events to their own host",
+            );
+            claim(
+                c,
+                &dc.collector.admin.ip().to_string(),
+                dc.collector.admin.port(),
+                col.key("admin"),
+            );
+            require_absolute(c, &dc.collector.socket, &col.key("socket"));
+            require_absolute(c, &dc.collector.inbox, &col.key("inbox"));
+            c.require(
+                dc.collector.socket_mode <= 0o777,
+                &col.key("socket_mode"),
+                "must be a file mode of at most 0o777 (write it as 0o660)",
+            );
+            claim(
+                c,
+                &dc.shipper.admin.ip().to_string(),
+                dc.shipper.admin.port(),
+                at.key("shipper").key("admin"),
+            );
+            claim(
+                c,
+                &dc.query.listen.ip().to_string(),
+                dc.query.listen.port(),
+                at.key("query").key("listen"),
+            );
+            require_absolute(c, &dc.spool.dir, &at.key("spool").key("dir"));
+            c.require(
+                dc.spool.quota_bytes >= MIN_SPOOL_QUOTA_BYTES,
+                &at.key("spool").key("quota_bytes"),
+                format!("must be at least {MIN_SPOOL_QUOTA_BYTES} (64 MiB)"),
+            );
+        }
+        // Paths must not collide either: two servers on one data directory
+        // corrupt each other.
+        let mut paths: HashMap<&Path, KeyPath> = HashMap::new();
+        for (i, dc) in self.datacenter.iter().enumerate() {
+            let at = root.key("datacenter").index(i);
+            let mut owned = vec![
+                (dc.spool.dir.as_path(), at.key("spool").key("dir")),
+                (
+                    dc.collector.socket.as_path(),
+                    at.key("collector").key("socket"),
+                ),
+                (
+                    dc.collector.inbox.as_path(),
+                    at.key("collector").key("inbox"),
+                ),
+            ];
+            for (z, node) in dc.zookeeper.iter().enumerate() {
+                owned.push((
+                    node.data_path.as_path(),
+                    at.key("zookeeper").index(z).key("data_path"),
+                ));
+            }
+            for (s, shard) in dc.clickhouse.shard.iter().enumerate() {
+                for (r, rep) in shard.replica.iter().enumerate() {
+                    owned.push((
+                        rep.data_path.as_path(),
+                        at.key("clickhouse")
+                            .key("shard")
+                            .index(s)
+                            .key("replica")
+                            .index(r)
+                            .key("data_path"),
+                    ));
+                }
+            }
+            for (p, key) in owned {
+                if let Some(first) = paths.get(p) {
+                    c.fail(
+                        &key,
+                        format!("duplicate path {}: already used by `{first}`", p.display()),
+                    );
+                } else {
+                    paths.insert(p, key);
+                }
+            }
+        }
+    }
+}
+
+fn require_absolute(c: &mut Checker, p: &Path, key: &KeyPath) {
+    c.require(
+        p.is_absolute(),
+        key,
+        format!("must be an absolute path (got `{}`)", p.display()),
+    );
+}
+
+/// `localhost` and `127.0.0.1` name the same listener for port clashes.
+fn normalise_host(h: &str) -> String {
+    match h {
+        "localhost" => "127.0.0.1".to_string(),
+        other => other.to_string(),
+    }
+}
