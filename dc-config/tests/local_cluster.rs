@@ -1,0 +1,201 @@
+//! The launcher against the real servers: two datacenters from the example
+//! topology, the schema on every server, inserts in each DC read through the
+//! global table, a DC going down under `skip_unavailable_shards`, and no
+//! server process left behind, even when a test fails.
+
+use std::path::Path;
+
+use dc_config::local::probe::HttpError;
+use dc_config::local::{LaunchOptions, LocalCluster};
+use dc_config::Declared;
+
+fn declared() -> Declared {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Declared::load(
+        &root.join("examples/two-dc.toml"),
+        &root.join("examples/events.toml"),
+    )
+    .unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+const TABLES: &[&str] = &[
+    "events_all",
+    "events_dc",
+    "events_local",
+    "metric_states_all",
+    "metric_states_dc",
+    "metric_states_local",
+    "series_all",
+    "series_dc",
+    "series_local",
+    "series_mv",
+];
+
+fn insert_rows(cluster: &LocalCluster, server: &str, dc: &str, n: usize, first_offset: usize) {
+    let mut sql = String::from("INSERT INTO spoolhouse.events_local (event, date, time, time_ms, dc, host, attr_names, attr_values, spool_segment, spool_offset) VALUES ");
+    for i in 0..n {
+        let off = first_offset + i;
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "('vote', '2026-11-25', 1764028800, 1764028800123, '{dc}', '{dc}-app1', ['user_id'], ['{off}'], 1, {off})"
+        ));
+    }
+    cluster.clickhouse(server).unwrap().query(&sql).unwrap();
+}
+
+fn count_by_dc(
+    cluster: &LocalCluster,
+    server: &str,
+    settings: &[(&str, &str)],
+) -> Result<String, HttpError> {
+    cluster.clickhouse(server).unwrap().query_with(
+        "SELECT dc, count() FROM spoolhouse.events_all GROUP BY dc ORDER BY dc FORMAT TSV",
+        settings,
+    )
+}
+
+#[test]
+fn two_datacenters_schema_global_reads_and_a_lost_datacenter() {
+    let mut cluster = LocalCluster::start(&declared(), LaunchOptions::default()).unwrap();
+    assert_eq!(
+        cluster.servers(),
+        [
+            "dc1-zk1",
+            "dc1-redis1",
+            "dc2-zk1",
+            "dc2-redis1",
+            "dc1-s1-r1",
+            "dc1-s2-r1",
+            "dc2-s1-r1"
+        ]
+    );
+
+    // The schema is on every server.
+    for server in ["dc1-s1-r1", "dc1-s2-r1", "dc2-s1-r1"] {
+        let tables = cluster
+            .clickhouse(server)
+            .unwrap()
+            .query("SELECT name FROM system.tables WHERE database = 'spoolhouse' ORDER BY name FORMAT TSV")
+            .unwrap();
+        assert_eq!(tables.lines().collect::<Vec<_>>(), TABLES, "on {server}");
+    }
+
+    insert_rows(&cluster, "dc1-s1-r1", "dc1", 3, 0);
+    insert_rows(&cluster, "dc1-s2-r1", "dc1", 2, 100);
+    insert_rows(&cluster, "dc2-s1-r1", "dc2", 4, 0);
+    // The global table answers with both DCs' rows, asked of either DC.
+    for server in ["dc1-s1-r1", "dc2-s1-r1"] {
+        assert_eq!(
+            count_by_dc(&cluster, server, &[]).unwrap(),
+            "dc1\t5\ndc2\t4\n",
+            "asked of {server}"
+        );
+    }
+    // The per-DC table stays in its DC.
+    let local = cluster
+        .clickhouse("dc1-s2-r1")
+        .unwrap()
+        .query("SELECT count() FROM spoolhouse.events_dc")
+        .unwrap();
+    assert_eq!(local.trim(), "5");
+
+    // Replicated block deduplication: the same block again adds nothing.
+    insert_rows(&cluster, "dc2-s1-r1", "dc2", 4, 0);
+    assert_eq!(
+        count_by_dc(&cluster, "dc2-s1-r1", &[]).unwrap(),
+        "dc1\t5\ndc2\t4\n"
+    );
+
+    // Aggregate states feed the series table through the materialized view.
+    let ch = cluster.clickhouse("dc1-s1-r1").unwrap();
+    ch.query(
+        "INSERT INTO spoolhouse.metric_states_local (date, minute, dc, event, metric, kind, version, count_state, uniq_state, sum_state, min_state, max_state) \
+         SELECT date, toStartOfMinute(time), dc, event, 'vote.uniq(user_id)', 'uniq', 1, countState(), \
+         uniqState(attr_values[indexOf(attr_names, 'user_id')]), sumState(toFloat64(0)), minState(toFloat64(0)), maxState(toFloat64(0)) \
+         FROM spoolhouse.events_local GROUP BY date, toStartOfMinute(time), dc, event",
+    )
+    .unwrap();
+    let series = ch
+        .query("SELECT value, metric_hash = cityHash64('vote.uniq(user_id)') FROM spoolhouse.series_local FORMAT TSV")
+        .unwrap();
+    assert_eq!(series, "3\t1\n");
+    let merged = ch
+        .query("SELECT uniqMerge(uniq_state) FROM spoolhouse.metric_states_all WHERE metric = 'vote.uniq(user_id)'")
+        .unwrap();
+    assert_eq!(merged.trim(), "3");
+
+    // dc2's only ClickHouse goes down: a plain global read fails, one with
+    // skip_unavailable_shards still answers with dc1's rows.
+    cluster.kill("dc2-s1-r1").unwrap();
+    let err = count_by_dc(&cluster, "dc1-s1-r1", &[]).unwrap_err();
+    assert!(matches!(err, HttpError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("Connection refused"), "{err}");
+    let partial = count_by_dc(&cluster, "dc1-s1-r1", &[("skip_unavailable_shards", "1")]).unwrap();
+    assert_eq!(partial, "dc1\t5\n");
+
+    // It comes back with its data, and the global read is whole again.
+    cluster.restart("dc2-s1-r1").unwrap();
+    assert_eq!(
+        count_by_dc(&cluster, "dc1-s1-r1", &[]).unwrap(),
+        "dc1\t5\ndc2\t4\n"
+    );
+
+    let pids = cluster.pids();
+    assert_eq!(pids.len(), 7);
+    drop(cluster);
+    for pid in pids {
+        assert!(!alive(pid), "server pid {pid} survived the cluster");
+    }
+}
+
+#[test]
+fn no_server_survives_a_failing_test() {
+    let pids = std::sync::Mutex::new(Vec::new());
+    let state = std::sync::Mutex::new(None);
+    let result = std::panic::catch_unwind(|| {
+        let mut cluster = LocalCluster::start(&declared(), LaunchOptions::default()).unwrap();
+        *pids.lock().unwrap() = cluster.pids();
+        *state.lock().unwrap() = Some(cluster.state_dir().to_path_buf());
+        panic!("a test failing while its servers run");
+    });
+    assert!(result.is_err());
+    let pids = pids.into_inner().unwrap();
+    assert_eq!(pids.len(), 7);
+    for pid in pids {
+        assert!(!alive(pid), "server pid {pid} survived a failing test");
+    }
+    let state = state.into_inner().unwrap().unwrap();
+    assert!(
+        !state.exists(),
+        "temporary state {} was left behind",
+        state.display()
+    );
+}
+
+#[test]
+fn a_kept_state_directory_survives_a_stop_and_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LaunchOptions {
+        state_dir: Some(dir.path().to_path_buf()),
+        ..LaunchOptions::default()
+    };
+    let cluster = LocalCluster::start(&declared(), opts.clone()).unwrap();
+    insert_rows(&cluster, "dc2-s1-r1", "dc2", 2, 0);
+    drop(cluster);
+    assert!(dir
+        .path()
+        .join("dc2/ch-s1-r1/log/clickhouse-server.log")
+        .is_file());
+    assert!(dir.path().join("rendered/ddl/dc1.sql").is_file());
+    // Started again on the same state (new ports): the rows are still there,
+    // and applying the schema again changes nothing.
+    let cluster = LocalCluster::start(&declared(), opts).unwrap();
+    assert_eq!(count_by_dc(&cluster, "dc1-s1-r1", &[]).unwrap(), "dc2\t2\n");
+}

@@ -1,0 +1,157 @@
+//! Rendering from the example files: every file, and the parts other
+//! programs depend on.
+
+use std::path::Path;
+
+use dc_config::render::{self, clickhouse, ddl, inventory};
+use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
+use dc_config::Declared;
+
+fn declared() -> Declared {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Declared::load(
+        &root.join("examples/two-dc.toml"),
+        &root.join("examples/events.toml"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn renders_every_file_once() {
+    let d = declared();
+    let files = render::render(&d.topology, &d.registry_text);
+    let paths: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
+    for want in [
+        "clickhouse/dc1-s1-r1/config.xml",
+        "clickhouse/dc1-s2-r1/users.xml",
+        "clickhouse/dc2-s1-r1/config.xml",
+        "zookeeper/dc1-zk1/zoo.cfg",
+        "zookeeper/dc2-zk1/zoo.cfg",
+        "ddl/dc1.sql",
+        "ddl/dc2.sql",
+        "services/dc1/collector.toml",
+        "services/dc1/shipper.toml",
+        "services/dc2/query.toml",
+        "services/dc2/events.toml",
+        "ansible/inventory.ini",
+    ] {
+        assert!(
+            paths.contains(&want.to_string()),
+            "{want} missing from {paths:?}"
+        );
+    }
+    let mut unique = paths.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), paths.len(), "a path rendered twice");
+}
+
+#[test]
+fn server_config_has_ports_clusters_zookeeper_and_macros() {
+    let d = declared();
+    let r = d.topology.dc("dc1").unwrap().replicas().nth(1).unwrap();
+    let x = clickhouse::server_config(&d.topology, &r);
+    assert!(x.contains("<listen_host>127.0.0.1</listen_host>"));
+    assert!(x.contains("<http_port>18102</http_port>"));
+    assert!(x.contains("<tcp_port>19102</tcp_port>"));
+    assert!(x.contains("<interserver_http_port>19202</interserver_http_port>"));
+    assert!(x.contains("<path>/var/lib/spoolhouse/dc1/ch-s2-r1/</path>"));
+    assert!(x.contains("<macros>\n        <dc>dc1</dc>\n        <shard>2</shard>\n        <replica>dc1-s2-r1</replica>"));
+    assert!(x.contains("<node index=\"1\"><host>127.0.0.1</host><port>21810</port></node>"));
+    let cluster = |name: &str| {
+        let start = x.find(&format!("<{name}>")).unwrap();
+        let end = x.find(&format!("</{name}>")).unwrap();
+        x[start..end].to_string()
+    };
+    assert_eq!(cluster("dc1").matches("<shard>").count(), 2);
+    assert_eq!(cluster("dc2").matches("<shard>").count(), 1);
+    let global = cluster("global");
+    assert_eq!(global.matches("<shard>").count(), 3);
+    for port in [19101, 19102, 19111] {
+        assert!(global.contains(&format!("<port>{port}</port>")));
+    }
+    assert!(global.contains("<internal_replication>true</internal_replication>"));
+}
+
+#[test]
+fn users_config_has_a_read_only_query_user() {
+    let d = declared();
+    let u = clickhouse::users_config(&d.topology);
+    assert!(u.contains("<readonly>2</readonly>"));
+    assert!(u.contains("<spoolhouse_query>"));
+    assert!(u.contains("<profile>readonly</profile>"));
+    assert!(u.contains("<allow_databases><database>spoolhouse</database></allow_databases>"));
+}
+
+#[test]
+fn ddl_names_the_right_clusters_per_dc() {
+    let d = declared();
+    let dc2 = d.topology.dc("dc2").unwrap();
+    let s = ddl::statements(&d.topology, dc2);
+    let joined = s.join("\n");
+    assert!(joined.contains("ENGINE = Distributed(dc2, spoolhouse, events_local, rand())"));
+    assert!(joined.contains("ENGINE = Distributed(global, spoolhouse, events_local, rand())"));
+    assert!(joined.contains("ReplicatedMergeTree('/clickhouse/{dc}/tables/{shard}/spoolhouse/events_local', '{replica}')"));
+    assert!(joined.contains("spool_segment UInt64"));
+    assert!(joined.contains(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS spoolhouse.series_mv TO spoolhouse.series_local"
+    ));
+    assert!(s[0].starts_with("CREATE DATABASE IF NOT EXISTS spoolhouse"));
+    let script = ddl::script(&d.topology, dc2);
+    assert_eq!(script.matches(";\n").count(), s.len());
+}
+
+#[test]
+fn service_configs_round_trip() {
+    let d = declared();
+    let files = render::render(&d.topology, &d.registry_text);
+    let text = |p: &str| {
+        files
+            .iter()
+            .find(|f| f.path == Path::new(p))
+            .unwrap()
+            .text
+            .clone()
+    };
+    let c: CollectorConfig = toml::from_str(&text("services/dc1/collector.toml")).unwrap();
+    assert_eq!(c, CollectorConfig::for_dc(d.topology.dc("dc1").unwrap()));
+    assert_eq!(c.tcp.to_string(), "127.0.0.1:17101");
+    let s: ShipperConfig = toml::from_str(&text("services/dc1/shipper.toml")).unwrap();
+    assert_eq!(s.shards.len(), 2);
+    assert_eq!(s.shards[1].replicas, ["http://127.0.0.1:18102"]);
+    let q: QueryConfig = toml::from_str(&text("services/dc2/query.toml")).unwrap();
+    assert_eq!(q.clickhouse, ["http://127.0.0.1:18111"]);
+    assert_eq!(q.datacenters, ["dc1", "dc2"]);
+    assert_eq!(text("services/dc2/events.toml"), d.registry_text);
+}
+
+#[test]
+fn zoo_cfg_is_standalone_for_one_node() {
+    let d = declared();
+    let z = render::zookeeper::zoo_cfg(d.topology.dc("dc1").unwrap(), 0);
+    assert!(z.contains("clientPort=21810\n"));
+    assert!(z.contains("clientPortAddress=127.0.0.1\n"));
+    assert!(z.contains("dataDir=/var/lib/spoolhouse/dc1/zk1\n"));
+    assert!(z.contains("4lw.commands.whitelist=ruok,srvr,stat,mntr\n"));
+    assert!(!z.contains("server.1="));
+}
+
+#[test]
+fn inventory_groups_every_role_per_dc() {
+    let d = declared();
+    let inv = inventory::inventory(&d.topology);
+    for g in [
+        "[dc1_zookeeper]",
+        "[dc1_clickhouse]",
+        "[dc1_redis]",
+        "[dc1_spoolhouse]",
+        "[dc1:children]",
+        "[dc2:children]",
+        "[all:vars]",
+    ] {
+        assert!(inv.contains(g), "{g} missing");
+    }
+    assert!(
+        inv.contains("dc1-s2-r1 ansible_host=127.0.0.1 ch_shard=2 ch_replica=1 ch_tcp_port=19102")
+    );
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: two datacenters on this machine (ZooKeeper, ClickHouse and
+# Redis each, started here on free loopback ports), sample events written
+# into each, and a global report read through the global Distributed table.
+# Everything it starts is stopped when it ends, also on Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --release --quiet
+exec ./target/release/spoolhouse demo examples/two-dc.toml examples/events.toml "$@"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every check and every test: formatting, lints, then unit and integration
+# tests (these start their own ZooKeeper, ClickHouse and Redis servers on
+# free loopback ports, and stop them, also on failure).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace

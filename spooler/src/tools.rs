@@ -1,0 +1,430 @@
+//! The logic behind `spoolhouse spool inspect` and `spoolhouse spool verify`:
+//! a read-only walk over every segment, frame and checkpoint (an fsck), that
+//! can also copy damaged bytes to the quarantine directory.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::files::{self, list_readers, list_segments, CheckpointRead, Layout, SegmentState};
+use crate::format::{frame_len, Position, Scanned, Scanner, SegmentHeader, SEGMENT_HEADER_LEN};
+
+/// One segment as found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentReport {
+    /// Sequence number.
+    pub seq: u64,
+    /// Lifecycle stage.
+    pub state: SegmentState,
+    /// Bytes on disk.
+    pub disk_bytes: u64,
+    /// Uncompressed bytes (as far as they could be decoded).
+    pub raw_bytes: u64,
+    /// Creation time from the header, if the header is intact.
+    pub created_unix_ms: Option<u64>,
+    /// Valid frames.
+    pub frames: u64,
+    /// Payload bytes in them.
+    pub payload_bytes: u64,
+}
+
+/// What is wrong, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// The segment header does not check.
+    BadHeader(String),
+    /// Damaged bytes followed by a valid frame: those frames are lost.
+    Corrupt,
+    /// Incomplete frame at the end of the active segment: an append cut by a
+    /// crash (never acknowledged) or one in progress. The next open cuts it.
+    TornTail,
+    /// Damaged bytes at the end of a sealed segment.
+    CorruptTail,
+    /// The zstd stream of a compressed segment is damaged; frames after the
+    /// damage are lost.
+    DamagedCompression(String),
+    /// The segment file cannot be read at all.
+    Unreadable(String),
+    /// Sequence numbers missing between two present segments.
+    MissingSegments {
+        /// First missing.
+        from: u64,
+        /// Last missing.
+        to: u64,
+    },
+    /// A reader's checkpoint points past the data; the spool moves it back
+    /// on next open.
+    StaleCheckpoint {
+        /// Reader name.
+        reader: String,
+        /// The checkpoint.
+        at: Position,
+    },
+    /// A checkpoint file cannot be decoded; that reader restarts from the
+    /// oldest segment.
+    CorruptCheckpoint {
+        /// Reader name.
+        reader: String,
+    },
+}
+
+/// A problem found by the walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Segment concerned (0 for reader problems).
+    pub segment: u64,
+    /// Byte offset in the uncompressed segment.
+    pub offset: u64,
+    /// Bytes concerned.
+    pub bytes: u64,
+    /// What it is.
+    pub kind: ProblemKind,
+}
+
+impl Problem {
+    /// True for real damage or loss; a torn tail of the active segment is an
+    /// expected state after a crash, not damage.
+    pub fn is_damage(&self) -> bool {
+        !matches!(self.kind, ProblemKind::TornTail)
+    }
+}
+
+/// A reader and how far behind it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderReport {
+    /// Reader name.
+    pub name: String,
+    /// Its checkpoint, `None` if corrupt.
+    pub committed: Option<Position>,
+    /// Valid frames at or after the checkpoint.
+    pub lag_frames: u64,
+    /// Bytes of those frames, headers included.
+    pub lag_bytes: u64,
+}
+
+/// Everything the walk found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The spool directory.
+    pub dir: PathBuf,
+    /// Segments in order.
+    pub segments: Vec<SegmentReport>,
+    /// Readers by name.
+    pub readers: Vec<ReaderReport>,
+    /// Problems in the order found.
+    pub problems: Vec<Problem>,
+    /// Files in the quarantine directory after the walk.
+    pub quarantine_files: u64,
+    /// Bytes in them.
+    pub quarantine_bytes: u64,
+    /// Bytes this walk copied into quarantine.
+    pub quarantined_now: u64,
+}
+
+impl Report {
+    /// True when nothing is damaged or lost.
+    pub fn is_clean(&self) -> bool {
+        !self.problems.iter().any(Problem::is_damage)
+    }
+
+    /// Valid frames in all segments.
+    pub fn frames(&self) -> u64 {
+        self.segments.iter().map(|s| s.frames).sum()
+    }
+}
+
+/// Walks the spool in `dir` without changing it, except that with
+/// `quarantine_damage` damaged byte ranges are copied to `quarantine/`. Safe
+/// to run beside a live writer (a tail being appended shows as `TornTail`).
+pub fn examine(dir: impl AsRef<Path>, quarantine_damage: bool) -> Result<Report> {
+    let layout = Layout::new(dir.as_ref());
+    if !layout.segments.is_dir() {
+        return Err(Error::io(
+            "open spool directory",
+            &layout.segments,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not a spool: no segments directory",
+            ),
+        ));
+    }
+    let readers = list_readers(&layout)?;
+    let mut reader_reports: Vec<ReaderReport> = readers
+        .iter()
+        .map(|(name, ck)| ReaderReport {
+            name: name.clone(),
+            committed: match ck {
+                CheckpointRead::At(p) => Some(*p),
+                _ => None,
+            },
+            lag_frames: 0,
+            lag_bytes: 0,
+        })
+        .collect();
+    let mut problems = Vec::new();
+    let mut segments = Vec::new();
+    let mut quarantined_now = 0;
+    let mut prev: Option<u64> = None;
+    let listed = list_segments(&layout.segments)?;
+    let mut ends = Vec::new();
+    for (&seq, states) in &listed {
+        if let Some(p) = prev {
+            if seq > p + 1 {
+                problems.push(Problem {
+                    segment: p + 1,
+                    offset: 0,
+                    bytes: 0,
+                    kind: ProblemKind::MissingSegments {
+                        from: p + 1,
+                        to: seq - 1,
+                    },
+                });
+            }
+        }
+        prev = Some(seq);
+        // The earliest stage present is the authoritative copy.
+        let state = states[0];
+        let path = layout.segment(seq, state);
+        let disk_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let data = match state {
+            SegmentState::Compressed => match files::read_compressed(&path) {
+                Ok(sb) => {
+                    if let Some(reason) = sb.damage {
+                        problems.push(Problem {
+                            segment: seq,
+                            offset: sb.data.len() as u64,
+                            bytes: disk_bytes,
+                            kind: ProblemKind::DamagedCompression(reason),
+                        });
+                        if quarantine_damage {
+                            let whole = fs::read(&path).unwrap_or_default();
+                            quarantined_now += files::quarantine(&layout, seq, u64::MAX, &whole)?;
+                        }
+                    }
+                    sb.data
+                }
+                Err(e) => {
+                    problems.push(unreadable(seq, e));
+                    continue;
+                }
+            },
+            _ => match files::read_raw(&path) {
+                Ok(d) => d,
+                Err(e) => {
+                    problems.push(unreadable(seq, e));
+                    continue;
+                }
+            },
+        };
+        let mut rep = SegmentReport {
+            seq,
+            state,
+            disk_bytes,
+            raw_bytes: data.len() as u64,
+            created_unix_ms: None,
+            frames: 0,
+            payload_bytes: 0,
+        };
+        match SegmentHeader::decode(&data) {
+            Ok(h) if h.seq == seq => rep.created_unix_ms = Some(h.created_unix_ms),
+            other => {
+                let reason = match other {
+                    Ok(h) => format!("header names segment {}", h.seq),
+                    Err(p) => p.to_string(),
+                };
+                let n = data.len().min(SEGMENT_HEADER_LEN);
+                problems.push(Problem {
+                    segment: seq,
+                    offset: 0,
+                    bytes: n as u64,
+                    kind: ProblemKind::BadHeader(reason),
+                });
+                if quarantine_damage {
+                    quarantined_now += files::quarantine(&layout, seq, 0, &data[..n])?;
+                }
+            }
+        }
+        for item in Scanner::new(&data, SEGMENT_HEADER_LEN) {
+            let (offset, len, kind) = match item {
+                Scanned::Frame { offset, payload } => {
+                    rep.frames += 1;
+                    rep.payload_bytes += payload.len() as u64;
+                    let pos = Position::new(seq, offset as u64);
+                    for r in reader_reports.iter_mut() {
+                        if r.committed.map_or(true, |c| pos >= c) {
+                            r.lag_frames += 1;
+                            r.lag_bytes += frame_len(payload.len()) as u64;
+                        }
+                    }
+                    continue;
+                }
+                Scanned::Corrupt { offset, len } => (offset, len, ProblemKind::Corrupt),
+                Scanned::Tail { offset } if state == SegmentState::Active => {
+                    (offset, data.len() - offset, ProblemKind::TornTail)
+                }
+                Scanned::Tail { offset } => (offset, data.len() - offset, ProblemKind::CorruptTail),
+            };
+            if quarantine_damage && kind != ProblemKind::TornTail {
+                quarantined_now +=
+                    files::quarantine(&layout, seq, offset as u64, &data[offset..offset + len])?;
+            }
+            problems.push(Problem {
+                segment: seq,
+                offset: offset as u64,
+                bytes: len as u64,
+                kind,
+            });
+        }
+        ends.push((seq, data.len() as u64));
+        segments.push(rep);
+    }
+    let last = ends.last().copied();
+    for (name, ck) in &readers {
+        match ck {
+            CheckpointRead::Corrupt => problems.push(Problem {
+                segment: 0,
+                offset: 0,
+                bytes: 0,
+                kind: ProblemKind::CorruptCheckpoint {
+                    reader: name.clone(),
+                },
+            }),
+            CheckpointRead::At(p) => {
+                let past = match ends.iter().find(|(s, _)| *s == p.segment) {
+                    Some((_, end)) => p.offset > *end,
+                    None => last.is_some_and(|(s, _)| p.segment > s),
+                };
+                if past {
+                    problems.push(Problem {
+                        segment: p.segment,
+                        offset: p.offset,
+                        bytes: 0,
+                        kind: ProblemKind::StaleCheckpoint {
+                            reader: name.clone(),
+                            at: *p,
+                        },
+                    });
+                }
+            }
+            CheckpointRead::Missing => {}
+        }
+    }
+    let (mut quarantine_files, mut quarantine_bytes) = (0, 0);
+    if let Ok(rd) = fs::read_dir(&layout.quarantine) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".bad") {
+                quarantine_files += 1;
+                quarantine_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    Ok(Report {
+        dir: layout.root,
+        segments,
+        readers: reader_reports,
+        problems,
+        quarantine_files,
+        quarantine_bytes,
+        quarantined_now,
+    })
+}
+
+fn unreadable(seq: u64, e: std::io::Error) -> Problem {
+    Problem {
+        segment: seq,
+        offset: 0,
+        bytes: 0,
+        kind: ProblemKind::Unreadable(e.to_string()),
+    }
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProblemKind::BadHeader(r) => write!(f, "bad segment header: {r}"),
+            ProblemKind::Corrupt => write!(f, "corrupt frame(s), skipped by readers"),
+            ProblemKind::TornTail => write!(
+                f,
+                "torn tail of the active segment (unacknowledged; cut on next open)"
+            ),
+            ProblemKind::CorruptTail => write!(f, "corrupt tail of a sealed segment"),
+            ProblemKind::DamagedCompression(r) => write!(f, "{r}"),
+            ProblemKind::Unreadable(r) => write!(f, "unreadable: {r}"),
+            ProblemKind::MissingSegments { from, to } => {
+                write!(f, "segments {from}..={to} missing")
+            }
+            ProblemKind::StaleCheckpoint { reader, at } => {
+                write!(
+                    f,
+                    "reader {reader} checkpoint {at} is past the end of the data"
+                )
+            }
+            ProblemKind::CorruptCheckpoint { reader } => {
+                write!(f, "reader {reader} checkpoint is corrupt")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "spool {}", self.dir.display())?;
+        writeln!(
+            f,
+            "{:>20}  {:<10} {:>12} {:>12} {:>10} {:>14}  created_unix_ms",
+            "segment", "state", "disk_bytes", "raw_bytes", "frames", "payload_bytes"
+        )?;
+        for s in &self.segments {
+            let created = s.created_unix_ms.map_or("-".to_string(), |c| c.to_string());
+            writeln!(
+                f,
+                "{:>20}  {:<10} {:>12} {:>12} {:>10} {:>14}  {}",
+                s.seq,
+                s.state.name(),
+                s.disk_bytes,
+                s.raw_bytes,
+                s.frames,
+                s.payload_bytes,
+                created
+            )?;
+        }
+        let disk: u64 = self.segments.iter().map(|s| s.disk_bytes).sum();
+        writeln!(
+            f,
+            "total: {} segments, {} frames, {} bytes on disk",
+            self.segments.len(),
+            self.frames(),
+            disk
+        )?;
+        if self.readers.is_empty() {
+            writeln!(f, "readers: none")?;
+        }
+        for r in &self.readers {
+            let at = r.committed.map_or("corrupt".to_string(), |p| p.to_string());
+            writeln!(
+                f,
+                "reader {}: committed {at}, lag {} frames / {} bytes",
+                r.name, r.lag_frames, r.lag_bytes
+            )?;
+        }
+        writeln!(
+            f,
+            "quarantine: {} files, {} bytes ({} bytes added now)",
+            self.quarantine_files, self.quarantine_bytes, self.quarantined_now
+        )?;
+        for p in &self.problems {
+            writeln!(
+                f,
+                "problem: segment {} offset {} ({} bytes): {}",
+                p.segment, p.offset, p.bytes, p.kind
+            )?;
+        }
+        if self.is_clean() {
+            writeln!(f, "status: clean")
+        } else {
+            let n = self.problems.iter().filter(|p| p.is_damage()).count();
+            writeln!(f, "status: DAMAGED ({n} problems)")
+        }
+    }
+}

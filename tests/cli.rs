@@ -1,0 +1,125 @@
+//! The `spoolhouse` binary as an operator meets it: help, validation
+//! messages, rendering into a folder.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn spoolhouse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spoolhouse"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_names_the_commands() {
+    let o = spoolhouse(&["--help"]);
+    assert!(o.status.success());
+    let (out, _) = text(&o);
+    for cmd in ["config", "local", "demo"] {
+        assert!(out.contains(cmd), "{cmd} missing from --help:\n{out}");
+    }
+}
+
+#[test]
+fn validate_accepts_the_examples() {
+    let o = spoolhouse(&[
+        "config",
+        "validate",
+        "examples/two-dc.toml",
+        "examples/events.toml",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(
+        out,
+        "ok: 2 datacenter(s), 3 ClickHouse server(s); 4 event type(s), 10 metric(s)\n"
+    );
+}
+
+#[test]
+fn validate_reports_problems_of_both_files_with_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = std::fs::read_to_string("examples/two-dc.toml")
+        .unwrap()
+        .replace("http_port = 18111", "http_port = 18101");
+    let reg = std::fs::read_to_string("examples/events.toml")
+        .unwrap()
+        .replace(
+            "field = \"load_ms\", dimensions = [\"platform\"] },\n  { kind = \"max\"",
+            "field = \"load_time\", dimensions = [\"platform\"] },\n  { kind = \"max\"",
+        );
+    let t = dir.path().join("t.toml");
+    let r = dir.path().join("r.toml");
+    std::fs::write(&t, &topo).unwrap();
+    std::fs::write(&r, &reg).unwrap();
+    let o = spoolhouse(&[
+        "config",
+        "validate",
+        t.to_str().unwrap(),
+        r.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let (_, err) = text(&o);
+    let tline = topo
+        .lines()
+        .position(|l| l.contains("http_port = 18101, interserver_port = 19211"))
+        .unwrap()
+        + 1;
+    let rline = reg.lines().position(|l| l.contains("load_time")).unwrap() + 1;
+    assert!(
+        err.contains("2 problems in the declared configuration"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{}:{tline}: `datacenter[1].clickhouse.shard[0].replica[0].http_port`: duplicate port: 127.0.0.1:18101 is already used by `datacenter[0].clickhouse.shard[0].replica[0].http_port`", t.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{}:{rline}: `event.screen_view.metric[1].field`: no field `load_time` in this event",
+            r.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_names_a_missing_file() {
+    let o = spoolhouse(&["config", "validate", "nope.toml", "examples/events.toml"]);
+    assert!(!o.status.success());
+    let (_, err) = text(&o);
+    assert!(err.contains("cannot read nope.toml"), "{err}");
+    assert!(err.contains("check the path"), "{err}");
+}
+
+#[test]
+fn render_writes_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = spoolhouse(&[
+        "config",
+        "render",
+        "examples/two-dc.toml",
+        "examples/events.toml",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let (listed, _) = text(&o);
+    // 3 servers × 2, 2 zoo.cfg, 2 schemas, 2 DCs × 4 service files, 1 inventory.
+    assert_eq!(listed.lines().count(), 19);
+    for f in listed.lines() {
+        assert!(Path::new(f).is_file(), "{f} listed but not written");
+    }
+    let sql = std::fs::read_to_string(out.join("ddl/dc1.sql")).unwrap();
+    assert!(sql.contains("ENGINE = Distributed(dc1, spoolhouse, events_local, rand())"));
+}
