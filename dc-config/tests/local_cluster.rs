@@ -199,3 +199,48 @@ fn a_kept_state_directory_survives_a_stop_and_start() {
     let cluster = LocalCluster::start(&declared(), opts).unwrap();
     assert_eq!(count_by_dc(&cluster, "dc1-s1-r1", &[]).unwrap(), "dc2\t2\n");
 }
+
+/// One DC with a three-node ZooKeeper ensemble and a three-master Redis
+/// Cluster: the launcher forms both and the schema still applies.
+#[test]
+fn zookeeper_ensemble_and_redis_cluster() {
+    let topology = r#"
+[[datacenter]]
+name = "solo"
+host = "solo-app1"
+zookeeper = [
+  { host = "127.0.0.1", port = 1, data_path = "/z1" },
+  { host = "127.0.0.1", port = 2, data_path = "/z2" },
+  { host = "127.0.0.1", port = 3, data_path = "/z3" },
+]
+redis = { mode = "cluster", nodes = ["127.0.0.1:4", "127.0.0.1:5", "127.0.0.1:6"] }
+collector = { tcp = "127.0.0.1:7", socket = "/s", inbox = "/i", admin = "127.0.0.1:8" }
+spool = { dir = "/sp", quota_bytes = 1_000_000_000 }
+shipper = { admin = "127.0.0.1:9" }
+query = { listen = "127.0.0.1:10" }
+[[datacenter.clickhouse.shard]]
+replica = [{ host = "127.0.0.1", tcp_port = 11, http_port = 12, interserver_port = 13, data_path = "/c" }]
+"#;
+    let d = declared();
+    let declared = Declared {
+        topology: dc_config::topology::Topology::parse(Path::new("solo.toml"), topology).unwrap(),
+        ..d
+    };
+    let cluster = LocalCluster::start(&declared, LaunchOptions::default()).unwrap();
+    let dc = &cluster.topology().datacenter[0];
+    for z in &dc.zookeeper {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], z.port));
+        assert!(dc_config::local::probe::zookeeper_serving(addr));
+    }
+    for n in &dc.redis.nodes {
+        let info = dc_config::local::probe::redis_command(*n, &["CLUSTER", "INFO"]).unwrap();
+        assert!(info.contains("cluster_state:ok"), "{info}");
+        assert!(info.contains("cluster_known_nodes:3"), "{info}");
+    }
+    let tables = cluster
+        .clickhouse("solo-s1-r1")
+        .unwrap()
+        .query("SELECT count() FROM system.tables WHERE database = 'spoolhouse'")
+        .unwrap();
+    assert_eq!(tables.trim(), TABLES.len().to_string());
+}

@@ -259,6 +259,28 @@ fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
+/// A free client port for a ZooKeeper ensemble member whose quorum and
+/// election ports (client port + 1000, + 2000) are free too.
+fn free_zk_port() -> std::io::Result<u16> {
+    let off = render::zookeeper::PEER_PORT_OFFSET;
+    for _ in 0..64 {
+        let port = free_ports(1)?[0];
+        let Some(top) = port.checked_add(2 * off) else {
+            continue;
+        };
+        if [port + off, top]
+            .iter()
+            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no ZooKeeper client port with free quorum and election ports after 64 tries",
+    ))
+}
+
 /// `topology` with every server on a free loopback port and every path
 /// inside `state`.
 fn localize(topology: &Topology, state: &Path) -> std::io::Result<Topology> {
@@ -273,9 +295,10 @@ fn localize(topology: &Topology, state: &Path) -> std::io::Result<Topology> {
     let lo = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     for dc in &mut t.datacenter {
         let dir = state.join(&dc.name);
+        let ensemble = dc.zookeeper.len() > 1;
         for (i, z) in dc.zookeeper.iter_mut().enumerate() {
             z.host = "127.0.0.1".into();
-            z.port = next();
+            z.port = if ensemble { free_zk_port()? } else { next() };
             z.data_path = dir.join(format!("zk{}", i + 1));
         }
         for n in &mut dc.redis.nodes {

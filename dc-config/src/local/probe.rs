@@ -22,8 +22,8 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<String> {
             Ok(0) => break,
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
-                // Redis answers one line and keeps the connection open.
-                if buf.ends_with(b"\r\n") && request.starts_with(b"*") {
+                // Redis keeps the connection open: stop at the end of one reply.
+                if request.starts_with(b"*") && resp_complete(&buf) {
                     break;
                 }
             }
@@ -32,6 +32,23 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<String> {
         }
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// True once `buf` holds a whole RESP simple, error, integer or bulk reply.
+fn resp_complete(buf: &[u8]) -> bool {
+    let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    if buf[0] != b'$' {
+        return true;
+    }
+    match std::str::from_utf8(&buf[1..eol])
+        .ok()
+        .and_then(|n| n.parse::<i64>().ok())
+    {
+        Some(n) if n >= 0 => buf.len() >= eol + 2 + n as usize + 2,
+        _ => true,
+    }
 }
 
 /// ZooKeeper serves (not merely answers `ruok`): `srvr` reports a mode.
