@@ -67,6 +67,30 @@ pub fn parse_toml<T: DeserializeOwned>(file: &Path, src: &str) -> Result<T, Conf
     })
 }
 
+/// A declared file's model: parsed by serde, then checked rule by rule.
+pub trait Declaration: DeserializeOwned {
+    /// Applies every rule, recording each broken one in `c`.
+    fn check(&self, c: &mut Checker);
+}
+
+/// Parses `src` (the text of `file`) and applies every rule of `T`.
+pub fn parse_checked<T: Declaration>(file: &Path, src: &str) -> Result<T, ConfigErrors> {
+    let value: T = parse_toml(file, src)?;
+    let mut c = Checker::default();
+    value.check(&mut c);
+    if c.is_clean() {
+        Ok(value)
+    } else {
+        Err(ConfigErrors(c.into_errors(file, src)))
+    }
+}
+
+/// Reads and checks the declared file at `path`.
+pub fn load_checked<T: Declaration>(path: &Path) -> Result<T, LoadError> {
+    let src = read(path)?;
+    Ok(parse_checked(path, &src)?)
+}
+
 /// Reads a declared file into a string.
 pub fn read(path: &Path) -> Result<String, LoadError> {
     std::fs::read_to_string(path).map_err(|source| LoadError::Read {

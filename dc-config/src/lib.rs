@@ -3,6 +3,7 @@ pub mod check;
 pub mod declared;
 pub mod error;
 pub mod event;
+pub mod examples;
 pub mod local;
 pub mod locate;
 pub mod registry;

@@ -241,29 +241,22 @@ impl Metric {
 impl Registry {
     /// Reads and checks a registry file.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let src = check::read(path)?;
-        Ok(Self::parse(path, &src)?)
+        check::load_checked(path)
     }
 
     /// Parses and checks the text of a registry file named `file`.
     pub fn parse(file: &Path, src: &str) -> Result<Self, ConfigErrors> {
-        let r: Registry = check::parse_toml(file, src)?;
-        let mut c = Checker::default();
-        r.check(&mut c);
-        if c.is_clean() {
-            Ok(r)
-        } else {
-            Err(ConfigErrors(c.into_errors(file, src)))
-        }
+        check::parse_checked(file, src)
     }
 
     /// The event type called `name`.
     pub fn get(&self, name: &str) -> Option<&EventType> {
         self.event.get(name)
     }
+}
 
-    /// Applies every rule to an already parsed registry.
-    pub fn check(&self, c: &mut Checker) {
+impl check::Declaration for Registry {
+    fn check(&self, c: &mut Checker) {
         let root = KeyPath::root().key("event");
         c.require(
             !self.event.is_empty(),

@@ -250,20 +250,12 @@ impl Datacenter {
 impl Topology {
     /// Reads and checks a topology file.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let src = check::read(path)?;
-        Ok(Self::parse(path, &src)?)
+        check::load_checked(path)
     }
 
     /// Parses and checks the text of a topology file named `file`.
     pub fn parse(file: &Path, src: &str) -> Result<Self, ConfigErrors> {
-        let t: Topology = check::parse_toml(file, src)?;
-        let mut c = Checker::default();
-        t.check(&mut c);
-        if c.is_clean() {
-            Ok(t)
-        } else {
-            Err(ConfigErrors(c.into_errors(file, src)))
-        }
+        check::parse_checked(file, src)
     }
 
     /// The datacenter called `name`.
@@ -275,9 +267,10 @@ impl Topology {
     pub fn replicas(&self) -> impl Iterator<Item = ReplicaRef<'_>> {
         self.datacenter.iter().flat_map(|d| d.replicas())
     }
+}
 
-    /// Applies every rule to an already parsed topology.
-    pub fn check(&self, c: &mut Checker) {
+impl check::Declaration for Topology {
+    fn check(&self, c: &mut Checker) {
         let root = KeyPath::root();
         c.require(
             check::is_identifier(&self.database),

@@ -1,16 +1,10 @@
 //! Event validation: every rule, with the error text a sender sees.
 
-use std::path::Path;
-
 use dc_config::event::{validate, Event, Value};
 use dc_config::registry::Registry;
 
 fn registry() -> Registry {
-    Registry::parse(
-        Path::new("events.toml"),
-        include_str!("../../examples/events.toml"),
-    )
-    .unwrap()
+    dc_config::examples::declared().registry
 }
 
 /// Validates one wire line; returns the error text, or "ok".

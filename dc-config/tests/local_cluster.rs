@@ -9,15 +9,6 @@ use dc_config::local::probe::HttpError;
 use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::Declared;
 
-fn declared() -> Declared {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    Declared::load(
-        &root.join("examples/two-dc.toml"),
-        &root.join("examples/events.toml"),
-    )
-    .unwrap()
-}
-
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
@@ -63,7 +54,8 @@ fn count_by_dc(
 
 #[test]
 fn two_datacenters_schema_global_reads_and_a_lost_datacenter() {
-    let mut cluster = LocalCluster::start(&declared(), LaunchOptions::default()).unwrap();
+    let mut cluster =
+        LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
     assert_eq!(
         cluster.servers(),
         [
@@ -160,7 +152,9 @@ fn no_server_survives_a_failing_test() {
     let pids = std::sync::Mutex::new(Vec::new());
     let state = std::sync::Mutex::new(None);
     let result = std::panic::catch_unwind(|| {
-        let mut cluster = LocalCluster::start(&declared(), LaunchOptions::default()).unwrap();
+        let mut cluster =
+            LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default())
+                .unwrap();
         *pids.lock().unwrap() = cluster.pids();
         *state.lock().unwrap() = Some(cluster.state_dir().to_path_buf());
         panic!("a test failing while its servers run");
@@ -186,7 +180,7 @@ fn a_kept_state_directory_survives_a_stop_and_start() {
         state_dir: Some(dir.path().to_path_buf()),
         ..LaunchOptions::default()
     };
-    let cluster = LocalCluster::start(&declared(), opts.clone()).unwrap();
+    let cluster = LocalCluster::start(&dc_config::examples::declared(), opts.clone()).unwrap();
     insert_rows(&cluster, "dc2-s1-r1", "dc2", 2, 0);
     drop(cluster);
     assert!(dir
@@ -196,7 +190,7 @@ fn a_kept_state_directory_survives_a_stop_and_start() {
     assert!(dir.path().join("rendered/ddl/dc1.sql").is_file());
     // Started again on the same state (new ports): the rows are still there,
     // and applying the schema again changes nothing.
-    let cluster = LocalCluster::start(&declared(), opts).unwrap();
+    let cluster = LocalCluster::start(&dc_config::examples::declared(), opts).unwrap();
     assert_eq!(count_by_dc(&cluster, "dc1-s1-r1", &[]).unwrap(), "dc2\t2\n");
 }
 
@@ -221,7 +215,7 @@ query = { listen = "127.0.0.1:10" }
 [[datacenter.clickhouse.shard]]
 replica = [{ host = "127.0.0.1", tcp_port = 11, http_port = 12, interserver_port = 13, data_path = "/c" }]
 "#;
-    let d = declared();
+    let d = dc_config::examples::declared();
     let declared = Declared {
         topology: dc_config::topology::Topology::parse(Path::new("solo.toml"), topology).unwrap(),
         ..d

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use dc_config::registry::Registry;
 
-const BASE: &str = include_str!("../../examples/events.toml");
+const BASE: &str = dc_config::examples::REGISTRY;
 
 fn errors(src: &str) -> Vec<String> {
     match Registry::parse(Path::new("r.toml"), src) {

@@ -5,20 +5,10 @@ use std::path::Path;
 
 use dc_config::render::{self, clickhouse, ddl, inventory};
 use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
-use dc_config::Declared;
-
-fn declared() -> Declared {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    Declared::load(
-        &root.join("examples/two-dc.toml"),
-        &root.join("examples/events.toml"),
-    )
-    .unwrap()
-}
 
 #[test]
 fn renders_every_file_once() {
-    let d = declared();
+    let d = dc_config::examples::declared();
     let files = render::render(&d.topology, &d.registry_text);
     let paths: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
     for want in [
@@ -48,7 +38,7 @@ fn renders_every_file_once() {
 
 #[test]
 fn server_config_has_ports_clusters_zookeeper_and_macros() {
-    let d = declared();
+    let d = dc_config::examples::declared();
     let r = d.topology.dc("dc1").unwrap().replicas().nth(1).unwrap();
     let x = clickhouse::server_config(&d.topology, &r);
     assert!(x.contains("<listen_host>127.0.0.1</listen_host>"));
@@ -75,7 +65,7 @@ fn server_config_has_ports_clusters_zookeeper_and_macros() {
 
 #[test]
 fn users_config_has_a_read_only_query_user() {
-    let d = declared();
+    let d = dc_config::examples::declared();
     let u = clickhouse::users_config(&d.topology);
     assert!(u.contains("<readonly>2</readonly>"));
     assert!(u.contains("<spoolhouse_query>"));
@@ -85,7 +75,7 @@ fn users_config_has_a_read_only_query_user() {
 
 #[test]
 fn ddl_names_the_right_clusters_per_dc() {
-    let d = declared();
+    let d = dc_config::examples::declared();
     let dc2 = d.topology.dc("dc2").unwrap();
     let s = ddl::statements(&d.topology, dc2);
     let joined = s.join("\n");
@@ -103,7 +93,7 @@ fn ddl_names_the_right_clusters_per_dc() {
 
 #[test]
 fn service_configs_round_trip() {
-    let d = declared();
+    let d = dc_config::examples::declared();
     let files = render::render(&d.topology, &d.registry_text);
     let text = |p: &str| {
         files
@@ -127,7 +117,7 @@ fn service_configs_round_trip() {
 
 #[test]
 fn zoo_cfg_is_standalone_for_one_node() {
-    let d = declared();
+    let d = dc_config::examples::declared();
     let z = render::zookeeper::zoo_cfg(d.topology.dc("dc1").unwrap(), 0);
     assert!(z.contains("clientPort=21810\n"));
     assert!(z.contains("clientPortAddress=127.0.0.1\n"));
@@ -138,7 +128,7 @@ fn zoo_cfg_is_standalone_for_one_node() {
 
 #[test]
 fn inventory_groups_every_role_per_dc() {
-    let d = declared();
+    let d = dc_config::examples::declared();
     let inv = inventory::inventory(&d.topology);
     for g in [
         "[dc1_zookeeper]",

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use dc_config::topology::Topology;
 
-const BASE: &str = include_str!("../../examples/two-dc.toml");
+const BASE: &str = dc_config::examples::TOPOLOGY;
 
 /// Parses `src`, expecting exactly the given (line, key, rule fragment) errors.
 fn errors(src: &str) -> Vec<String> {

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::check::Declaration;
 use crate::declared::Declared;
 use crate::error::ConfigErrors;
 use crate::render;
