@@ -6,6 +6,7 @@ pub mod event;
 pub mod examples;
 pub mod local;
 pub mod locate;
+pub mod record;
 pub mod registry;
 pub mod render;
 pub mod row;

@@ -1,0 +1,334 @@
+//! The payload of one spool frame: one validated event, in a compact binary
+//! form the collector writes and the shipper reads. It carries names, not
+//! registry indexes, so a spooled event stays readable after the registry
+//! changes.
+//!
+//! ```text
+//! struct Record {            // little-endian
+//!     version: u8,           // RECORD_VERSION
+//!     flags: u8,             // bit 0: `inbox` present; other bits zero
+//!     time_ms: u64,
+//!     event_len: u8, event: [u8; event_len],          // UTF-8
+//!     inbox: Option<{ file: u64, end_offset: u64 }>,  // if flags bit 0
+//!     attr_count: u16,
+//!     attrs: [Attr; attr_count],
+//! }
+//! struct Attr {
+//!     name_len: u8, name: [u8; name_len],             // UTF-8
+//!     tag: u8,               // 1 u64, 2 i64, 3 f64, 4 bool (u8 0/1), 5 string
+//!     value: [u8],           // 8 bytes; 1 byte for bool; u32 length + UTF-8 for string
+//! }
+//! ```
+
+use crate::event::{ValidEvent, Value};
+
+/// Version byte of the current record format.
+pub const RECORD_VERSION: u8 = 1;
+
+const FLAG_INBOX: u8 = 1;
+const TAG_UINT: u8 = 1;
+const TAG_INT: u8 = 2;
+const TAG_FLOAT: u8 = 3;
+const TAG_BOOL: u8 = 4;
+const TAG_STR: u8 = 5;
+
+/// Where in an inbox file an event's line ended: lets the collector resume
+/// an inbox file from the spool itself after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InboxSource {
+    /// Identity of the inbox file (chosen by the collector, e.g. from dev and inode).
+    pub file: u64,
+    /// Byte offset just past the event's line.
+    pub end_offset: u64,
+}
+
+/// One spooled event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The event.
+    pub event: ValidEvent,
+    /// Where it came from, for events read from an inbox file.
+    pub inbox: Option<InboxSource>,
+}
+
+/// Why bytes are not a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The bytes end inside the record.
+    #[error("record truncated at byte {0}")]
+    Truncated(usize),
+    /// A version this build cannot read.
+    #[error("record version {0} is not supported (this build reads {RECORD_VERSION})")]
+    Version(u8),
+    /// Unknown flag bits.
+    #[error("record flags {0:#04x} carry unknown bits")]
+    Flags(u8),
+    /// Unknown value tag.
+    #[error("unknown value tag {tag} at byte {at}")]
+    Tag {
+        /// The tag.
+        tag: u8,
+        /// Its offset.
+        at: usize,
+    },
+    /// A name or string that is not UTF-8.
+    #[error("text at byte {0} is not UTF-8")]
+    Utf8(usize),
+    /// Bytes after the last attribute.
+    #[error("{0} unexpected bytes after the record")]
+    Trailing(usize),
+    /// A name longer than 255 bytes or more than 65535 attributes; the
+    /// registry's limits make this unreachable for a validated event.
+    #[error("record field too large to encode: {0}")]
+    TooLarge(&'static str),
+}
+
+impl Record {
+    /// Appends the encoded record to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        let ev = &self.event;
+        out.push(RECORD_VERSION);
+        out.push(if self.inbox.is_some() { FLAG_INBOX } else { 0 });
+        out.extend_from_slice(&ev.time_ms.to_le_bytes());
+        put_name(out, &ev.event, "event name")?;
+        if let Some(src) = self.inbox {
+            out.extend_from_slice(&src.file.to_le_bytes());
+            out.extend_from_slice(&src.end_offset.to_le_bytes());
+        }
+        let n = u16::try_from(ev.attrs.len()).map_err(|_| RecordError::TooLarge("attributes"))?;
+        out.extend_from_slice(&n.to_le_bytes());
+        for (name, v) in &ev.attrs {
+            put_name(out, name, "attribute name")?;
+            match v {
+                Value::UInt(x) => {
+                    out.push(TAG_UINT);
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+                Value::Int(x) => {
+                    out.push(TAG_INT);
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+                Value::Float(x) => {
+                    out.push(TAG_FLOAT);
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+                Value::Bool(b) => {
+                    out.push(TAG_BOOL);
+                    out.push(u8::from(*b));
+                }
+                Value::Str(s) => {
+                    out.push(TAG_STR);
+                    let len =
+                        u32::try_from(s.len()).map_err(|_| RecordError::TooLarge("string"))?;
+                    out.extend_from_slice(&len.to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The encoded record.
+    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        let mut v = Vec::with_capacity(64);
+        self.encode_into(&mut v)?;
+        Ok(v)
+    }
+
+    /// Decodes one record; every byte must belong to it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let mut r = Cursor { b: bytes, at: 0 };
+        let version = r.u8()?;
+        if version != RECORD_VERSION {
+            return Err(RecordError::Version(version));
+        }
+        let flags = r.u8()?;
+        if flags & !FLAG_INBOX != 0 {
+            return Err(RecordError::Flags(flags));
+        }
+        let time_ms = r.u64()?;
+        let event = r.name()?;
+        let inbox = if flags & FLAG_INBOX != 0 {
+            Some(InboxSource {
+                file: r.u64()?,
+                end_offset: r.u64()?,
+            })
+        } else {
+            None
+        };
+        let n = r.u16()? as usize;
+        let mut attrs = Vec::with_capacity(n.min(256));
+        for _ in 0..n {
+            let name = r.name()?;
+            let at = r.at;
+            let v = match r.u8()? {
+                TAG_UINT => Value::UInt(r.u64()?),
+                TAG_INT => Value::Int(r.u64()? as i64),
+                TAG_FLOAT => Value::Float(f64::from_bits(r.u64()?)),
+                TAG_BOOL => Value::Bool(r.u8()? != 0),
+                TAG_STR => {
+                    let len = r.u32()? as usize;
+                    Value::Str(r.text(len)?)
+                }
+                tag => return Err(RecordError::Tag { tag, at }),
+            };
+            attrs.push((name, v));
+        }
+        if r.at != bytes.len() {
+            return Err(RecordError::Trailing(bytes.len() - r.at));
+        }
+        Ok(Self {
+            event: ValidEvent {
+                event,
+                time_ms,
+                attrs,
+            },
+            inbox,
+        })
+    }
+}
+
+fn put_name(out: &mut Vec<u8>, s: &str, what: &'static str) -> Result<(), RecordError> {
+    let len = u8::try_from(s.len()).map_err(|_| RecordError::TooLarge(what))?;
+    out.push(len);
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], RecordError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or(RecordError::Truncated(self.at))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, RecordError> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn text(&mut self, len: usize) -> Result<String, RecordError> {
+        let at = self.at;
+        let b = self.take(len)?;
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| RecordError::Utf8(at))
+    }
+    fn name(&mut self) -> Result<String, RecordError> {
+        let len = self.u8()? as usize;
+        self.text(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<u64>().prop_map(Value::UInt),
+            any::<i64>().prop_map(Value::Int),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::Float),
+            any::<bool>().prop_map(Value::Bool),
+            ".{0,40}".prop_map(Value::Str),
+        ]
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        (
+            "[a-z][a-z0-9_]{0,20}",
+            any::<u64>(),
+            proptest::collection::vec(("[a-z][a-z0-9_]{0,10}", value()), 0..8),
+            proptest::option::of((any::<u64>(), any::<u64>())),
+        )
+            .prop_map(|(event, time_ms, attrs, inbox)| Record {
+                event: ValidEvent {
+                    event,
+                    time_ms,
+                    attrs,
+                },
+                inbox: inbox.map(|(file, end_offset)| InboxSource { file, end_offset }),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(r in record()) {
+            let bytes = r.encode().unwrap();
+            prop_assert_eq!(Record::decode(&bytes).unwrap(), r);
+        }
+
+        #[test]
+        fn every_prefix_is_truncated(r in record()) {
+            let bytes = r.encode().unwrap();
+            for cut in 0..bytes.len() {
+                prop_assert!(matches!(Record::decode(&bytes[..cut]), Err(RecordError::Truncated(_))));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Record::decode(&bytes);
+        }
+
+        #[test]
+        fn flipped_bytes_never_panic(r in record(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut bytes = r.encode().unwrap();
+            let i = at.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            let _ = Record::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_read() {
+        assert_eq!(Record::decode(&[9]), Err(RecordError::Version(9)));
+        assert_eq!(Record::decode(&[1, 0x82]), Err(RecordError::Flags(0x82)));
+        let ok = Record {
+            event: ValidEvent {
+                event: "vote".into(),
+                time_ms: 1,
+                attrs: vec![("a".into(), Value::Bool(true))],
+            },
+            inbox: None,
+        };
+        let mut b = ok.encode().unwrap();
+        b.push(0);
+        assert_eq!(Record::decode(&b), Err(RecordError::Trailing(1)));
+        let tag_at = b.len() - 3;
+        b.pop();
+        b[tag_at] = 77;
+        assert_eq!(
+            Record::decode(&b),
+            Err(RecordError::Tag {
+                tag: 77,
+                at: tag_at
+            })
+        );
+    }
+}
