@@ -1,7 +1,9 @@
 //! `spoolhouse`: the one binary, a thin command-line front over the crates.
 
+mod cmd_bench;
 mod cmd_config;
 mod cmd_local;
+mod cmd_spool;
 mod logging;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,10 @@ enum Command {
     Local(cmd_local::LocalArgs),
     /// The main job: bring up two datacenters, write events into each, print a global report.
     Demo(cmd_local::DemoArgs),
+    /// Inspect or verify (fsck) a spool directory.
+    Spool(cmd_spool::SpoolArgs),
+    /// Benchmarks measured beside a reference on the same machine.
+    Bench(cmd_bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +45,8 @@ fn main() -> std::process::ExitCode {
         Command::Config(a) => cmd_config::run(a),
         Command::Local(a) => cmd_local::run(a),
         Command::Demo(a) => cmd_local::demo(a),
+        Command::Spool(a) => cmd_spool::run(a),
+        Command::Bench(a) => cmd_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
