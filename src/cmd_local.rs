@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use dc_config::event::{validate, Event};
 use dc_config::local::{LaunchOptions, LocalCluster, INTERRUPTED};
 use dc_config::render::ddl::table;
-use dc_config::row::{EventRow, SpoolPosition};
+use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
 use dc_config::Declared;
 use rand::{Rng, SeedableRng};
 
@@ -173,23 +173,20 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 .replicas()
                 .find(|r| r.shard == s + 1)
                 .expect("checked: every shard has a replica");
-            let mut body = String::new();
+            let mut body = Vec::new();
             for (i, ev) in events.iter().enumerate().filter(|(i, _)| i % shards == s) {
                 let valid = validate(ev, &declared.registry)?;
                 let pos = SpoolPosition {
                     segment: 0,
                     offset: i as u64,
                 };
-                body.push_str(&serde_json::to_string(&EventRow::new(
-                    &valid, &dc.name, &dc.host, pos,
-                ))?);
-                body.push('\n');
+                EventRow::new(&valid, &dc.name, &dc.host, pos).write_row_binary(&mut body);
             }
             let sql = format!(
-                "INSERT INTO {db}.{} FORMAT JSONEachRow\n{body}",
+                "INSERT INTO {db}.{} ({EVENT_COLUMNS}) FORMAT RowBinary",
                 table::EVENTS_LOCAL
             );
-            cluster.clickhouse(&server.name())?.query(&sql)?;
+            cluster.clickhouse(&server.name())?.insert(&sql, &body)?;
         }
         println!(
             "{}: wrote {} events into {} shard(s)",

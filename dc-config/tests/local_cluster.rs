@@ -98,6 +98,46 @@ fn two_datacenters_schema_global_reads_and_a_lost_datacenter() {
         .unwrap();
     assert_eq!(local.trim(), "5");
 
+    // A row written by the shipper's RowBinary encoder reads back column for column.
+    let ev = dc_config::event::ValidEvent {
+        event: "screen_view".into(),
+        time_ms: 1_764_028_800_999,
+        attrs: vec![
+            (
+                "screen".into(),
+                dc_config::event::Value::Str("home\t\"'".into()),
+            ),
+            (
+                "is_first_launch".into(),
+                dc_config::event::Value::Bool(true),
+            ),
+        ],
+    };
+    let pos = dc_config::row::SpoolPosition {
+        segment: 9,
+        offset: 4242,
+    };
+    let mut body = Vec::new();
+    dc_config::row::EventRow::new(&ev, "dc2", "dc2-app1", pos).write_row_binary(&mut body);
+    let ch2 = cluster.clickhouse("dc2-s1-r1").unwrap();
+    ch2.query("CREATE TABLE default.rowbinary_check AS spoolhouse.events_local ENGINE = Memory")
+        .unwrap();
+    ch2.insert(
+        &format!(
+            "INSERT INTO default.rowbinary_check ({}) FORMAT RowBinary",
+            dc_config::row::EVENT_COLUMNS
+        ),
+        &body,
+    )
+    .unwrap();
+    let back = ch2
+        .query("SELECT event, date, time, time_ms, dc, host, attr_names, attr_values, spool_segment, spool_offset FROM default.rowbinary_check FORMAT TSV")
+        .unwrap();
+    assert_eq!(
+        back,
+        "screen_view\t2025-11-25\t2025-11-25 00:00:00\t1764028800999\tdc2\tdc2-app1\t['screen','is_first_launch']\t['home\\t\"\\'','1']\t9\t4242\n"
+    );
+
     // Replicated block deduplication: the same block again adds nothing.
     insert_rows(&cluster, "dc2-s1-r1", "dc2", 4, 0);
     assert_eq!(

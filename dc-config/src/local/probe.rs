@@ -135,11 +135,24 @@ impl ClickHouseHttp {
         for (k, v) in settings {
             req = req.query(*k, *v);
         }
+        self.finish(req.send(sql))
+    }
+
+    /// Runs `sql` (an `INSERT … FORMAT …`) with `data` as the request body.
+    pub fn insert(&self, sql: &str, data: &[u8]) -> Result<String, HttpError> {
+        let req = self.agent.post(&self.base_url).query("query", sql);
+        self.finish(req.send(data))
+    }
+
+    fn finish(
+        &self,
+        sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<String, HttpError> {
         let unreachable = |e: ureq::Error| HttpError::Unreachable {
             url: self.base_url.clone(),
             reason: e.to_string(),
         };
-        let resp = req.send(sql).map_err(unreachable)?;
+        let resp = sent.map_err(unreachable)?;
         let status = resp.status().as_u16();
         let body = resp
             .into_body()
