@@ -308,24 +308,6 @@ impl check::Declaration for Registry {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redis_keys_are_tagged_and_escaped() {
-        assert_eq!(
-            State::redis_key("watch_progress", &["7", "42"]),
-            "sh:watch_progress:{7}:42"
-        );
-        assert_eq!(State::redis_key("e", &["a:b", "c\\"]), "sh:e:{a\\:b}:c\\\\");
-        assert_ne!(
-            State::redis_key("e", &["a:b", "c"]),
-            State::redis_key("e", &["a", "b:c"])
-        );
-    }
-}
-
 fn check_event(c: &mut Checker, at: &KeyPath, ev: &EventType) {
     c.require(
         ev.fields.len() <= MAX_FIELDS,
@@ -493,5 +475,23 @@ fn check_event(c: &mut Checker, at: &KeyPath, ev: &EventType) {
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_keys_are_tagged_and_escaped() {
+        assert_eq!(
+            State::redis_key("watch_progress", &["7", "42"]),
+            "sh:watch_progress:{7}:42"
+        );
+        assert_eq!(State::redis_key("e", &["a:b", "c\\"]), "sh:e:{a\\:b}:c\\\\");
+        assert_ne!(
+            State::redis_key("e", &["a:b", "c"]),
+            State::redis_key("e", &["a", "b:c"])
+        );
     }
 }
