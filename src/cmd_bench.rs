@@ -42,6 +42,10 @@ struct SpoolBench {
     /// Concurrent appender threads (the collector's connections).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     threads: u64,
+    /// Appends each thread keeps in flight (`append_deferred` + `wait_durable`,
+    /// as a pipelined collector acknowledges); 1 is a plain blocking `append`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pipeline: u64,
     /// zstd level for sealed segments; 0 leaves them raw.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=22))]
     zstd_level: i32,
@@ -109,6 +113,7 @@ fn append_case(
     );
     let stop_after = Duration::from_millis(b.case_ms);
     let start = Instant::now();
+    let pipeline = b.pipeline;
     let handles: Vec<_> = (0..b.threads)
         .map(|t| {
             let spool = spool.clone();
@@ -123,9 +128,21 @@ fn append_case(
                     })
                     .collect();
                 let mut n = 0;
+                let mut in_flight = std::collections::VecDeque::new();
                 while start.elapsed() < stop_after {
-                    spool.append(&frames)?;
+                    if pipeline == 1 {
+                        spool.append(&frames)?;
+                    } else {
+                        in_flight.push_back(spool.append_deferred(&frames)?);
+                        if in_flight.len() as u64 >= pipeline {
+                            let oldest = in_flight.pop_front().expect("non-empty");
+                            spool.wait_durable(oldest)?;
+                        }
+                    }
                     n += batch as u64;
+                }
+                for p in in_flight {
+                    spool.wait_durable(p)?;
                 }
                 Ok(n)
             })
@@ -181,9 +198,10 @@ fn dd(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
 fn bench_spool(b: SpoolBench) -> anyhow::Result<()> {
     std::fs::create_dir_all(&b.dir).with_context(|| format!("creating {}", b.dir.display()))?;
     println!(
-        "spool bench in {}: {} appender threads, {} ms per case, sealed segments {}",
+        "spool bench in {}: {} appender threads, {} appends in flight per thread, {} ms per case, sealed segments {}",
         b.dir.display(),
         b.threads,
+        b.pipeline,
         b.case_ms,
         if b.zstd_level == 0 {
             "raw".to_string()

@@ -145,5 +145,5 @@ pub use error::{Error, Result};
 pub use files::SegmentState;
 pub use format::{Position, FRAME_PAYLOAD_MAX, SEGMENT_BYTES_MAX};
 pub use reader::{Reader, Record};
-pub use spool::Spool;
+pub use spool::{PendingAppend, Spool};
 pub use stats::{ReaderLag, ReaderStats, SpoolStats, FSYNC_BUCKETS_US};

@@ -61,6 +61,21 @@ struct Inner {
     _lock: File,
 }
 
+/// A batch written by `Spool::append_deferred`, not yet acknowledged.
+#[derive(Debug)]
+#[must_use = "a deferred append is acknowledged only by Spool::wait_durable"]
+pub struct PendingAppend {
+    positions: Vec<Position>,
+    end: Position,
+}
+
+impl PendingAppend {
+    /// Where the batch's frames were written.
+    pub fn positions(&self) -> &[Position] {
+        &self.positions
+    }
+}
+
 /// The durable spool: one writer per directory.
 ///
 /// ```
@@ -395,6 +410,26 @@ impl Spool {
         self.inner.append(payloads)
     }
 
+    /// Writes a batch without waiting for it to become durable, so one caller
+    /// can keep several batches in flight (a pipelined collector writes the
+    /// next batch while the previous one syncs). Nothing is acknowledged
+    /// until `wait_durable` returns; under `Always` and `Group` that wait
+    /// joins the group commit, so one fdatasync may cover several batches.
+    pub fn append_deferred<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<PendingAppend> {
+        let (positions, end) = self.inner.write_batch(payloads)?;
+        Ok(PendingAppend { positions, end })
+    }
+
+    /// Waits until a deferred append is as durable as the policy promises
+    /// and returns its positions.
+    pub fn wait_durable(&self, pending: PendingAppend) -> Result<Vec<Position>> {
+        match self.inner.config.durability {
+            Durability::Always | Durability::Group => self.inner.sync_to(pending.end)?,
+            Durability::Interval { .. } => {}
+        }
+        Ok(pending.positions)
+    }
+
     /// Opens the named reader, sharing this spool's durable watermark: it sees
     /// a frame only once the frame is durable.
     pub fn reader(&self, name: &str) -> Result<Reader> {
@@ -573,8 +608,32 @@ impl Inner {
     }
 
     fn append<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<Vec<Position>> {
+        if let Durability::Always = self.config.durability {
+            return self.write_batch_then(payloads, true).map(|(p, _)| p);
+        }
+        let (positions, end) = self.write_batch(payloads)?;
+        if let Durability::Group = self.config.durability {
+            self.sync_to(end)?;
+        }
+        Ok(positions)
+    }
+
+    /// Writes a batch; returns its positions and the end it must be durable
+    /// up to.
+    fn write_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(Vec<Position>, Position)> {
+        self.write_batch_then(payloads, false)
+    }
+
+    /// Writes a batch and, with `sync_now`, fdatasyncs it under the writer
+    /// lock (the `Always` policy: one sync per append, no sharing).
+    fn write_batch_then<P: AsRef<[u8]>>(
+        &self,
+        payloads: &[P],
+        sync_now: bool,
+    ) -> Result<(Vec<Position>, Position)> {
         if payloads.is_empty() {
-            return Ok(Vec::new());
+            let w = self.lock_writer();
+            return Ok((Vec::new(), Position::new(w.seq, SEGMENT_HEADER_LEN as u64)));
         }
         let mut total = 0u64;
         for p in payloads {
@@ -653,26 +712,19 @@ impl Inner {
             .fetch_add(payloads.len() as u64, Relaxed);
         self.counters.appended_bytes.fetch_add(total, Relaxed);
         let target = Position::new(seq, len);
-        match self.config.durability {
-            Durability::Always => {
-                if let Err(e) = self.timed_sync(&w.file) {
-                    self.poison(&mut w);
-                    return Err(Error::io(
-                        "fsync",
-                        self.layout.segment(seq, SegmentState::Active),
-                        e,
-                    ));
-                }
-                drop(w);
-                self.shared.publish_durable(target);
+        if sync_now {
+            if let Err(e) = self.timed_sync(&w.file) {
+                self.poison(&mut w);
+                return Err(Error::io(
+                    "fsync",
+                    self.layout.segment(seq, SegmentState::Active),
+                    e,
+                ));
             }
-            Durability::Group => {
-                drop(w);
-                self.sync_to(target)?;
-            }
-            Durability::Interval { .. } => {}
+            drop(w);
+            self.shared.publish_durable(target);
         }
-        Ok(positions)
+        Ok((positions, target))
     }
 
     /// Group commit: returns once `target` is durable. One caller at a time

@@ -252,7 +252,11 @@ pub fn examine(dir: impl AsRef<Path>, quarantine_damage: bool) -> Result<Report>
                     rep.payload_bytes += payload.len() as u64;
                     let pos = Position::new(seq, offset as u64);
                     for r in reader_reports.iter_mut() {
-                        if r.committed.map_or(true, |c| pos >= c) {
+                        let counts = match r.committed {
+                            Some(c) => pos >= c,
+                            None => true,
+                        };
+                        if counts {
                             r.lag_frames += 1;
                             r.lag_bytes += frame_len(payload.len()) as u64;
                         }

@@ -303,3 +303,28 @@ fn stats_report_reader_lag() {
     assert!(st.fsyncs >= 1);
     assert_eq!(st.fsync_latency_buckets.iter().sum::<u64>(), st.fsyncs);
 }
+
+#[test]
+fn deferred_appends_are_acknowledged_by_one_shared_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(
+        dir.path(),
+        small_config(Durability::Group, Compression::Off),
+    )
+    .unwrap();
+    let pending: Vec<_> = (0..5)
+        .map(|i| spool.append_deferred(&[payload(i)]).unwrap())
+        .collect();
+    let before = spool.stats().unwrap().fsyncs;
+    let last = pending.last().unwrap().positions()[0];
+    assert!(spool.durable() <= last, "nothing synced before the wait");
+    let mut acked = Vec::new();
+    for p in pending {
+        acked.extend(spool.wait_durable(p).unwrap());
+    }
+    assert_eq!(spool.stats().unwrap().fsyncs - before, 1);
+    assert!(spool.durable() > last);
+    let mut r = spool.reader("a").unwrap();
+    let got: Vec<Position> = drain(&mut r).iter().map(|r| r.position).collect();
+    assert_eq!(got, acked);
+}
