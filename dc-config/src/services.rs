@@ -71,6 +71,55 @@ pub struct ShipperConfig {
     pub shards: Vec<ShardTarget>,
     /// This DC's Redis.
     pub redis: Redis,
+    /// The shipper's own durable state: batch intents, dead letters.
+    pub state_dir: PathBuf,
+    /// Bounds on batches, retries and timeouts.
+    #[serde(default)]
+    pub limits: ShipperLimits,
+}
+
+/// Every bound of the shipper, with its default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShipperLimits {
+    /// Most rows in one insert (default 100 000): large enough that an
+    /// insert costs ClickHouse one part per second or less under load, small
+    /// enough to stay far below `max_insert_block_size` (1 048 576), so a
+    /// batch is one block and one deduplication unit per partition.
+    pub batch_rows_max: usize,
+    /// Most RowBinary bytes in one insert (default 64 MiB).
+    pub batch_bytes_max: usize,
+    /// Longest a partial batch waits for more data before it is shipped (default 1000 ms).
+    pub batch_age_ms: u64,
+    /// First retry delay after a transient error (default 100 ms); doubles per try.
+    pub retry_initial_ms: u64,
+    /// Cap of the retry delay (default 10 000 ms); each delay gets ±25 % jitter.
+    pub retry_max_ms: u64,
+    /// Delay between tries of a batch blocked by a non-retriable error such as
+    /// a missing table (default 30 000 ms): the batch is never skipped.
+    pub blocked_retry_ms: u64,
+    /// Timeout of one ClickHouse request (default 60 000 ms).
+    pub clickhouse_timeout_ms: u64,
+    /// Most events per Redis pipeline round (default 5 000).
+    pub redis_batch_max: usize,
+    /// Timeout of one Redis round (default 5 000 ms).
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for ShipperLimits {
+    fn default() -> Self {
+        Self {
+            batch_rows_max: 100_000,
+            batch_bytes_max: 64 << 20,
+            batch_age_ms: 1_000,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+            blocked_retry_ms: 30_000,
+            clickhouse_timeout_ms: 60_000,
+            redis_batch_max: 5_000,
+            redis_timeout_ms: 5_000,
+        }
+    }
 }
 
 /// The query service of one DC.
@@ -137,8 +186,58 @@ impl ShipperConfig {
                 })
                 .collect(),
             redis: dc.redis.clone(),
+            state_dir: shipper_state_dir(&dc.spool.dir),
+            limits: ShipperLimits::default(),
         }
     }
+}
+
+impl crate::check::Declaration for ShipperConfig {
+    fn check(&self, c: &mut crate::check::Checker) {
+        let l = &self.limits;
+        let at = crate::locate::KeyPath::root().key("limits");
+        c.require(
+            (1..=1_048_576).contains(&l.batch_rows_max),
+            &at.key("batch_rows_max"),
+            "must be from 1 to 1048576 (ClickHouse's max_insert_block_size): a batch must stay one insert block",
+        );
+        c.require(
+            l.batch_bytes_max >= 1 << 16,
+            &at.key("batch_bytes_max"),
+            "must be at least 65536",
+        );
+        c.require(
+            l.retry_initial_ms >= 1 && l.retry_initial_ms <= l.retry_max_ms,
+            &at.key("retry_initial_ms"),
+            "must be at least 1 and at most retry_max_ms",
+        );
+        for (key, v) in [
+            ("blocked_retry_ms", l.blocked_retry_ms),
+            ("clickhouse_timeout_ms", l.clickhouse_timeout_ms),
+            ("redis_timeout_ms", l.redis_timeout_ms),
+        ] {
+            c.require(v >= 1, &at.key(key), "must be at least 1");
+        }
+        c.require(
+            l.redis_batch_max >= 1,
+            &at.key("redis_batch_max"),
+            "must be at least 1",
+        );
+        c.require(
+            !self.shards.is_empty()
+                && self
+                    .shards
+                    .iter()
+                    .all(|s| s.weight > 0 && !s.replicas.is_empty()),
+            &crate::locate::KeyPath::root().key("shards"),
+            "declare at least one shard, each of weight >= 1 with at least one replica URL",
+        );
+    }
+}
+
+/// The shipper's state folder: `shipper` beside the spool folder.
+fn shipper_state_dir(spool_dir: &std::path::Path) -> PathBuf {
+    spool_dir.with_file_name("shipper")
 }
 
 impl QueryConfig {

@@ -1,8 +1,34 @@
-//! The shipper: spool to this datacenter's ClickHouse, exactly once in effect.
+//! The shipper: a host's spool into its datacenter's ClickHouse, exactly
+//! once in effect, and the latest keyed state into its Redis.
 //!
-//! It owns tailing the spool with a named reader, deterministic batches,
-//! idempotent inserts into `events_local` with retries, checkpoints after
-//! acknowledgement, the latest keyed state in Redis, and per-minute
-//! aggregation into aggregate-state tables.
+//! Main types: [`Shipper`] runs two pipelines, each a named spool reader:
+//! `clickhouse` inserts deterministic batches into `events_local` on one
+//! replica of a shard chosen from the batch ([`sink::Sink`]), and `redis`
+//! keeps the newest value per key ([`state::StateStore`]).
 //!
-//! Not yet built: see the "Shipper" issue.
+//! Exactly once in effect = at-least-once delivery + idempotent inserts:
+//! - a batch is a fixed spool range, recorded durably before it is sent
+//!   ([`intent`]), so a replay after a crash sends the same rows in the same
+//!   order, as the same block;
+//! - ClickHouse's replicated block deduplication drops a repeated block;
+//! - before sending a batch again, the shipper asks ClickHouse which of its
+//!   spool positions it already holds, and sends only the rest — this guard
+//!   has no window, unlike deduplication's last 100 blocks;
+//! - the checkpoint is committed only after ClickHouse acknowledged.
+//!
+//! Nothing is ever skipped: transient errors retry with capped, jittered
+//! backoff forever; non-retriable ones (missing table, refused data) block
+//! the batch, retried slowly, with an error in the log, a metric and
+//! `/healthz`, until an operator fixes the cause. A frame that is not an
+//! event record goes to `STATE_DIR/dead-letter/`, counted and logged.
+
+pub mod error;
+pub mod intent;
+pub mod metrics;
+pub mod ship;
+pub mod sink;
+pub mod state;
+
+pub use error::{Error, Result};
+pub use metrics::{Health, Metrics};
+pub use ship::{Guards, Shipper};

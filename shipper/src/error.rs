@@ -1,0 +1,68 @@
+//! The shipper's errors, kept apart by what the caller can do about them.
+
+use std::path::PathBuf;
+
+/// What went wrong while shipping.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spool could not be read or a checkpoint not written: the
+    /// pipeline stops; nothing was committed past what was shipped.
+    #[error("spool: {0}")]
+    Spool(#[from] spooler::Error),
+    /// The shipper's own state (intent file, dead letters) could not be
+    /// read or written.
+    #[error("shipper state {path}: {source}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// ClickHouse failed; `retriable` says whether trying again can help.
+    #[error("ClickHouse at {url}: {message}")]
+    ClickHouse {
+        /// Replica tried.
+        url: String,
+        /// The error text, with ClickHouse's code when it gave one.
+        message: String,
+        /// Whether the same request may succeed later unchanged.
+        retriable: bool,
+        /// Stable label for metrics.
+        kind: &'static str,
+    },
+    /// Redis failed; always retried (the state is idempotent).
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A Redis round took longer than its timeout.
+    #[error("Redis did not answer within {0} ms")]
+    RedisTimeout(u64),
+    /// The config breaks a rule.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Whether trying the same operation again may succeed.
+    pub fn retriable(&self) -> bool {
+        match self {
+            Error::ClickHouse { retriable, .. } => *retriable,
+            Error::Redis(_) | Error::RedisTimeout(_) => true,
+            Error::Spool(_) | Error::State { .. } | Error::Config(_) => false,
+        }
+    }
+
+    /// A stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Spool(_) => "spool",
+            Error::State { .. } => "state",
+            Error::ClickHouse { kind, .. } => kind,
+            Error::Redis(_) => "redis",
+            Error::RedisTimeout(_) => "redis_timeout",
+            Error::Config(_) => "config",
+        }
+    }
+}
+
+/// Result with the shipper's error.
+pub type Result<T> = std::result::Result<T, Error>;

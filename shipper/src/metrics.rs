@@ -1,0 +1,167 @@
+//! The shipper's Prometheus metrics, all named `spoolhouse_shipper_*`, and
+//! its health as `/healthz` reports it.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A label set: one (name, value) pair.
+pub type Label = Vec<(String, String)>;
+
+/// Builds a one-label set.
+pub fn label(name: &str, value: &str) -> Label {
+    vec![(name.to_string(), value.to_string())]
+}
+
+/// Every metric of the shipper.
+pub struct Metrics {
+    /// Batches committed, by sink (`clickhouse`, `redis`).
+    pub batches: Family<Label, Counter>,
+    /// Rows inserted into ClickHouse.
+    pub rows: Counter,
+    /// RowBinary bytes sent to ClickHouse.
+    pub bytes: Counter,
+    /// Seconds per successful insert.
+    pub insert_seconds: Histogram,
+    /// Failed attempts, by kind (`network`, `timeout`, `server`, `schema`, …).
+    pub errors: Family<Label, Counter>,
+    /// Rows a replay found already in ClickHouse and did not send again.
+    pub replay_rows_skipped: Counter,
+    /// Spool frames that did not decode, copied to the dead-letter folder.
+    pub dead_letters: Counter,
+    /// 1 while a batch is blocked by a non-retriable error.
+    pub blocked: Gauge,
+    /// Seconds between now and the event time of the oldest unshipped
+    /// event, by sink; 0 when caught up.
+    pub lag_seconds: Family<Label, Gauge<f64, AtomicU64>>,
+    /// Frames read but not yet committed, by sink.
+    pub lag_frames: Family<Label, Gauge>,
+    /// Redis states written (newer event) and kept (older or equal event).
+    pub redis_states: Family<Label, Counter>,
+}
+
+impl Metrics {
+    /// Registers every metric in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            batches: Family::default(),
+            rows: Counter::default(),
+            bytes: Counter::default(),
+            // 1 ms … ~65 s: a healthy insert takes milliseconds, a struggling
+            // server seconds, and the insert timeout bounds the top.
+            insert_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            errors: Family::default(),
+            replay_rows_skipped: Counter::default(),
+            dead_letters: Counter::default(),
+            blocked: Gauge::default(),
+            lag_seconds: Family::default(),
+            lag_frames: Family::default(),
+            redis_states: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("spoolhouse_shipper");
+        r.register("batches", "Batches committed, by sink", m.batches.clone());
+        r.register("rows", "Rows inserted into ClickHouse", m.rows.clone());
+        r.register(
+            "bytes",
+            "RowBinary bytes sent to ClickHouse",
+            m.bytes.clone(),
+        );
+        r.register(
+            "insert_seconds",
+            "Duration of successful inserts",
+            m.insert_seconds.clone(),
+        );
+        r.register("errors", "Failed attempts by kind", m.errors.clone());
+        r.register(
+            "replay_rows_skipped",
+            "Rows a replay found already in ClickHouse",
+            m.replay_rows_skipped.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Spool frames that did not decode",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "blocked",
+            "1 while a batch is blocked by a non-retriable error",
+            m.blocked.clone(),
+        );
+        r.register(
+            "lag_seconds",
+            "Age of the oldest unshipped event, by sink",
+            m.lag_seconds.clone(),
+        );
+        r.register(
+            "lag_frames",
+            "Frames read and not yet committed, by sink",
+            m.lag_frames.clone(),
+        );
+        r.register(
+            "redis_states",
+            "Redis state writes by outcome",
+            m.redis_states.clone(),
+        );
+        m
+    }
+}
+
+/// How one sink is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SinkHealth {
+    /// Not started yet.
+    #[default]
+    Starting,
+    /// The last attempt succeeded.
+    Ok,
+    /// Transient failures; retrying with backoff.
+    Retrying(String),
+    /// A non-retriable error: the batch waits for an operator.
+    Blocked(String),
+}
+
+/// What `/healthz` reports.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The ClickHouse pipeline.
+    pub clickhouse: Mutex<SinkHealth>,
+    /// The Redis pipeline (`None` state when no event type declares a state).
+    pub redis: Mutex<SinkHealth>,
+    /// Schema problems found by the start-up check.
+    pub schema_problems: Mutex<Vec<String>>,
+}
+
+impl Health {
+    /// True when nothing is blocked and the schema matched.
+    pub fn ok(&self) -> bool {
+        let blocked = |m: &Mutex<SinkHealth>| {
+            matches!(*m.lock().expect("health lock"), SinkHealth::Blocked(_))
+        };
+        !blocked(&self.clickhouse)
+            && !blocked(&self.redis)
+            && self.schema_problems.lock().expect("health lock").is_empty()
+    }
+
+    /// A JSON object for `/healthz`.
+    pub fn to_json(&self) -> serde_json::Value {
+        fn sink(h: &SinkHealth) -> serde_json::Value {
+            match h {
+                SinkHealth::Starting => serde_json::json!({"state": "starting"}),
+                SinkHealth::Ok => serde_json::json!({"state": "ok"}),
+                SinkHealth::Retrying(e) => serde_json::json!({"state": "retrying", "error": e}),
+                SinkHealth::Blocked(e) => serde_json::json!({"state": "blocked", "error": e}),
+            }
+        }
+        serde_json::json!({
+            "ok": self.ok(),
+            "clickhouse": sink(&self.clickhouse.lock().expect("health lock")),
+            "redis": sink(&self.redis.lock().expect("health lock")),
+            "schema_problems": *self.schema_problems.lock().expect("health lock"),
+        })
+    }
+}

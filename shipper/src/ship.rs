@@ -1,0 +1,527 @@
+//! The two pipelines of a shipper, each a named spool reader on its own
+//! thread: `clickhouse` (batches into `events_local`) and `redis` (latest
+//! keyed state). Each commits its checkpoint only after its sink
+//! acknowledged, so a crash anywhere replays, and never skips, what was not
+//! acknowledged. Neither waits for the other: Redis being down never holds
+//! up ClickHouse, and the spool keeps what the slower one still needs.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dc_config::record::Record;
+use dc_config::registry::Registry;
+use dc_config::row::{EventRow, SpoolPosition};
+use dc_config::services::ShipperConfig;
+use rand::Rng;
+use spooler::{Position, Reader};
+
+use crate::error::{Error, Result};
+use crate::intent::Intent;
+use crate::metrics::{label, Health, Metrics, SinkHealth};
+use crate::sink::Sink;
+use crate::state::{state_write, StateStore};
+
+/// Name of the spool reader feeding ClickHouse.
+pub const CLICKHOUSE_READER: &str = "clickhouse";
+/// Name of the spool reader feeding Redis.
+pub const REDIS_READER: &str = "redis";
+/// Longest single wait before the shutdown flag is looked at again.
+const WAIT_SLICE: Duration = Duration::from_millis(200);
+
+/// Switches for tests that prove each guard against duplicates on its own.
+#[derive(Debug, Clone)]
+pub struct Guards {
+    /// Ask ClickHouse which positions it holds before sending a batch again
+    /// (default on).
+    pub verify_positions: bool,
+    /// ClickHouse block deduplication (`insert_deduplicate`, default on).
+    pub deduplicate: bool,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Self {
+            verify_positions: true,
+            deduplicate: true,
+        }
+    }
+}
+
+/// A shipper for one host's spool.
+pub struct Shipper {
+    config: ShipperConfig,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    guards: Guards,
+    shutdown: Arc<AtomicBool>,
+}
+
+/// One batch ready to insert: RowBinary rows and where each row's bytes are.
+struct Batch {
+    intent: Intent,
+    body: Vec<u8>,
+    rows: Vec<(SpoolPosition, Range<usize>)>,
+    events: Vec<String>,
+    time_range: (u32, u32),
+    oldest_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Shipper {
+    /// A shipper; `shutdown` set to true makes both pipelines finish the
+    /// batch in hand and return.
+    pub fn new(
+        config: ShipperConfig,
+        registry: Registry,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        guards: Guards,
+        shutdown: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            config,
+            registry: Arc::new(registry),
+            metrics,
+            health,
+            guards,
+            shutdown,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Runs both pipelines until shutdown; returns the first fatal error.
+    pub fn run(self: Arc<Self>, runtime: tokio::runtime::Handle) -> Result<()> {
+        std::fs::create_dir_all(&self.config.state_dir).map_err(|source| Error::State {
+            path: self.config.state_dir.clone(),
+            source,
+        })?;
+        let problems = runtime.block_on(Sink::new(&self.config).check_schema());
+        for p in &problems {
+            tracing::error!(problem = %p, "ClickHouse schema check failed; batches will wait until it is fixed");
+        }
+        *self.health.schema_problems.lock().expect("health lock") = problems;
+        let stateful = self.registry.event.values().any(|e| e.state.is_some());
+        let ch = {
+            let me = self.clone();
+            let rt = runtime.clone();
+            std::thread::Builder::new()
+                .name("ship-clickhouse".into())
+                .spawn(move || me.clickhouse_loop(&rt))
+                .expect("spawning a thread")
+        };
+        let redis = stateful.then(|| {
+            let me = self.clone();
+            let rt = runtime.clone();
+            std::thread::Builder::new()
+                .name("ship-redis".into())
+                .spawn(move || me.redis_loop(&rt))
+                .expect("spawning a thread")
+        });
+        let first = ch.join().expect("clickhouse pipeline panicked");
+        if first.is_err() {
+            self.shutdown.store(true, Ordering::SeqCst);
+        }
+        let second = redis
+            .map(|h| h.join().expect("redis pipeline panicked"))
+            .unwrap_or(Ok(()));
+        first.and(second)
+    }
+
+    /// Sleeps `d` in slices, returning early (false) on shutdown.
+    fn sleep(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if self.stopping() {
+                return false;
+            }
+            std::thread::sleep(WAIT_SLICE.min(until - Instant::now()));
+        }
+        !self.stopping()
+    }
+
+    /// Capped exponential backoff with ±25 % jitter, so shippers that failed
+    /// together do not retry together.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let l = &self.config.limits;
+        let base = l
+            .retry_initial_ms
+            .saturating_mul(1u64 << attempt.min(20))
+            .min(l.retry_max_ms);
+        let jitter = rand::rng().random_range(0.75..1.25);
+        Duration::from_millis((base as f64 * jitter) as u64)
+    }
+
+    // ---- ClickHouse ------------------------------------------------------
+
+    fn clickhouse_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
+        let dir = &self.config.spool_dir;
+        let mut reader = Reader::open(dir, CLICKHOUSE_READER)?;
+        let sink = Sink::new(&self.config);
+        let state = self.config.state_dir.clone();
+        let lag = label("sink", "clickhouse");
+        // A recorded intent starting at our checkpoint is a batch that may
+        // have reached ClickHouse before the last stop: replay exactly it.
+        let mut replay =
+            Intent::load(&state, CLICKHOUSE_READER)?.filter(|i| i.start == reader.committed());
+        while !self.stopping() {
+            let records = match replay {
+                Some(i) => match self.read_exact(&mut reader, i)? {
+                    Some(r) => r,
+                    None => {
+                        replay = None;
+                        continue;
+                    }
+                },
+                None => match self.plan(&mut reader)? {
+                    Some(r) => r,
+                    None => {
+                        self.metrics.lag_seconds.get_or_create(&lag).set(0.0);
+                        continue;
+                    }
+                },
+            };
+            let intent = Intent {
+                start: records[0].position,
+                end: records.last().expect("non-empty").next,
+                frames: records.len() as u32,
+            };
+            if replay.is_none() {
+                intent.save(&state, CLICKHOUSE_READER)?;
+            }
+            let batch = self.build(intent, &records)?;
+            self.metrics
+                .lag_frames
+                .get_or_create(&lag)
+                .set(records.len() as i64);
+            let shipped = self.ship(rt, &sink, &batch, replay.is_some())?;
+            replay = None;
+            if !shipped {
+                break;
+            }
+            reader.commit(intent.end)?;
+            self.metrics.lag_frames.get_or_create(&lag).set(0);
+            self.metrics
+                .batches
+                .get_or_create(&label("sink", "clickhouse"))
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Reads the next batch: up to the row and byte limits, or what has come
+    /// within `batch_age_ms` of its first frame. `None`: nothing came (or shutdown).
+    fn plan(&self, reader: &mut Reader) -> Result<Option<Vec<spooler::Record>>> {
+        let l = &self.config.limits;
+        let age = Duration::from_millis(l.batch_age_ms);
+        let mut out: Vec<spooler::Record> = Vec::new();
+        let mut bytes = 0usize;
+        let mut first_at: Option<Instant> = None;
+        loop {
+            let got = reader.next(
+                l.batch_rows_max - out.len(),
+                l.batch_bytes_max.saturating_sub(bytes).max(1),
+            )?;
+            if !got.is_empty() {
+                first_at.get_or_insert_with(Instant::now);
+                bytes += got.iter().map(|r| r.payload.len()).sum::<usize>();
+                out.extend(got);
+                if out.len() >= l.batch_rows_max || bytes >= l.batch_bytes_max {
+                    break;
+                }
+                continue;
+            }
+            let wait = match first_at {
+                None if self.stopping() => return Ok(None),
+                None => WAIT_SLICE,
+                Some(t) => {
+                    let left = age.saturating_sub(t.elapsed());
+                    if left.is_zero() || self.stopping() {
+                        break;
+                    }
+                    left.min(WAIT_SLICE)
+                }
+            };
+            if !reader.wait(wait)? && first_at.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Re-reads exactly the frames of `intent`. `None` if the spool no longer
+    /// holds that range (recovery cut it): the batch is re-planned, and the
+    /// position check still keeps rows single.
+    fn read_exact(
+        &self,
+        reader: &mut Reader,
+        intent: Intent,
+    ) -> Result<Option<Vec<spooler::Record>>> {
+        let mut out: Vec<spooler::Record> = Vec::with_capacity(intent.frames as usize);
+        while out.len() < intent.frames as usize {
+            let got = reader.next(intent.frames as usize - out.len(), usize::MAX)?;
+            if got.is_empty() {
+                break;
+            }
+            out.extend(got);
+        }
+        if out.len() == intent.frames as usize && out.last().map(|r| r.next) == Some(intent.end) {
+            tracing::info!(start = ?intent.start, frames = intent.frames, "replaying the batch in flight at the last stop");
+            return Ok(Some(out));
+        }
+        tracing::warn!(
+            ?intent,
+            read = out.len(),
+            "the spool no longer matches the recorded batch; planning afresh"
+        );
+        reader.rewind();
+        Ok(None)
+    }
+
+    /// Decodes frames into rows; a frame that is not a record goes to the
+    /// dead-letter folder (counted and logged), never silently away.
+    fn build(&self, intent: Intent, records: &[spooler::Record]) -> Result<Batch> {
+        let mut body = Vec::with_capacity(records.iter().map(|r| r.payload.len() + 32).sum());
+        let mut rows = Vec::with_capacity(records.len());
+        let mut events: Vec<String> = Vec::new();
+        let mut time_range = (u32::MAX, 0u32);
+        let mut oldest_ms = u64::MAX;
+        for rec in records {
+            let pos = SpoolPosition {
+                segment: rec.position.segment,
+                offset: rec.position.offset,
+            };
+            match Record::decode(&rec.payload) {
+                Ok(r) => {
+                    let row = EventRow::new(&r.event, &self.config.dc, &self.config.host, pos);
+                    let start = body.len();
+                    row.write_row_binary(&mut body);
+                    rows.push((pos, start..body.len()));
+                    if !events.contains(&row.event) {
+                        events.push(row.event.clone());
+                    }
+                    time_range = (time_range.0.min(row.time), time_range.1.max(row.time));
+                    oldest_ms = oldest_ms.min(row.time_ms);
+                }
+                Err(e) => self.dead_letter(rec.position, &rec.payload, &e.to_string())?,
+            }
+        }
+        Ok(Batch {
+            intent,
+            body,
+            rows,
+            events,
+            time_range,
+            oldest_ms,
+        })
+    }
+
+    fn dead_letter(&self, pos: Position, payload: &[u8], why: &str) -> Result<()> {
+        let dir = self.config.state_dir.join("dead-letter");
+        let path: PathBuf = dir.join(format!("{}-{}.bad", pos.segment, pos.offset));
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let mut f = std::fs::File::create(&path)?;
+            std::io::Write::write_all(&mut f, payload)?;
+            f.sync_all()
+        };
+        write().map_err(|source| Error::State {
+            path: path.clone(),
+            source,
+        })?;
+        self.metrics.dead_letters.inc();
+        tracing::error!(segment = pos.segment, offset = pos.offset, reason = %why, file = %path.display(), "spool frame is not an event record; kept as a dead letter");
+        Ok(())
+    }
+
+    /// Inserts `batch` until ClickHouse acknowledges it. Returns false on
+    /// shutdown before that (nothing is committed then). `replay`: the batch
+    /// may already be in ClickHouse.
+    fn ship(
+        &self,
+        rt: &tokio::runtime::Handle,
+        sink: &Sink,
+        batch: &Batch,
+        replay: bool,
+    ) -> Result<bool> {
+        if batch.rows.is_empty() {
+            return Ok(true);
+        }
+        let shard = sink.shard_for(batch.intent.start);
+        let mut check = replay && self.guards.verify_positions;
+        let lag = label("sink", "clickhouse");
+        for attempt in 0u32.. {
+            self.metrics
+                .lag_seconds
+                .get_or_create(&lag)
+                .set(now_ms().saturating_sub(batch.oldest_ms) as f64 / 1000.0);
+            let replica = attempt as usize % sink.replicas(shard);
+            let started = Instant::now();
+            let result = rt.block_on(async {
+                let body = if check {
+                    let events: Vec<&str> = batch.events.iter().map(String::as_str).collect();
+                    let held = sink
+                        .held_positions(
+                            shard,
+                            replica,
+                            batch.intent.start,
+                            batch.intent.end,
+                            &events,
+                            batch.time_range,
+                        )
+                        .await?;
+                    self.metrics.replay_rows_skipped.inc_by(held.len() as u64);
+                    if !held.is_empty() {
+                        tracing::info!(
+                            held = held.len(),
+                            rows = batch.rows.len(),
+                            "ClickHouse already holds part of this batch; sending only the rest"
+                        );
+                    }
+                    let mut b = Vec::with_capacity(batch.body.len());
+                    for (pos, range) in &batch.rows {
+                        if !held.contains(&(pos.segment, pos.offset)) {
+                            b.extend_from_slice(&batch.body[range.clone()]);
+                        }
+                    }
+                    b
+                } else {
+                    batch.body.clone()
+                };
+                if body.is_empty() {
+                    return Ok(0);
+                }
+                let n = body.len();
+                sink.insert(shard, replica, Bytes::from(body), self.guards.deduplicate)
+                    .await?;
+                Ok::<usize, Error>(n)
+            });
+            match result {
+                Ok(sent) => {
+                    self.metrics
+                        .insert_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.rows.inc_by(batch.rows.len() as u64);
+                    self.metrics.bytes.inc_by(sent as u64);
+                    self.metrics.blocked.set(0);
+                    *self.health.clickhouse.lock().expect("health lock") = SinkHealth::Ok;
+                    return Ok(true);
+                }
+                Err(e) => {
+                    self.metrics
+                        .errors
+                        .get_or_create(&label("kind", e.kind()))
+                        .inc();
+                    // An attempt that failed may still have landed (an answer
+                    // lost on the way back): look before sending again.
+                    check = self.guards.verify_positions;
+                    let delay = if e.retriable() {
+                        tracing::warn!(error = %e, attempt, shard = shard + 1, "insert failed; retrying");
+                        *self.health.clickhouse.lock().expect("health lock") =
+                            SinkHealth::Retrying(e.to_string());
+                        self.backoff(attempt)
+                    } else {
+                        tracing::error!(error = %e, shard = shard + 1, start = ?batch.intent.start, "batch blocked by a non-retriable error; it is kept and retried, never skipped");
+                        self.metrics.blocked.set(1);
+                        *self.health.clickhouse.lock().expect("health lock") =
+                            SinkHealth::Blocked(e.to_string());
+                        Duration::from_millis(self.config.limits.blocked_retry_ms)
+                    };
+                    if !self.sleep(delay) {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        unreachable!("the attempt counter does not run out")
+    }
+
+    // ---- Redis -------------------------------------------------------------
+
+    fn redis_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
+        let mut reader = Reader::open(&self.config.spool_dir, REDIS_READER)?;
+        let timeout = Duration::from_millis(self.config.limits.redis_timeout_ms);
+        let lag = label("sink", "redis");
+        let mut store: Option<StateStore> = None;
+        while !self.stopping() {
+            let records = reader.next(self.config.limits.redis_batch_max, usize::MAX)?;
+            if records.is_empty() {
+                self.metrics.lag_seconds.get_or_create(&lag).set(0.0);
+                reader.wait(WAIT_SLICE)?;
+                continue;
+            }
+            let mut writes = Vec::new();
+            let mut oldest_ms = u64::MAX;
+            for r in &records {
+                // Undecodable frames are the ClickHouse pipeline's to dead-letter.
+                if let Ok(rec) = Record::decode(&r.payload) {
+                    if let Some(w) = state_write(&self.registry, &rec.event) {
+                        oldest_ms = oldest_ms.min(w.time_ms);
+                        writes.push(w);
+                    }
+                }
+            }
+            let mut attempt = 0u32;
+            loop {
+                if !writes.is_empty() {
+                    self.metrics
+                        .lag_seconds
+                        .get_or_create(&lag)
+                        .set(now_ms().saturating_sub(oldest_ms) as f64 / 1000.0);
+                }
+                let result = rt.block_on(async {
+                    if store.is_none() {
+                        store = Some(StateStore::connect(&self.config.redis, timeout).await?);
+                    }
+                    store.as_mut().expect("just connected").apply(&writes).await
+                });
+                match result {
+                    Ok(changed) => {
+                        let m = &self.metrics.redis_states;
+                        m.get_or_create(&label("outcome", "written"))
+                            .inc_by(changed);
+                        m.get_or_create(&label("outcome", "kept"))
+                            .inc_by(writes.len() as u64 - changed);
+                        *self.health.redis.lock().expect("health lock") = SinkHealth::Ok;
+                        break;
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .errors
+                            .get_or_create(&label("kind", e.kind()))
+                            .inc();
+                        tracing::warn!(error = %e, attempt, "Redis state write failed; retrying (ClickHouse shipping goes on)");
+                        *self.health.redis.lock().expect("health lock") =
+                            SinkHealth::Retrying(e.to_string());
+                        if matches!(e, Error::RedisTimeout(_)) {
+                            store = None;
+                        }
+                        if !self.sleep(self.backoff(attempt)) {
+                            return Ok(());
+                        }
+                        attempt += 1;
+                    }
+                }
+            }
+            reader.commit(records.last().expect("non-empty").next)?;
+            self.metrics
+                .batches
+                .get_or_create(&label("sink", "redis"))
+                .inc();
+        }
+        Ok(())
+    }
+}

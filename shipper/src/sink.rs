@@ -1,0 +1,352 @@
+//! Inserting batches into this datacenter's ClickHouse: the choice of shard,
+//! replica failover, the two guards against duplicates, and the sorting of
+//! errors into "try again" and "blocked".
+//!
+//! Guard 1, block deduplication: each batch is inserted as one RowBinary
+//! block into `events_local` (ReplicatedMergeTree) on one replica; the same
+//! block sent again is dropped by ClickHouse, for the last
+//! `replicated_deduplication_window` blocks (100 on 18.16).
+//! Guard 2, position check: before a batch is sent again (a replay after a
+//! restart, or a retry after an answer that never came), the shipper asks
+//! the replica which of the batch's spool positions it already holds and
+//! sends only the others — this one needs no window.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dc_config::render::ddl::table;
+use dc_config::row::EVENT_COLUMNS;
+use dc_config::services::ShipperConfig;
+use dc_config::sql::quote_str;
+
+use crate::error::{Error, Result};
+
+/// ClickHouse error codes that retrying the same request cannot fix: the
+/// schema is missing or different, the data was refused, or the user may
+/// not write. A batch hitting one is *blocked*: retried slowly, never skipped.
+const BLOCKING_CODES: &[(u32, &str)] = &[
+    (16, "schema"),    // NO_SUCH_COLUMN_IN_TABLE
+    (60, "schema"),    // UNKNOWN_TABLE
+    (81, "schema"),    // UNKNOWN_DATABASE
+    (53, "rejected"),  // TYPE_MISMATCH
+    (27, "rejected"),  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    (62, "rejected"),  // SYNTAX_ERROR
+    (117, "rejected"), // INCORRECT_DATA
+    (115, "rejected"), // UNKNOWN_SETTING
+    (164, "auth"),     // READONLY
+    (192, "auth"),     // UNKNOWN_USER
+    (193, "auth"),     // WRONG_PASSWORD
+    (497, "auth"),     // ACCESS_DENIED
+    (516, "auth"),     // AUTHENTICATION_FAILED
+];
+
+/// The ClickHouse error code in an error text (`Code: 60, …`).
+pub fn error_code(text: &str) -> Option<u32> {
+    let at = text.find("Code: ")? + 6;
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Sorts a client error into retriable or blocking, with a metric label.
+fn classify(url: &str, e: clickhouse::error::Error) -> Error {
+    use clickhouse::error::Error as E;
+    let message = e.to_string();
+    let (retriable, kind) = match &e {
+        E::Network(_) => (true, "network"),
+        E::TimedOut => (true, "timeout"),
+        E::BadResponse(text) => match error_code(text)
+            .and_then(|c| BLOCKING_CODES.iter().find(|(code, _)| *code == c))
+        {
+            Some((_, kind)) => (false, *kind),
+            None => (true, "server"),
+        },
+        _ => (true, "client"),
+    };
+    Error::ClickHouse {
+        url: url.to_string(),
+        message,
+        retriable,
+        kind,
+    }
+}
+
+struct Shard {
+    weight: u32,
+    replicas: Vec<(String, clickhouse::Client)>,
+}
+
+/// This datacenter's shards, as the shipper writes to them.
+pub struct Sink {
+    shards: Vec<Shard>,
+    total_weight: u64,
+    database: String,
+    dc: String,
+    host: String,
+    timeout: Duration,
+}
+
+/// A stable 64-bit mix (SplitMix64's finaliser): the shard of a batch must
+/// not depend on the process, the Rust version or a random seed.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Sink {
+    /// A sink for the shards of `config`.
+    pub fn new(config: &ShipperConfig) -> Self {
+        let timeout = Duration::from_millis(config.limits.clickhouse_timeout_ms);
+        let shards: Vec<Shard> = config
+            .shards
+            .iter()
+            .map(|s| Shard {
+                weight: s.weight,
+                replicas: s
+                    .replicas
+                    .iter()
+                    .map(|url| {
+                        // 18.16 knows neither RowBinaryWithNamesAndTypes nor the
+                        // settings schema validation asks for: turn it off.
+                        let client = clickhouse::Client::default()
+                            .with_url(url)
+                            .with_validation(false);
+                        (url.clone(), client)
+                    })
+                    .collect(),
+            })
+            .collect();
+        Self {
+            total_weight: shards.iter().map(|s| u64::from(s.weight)).sum(),
+            shards,
+            database: config.database.clone(),
+            dc: config.dc.clone(),
+            host: config.host.clone(),
+            timeout,
+        }
+    }
+
+    /// The shard a batch starting at `start` goes to: a weighted choice that
+    /// is a pure function of the batch, so a replay goes where the original went.
+    pub fn shard_for(&self, start: spooler::Position) -> usize {
+        let h = mix(start.segment.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ start.offset);
+        let mut pick = h % self.total_weight.max(1);
+        for (i, s) in self.shards.iter().enumerate() {
+            if pick < u64::from(s.weight) {
+                return i;
+            }
+            pick -= u64::from(s.weight);
+        }
+        unreachable!("pick < total weight")
+    }
+
+    /// Number of replicas of `shard`.
+    pub fn replicas(&self, shard: usize) -> usize {
+        self.shards[shard].replicas.len()
+    }
+
+    /// URL of replica `replica` of `shard`.
+    pub fn url(&self, shard: usize, replica: usize) -> &str {
+        &self.shards[shard].replicas[replica].0
+    }
+
+    fn client(&self, shard: usize, replica: usize) -> &clickhouse::Client {
+        &self.shards[shard].replicas[replica].1
+    }
+
+    /// Inserts RowBinary `rows` (columns as [`EVENT_COLUMNS`]) into
+    /// `events_local` on one replica. `deduplicate` is on in service; tests
+    /// turn it off to show the position check alone keeps replays single.
+    pub async fn insert(
+        &self,
+        shard: usize,
+        replica: usize,
+        rows: Bytes,
+        deduplicate: bool,
+    ) -> Result<()> {
+        let url = self.url(shard, replica).to_string();
+        let sql = format!(
+            "INSERT INTO {}.{} ({EVENT_COLUMNS}) FORMAT RowBinary",
+            self.database,
+            table::EVENTS_LOCAL
+        );
+        let mut insert = self
+            .client(shard, replica)
+            .insert_formatted_with(sql)
+            .with_setting("insert_deduplicate", if deduplicate { "1" } else { "0" })
+            .with_timeouts(Some(self.timeout), Some(self.timeout));
+        insert.send(rows).await.map_err(|e| classify(&url, e))?;
+        insert.end().await.map_err(|e| classify(&url, e))
+    }
+
+    /// Which spool positions in `[start, end)` of this DC's host the replica
+    /// already holds, looking only at the given event types and time range
+    /// (which the primary key `(event, time, …)` narrows down).
+    pub async fn held_positions(
+        &self,
+        shard: usize,
+        replica: usize,
+        start: spooler::Position,
+        end: spooler::Position,
+        events: &[&str],
+        time_range: (u32, u32),
+    ) -> Result<HashSet<(u64, u64)>> {
+        let url = self.url(shard, replica).to_string();
+        let events: Vec<String> = events.iter().map(|e| quote_str(e)).collect();
+        let sql = format!(
+            "SELECT spool_segment, spool_offset FROM {}.{} \
+             WHERE dc = {} AND host = {} AND event IN ({}) AND time BETWEEN {} AND {} \
+             AND spool_segment BETWEEN {} AND {} FORMAT TSV",
+            self.database,
+            table::EVENTS_LOCAL,
+            quote_str(&self.dc),
+            quote_str(&self.host),
+            events.join(", "),
+            time_range.0,
+            time_range.1,
+            start.segment,
+            end.segment,
+        );
+        let fetch = async {
+            let mut cursor = self.client(shard, replica).query(&sql).fetch_bytes("TSV")?;
+            cursor.collect().await
+        };
+        let body = tokio::time::timeout(self.timeout, fetch)
+            .await
+            .map_err(|_| classify(&url, clickhouse::error::Error::TimedOut))?
+            .map_err(|e| classify(&url, e))?;
+        let text = String::from_utf8_lossy(&body);
+        let mut held = HashSet::new();
+        for line in text.lines() {
+            let mut parts = line.split('\t');
+            let (Some(s), Some(o)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let (Ok(s), Ok(o)) = (s.parse::<u64>(), o.parse::<u64>()) else {
+                continue;
+            };
+            let p = spooler::Position::new(s, o);
+            if p >= start && p < end {
+                held.insert((s, o));
+            }
+        }
+        Ok(held)
+    }
+
+    /// Proves the insert path of every replica, not merely that a server
+    /// answers: `events_local` exists with exactly the columns the shipper
+    /// writes, in order. Returns the problems found.
+    pub async fn check_schema(&self) -> Vec<String> {
+        let want: Vec<&str> = EVENT_COLUMNS.split(", ").collect();
+        let sql = format!(
+            "SELECT name FROM system.columns WHERE database = {} AND table = {} FORMAT TSV",
+            quote_str(&self.database),
+            quote_str(table::EVENTS_LOCAL)
+        );
+        let mut problems = Vec::new();
+        for (s, shard) in self.shards.iter().enumerate() {
+            for (url, client) in &shard.replicas {
+                let got = async {
+                    let mut c = client.query(&sql).fetch_bytes("TSV")?;
+                    c.collect().await
+                };
+                match tokio::time::timeout(self.timeout, got).await {
+                    Ok(Ok(body)) => {
+                        let text = String::from_utf8_lossy(&body);
+                        let cols: Vec<&str> = text.lines().collect();
+                        if cols != want {
+                            problems.push(format!(
+                                "shard {} replica {url}: {}.{} has columns [{}], the shipper writes [{}]; apply the schema from `spoolhouse config render`",
+                                s + 1,
+                                self.database,
+                                table::EVENTS_LOCAL,
+                                cols.join(", "),
+                                want.join(", ")
+                            ));
+                        }
+                    }
+                    Ok(Err(e)) => problems.push(format!("shard {} replica {url}: {e}", s + 1)),
+                    Err(_) => problems.push(format!(
+                        "shard {} replica {url}: no answer within {:?}",
+                        s + 1,
+                        self.timeout
+                    )),
+                }
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_error_codes() {
+        assert_eq!(
+            error_code(
+                "bad response: Code: 60, e.displayText() = DB::Exception: Table x doesn't exist"
+            ),
+            Some(60)
+        );
+        assert_eq!(
+            error_code("Code: 242, e.displayText() = Table is in readonly mode"),
+            Some(242)
+        );
+        assert_eq!(error_code("connection refused"), None);
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let e = classify("u", clickhouse::error::Error::BadResponse("Code: 60, e.displayText() = DB::Exception: Table spoolhouse.events_local doesn't exist".into()));
+        assert!(!e.retriable());
+        assert_eq!(e.kind(), "schema");
+        let e = classify(
+            "u",
+            clickhouse::error::Error::BadResponse(
+                "Code: 242, e.displayText() = DB::Exception: Table is in readonly mode".into(),
+            ),
+        );
+        assert!(e.retriable());
+        assert_eq!(e.kind(), "server");
+        let e = classify("u", clickhouse::error::Error::TimedOut);
+        assert!(e.retriable());
+        assert_eq!(e.kind(), "timeout");
+    }
+
+    fn sink(weights: &[u32]) -> Sink {
+        let mut cfg = ShipperConfig::for_dc(
+            &dc_config::examples::declared().topology,
+            &dc_config::examples::declared().topology.datacenter[0],
+        );
+        cfg.shards = weights
+            .iter()
+            .map(|&w| dc_config::services::ShardTarget {
+                weight: w,
+                replicas: vec!["http://127.0.0.1:1".into()],
+            })
+            .collect();
+        Sink::new(&cfg)
+    }
+
+    #[test]
+    fn shard_choice_is_stable_and_weighted() {
+        let s = sink(&[1, 3]);
+        let mut counts = [0u32; 2];
+        for seg in 1..50u64 {
+            for off in (32..32_000u64).step_by(320) {
+                let p = spooler::Position::new(seg, off);
+                let a = s.shard_for(p);
+                assert_eq!(a, s.shard_for(p));
+                counts[a] += 1;
+            }
+        }
+        let share = f64::from(counts[1]) / f64::from(counts[0] + counts[1]);
+        assert!((0.70..0.80).contains(&share), "weight 3 of 4 got {share}");
+    }
+}

@@ -1,0 +1,426 @@
+//! The shipper against real ClickHouse (with ZooKeeper) and Redis from the
+//! launcher: exactly once in effect, newest state wins, each guard against
+//! duplicates on its own, outages of every server, and a blocked batch that
+//! is never skipped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dc_config::event::{ValidEvent, Value};
+use dc_config::local::{LaunchOptions, LocalCluster};
+use dc_config::record::Record;
+use dc_config::services::ShipperConfig;
+use shipper::{Guards, Health, Metrics, Shipper};
+use spooler::{Config, Durability, Spool};
+
+const T0: u64 = 1_764_028_800_000;
+
+fn launch() -> LocalCluster {
+    LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap()
+}
+
+fn event(name: &str, time_ms: u64, attrs: &[(&str, Value)]) -> Vec<u8> {
+    Record {
+        event: ValidEvent {
+            event: name.into(),
+            time_ms,
+            attrs: attrs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect(),
+        },
+        inbox: None,
+    }
+    .encode()
+    .unwrap()
+}
+
+fn vote(i: u64) -> Vec<u8> {
+    event(
+        "vote",
+        T0 + i,
+        &[
+            ("user_id", Value::UInt(i % 977)),
+            ("target_user_id", Value::UInt(i)),
+            (
+                "vote",
+                Value::Str(if i.is_multiple_of(3) { "no" } else { "yes" }.into()),
+            ),
+            ("country_id", Value::UInt(i % 50)),
+        ],
+    )
+}
+
+fn progress(user: u64, video: u64, time_ms: u64, video_time: u64) -> Vec<u8> {
+    event(
+        "watch_progress",
+        time_ms,
+        &[
+            ("user_id", Value::UInt(user)),
+            ("video_id", Value::UInt(video)),
+            ("video_time", Value::UInt(video_time)),
+        ],
+    )
+}
+
+/// A shipper running on its own thread; stopped and joined on drop.
+struct Running {
+    shutdown: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<shipper::Result<()>>>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Running {
+    fn start(config: ShipperConfig, guards: Guards) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let health = Arc::new(Health::default());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let shipper = Arc::new(Shipper::new(
+            config,
+            dc_config::examples::declared().registry,
+            metrics.clone(),
+            health.clone(),
+            guards,
+            shutdown.clone(),
+        ));
+        let handle = rt.handle().clone();
+        let thread = std::thread::spawn(move || shipper.run(handle));
+        Self {
+            shutdown,
+            thread: Some(thread),
+            health,
+            metrics,
+            _rt: rt,
+        }
+    }
+
+    fn stop(mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap().unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn config(cluster: &LocalCluster, dc: &str) -> ShipperConfig {
+    let t = cluster.topology();
+    let mut c = ShipperConfig::for_dc(t, t.dc(dc).unwrap());
+    c.limits.batch_rows_max = 500;
+    c.limits.batch_age_ms = 100;
+    c.limits.retry_max_ms = 500;
+    c.limits.blocked_retry_ms = 500;
+    c.limits.clickhouse_timeout_ms = 5_000;
+    c.limits.redis_timeout_ms = 1_000;
+    c
+}
+
+fn open_spool(c: &ShipperConfig) -> Spool {
+    Spool::open(
+        &c.spool_dir,
+        Config {
+            durability: Durability::Always,
+            ..Config::default()
+        },
+    )
+    .unwrap()
+}
+
+/// (rows, distinct spool positions) of `host` through the global table.
+fn counts(cluster: &LocalCluster, host: &str) -> (u64, u64) {
+    let r = cluster
+        .clickhouse("dc2-s1-r1")
+        .unwrap()
+        .query(&format!(
+            "SELECT count(), uniqExact(dc, host, spool_segment, spool_offset) FROM spoolhouse.events_all WHERE host = '{host}' FORMAT TSV"
+        ))
+        .unwrap();
+    let mut it = r.trim().split('\t').map(|x| x.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn redis_state(cluster: &LocalCluster, user: u64, video: u64) -> Option<(u64, String)> {
+    let addr = cluster.topology().dc("dc1").unwrap().redis.nodes[0];
+    let key = dc_config::registry::State::redis_key(
+        "watch_progress",
+        &[user.to_string(), video.to_string()],
+    );
+    let r = dc_config::local::probe::redis_command(addr, &["HMGET", &key, "t", "v"]).unwrap();
+    // *2 $len t $len v, or *2 $-1 $-1
+    let lines: Vec<&str> = r.split("\r\n").collect();
+    if lines.get(1) == Some(&"$-1") {
+        return None;
+    }
+    Some((lines[2].parse().unwrap(), lines[4].to_string()))
+}
+
+#[test]
+fn ships_every_event_once_and_keeps_the_newest_state() {
+    let cluster = launch();
+    let cfg = config(&cluster, "dc1");
+    let spool = open_spool(&cfg);
+    let n = 3_000u64;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(250) {
+        let frames: Vec<Vec<u8>> = chunk.iter().map(|&i| vote(i)).collect();
+        spool.append(&frames).unwrap();
+    }
+    // Out of order: the newest event (video_time 300) arrives between two older ones.
+    spool
+        .append(&[
+            progress(7, 42, T0 + 1_000, 100),
+            progress(7, 42, T0 + 3_000, 300),
+            progress(7, 42, T0 + 2_000, 200),
+            progress(8, 42, T0 + 5_000, 50),
+        ])
+        .unwrap();
+    let running = Running::start(cfg, Guards::default());
+    wait_for("all rows", Duration::from_secs(60), || {
+        counts(&cluster, "dc1-app1").0 >= n + 4
+    });
+    wait_for("redis state", Duration::from_secs(30), || {
+        redis_state(&cluster, 8, 42).is_some()
+    });
+    assert_eq!(counts(&cluster, "dc1-app1"), (n + 4, n + 4));
+    assert_eq!(
+        redis_state(&cluster, 7, 42),
+        Some((T0 + 3_000, "300".into()))
+    );
+    assert_eq!(
+        redis_state(&cluster, 8, 42),
+        Some((T0 + 5_000, "50".into()))
+    );
+    // Rows went to both of dc1's shards, and none to dc2's.
+    for server in ["dc1-s1-r1", "dc1-s2-r1"] {
+        let c = cluster
+            .clickhouse(server)
+            .unwrap()
+            .query("SELECT count() FROM spoolhouse.events_local")
+            .unwrap();
+        assert!(c.trim().parse::<u64>().unwrap() > 0, "{server} got no rows");
+    }
+    let dc2 = cluster
+        .clickhouse("dc2-s1-r1")
+        .unwrap()
+        .query("SELECT count() FROM spoolhouse.events_local")
+        .unwrap();
+    assert_eq!(dc2.trim(), "0");
+    let health = running.health.to_json();
+    assert_eq!(health["ok"], true, "{health}");
+    assert_eq!(health["clickhouse"]["state"], "ok", "{health}");
+    running.stop();
+}
+
+/// Ships everything, then makes the shipper believe its last batch was not
+/// acknowledged (the checkpoint is gone, the intent is still there): the
+/// state a crash between insert and commit leaves.
+fn replay_once(cluster: &LocalCluster, host: &str, guards: Guards) -> (u64, u64) {
+    let mut cfg = config(cluster, "dc1");
+    cfg.host = host.to_string();
+    cfg.spool_dir = cfg.spool_dir.with_file_name(format!("spool-{host}"));
+    cfg.state_dir = cfg.state_dir.with_file_name(format!("shipper-{host}"));
+    cfg.limits.batch_rows_max = 10_000;
+    cfg.limits.batch_age_ms = 2_000;
+    let spool = open_spool(&cfg);
+    let frames: Vec<Vec<u8>> = (0..1_000u64).map(vote).collect();
+    spool.append(&frames).unwrap();
+    let running = Running::start(cfg.clone(), guards.clone());
+    wait_for("first shipment", Duration::from_secs(30), || {
+        counts(cluster, host).0 >= 1_000
+    });
+    running.stop();
+    assert!(cfg.state_dir.join("clickhouse.intent").is_file());
+    std::fs::remove_file(cfg.spool_dir.join("readers/clickhouse.ckpt")).unwrap();
+    let running = Running::start(cfg, guards);
+    wait_for("the replay", Duration::from_secs(30), || {
+        running
+            .metrics
+            .batches
+            .get_or_create(&shipper::metrics::label("sink", "clickhouse"))
+            .get()
+            >= 1
+    });
+    let skipped = running.metrics.replay_rows_skipped.get();
+    running.stop();
+    let (rows, unique) = counts(cluster, host);
+    assert_eq!(unique, 1_000);
+    (rows, skipped)
+}
+
+#[test]
+fn each_guard_alone_keeps_a_replayed_batch_single() {
+    let cluster = launch();
+    // Position check only: ClickHouse would take the block again.
+    let (rows, skipped) = replay_once(
+        &cluster,
+        "h-verify",
+        Guards {
+            verify_positions: true,
+            deduplicate: false,
+        },
+    );
+    assert_eq!((rows, skipped), (1_000, 1_000));
+    // Block deduplication only: the same block is dropped by ClickHouse.
+    let (rows, skipped) = replay_once(
+        &cluster,
+        "h-dedup",
+        Guards {
+            verify_positions: false,
+            deduplicate: true,
+        },
+    );
+    assert_eq!((rows, skipped), (1_000, 0));
+    // Neither: the replay doubles every row — the two guards are what prevents it.
+    let (rows, _) = replay_once(
+        &cluster,
+        "h-none",
+        Guards {
+            verify_positions: false,
+            deduplicate: false,
+        },
+    );
+    assert_eq!(rows, 2_000);
+}
+
+#[test]
+fn outages_of_clickhouse_redis_and_zookeeper_lose_and_double_nothing() {
+    let mut cluster = launch();
+    let cfg = config(&cluster, "dc1");
+    let spool = open_spool(&cfg);
+    let running = Running::start(cfg, Guards::default());
+    let mut sent = 0u64;
+    let mut send = |spool: &Spool, n: u64| {
+        let frames: Vec<Vec<u8>> = (sent..sent + n).map(vote).collect();
+        spool.append(&frames).unwrap();
+        sent += n;
+        sent
+    };
+    let total = send(&spool, 500);
+    wait_for("first rows", Duration::from_secs(30), || {
+        counts(&cluster, "dc1-app1").0 == total
+    });
+
+    // Both of dc1's ClickHouse servers down: events keep being spooled.
+    cluster.kill("dc1-s1-r1").unwrap();
+    cluster.kill("dc1-s2-r1").unwrap();
+    let total = send(&spool, 700);
+    wait_for("the shipper to notice", Duration::from_secs(30), || {
+        matches!(
+            *running.health.clickhouse.lock().unwrap(),
+            shipper::metrics::SinkHealth::Retrying(_)
+        )
+    });
+    cluster.restart("dc1-s1-r1").unwrap();
+    cluster.restart("dc1-s2-r1").unwrap();
+    wait_for("catch-up after ClickHouse", Duration::from_secs(60), || {
+        counts(&cluster, "dc1-app1").0 >= total
+    });
+
+    // Redis down: ClickHouse shipping goes on; Redis catches up when back.
+    cluster.kill("dc1-redis1").unwrap();
+    let total = send(&spool, 300);
+    spool.append(&[progress(1, 2, T0 + 10, 99)]).unwrap();
+    let total = total + 1;
+    wait_for(
+        "ClickHouse while Redis is down",
+        Duration::from_secs(30),
+        || counts(&cluster, "dc1-app1").0 >= total,
+    );
+    cluster.restart("dc1-redis1").unwrap();
+    wait_for("Redis catch-up", Duration::from_secs(30), || {
+        redis_state(&cluster, 1, 2).is_some()
+    });
+    assert_eq!(redis_state(&cluster, 1, 2), Some((T0 + 10, "99".into())));
+
+    // ZooKeeper down: replicated tables turn read-only, inserts fail and retry.
+    cluster.kill("dc1-zk1").unwrap();
+    let total = send(&spool, 400) + 1;
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.restart("dc1-zk1").unwrap();
+    wait_for("catch-up after ZooKeeper", Duration::from_secs(90), || {
+        counts(&cluster, "dc1-app1").0 >= total
+    });
+
+    assert_eq!(counts(&cluster, "dc1-app1"), (total, total));
+    assert!(
+        running
+            .metrics
+            .errors
+            .get_or_create(&shipper::metrics::label("kind", "network"))
+            .get()
+            > 0
+    );
+    running.stop();
+}
+
+#[test]
+fn a_missing_table_blocks_the_batch_and_loses_nothing() {
+    let cluster = launch();
+    let cfg = config(&cluster, "dc1");
+    let spool = open_spool(&cfg);
+    for s in ["dc1-s1-r1", "dc1-s2-r1"] {
+        cluster
+            .clickhouse(s)
+            .unwrap()
+            .query("DROP TABLE spoolhouse.events_local")
+            .unwrap();
+    }
+    let frames: Vec<Vec<u8>> = (0..200u64).map(vote).collect();
+    spool.append(&frames).unwrap();
+    let running = Running::start(cfg, Guards::default());
+    wait_for("the batch to be blocked", Duration::from_secs(30), || {
+        running.metrics.blocked.get() == 1
+    });
+    let health = running.health.to_json();
+    assert_eq!(health["ok"], false, "{health}");
+    assert_eq!(health["clickhouse"]["state"], "blocked", "{health}");
+    let err = health["clickhouse"]["error"].as_str().unwrap().to_string();
+    assert!(err.contains("Code: 60"), "{err}");
+    assert!(
+        !health["schema_problems"].as_array().unwrap().is_empty(),
+        "{health}"
+    );
+    assert!(
+        running
+            .metrics
+            .errors
+            .get_or_create(&shipper::metrics::label("kind", "schema"))
+            .get()
+            > 0
+    );
+    // The operator restores the table: the same batch goes in, once.
+    let dc = cluster.topology().dc("dc1").unwrap();
+    for r in dc.replicas() {
+        for stmt in dc_config::render::ddl::statements(cluster.topology(), dc) {
+            cluster.clickhouse(&r.name()).unwrap().query(&stmt).unwrap();
+        }
+    }
+    wait_for("the unblocked batch", Duration::from_secs(30), || {
+        counts(&cluster, "dc1-app1").0 >= 200
+    });
+    assert_eq!(counts(&cluster, "dc1-app1"), (200, 200));
+    assert_eq!(running.metrics.blocked.get(), 0);
+    running.stop();
+}
