@@ -1,8 +1,10 @@
 //! `spoolhouse`: the one binary, a thin command-line front over the crates.
 
+mod admin;
 mod cmd_bench;
 mod cmd_config;
 mod cmd_local;
+mod cmd_shipper;
 mod cmd_spool;
 mod logging;
 
@@ -32,6 +34,8 @@ enum Command {
     Local(cmd_local::LocalArgs),
     /// The main job: bring up two datacenters, write events into each, print a global report.
     Demo(cmd_local::DemoArgs),
+    /// Ship a host's spool into its datacenter's ClickHouse and Redis.
+    Shipper(cmd_shipper::ShipperArgs),
     /// Inspect or verify (fsck) a spool directory.
     Spool(cmd_spool::SpoolArgs),
     /// Benchmarks measured beside a reference on the same machine.
@@ -45,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Command::Config(a) => cmd_config::run(a),
         Command::Local(a) => cmd_local::run(a),
         Command::Demo(a) => cmd_local::demo(a),
+        Command::Shipper(a) => cmd_shipper::run(a),
         Command::Spool(a) => cmd_spool::run(a),
         Command::Bench(a) => cmd_bench::run(a),
     };

@@ -1,0 +1,110 @@
+//! The admin HTTP endpoint every service serves: `GET /metrics` (Prometheus
+//! text format) and `GET /healthz` (JSON; 200 when healthy, 503 when not).
+//! One piece of code for the collector, the shipper and whatever comes next.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+
+/// Most admin connections served at once: scrapers and probes are few, and
+/// an admin port must never take resources from the data path.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// Reports health: whether the service is healthy, and a JSON body saying why.
+pub type HealthFn = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+fn route(req: &Request<Incoming>, registry: &Registry, health: &HealthFn) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, registry) {
+                Ok(()) => respond(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(e) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
+            }
+        }
+        (&Method::GET, "/healthz") => {
+            let (ok, body) = health();
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            respond(status, "application/json", body.to_string())
+        }
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: this admin port serves GET /metrics and GET /healthz\n".into(),
+        ),
+    }
+}
+
+/// Binds `addr` (so a port clash fails at start-up, with the address named)
+/// and returns the serving future, which runs until `shutdown` resolves.
+pub async fn bind(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    health: HealthFn,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the admin endpoint on {addr}; is another service using that port?")
+    })?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    Ok(async move {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = &mut shutdown => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                // Over the bound: drop the connection rather than queue it.
+                continue;
+            };
+            let registry = registry.clone();
+            let health = health.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let resp = route(&req, &registry, &health);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                drop(permit);
+            });
+        }
+    })
+}
