@@ -83,7 +83,12 @@
 //! once and a background thread syncs every `interval_ms` (documented loss
 //! window on power failure: the interval plus one sync). A write or fsync
 //! error poisons the spool (fsync errors may drop dirty pages, so nothing
-//! after it can be trusted) until it is reopened and recovered.
+//! after it can be trusted) until it is reopened and recovered; a write error
+//! first cuts the partial batch off so it cannot become mid-segment garbage.
+//! Both go through [`SegmentIo`], which tests replace to inject the faults.
+//! `append_deferred` + `wait_durable` split an append so one caller can keep
+//! several batches in flight and acknowledge each when the group commit
+//! covers it.
 //!
 //! ## Rotation and sealing
 //!
@@ -145,5 +150,5 @@ pub use error::{Error, Result};
 pub use files::SegmentState;
 pub use format::{Position, FRAME_PAYLOAD_MAX, SEGMENT_BYTES_MAX};
 pub use reader::{Reader, Record};
-pub use spool::{PendingAppend, Spool};
+pub use spool::{PendingAppend, SegmentIo, Spool, StdIo};
 pub use stats::{ReaderLag, ReaderStats, SpoolStats, FSYNC_BUCKETS_US};

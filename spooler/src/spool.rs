@@ -26,6 +26,30 @@ use crate::reader::Reader;
 use crate::signal::Shared;
 use crate::stats::{Counters, ReaderLag, SpoolStats};
 
+/// The file operations of the append path: every frame write and every
+/// fdatasync of a segment goes through it, so tests can make them fail or
+/// tear and check that nothing unconfirmed is acknowledged.
+pub trait SegmentIo: Send + Sync {
+    /// Writes all of `buf` at `offset` (a partial write must return an error).
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// fdatasync.
+    fn sync_data(&self, file: &File) -> io::Result<()>;
+}
+
+/// The real thing: `pwrite` and `fdatasync`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdIo;
+
+impl SegmentIo for StdIo {
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+}
+
 /// What the writer knows of one segment.
 #[derive(Debug, Clone, Copy)]
 struct SegMeta {
@@ -49,6 +73,7 @@ struct Writer {
 struct Inner {
     layout: Layout,
     config: Config,
+    io: Arc<dyn SegmentIo>,
     writer: Mutex<Writer>,
     shared: Arc<Shared>,
     counters: Counters,
@@ -255,6 +280,16 @@ impl Spool {
     /// counts and quarantines corrupt frames of the active segment, and moves
     /// checkpoints that point past the data back to its end.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Spool> {
+        Spool::open_with_io(dir, config, Arc::new(StdIo))
+    }
+
+    /// `open`, with the append path's writes and syncs going through `io`
+    /// (tests use it to fail or tear them).
+    pub fn open_with_io(
+        dir: impl AsRef<Path>,
+        config: Config,
+        io: Arc<dyn SegmentIo>,
+    ) -> Result<Spool> {
         config.validate()?;
         let layout = Layout::new(dir.as_ref());
         layout.create_dirs()?;
@@ -359,6 +394,7 @@ impl Spool {
         let inner = Arc::new(Inner {
             layout,
             config,
+            io,
             writer: Mutex::new(Writer {
                 file: Arc::new(active.file),
                 seq,
@@ -592,7 +628,7 @@ impl Inner {
 
     fn timed_sync(&self, file: &File) -> io::Result<()> {
         let t = Instant::now();
-        let r = file.sync_data();
+        let r = self.io.sync_data(file);
         self.counters.record_fsync(t.elapsed());
         r
     }
@@ -683,7 +719,7 @@ impl Inner {
         }
         debug_assert_eq!(buf.len() as u64, total);
         let at = w.len;
-        if let Err(e) = w.file.write_all_at(&buf, at) {
+        if let Err(e) = self.io.write_at(&w.file, &buf, at) {
             // Undo a partial write so the next append does not land behind
             // garbage; if even that fails, stop until recovery.
             if w.file.set_len(at).is_err() {

@@ -1,0 +1,166 @@
+//! Injected write and fsync failures on the append path: an append that
+//! fails is never acknowledged, a failed fsync stops the spool until it is
+//! reopened, and reopening keeps every acknowledged frame.
+
+mod common;
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+use std::sync::Arc;
+
+use common::{drain, payload, small_config};
+use spooler::{Compression, Durability, Error, Position, SegmentIo, Spool};
+
+/// Fails the nth sync or tears the nth write (counting down; negative:
+/// never), then behaves.
+#[derive(Default)]
+struct Faulty {
+    syncs_until_failure: AtomicI64,
+    writes_until_tear: AtomicI64,
+}
+
+impl Faulty {
+    fn new(syncs: i64, writes: i64) -> Arc<Self> {
+        Arc::new(Faulty {
+            syncs_until_failure: AtomicI64::new(syncs),
+            writes_until_tear: AtomicI64::new(writes),
+        })
+    }
+}
+
+impl SegmentIo for Faulty {
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.writes_until_tear.fetch_sub(1, SeqCst) == 0 {
+            // Half the batch reaches the file, as when the disk fills mid-write.
+            file.write_all_at(&buf[..buf.len() / 2], offset)?;
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        if self.syncs_until_failure.fetch_sub(1, SeqCst) == 0 {
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
+        file.sync_data()
+    }
+}
+
+/// errno values, Linux.
+const ENOSPC: i32 = 28;
+const EIO: i32 = 5;
+
+fn acked_survive_reopen(dir: &std::path::Path, acked: &[(Position, Vec<u8>)]) {
+    let spool = Spool::open(dir, small_config(Durability::Always, Compression::Off)).unwrap();
+    assert_eq!(spool.stats().unwrap().corrupt_regions, 0);
+    let mut r = spool.reader("check").unwrap();
+    let got: Vec<(Position, Vec<u8>)> = drain(&mut r)
+        .into_iter()
+        .map(|r| (r.position, r.payload))
+        .collect();
+    for a in acked {
+        assert!(got.contains(a), "acknowledged frame at {} lost", a.0);
+    }
+}
+
+#[test]
+fn failed_fsync_is_not_acknowledged_and_poisons_until_reopen() {
+    for durability in [Durability::Always, Durability::Group] {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Faulty::new(3, -1);
+        let spool = Spool::open_with_io(dir.path(), small_config(durability, Compression::Off), io)
+            .unwrap();
+        let mut acked = Vec::new();
+        let mut failed = None;
+        for i in 0..10 {
+            match spool.append(&[payload(i)]) {
+                Ok(p) => acked.push((p[0], payload(i))),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = failed.expect("the fourth sync fails");
+        assert_eq!(e.code(), "io", "{e}");
+        assert_eq!(acked.len(), 3);
+        let last_acked = acked.last().unwrap().0;
+        let durable = spool.durable();
+        assert!(durable > last_acked);
+        // The failed batch was written but never confirmed: in-process readers
+        // must not see it.
+        let mut r = spool.reader("a").unwrap();
+        assert_eq!(drain(&mut r).len(), 3);
+        assert!(matches!(
+            spool.append(&[b"x".as_slice()]),
+            Err(Error::Poisoned)
+        ));
+        drop(r);
+        drop(spool);
+        acked_survive_reopen(dir.path(), &acked);
+    }
+}
+
+#[test]
+fn torn_write_is_rolled_back_and_the_next_append_lands_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Faulty::new(-1, 2);
+    let spool = Spool::open_with_io(
+        dir.path(),
+        small_config(Durability::Always, Compression::Off),
+        io,
+    )
+    .unwrap();
+    let mut acked = Vec::new();
+    let mut errors = 0;
+    for i in 0..6 {
+        let batch = vec![payload(i), payload(100 + i)];
+        match spool.append(&batch) {
+            Ok(p) => acked.extend(p.into_iter().zip(batch)),
+            Err(e) => {
+                assert_eq!(e.code(), "io");
+                errors += 1;
+            }
+        }
+    }
+    assert_eq!(errors, 1);
+    assert_eq!(acked.len(), 10);
+    let mut r = spool.reader("a").unwrap();
+    let got: Vec<(Position, Vec<u8>)> = drain(&mut r)
+        .into_iter()
+        .map(|r| (r.position, r.payload))
+        .collect();
+    assert_eq!(got, acked, "no trace of the torn batch, no gap");
+    assert_eq!(r.stats().corrupt_regions, 0);
+    drop(r);
+    drop(spool);
+    acked_survive_reopen(dir.path(), &acked);
+}
+
+#[test]
+fn concurrent_group_appenders_sharing_a_failed_sync_all_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Faulty::new(0, -1);
+    let spool = Arc::new(
+        Spool::open_with_io(
+            dir.path(),
+            small_config(Durability::Group, Compression::Off),
+            io,
+        )
+        .unwrap(),
+    );
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let s = spool.clone();
+            std::thread::spawn(move || s.append(&[payload(t)]))
+        })
+        .collect();
+    for t in threads {
+        let e = t.join().unwrap().unwrap_err();
+        assert!(matches!(e.code(), "io" | "poisoned"), "{e}");
+    }
+    let mut r = spool.reader("a").unwrap();
+    assert!(drain(&mut r).is_empty(), "nothing unconfirmed is visible");
+}
