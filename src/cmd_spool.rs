@@ -52,3 +52,72 @@ pub fn run(args: SpoolArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(command: SpoolCommand) -> SpoolArgs {
+        SpoolArgs { command }
+    }
+
+    #[test]
+    fn verify_fails_on_damage_and_quarantines_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let pos = {
+            let spool = spooler::Spool::open(dir.path(), spooler::Config::default()).unwrap();
+            spool
+                .append(&[b"one".as_slice(), b"two", b"three"])
+                .unwrap()
+        };
+        let path = dir.path().to_path_buf();
+        run(args(SpoolCommand::Verify {
+            dir: path.clone(),
+            quarantine: false,
+        }))
+        .unwrap();
+        let seg = std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[pos[1].offset as usize + 12] ^= 0xFF;
+        std::fs::write(&seg, bytes).unwrap();
+        run(args(SpoolCommand::Inspect { dir: path.clone() })).unwrap();
+        let e = run(args(SpoolCommand::Verify {
+            dir: path.clone(),
+            quarantine: false,
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("damaged: 1 problem"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("quarantine"))
+                .unwrap()
+                .count(),
+            0
+        );
+        run(args(SpoolCommand::Verify {
+            dir: path,
+            quarantine: true,
+        }))
+        .unwrap_err();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("quarantine"))
+                .unwrap()
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_directory_that_is_not_a_spool_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = run(args(SpoolCommand::Inspect {
+            dir: dir.path().to_path_buf(),
+        }))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("not a spool"), "{e:#}");
+    }
+}

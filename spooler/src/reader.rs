@@ -220,7 +220,9 @@ impl Reader {
             match File::open(&active) {
                 Ok(mut f) => {
                     let mut data = Vec::new();
-                    f.read_to_end(&mut data)
+                    Read::by_ref(&mut f)
+                        .take(crate::format::SEGMENT_BYTES_MAX + 1)
+                        .read_to_end(&mut data)
                         .map_err(|e| Error::io("read segment", &active, e))?;
                     return Ok(Some(Loaded {
                         seq,
