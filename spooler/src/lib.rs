@@ -151,4 +151,4 @@ pub use files::SegmentState;
 pub use format::{Position, FRAME_PAYLOAD_MAX, SEGMENT_BYTES_MAX};
 pub use reader::{Reader, Record};
 pub use spool::{PendingAppend, SegmentIo, Spool, StdIo};
-pub use stats::{ReaderLag, ReaderStats, SpoolStats, FSYNC_BUCKETS_US};
+pub use stats::{Metric, MetricKind, ReaderLag, ReaderStats, SpoolStats, FSYNC_BUCKETS_US};

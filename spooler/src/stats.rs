@@ -120,6 +120,182 @@ impl SpoolStats {
     }
 }
 
+/// How a metric behaves, in Prometheus terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up while the spool is open.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// One sample, named `spoolhouse_spooler_<thing>_<unit>` as every crate's
+/// metrics are, ready for a service to register with its exporter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// Full metric name (for a histogram: `…_bucket`, `…_sum`, `…_count`).
+    pub name: &'static str,
+    /// One-line help text.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: MetricKind,
+    /// Label pairs (`reader`, or `le` for histogram buckets).
+    pub labels: Vec<(&'static str, String)>,
+    /// The value.
+    pub value: f64,
+}
+
+impl SpoolStats {
+    /// Every figure as a named sample; the fsync histogram in seconds as
+    /// cumulative `_bucket{le}` samples plus `_sum` and `_count`.
+    pub fn metrics(&self) -> Vec<Metric> {
+        use MetricKind::{Counter, Gauge};
+        let plain = |name, help, kind, value: u64| Metric {
+            name,
+            help,
+            kind,
+            labels: Vec::new(),
+            value: value as f64,
+        };
+        let mut m = vec![
+            plain(
+                "spoolhouse_spooler_appends_total",
+                "Successful append calls.",
+                Counter,
+                self.appends,
+            ),
+            plain(
+                "spoolhouse_spooler_appended_frames_total",
+                "Frames appended.",
+                Counter,
+                self.appended_frames,
+            ),
+            plain(
+                "spoolhouse_spooler_appended_bytes_total",
+                "Bytes appended, frame headers included.",
+                Counter,
+                self.appended_bytes,
+            ),
+            plain(
+                "spoolhouse_spooler_corrupt_regions_total",
+                "Damaged regions found by recovery.",
+                Counter,
+                self.corrupt_regions,
+            ),
+            plain(
+                "spoolhouse_spooler_corrupt_bytes_total",
+                "Bytes in damaged regions found by recovery.",
+                Counter,
+                self.corrupt_bytes,
+            ),
+            plain(
+                "spoolhouse_spooler_quarantined_bytes_total",
+                "Bytes copied to the quarantine directory.",
+                Counter,
+                self.quarantined_bytes,
+            ),
+            plain(
+                "spoolhouse_spooler_torn_tail_bytes_total",
+                "Unacknowledged bytes cut from torn tails.",
+                Counter,
+                self.torn_tail_bytes,
+            ),
+            plain(
+                "spoolhouse_spooler_stale_checkpoints_total",
+                "Checkpoints found past the data and moved back.",
+                Counter,
+                self.stale_checkpoints,
+            ),
+            plain(
+                "spoolhouse_spooler_full_rejections_total",
+                "Appends refused because the quota would be exceeded.",
+                Counter,
+                self.full_rejections,
+            ),
+            plain(
+                "spoolhouse_spooler_segments_rotated_total",
+                "Active segment rotations.",
+                Counter,
+                self.segments_rotated,
+            ),
+            plain(
+                "spoolhouse_spooler_segments_compressed_total",
+                "Segments compressed by sealing.",
+                Counter,
+                self.segments_compressed,
+            ),
+            plain(
+                "spoolhouse_spooler_segments_deleted_total",
+                "Segments deleted by retention.",
+                Counter,
+                self.segments_deleted,
+            ),
+            plain(
+                "spoolhouse_spooler_segments",
+                "Segment files on disk.",
+                Gauge,
+                self.segments,
+            ),
+            plain(
+                "spoolhouse_spooler_disk_bytes",
+                "Bytes the segment files take on disk.",
+                Gauge,
+                self.bytes_on_disk,
+            ),
+        ];
+        for (le, count) in self.fsync_latency_cumulative() {
+            let le = if le == u64::MAX {
+                "+Inf".to_string()
+            } else {
+                (le as f64 / 1e6).to_string()
+            };
+            m.push(Metric {
+                name: "spoolhouse_spooler_fsync_duration_seconds_bucket",
+                help: "fdatasync latency of segment files.",
+                kind: Counter,
+                labels: vec![("le", le)],
+                value: count as f64,
+            });
+        }
+        m.push(Metric {
+            name: "spoolhouse_spooler_fsync_duration_seconds_sum",
+            help: "fdatasync latency of segment files.",
+            kind: Counter,
+            labels: Vec::new(),
+            value: self.fsync_latency_sum_us as f64 / 1e6,
+        });
+        m.push(plain(
+            "spoolhouse_spooler_fsync_duration_seconds_count",
+            "fdatasync latency of segment files.",
+            Counter,
+            self.fsyncs,
+        ));
+        for r in &self.readers {
+            for (name, help, value) in [
+                (
+                    "spoolhouse_spooler_reader_lag_bytes",
+                    "Uncompressed bytes between a reader's checkpoint and the durable end.",
+                    r.lag_bytes,
+                ),
+                (
+                    "spoolhouse_spooler_reader_lag_segments",
+                    "Segments between a reader's checkpoint and the active one.",
+                    r.lag_segments,
+                ),
+            ] {
+                m.push(Metric {
+                    name,
+                    help,
+                    kind: Gauge,
+                    labels: vec![("reader", r.name.clone())],
+                    value: value as f64,
+                });
+            }
+        }
+        m
+    }
+}
+
 /// What one reader has skipped, so loss is never silent.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReaderStats {
@@ -159,5 +335,38 @@ mod tests {
         assert_eq!(cum[3], (500, 2));
         assert_eq!(*cum.last().unwrap(), (u64::MAX, 3));
         assert_eq!(c.fsyncs.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn metrics_follow_the_naming_rule_and_carry_reader_labels() {
+        let s = SpoolStats {
+            appended_frames: 7,
+            fsyncs: 2,
+            fsync_latency_sum_us: 1500,
+            fsync_latency_buckets: vec![0; FSYNC_BUCKETS_US.len() + 1],
+            readers: vec![ReaderLag {
+                name: "ship".into(),
+                committed: None,
+                lag_bytes: 42,
+                lag_segments: 1,
+            }],
+            ..SpoolStats::default()
+        };
+        let m = s.metrics();
+        assert!(m.iter().all(|x| x.name.starts_with("spoolhouse_spooler_")));
+        let get = |n: &str| m.iter().find(|x| x.name == n).unwrap();
+        assert_eq!(get("spoolhouse_spooler_appended_frames_total").value, 7.0);
+        assert_eq!(
+            get("spoolhouse_spooler_fsync_duration_seconds_sum").value,
+            0.0015
+        );
+        let lag = get("spoolhouse_spooler_reader_lag_bytes");
+        assert_eq!(lag.labels, vec![("reader", "ship".to_string())]);
+        assert_eq!(lag.value, 42.0);
+        let inf = m
+            .iter()
+            .find(|x| x.labels.first().is_some_and(|l| l.1 == "+Inf"))
+            .unwrap();
+        assert_eq!(inf.name, "spoolhouse_spooler_fsync_duration_seconds_bucket");
     }
 }
