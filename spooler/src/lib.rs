@@ -135,6 +135,8 @@
 //! past `quota_bytes` first runs retention, then fails with [`Error::Full`]
 //! without writing anything.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod error;
 mod files;
