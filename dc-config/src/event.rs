@@ -36,16 +36,70 @@ pub enum Value {
 }
 
 impl Value {
-    /// The canonical text stored in the `attr_values` column: integers in
-    /// decimal, floats in shortest round-trip form, booleans as `1`/`0` (so
-    /// ClickHouse's `toUInt8` reads them), strings as they are.
+    /// The canonical text stored in the `attr_values` column (see [`ValueRef::write_text`]).
     pub fn to_column_text(&self) -> String {
+        let mut out = Vec::new();
+        self.as_ref().write_text(&mut out);
+        String::from_utf8(out).expect("column text of a valid value is UTF-8")
+    }
+
+    /// A borrowed view of this value.
+    pub fn as_ref(&self) -> ValueRef<'_> {
         match self {
-            Value::UInt(v) => v.to_string(),
-            Value::Int(v) => v.to_string(),
-            Value::Float(v) => v.to_string(),
-            Value::Bool(b) => if *b { "1" } else { "0" }.to_string(),
-            Value::Str(s) => s.clone(),
+            Value::UInt(v) => ValueRef::UInt(*v),
+            Value::Int(v) => ValueRef::Int(*v),
+            Value::Float(v) => ValueRef::Float(*v),
+            Value::Bool(b) => ValueRef::Bool(*b),
+            Value::Str(s) => ValueRef::Str(s),
+        }
+    }
+}
+
+/// A typed attribute value borrowing its string.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// An unsigned integer or a timestamp in ms.
+    UInt(u64),
+    /// A signed integer.
+    Int(i64),
+    /// A finite float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A string or enum value.
+    Str(&'a str),
+}
+
+impl ValueRef<'_> {
+    /// Appends the canonical text stored in the `attr_values` column:
+    /// integers in decimal, floats in Rust's shortest round-trip form,
+    /// booleans as `1`/`0` (so ClickHouse's `toUInt8` reads them), strings
+    /// as they are.
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        self.with_text(|t| out.extend_from_slice(t.as_bytes()));
+    }
+
+    /// Calls `f` with the canonical column text, without allocating for
+    /// integers, booleans and strings (the shipper's hot path).
+    pub fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        let mut ints = itoa::Buffer::new();
+        match *self {
+            ValueRef::UInt(v) => f(ints.format(v)),
+            ValueRef::Int(v) => f(ints.format(v)),
+            ValueRef::Float(v) => f(&v.to_string()),
+            ValueRef::Bool(b) => f(if b { "1" } else { "0" }),
+            ValueRef::Str(s) => f(s),
+        }
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> Value {
+        match *self {
+            ValueRef::UInt(v) => Value::UInt(v),
+            ValueRef::Int(v) => Value::Int(v),
+            ValueRef::Float(v) => Value::Float(v),
+            ValueRef::Bool(b) => Value::Bool(b),
+            ValueRef::Str(s) => Value::Str(s.to_string()),
         }
     }
 }

@@ -20,7 +20,7 @@
 //! }
 //! ```
 
-use crate::event::{ValidEvent, Value};
+use crate::event::{ValidEvent, Value, ValueRef};
 
 /// Version byte of the current record format.
 pub const RECORD_VERSION: u8 = 1;
@@ -137,6 +137,78 @@ impl Record {
 
     /// Decodes one record; every byte must belong to it.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let view = RecordView::parse(bytes)?;
+        let attrs = view
+            .attrs()
+            .map(|a| a.map(|(n, v)| (n.to_string(), v.to_owned())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            event: ValidEvent {
+                event: view.event.to_string(),
+                time_ms: view.time_ms,
+                attrs,
+            },
+            inbox: view.inbox,
+        })
+    }
+}
+
+/// A record read in place: names and strings borrow from the frame's bytes,
+/// so the shipper turns frames into rows without allocating per attribute.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    /// Event time in ms.
+    pub time_ms: u64,
+    /// Event type name.
+    pub event: &'a str,
+    /// Inbox source, if any.
+    pub inbox: Option<InboxSource>,
+    attr_count: u16,
+    attrs: &'a [u8],
+    attrs_at: usize,
+}
+
+impl<'a> RecordView<'a> {
+    /// Checks every byte of `bytes` and returns the view, also appending
+    /// every attribute to `attrs` in the same pass (the shipper's hot path:
+    /// one parse per frame, no allocation once `attrs` has grown).
+    pub fn parse_into(
+        bytes: &'a [u8],
+        attrs: &mut Vec<(&'a str, ValueRef<'a>)>,
+    ) -> Result<Self, RecordError> {
+        let view = Self::header(bytes)?;
+        let mut it = view.attrs();
+        for a in it.by_ref() {
+            attrs.push(a?);
+        }
+        view.finish(&it)
+    }
+
+    /// The event type name alone, reading only the record's head: lets a
+    /// consumer skip events it has no use for without parsing them.
+    pub fn peek_event(bytes: &'a [u8]) -> Result<&'a str, RecordError> {
+        Ok(Self::header(bytes)?.event)
+    }
+
+    /// Checks every byte of `bytes` and returns the view.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, RecordError> {
+        let view = Self::header(bytes)?;
+        let mut it = view.attrs();
+        for a in it.by_ref() {
+            a?;
+        }
+        view.finish(&it)
+    }
+
+    fn finish(self, it: &Attrs<'a>) -> Result<Self, RecordError> {
+        if it.cursor.at != self.attrs.len() {
+            return Err(RecordError::Trailing(self.attrs.len() - it.cursor.at));
+        }
+        Ok(self)
+    }
+
+    /// Reads everything before the attributes.
+    fn header(bytes: &'a [u8]) -> Result<Self, RecordError> {
         let mut r = Cursor { b: bytes, at: 0 };
         let version = r.u8()?;
         if version != RECORD_VERSION {
@@ -156,35 +228,101 @@ impl Record {
         } else {
             None
         };
-        let n = r.u16()? as usize;
-        let mut attrs = Vec::with_capacity(n.min(256));
-        for _ in 0..n {
-            let name = r.name()?;
-            let at = r.at;
-            let v = match r.u8()? {
-                TAG_UINT => Value::UInt(r.u64()?),
-                TAG_INT => Value::Int(r.u64()? as i64),
-                TAG_FLOAT => Value::Float(f64::from_bits(r.u64()?)),
-                TAG_BOOL => Value::Bool(r.u8()? != 0),
-                TAG_STR => {
-                    let len = r.u32()? as usize;
-                    Value::Str(r.text(len)?)
-                }
-                tag => return Err(RecordError::Tag { tag, at }),
-            };
-            attrs.push((name, v));
-        }
-        if r.at != bytes.len() {
-            return Err(RecordError::Trailing(bytes.len() - r.at));
-        }
+        let attr_count = r.u16()?;
         Ok(Self {
-            event: ValidEvent {
-                event,
-                time_ms,
-                attrs,
-            },
+            time_ms,
+            event,
             inbox,
+            attr_count,
+            attrs: &bytes[r.at..],
+            attrs_at: r.at,
         })
+    }
+
+    /// Number of attributes.
+    pub fn attr_count(&self) -> usize {
+        self.attr_count as usize
+    }
+
+    /// The attributes, in stored order, for a view that [`RecordView::parse`]
+    /// has checked (so none can fail).
+    pub fn checked_attrs(
+        &self,
+    ) -> impl ExactSizeIterator<Item = (&'a str, ValueRef<'a>)> + Clone + 'a {
+        self.attrs()
+            .map(|a| a.expect("RecordView::parse checked every attribute"))
+    }
+
+    /// The attributes, in stored order.
+    pub fn attrs(&self) -> Attrs<'a> {
+        Attrs {
+            cursor: Cursor {
+                b: self.attrs,
+                at: 0,
+            },
+            base: self.attrs_at,
+            left: self.attr_count,
+        }
+    }
+}
+
+/// Iterator over a [`RecordView`]'s attributes.
+#[derive(Debug, Clone)]
+pub struct Attrs<'a> {
+    cursor: Cursor<'a>,
+    base: usize,
+    left: u16,
+}
+
+impl ExactSizeIterator for Attrs<'_> {}
+
+impl<'a> Iterator for Attrs<'a> {
+    type Item = Result<(&'a str, ValueRef<'a>), RecordError>;
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left as usize, Some(self.left as usize))
+    }
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let r = &mut self.cursor;
+        let base = self.base;
+        let item = (|| {
+            let name = r.name().map_err(|e| e.shifted(base))?;
+            let at = r.at;
+            let v = match r.u8().map_err(|e| e.shifted(base))? {
+                TAG_UINT => ValueRef::UInt(r.u64().map_err(|e| e.shifted(base))?),
+                TAG_INT => ValueRef::Int(r.u64().map_err(|e| e.shifted(base))? as i64),
+                TAG_FLOAT => ValueRef::Float(f64::from_bits(r.u64().map_err(|e| e.shifted(base))?)),
+                TAG_BOOL => ValueRef::Bool(r.u8().map_err(|e| e.shifted(base))? != 0),
+                TAG_STR => {
+                    let len = r.u32().map_err(|e| e.shifted(base))? as usize;
+                    ValueRef::Str(r.text(len).map_err(|e| e.shifted(base))?)
+                }
+                tag => return Err(RecordError::Tag { tag, at: at + base }),
+            };
+            Ok((name, v))
+        })();
+        if item.is_err() {
+            self.left = 0;
+        }
+        Some(item)
+    }
+}
+
+impl RecordError {
+    /// The same error with byte offsets moved by `by` (errors found in a
+    /// sub-slice report offsets in the whole record).
+    fn shifted(self, by: usize) -> Self {
+        match self {
+            RecordError::Truncated(at) => RecordError::Truncated(at + by),
+            RecordError::Utf8(at) => RecordError::Utf8(at + by),
+            RecordError::Tag { tag, at } => RecordError::Tag { tag, at: at + by },
+            other => other,
+        }
     }
 }
 
@@ -195,13 +333,14 @@ fn put_name(out: &mut Vec<u8>, s: &str, what: &'static str) -> Result<(), Record
     Ok(())
 }
 
+#[derive(Debug, Clone)]
 struct Cursor<'a> {
     b: &'a [u8],
     at: usize,
 }
 
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], RecordError> {
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
         let end = self
             .at
             .checked_add(n)
@@ -229,14 +368,12 @@ impl Cursor<'_> {
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
-    fn text(&mut self, len: usize) -> Result<String, RecordError> {
+    fn text(&mut self, len: usize) -> Result<&'a str, RecordError> {
         let at = self.at;
         let b = self.take(len)?;
-        std::str::from_utf8(b)
-            .map(str::to_string)
-            .map_err(|_| RecordError::Utf8(at))
+        std::str::from_utf8(b).map_err(|_| RecordError::Utf8(at))
     }
-    fn name(&mut self) -> Result<String, RecordError> {
+    fn name(&mut self) -> Result<&'a str, RecordError> {
         let len = self.u8()? as usize;
         self.text(len)
     }

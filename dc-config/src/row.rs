@@ -1,7 +1,7 @@
 //! One row of the generic events table (`events_local`): the mapping from a
 //! validated event to the columns every datacenter stores, in one place.
 
-use crate::event::ValidEvent;
+use crate::event::{ValidEvent, ValueRef};
 
 /// Where in a host's spool an event was read from: with `dc` and `host`,
 /// it identifies an event uniquely, so `count() = uniqExact(dc, host,
@@ -68,26 +68,76 @@ pub const EVENT_COLUMNS: &str =
 
 impl EventRow {
     /// Appends the row in ClickHouse's RowBinary format (columns as
-    /// [`EVENT_COLUMNS`]). The same row always gives the same bytes, which a
-    /// replayed insert block relies on to be deduplicated.
+    /// [`EVENT_COLUMNS`]); the same bytes as [`write_row_binary`] gives for
+    /// the event it was made from.
     pub fn write_row_binary(&self, out: &mut Vec<u8>) {
-        put_str(out, &self.event);
-        out.extend_from_slice(&self.date.to_le_bytes());
-        out.extend_from_slice(&self.time.to_le_bytes());
-        out.extend_from_slice(&self.time_ms.to_le_bytes());
-        put_str(out, &self.dc);
-        put_str(out, &self.host);
-        put_varint(out, self.attr_names.len() as u64);
-        for n in &self.attr_names {
-            put_str(out, n);
-        }
-        put_varint(out, self.attr_values.len() as u64);
-        for v in &self.attr_values {
-            put_str(out, v);
-        }
-        out.extend_from_slice(&self.spool_segment.to_le_bytes());
-        out.extend_from_slice(&self.spool_offset.to_le_bytes());
+        let attrs = self
+            .attr_names
+            .iter()
+            .zip(&self.attr_values)
+            .map(|(n, v)| (n.as_str(), ValueRef::Str(v)));
+        let pos = SpoolPosition {
+            segment: self.spool_segment,
+            offset: self.spool_offset,
+        };
+        write_row_binary(
+            out,
+            &self.event,
+            self.time_ms,
+            &self.dc,
+            &self.host,
+            attrs,
+            pos,
+        );
     }
+}
+
+/// Appends one `events_local` row in ClickHouse's RowBinary format (columns
+/// as [`EVENT_COLUMNS`]) straight from an event's parts. The same event
+/// always gives the same bytes, which a replayed insert block relies on to
+/// be deduplicated.
+pub fn write_row_binary<'v>(
+    out: &mut Vec<u8>,
+    event: &str,
+    time_ms: u64,
+    dc: &str,
+    host: &str,
+    attrs: impl ExactSizeIterator<Item = (&'v str, ValueRef<'v>)> + Clone,
+    pos: SpoolPosition,
+) {
+    let secs = time_ms / 1000;
+    put_str(out, event);
+    out.extend_from_slice(&((secs / 86_400) as u16).to_le_bytes());
+    out.extend_from_slice(&(secs as u32).to_le_bytes());
+    out.extend_from_slice(&time_ms.to_le_bytes());
+    put_str(out, dc);
+    put_str(out, host);
+    let n = attrs.len() as u64;
+    put_varint(out, n);
+    for (name, _) in attrs.clone() {
+        put_str(out, name);
+    }
+    put_varint(out, n);
+    for (_, v) in attrs {
+        v.with_text(|t| put_str(out, t));
+    }
+    out.extend_from_slice(&pos.segment.to_le_bytes());
+    out.extend_from_slice(&pos.offset.to_le_bytes());
+}
+
+/// `YYYY-MM-DD` of a day number since 1970-01-01, as ClickHouse prints a
+/// `Date` (proleptic Gregorian; Howard Hinnant's `civil_from_days`).
+pub fn date_text(days: u16) -> String {
+    let z = i64::from(days) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -107,13 +157,54 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// The shipper's path (record bytes straight to RowBinary) gives the
+        /// bytes of the owned path (event, row, RowBinary).
+        #[test]
+        fn record_view_and_event_row_agree(
+            attrs in proptest::collection::vec(("[a-z]{1,8}", proptest::prelude::any::<u64>(), ".{0,12}", proptest::prelude::any::<bool>()), 0..6),
+            time_ms in 0u64..4_291_747_199_999,
+            segment in proptest::prelude::any::<u64>(),
+            offset in proptest::prelude::any::<u64>(),
+        ) {
+            use crate::event::Value;
+            let mut ev_attrs = Vec::new();
+            for (i, (name, n, text, b)) in attrs.into_iter().enumerate() {
+                let v = match i % 4 {
+                    0 => Value::UInt(n),
+                    1 => Value::Int(n as i64),
+                    2 => Value::Str(text),
+                    _ => Value::Bool(b),
+                };
+                ev_attrs.push((name, v));
+            }
+            let event = ValidEvent { event: "e".into(), time_ms, attrs: ev_attrs };
+            let pos = SpoolPosition { segment, offset };
+            let mut owned = Vec::new();
+            EventRow::new(&event, "dc1", "h", pos).write_row_binary(&mut owned);
+            let bytes = crate::record::Record { event: event.clone(), inbox: None }.encode().unwrap();
+            let view = crate::record::RecordView::parse(&bytes).unwrap();
+            let mut direct = Vec::new();
+            write_row_binary(&mut direct, view.event, view.time_ms, "dc1", "h", view.checked_attrs(), pos);
+            proptest::prop_assert_eq!(owned, direct);
+        }
+    }
+
+    #[test]
+    fn date_texts() {
+        assert_eq!(date_text(0), "1970-01-01");
+        assert_eq!(date_text(11_016), "2000-02-29");
+        assert_eq!(date_text(20_417), "2025-11-25");
+        assert_eq!(date_text(49_672), "2105-12-31");
+    }
+
     #[test]
     fn row_binary_layout() {
         let row = EventRow {
             event: "vote".into(),
-            date: 3,
+            date: 195,
             time: 0x0102_0304,
-            time_ms: 5,
+            time_ms: 0x0102_0304 * 1000 + 5,
             dc: "dc1".into(),
             host: "h".into(),
             attr_names: vec!["a".into()],
@@ -125,7 +216,8 @@ mod tests {
         row.write_row_binary(&mut b);
         let mut want = vec![4];
         want.extend_from_slice(b"vote");
-        want.extend_from_slice(&[3, 0, 4, 3, 2, 1, 5, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(&[195, 0, 4, 3, 2, 1]);
+        want.extend_from_slice(&(0x0102_0304u64 * 1000 + 5).to_le_bytes());
         want.extend_from_slice(&[3, b'd', b'c', b'1', 1, b'h', 1, 1, b'a', 1, 200, 1]);
         want.extend_from_slice(&[b'x'; 200]);
         want.extend_from_slice(&[7, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0]);

@@ -73,9 +73,25 @@ pub struct ShipperConfig {
     pub redis: Redis,
     /// The shipper's own durable state: batch intents, dead letters.
     pub state_dir: PathBuf,
+    /// Compression of insert bodies sent to ClickHouse (default `none`: the
+    /// shipper runs on app hosts, where CPU is scarcer than bandwidth to a
+    /// ClickHouse in the same datacenter; `lz4` for thin links).
+    #[serde(default)]
+    pub compression: InsertCompression,
     /// Bounds on batches, retries and timeouts.
     #[serde(default)]
     pub limits: ShipperLimits,
+}
+
+/// Compression of the shipper's insert bodies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InsertCompression {
+    /// Plain RowBinary.
+    #[default]
+    None,
+    /// ClickHouse's LZ4 framing (`decompress=1`).
+    Lz4,
 }
 
 /// Every bound of the shipper, with its default.
@@ -187,6 +203,7 @@ impl ShipperConfig {
                 .collect(),
             redis: dc.redis.clone(),
             state_dir: shipper_state_dir(&dc.spool.dir),
+            compression: InsertCompression::default(),
             limits: ShipperLimits::default(),
         }
     }

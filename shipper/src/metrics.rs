@@ -28,6 +28,9 @@ pub struct Metrics {
     pub bytes: Counter,
     /// Seconds per successful insert.
     pub insert_seconds: Histogram,
+    /// Seconds to read and encode a full batch (waiting for data excluded
+    /// only when the batch filled up; a partial batch includes its age wait).
+    pub prepare_seconds: Histogram,
     /// Failed attempts, by kind (`network`, `timeout`, `server`, `schema`, …).
     pub errors: Family<Label, Counter>,
     /// Rows a replay found already in ClickHouse and did not send again.
@@ -55,6 +58,7 @@ impl Metrics {
             // 1 ms … ~65 s: a healthy insert takes milliseconds, a struggling
             // server seconds, and the insert timeout bounds the top.
             insert_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            prepare_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             errors: Family::default(),
             replay_rows_skipped: Counter::default(),
             dead_letters: Counter::default(),
@@ -75,6 +79,11 @@ impl Metrics {
             "insert_seconds",
             "Duration of successful inserts",
             m.insert_seconds.clone(),
+        );
+        r.register(
+            "prepare_seconds",
+            "Duration of reading and encoding a batch",
+            m.prepare_seconds.clone(),
         );
         r.register("errors", "Failed attempts by kind", m.errors.clone());
         r.register(

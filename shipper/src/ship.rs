@@ -8,13 +8,14 @@
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use dc_config::record::Record;
+use dc_config::record::{Record, RecordView};
 use dc_config::registry::Registry;
-use dc_config::row::{EventRow, SpoolPosition};
+use dc_config::row::{write_row_binary, SpoolPosition};
 use dc_config::services::ShipperConfig;
 use rand::Rng;
 use spooler::{Position, Reader};
@@ -29,6 +30,9 @@ use crate::state::{state_write, StateStore};
 pub const CLICKHOUSE_READER: &str = "clickhouse";
 /// Name of the spool reader feeding Redis.
 pub const REDIS_READER: &str = "redis";
+/// Longest time applied Redis state goes without a checkpoint: what a crash
+/// makes the Redis pipeline redo (harmlessly).
+const REDIS_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest single wait before the shutdown flag is looked at again.
 const WAIT_SLICE: Duration = Duration::from_millis(200);
 
@@ -167,71 +171,113 @@ impl Shipper {
 
     // ---- ClickHouse ------------------------------------------------------
 
+    /// Two stages overlap: this thread ships batch `k` while a preparing
+    /// thread reads and encodes batch `k + 1` (bounded to one batch ahead).
+    /// Commits stay in order and happen here, before the next intent is
+    /// recorded, so the intent on disk always starts at the checkpoint or
+    /// at the batch right after it.
     fn clickhouse_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
-        let dir = &self.config.spool_dir;
-        let mut reader = Reader::open(dir, CLICKHOUSE_READER)?;
+        let reader = Mutex::new(Reader::open(&self.config.spool_dir, CLICKHOUSE_READER)?);
         let sink = Sink::new(&self.config);
         let state = self.config.state_dir.clone();
         let lag = label("sink", "clickhouse");
-        // A recorded intent starting at our checkpoint is a batch that may
-        // have reached ClickHouse before the last stop: replay exactly it.
-        let mut replay =
-            Intent::load(&state, CLICKHOUSE_READER)?.filter(|i| i.start == reader.committed());
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Batch, bool)>>(1);
+            let reader = &reader;
+            let prep = std::thread::Builder::new()
+                .name("ship-prepare".into())
+                .spawn_scoped(scope, move || self.prepare(reader, tx))
+                .expect("spawning a thread");
+            let result = (|| {
+                while let Ok(item) = rx.recv() {
+                    let (batch, is_replay) = item?;
+                    if !is_replay {
+                        batch.intent.save(&state, CLICKHOUSE_READER)?;
+                    }
+                    self.metrics
+                        .lag_frames
+                        .get_or_create(&lag)
+                        .set(i64::from(batch.intent.frames));
+                    if !self.ship(rt, &sink, &batch, is_replay)? {
+                        break;
+                    }
+                    reader
+                        .lock()
+                        .expect("reader lock")
+                        .commit(batch.intent.end)?;
+                    self.metrics.lag_frames.get_or_create(&lag).set(0);
+                    self.metrics.lag_seconds.get_or_create(&lag).set(0.0);
+                    self.metrics
+                        .batches
+                        .get_or_create(&label("sink", "clickhouse"))
+                        .inc();
+                }
+                Ok(())
+            })();
+            // Whatever ended shipping ends preparing too.
+            self.shutdown.store(true, Ordering::SeqCst);
+            drop(rx);
+            prep.join().expect("batch preparation panicked");
+            result
+        })
+    }
+
+    /// The preparing stage: plans batches (first the replay of a recorded
+    /// intent, if one starts at the checkpoint), encodes them, and hands them
+    /// over; an error is handed over too, and ends the stage.
+    fn prepare(&self, reader: &Mutex<Reader>, tx: SyncSender<Result<(Batch, bool)>>) {
+        let committed = reader.lock().expect("reader lock").committed();
+        let mut replay = match Intent::load(&self.config.state_dir, CLICKHOUSE_READER) {
+            Ok(i) => i.filter(|i| i.start == committed),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
         while !self.stopping() {
-            let records = match replay {
-                Some(i) => match self.read_exact(&mut reader, i)? {
-                    Some(r) => r,
-                    None => {
-                        replay = None;
-                        continue;
-                    }
-                },
-                None => match self.plan(&mut reader)? {
-                    Some(r) => r,
-                    None => {
-                        self.metrics.lag_seconds.get_or_create(&lag).set(0.0);
-                        continue;
-                    }
-                },
+            let started = Instant::now();
+            let next = match replay.take() {
+                Some(i) => self.read_exact(reader, i).and_then(|r| match r {
+                    Some(records) => Ok(Some((records, true))),
+                    None => Ok(self.plan(reader)?.map(|r| (r, false))),
+                }),
+                None => self.plan(reader).map(|r| r.map(|r| (r, false))),
             };
-            let intent = Intent {
-                start: records[0].position,
-                end: records.last().expect("non-empty").next,
-                frames: records.len() as u32,
+            let item = match next {
+                Ok(None) => continue,
+                Ok(Some((records, is_replay))) => {
+                    let intent = Intent {
+                        start: records[0].position,
+                        end: records.last().expect("non-empty").next,
+                        frames: records.len() as u32,
+                    };
+                    let built = self.build(intent, &records).map(|b| (b, is_replay));
+                    self.metrics
+                        .prepare_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    built
+                }
+                Err(e) => Err(e),
             };
-            if replay.is_none() {
-                intent.save(&state, CLICKHOUSE_READER)?;
+            let failed = item.is_err();
+            if tx.send(item).is_err() || failed {
+                return;
             }
-            let batch = self.build(intent, &records)?;
-            self.metrics
-                .lag_frames
-                .get_or_create(&lag)
-                .set(records.len() as i64);
-            let shipped = self.ship(rt, &sink, &batch, replay.is_some())?;
-            replay = None;
-            if !shipped {
-                break;
-            }
-            reader.commit(intent.end)?;
-            self.metrics.lag_frames.get_or_create(&lag).set(0);
-            self.metrics
-                .batches
-                .get_or_create(&label("sink", "clickhouse"))
-                .inc();
         }
-        Ok(())
     }
 
     /// Reads the next batch: up to the row and byte limits, or what has come
-    /// within `batch_age_ms` of its first frame. `None`: nothing came (or shutdown).
-    fn plan(&self, reader: &mut Reader) -> Result<Option<Vec<spooler::Record>>> {
+    /// within `batch_age_ms` of its first frame. `None`: nothing came (or
+    /// shutdown). The reader is locked per step, never across a wait longer
+    /// than [`WAIT_SLICE`], so the commit of the batch in flight is not held up.
+    fn plan(&self, reader: &Mutex<Reader>) -> Result<Option<Vec<spooler::Record>>> {
         let l = &self.config.limits;
         let age = Duration::from_millis(l.batch_age_ms);
         let mut out: Vec<spooler::Record> = Vec::new();
         let mut bytes = 0usize;
         let mut first_at: Option<Instant> = None;
         loop {
-            let got = reader.next(
+            let got = reader.lock().expect("reader lock").next(
                 l.batch_rows_max - out.len(),
                 l.batch_bytes_max.saturating_sub(bytes).max(1),
             )?;
@@ -255,7 +301,7 @@ impl Shipper {
                     left.min(WAIT_SLICE)
                 }
             };
-            if !reader.wait(wait)? && first_at.is_none() {
+            if !reader.lock().expect("reader lock").wait(wait)? && first_at.is_none() {
                 return Ok(None);
             }
         }
@@ -267,9 +313,10 @@ impl Shipper {
     /// position check still keeps rows single.
     fn read_exact(
         &self,
-        reader: &mut Reader,
+        reader: &Mutex<Reader>,
         intent: Intent,
     ) -> Result<Option<Vec<spooler::Record>>> {
+        let mut reader = reader.lock().expect("reader lock");
         let mut out: Vec<spooler::Record> = Vec::with_capacity(intent.frames as usize);
         while out.len() < intent.frames as usize {
             let got = reader.next(intent.frames as usize - out.len(), usize::MAX)?;
@@ -299,22 +346,32 @@ impl Shipper {
         let mut events: Vec<String> = Vec::new();
         let mut time_range = (u32::MAX, 0u32);
         let mut oldest_ms = u64::MAX;
+        let mut attrs = Vec::with_capacity(16);
         for rec in records {
             let pos = SpoolPosition {
                 segment: rec.position.segment,
                 offset: rec.position.offset,
             };
-            match Record::decode(&rec.payload) {
+            attrs.clear();
+            match RecordView::parse_into(&rec.payload, &mut attrs) {
                 Ok(r) => {
-                    let row = EventRow::new(&r.event, &self.config.dc, &self.config.host, pos);
                     let start = body.len();
-                    row.write_row_binary(&mut body);
+                    write_row_binary(
+                        &mut body,
+                        r.event,
+                        r.time_ms,
+                        &self.config.dc,
+                        &self.config.host,
+                        attrs.iter().copied(),
+                        pos,
+                    );
                     rows.push((pos, start..body.len()));
-                    if !events.contains(&row.event) {
-                        events.push(row.event.clone());
+                    if !events.iter().any(|e| e == r.event) {
+                        events.push(r.event.to_string());
                     }
-                    time_range = (time_range.0.min(row.time), time_range.1.max(row.time));
-                    oldest_ms = oldest_ms.min(row.time_ms);
+                    let secs = (r.time_ms / 1000) as u32;
+                    time_range = (time_range.0.min(secs), time_range.1.max(secs));
+                    oldest_ms = oldest_ms.min(r.time_ms);
                 }
                 Err(e) => self.dead_letter(rec.position, &rec.payload, &e.to_string())?,
             }
@@ -456,7 +513,19 @@ impl Shipper {
         let timeout = Duration::from_millis(self.config.limits.redis_timeout_ms);
         let lag = label("sink", "redis");
         let mut store: Option<StateStore> = None;
+        // Replaying state writes is harmless (newer wins), so the checkpoint
+        // is written at most every REDIS_COMMIT_INTERVAL rather than per
+        // round: per-round fsyncs would compete with ClickHouse's for the disk.
+        let mut last_commit = Instant::now();
+        let mut done: Option<Position> = None;
         while !self.stopping() {
+            if let Some(p) = done {
+                if last_commit.elapsed() >= REDIS_COMMIT_INTERVAL {
+                    reader.commit(p)?;
+                    done = None;
+                    last_commit = Instant::now();
+                }
+            }
             let records = reader.next(self.config.limits.redis_batch_max, usize::MAX)?;
             if records.is_empty() {
                 self.metrics.lag_seconds.get_or_create(&lag).set(0.0);
@@ -466,7 +535,13 @@ impl Shipper {
             let mut writes = Vec::new();
             let mut oldest_ms = u64::MAX;
             for r in &records {
-                // Undecodable frames are the ClickHouse pipeline's to dead-letter.
+                // Only event types with a state are decoded; undecodable
+                // frames are the ClickHouse pipeline's to dead-letter.
+                let stateful = RecordView::peek_event(&r.payload)
+                    .is_ok_and(|e| self.registry.get(e).is_some_and(|t| t.state.is_some()));
+                if !stateful {
+                    continue;
+                }
                 if let Ok(rec) = Record::decode(&r.payload) {
                     if let Some(w) = state_write(&self.registry, &rec.event) {
                         oldest_ms = oldest_ms.min(w.time_ms);
@@ -516,11 +591,14 @@ impl Shipper {
                     }
                 }
             }
-            reader.commit(records.last().expect("non-empty").next)?;
+            done = Some(records.last().expect("non-empty").next);
             self.metrics
                 .batches
                 .get_or_create(&label("sink", "redis"))
                 .inc();
+        }
+        if let Some(p) = done {
+            reader.commit(p)?;
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dc_config::render::ddl::table;
 use dc_config::row::EVENT_COLUMNS;
-use dc_config::services::ShipperConfig;
+use dc_config::services::{InsertCompression, ShipperConfig};
 use dc_config::sql::quote_str;
 
 use crate::error::{Error, Result};
@@ -114,7 +114,11 @@ impl Sink {
                         // settings schema validation asks for: turn it off.
                         let client = clickhouse::Client::default()
                             .with_url(url)
-                            .with_validation(false);
+                            .with_validation(false)
+                            .with_compression(match config.compression {
+                                InsertCompression::None => clickhouse::Compression::None,
+                                InsertCompression::Lz4 => clickhouse::Compression::Lz4,
+                            });
                         (url.clone(), client)
                     })
                     .collect(),
