@@ -116,6 +116,13 @@
 //! past the end are moved back to it (`stale_checkpoints`): otherwise the
 //! reader would silently skip the frames appended next.
 //!
+//! Positions are identities downstream, so none is handed out twice: when
+//! recovery cut anything or moved a checkpoint back, the recovered segment
+//! is sealed and appends continue in a new one, and a new segment's number
+//! is above every existing segment and every checkpoint. (Loss that ends
+//! exactly on a frame boundary below every checkpoint leaves no trace to
+//! act on; it needs a disk that lost synced data.)
+//!
 //! ## Readers and checkpoints
 //!
 //! A reader starts at its checkpoint (a new one at the oldest segment, and

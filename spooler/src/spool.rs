@@ -179,6 +179,8 @@ struct Recovered {
     len: u64,
     frames: u64,
     created_unix_ms: u64,
+    /// A torn tail was cut off.
+    cut: bool,
 }
 
 fn recover_active(layout: &Layout, seq: u64, counters: &Counters) -> Result<Recovered> {
@@ -210,6 +212,9 @@ fn recover_active(layout: &Layout, seq: u64, counters: &Counters) -> Result<Reco
             len: SEGMENT_HEADER_LEN as u64,
             frames: 0,
             created_unix_ms: created,
+            // Nothing here was acknowledged, but whatever it was, its
+            // positions are not handed out again.
+            cut: !data.is_empty(),
         });
     }
     let mut created_unix_ms = now_unix_ms();
@@ -233,6 +238,7 @@ fn recover_active(layout: &Layout, seq: u64, counters: &Counters) -> Result<Reco
     }
     let mut frames = 0u64;
     let mut len = data.len() as u64;
+    let mut cut = false;
     for item in Scanner::new(&data, SEGMENT_HEADER_LEN) {
         match item {
             Scanned::Frame { .. } => frames += 1,
@@ -249,12 +255,13 @@ fn recover_active(layout: &Layout, seq: u64, counters: &Counters) -> Result<Reco
                 counters.quarantined_bytes.fetch_add(q, Relaxed);
             }
             Scanned::Tail { offset } => {
-                let cut = data.len() - offset;
-                tracing::warn!(segment = seq, offset, bytes = cut, "truncating torn tail");
-                counters.torn_tail_bytes.fetch_add(cut as u64, Relaxed);
+                let bytes = data.len() - offset;
+                tracing::warn!(segment = seq, offset, bytes, "truncating torn tail");
+                counters.torn_tail_bytes.fetch_add(bytes as u64, Relaxed);
                 file.set_len(offset as u64)
                     .map_err(|e| Error::io("truncate torn tail of", &path, e))?;
                 len = offset as u64;
+                cut = true;
             }
         }
     }
@@ -267,6 +274,7 @@ fn recover_active(layout: &Layout, seq: u64, counters: &Counters) -> Result<Reco
         len,
         frames,
         created_unix_ms,
+        cut,
     })
 }
 
@@ -360,10 +368,49 @@ impl Spool {
             };
             catalog.insert(seq, meta);
         }
+        let ckpt_max = list_readers(&layout)?
+            .iter()
+            .filter_map(|(_, ck)| match ck {
+                CheckpointRead::At(p) => Some(p.segment),
+                _ => None,
+            })
+            .max();
+        // Positions are identities downstream (deduplication by position),
+        // so none may be handed out twice. Appending after a cut tail, or
+        // below a checkpoint that read further than what survived, could
+        // reuse a position some reader already saw: start a new segment
+        // instead.
+        let active = match active {
+            Some(r) => {
+                let seq = last_seq.expect("an active segment was found");
+                let end = Position::new(seq, r.len);
+                let clamped = clamp_checkpoints(&layout, end, &counters)?;
+                if !r.cut && clamped == 0 {
+                    Some(r)
+                } else {
+                    tracing::warn!(
+                        segment = seq,
+                        "recovery cut data; sealing the segment so no position is reused"
+                    );
+                    let path = layout.segment(seq, SegmentState::Active);
+                    r.file
+                        .sync_all()
+                        .map_err(|e| Error::io("fsync segment", &path, e))?;
+                    let sealed = layout.segment(seq, SegmentState::Sealed);
+                    fs::rename(&path, &sealed).map_err(|e| Error::io("seal", &path, e))?;
+                    fsync_dir(&layout.segments)?;
+                    if let Some(m) = catalog.get_mut(&seq) {
+                        m.state = SegmentState::Sealed;
+                    }
+                    None
+                }
+            }
+            None => None,
+        };
         let active = match active {
             Some(a) => a,
             None => {
-                let seq = last_seq.map_or(1, |s| s + 1);
+                let seq = last_seq.max(ckpt_max).map_or(1, |s| s + 1);
                 let (file, created) = create_segment(&layout, seq)?;
                 catalog.insert(
                     seq,
@@ -378,6 +425,7 @@ impl Spool {
                     len: SEGMENT_HEADER_LEN as u64,
                     frames: 0,
                     created_unix_ms: created,
+                    cut: false,
                 }
             }
         };
@@ -386,7 +434,6 @@ impl Spool {
             .next_back()
             .expect("catalog holds the active segment");
         let end = Position::new(seq, active.len);
-        clamp_checkpoints(&layout, end, &counters)?;
 
         let shared = Arc::new(Shared::default());
         shared.publish_durable(end);
@@ -606,19 +653,21 @@ impl Drop for Spool {
 }
 
 /// Moves checkpoints that point past the recovered end back to it: data they
-/// claim was read is gone (torn before it was durable), and new frames will
-/// be written from the end; a reader left ahead would skip them silently.
-fn clamp_checkpoints(layout: &Layout, end: Position, counters: &Counters) -> Result<()> {
+/// claim was read is gone (torn before it was durable), and a reader left
+/// ahead would skip the frames appended next silently. Returns how many moved.
+fn clamp_checkpoints(layout: &Layout, end: Position, counters: &Counters) -> Result<usize> {
+    let mut n = 0;
     for (name, ck) in list_readers(layout)? {
         if let CheckpointRead::At(p) = ck {
             if p > end {
                 tracing::warn!(reader = %name, checkpoint = %p, end = %end, "checkpoint past the end of the spool; moving it back");
                 counters.stale_checkpoints.fetch_add(1, Relaxed);
                 write_checkpoint(layout, &name, end)?;
+                n += 1;
             }
         }
     }
-    Ok(())
+    Ok(n)
 }
 
 impl Inner {

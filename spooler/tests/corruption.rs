@@ -8,6 +8,7 @@ use std::fs;
 use std::path::Path;
 
 use common::{active_segment, drain, payload, segment_files, small_config};
+use spooler::format::SEGMENT_HEADER_LEN;
 use spooler::tools::{examine, ProblemKind};
 use spooler::{Compression, Durability, Position, Spool};
 
@@ -109,9 +110,14 @@ fn truncated_mid_frame_tail_is_cut_and_appends_continue_cleanly() {
     drop(f);
     let spool = open(dir.path());
     assert_eq!(spool.stats().unwrap().torn_tail_bytes, 5);
-    assert_eq!(fs::metadata(&seg).unwrap().len(), pos[9].offset);
+    let sealed = seg.with_extension("seg");
+    assert_eq!(fs::metadata(&sealed).unwrap().len(), pos[9].offset);
     let p = spool.append(&[payload(10)]).unwrap();
-    assert_eq!(p[0], pos[9], "the next frame takes the torn one's place");
+    assert_eq!(
+        p[0],
+        Position::new(pos[9].segment + 1, SEGMENT_HEADER_LEN as u64),
+        "a new segment, so the torn frame's position is never reused"
+    );
     drop(spool);
     let (got, rs) = payloads(dir.path());
     assert_eq!(got, expect_all_but(11, &[9]));
@@ -242,6 +248,7 @@ fn stale_checkpoint_past_the_end_is_moved_back_so_new_frames_are_read() {
     let spool = open(dir.path());
     assert_eq!(spool.stats().unwrap().stale_checkpoints, 1);
     let newpos = spool.append(&[b"after".as_slice()]).unwrap();
+    assert!(newpos[0] > pos[4], "no position is handed out twice");
     let mut r = spool.reader("ship").unwrap();
     assert_eq!(r.committed(), pos[3]);
     let got = drain(&mut r);
@@ -303,4 +310,29 @@ fn damage_in_a_sealed_raw_segment_is_skipped_by_readers() {
         rep.quarantined_now, 0,
         "the reader already quarantined both"
     );
+}
+
+#[test]
+fn lost_segments_never_make_positions_go_backwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = {
+        let spool = open(dir.path());
+        for i in 0..200 {
+            spool.append(&[payload(i)]).unwrap();
+        }
+        let mut r = spool.reader("ship").unwrap();
+        drain(&mut r);
+        r.commit_read().unwrap();
+        r.committed()
+    };
+    for f in segment_files(dir.path()) {
+        fs::remove_file(f).unwrap();
+    }
+    let spool = open(dir.path());
+    let p = spool.append(&[b"new".as_slice()]).unwrap();
+    assert!(p[0] > last, "{} must come after {last}", p[0]);
+    let mut r = spool.reader("ship").unwrap();
+    let got = drain(&mut r);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, b"new");
 }
