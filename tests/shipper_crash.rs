@@ -49,6 +49,21 @@ fn spawn(config: &Path, log: &Path, extra: &[&str]) -> Child9 {
     )
 }
 
+/// A plain HTTP/1.1 GET on loopback; the whole response as text.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 fn count(cluster: &LocalCluster, host: &str) -> (u64, u64) {
     let r = cluster
         .clickhouse("dc1-s1-r1")
@@ -164,6 +179,23 @@ fn campaign(cluster: &LocalCluster, host: &str, extra: &[&str]) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The admin endpoint of the running shipper proves what it did.
+    let metrics = http_get(cfg.admin, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("spoolhouse_shipper_rows_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spoolhouse_shipper_insert_seconds_bucket"),
+        "{metrics}"
+    );
+    let health = http_get(cfg.admin, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(
+        health.contains(r#""clickhouse":{"state":"ok"}"#),
+        "{health}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     drop(last);
     let (rows, unique) = count(cluster, host);
