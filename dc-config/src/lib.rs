@@ -10,6 +10,7 @@ pub mod record;
 pub mod registry;
 pub mod render;
 pub mod row;
+pub mod series;
 pub mod services;
 pub mod sql;
 pub mod topology;

@@ -1,0 +1,257 @@
+//! Metric series: how each metric definition of the registry expands into
+//! roll-ups (one series family per subset of its dimensions), how a series
+//! is named, and the SQL that aggregates one minute of one datacenter into
+//! aggregate states. The query service names series with the same code.
+//!
+//! A series name is `EVENT.KIND(FIELD)` for the roll-up over no dimension,
+//! and `EVENT.KIND(FIELD){DIM=VALUE,…}` otherwise, dimensions in registry
+//! order, e.g. `registration.uniq(user_id){gender=male,country_id=47}`. In
+//! values, `\`, `,`, `=`, `{` and `}` are escaped with `\`, so a name always
+//! parses back. An optional dimension an event lacks has the empty value.
+//! The series key is ClickHouse's `cityHash64(name)`, computed by ClickHouse
+//! on write and read alike.
+
+use crate::registry::{EventType, Metric, MetricKind, Registry};
+use crate::render::ddl::table;
+use crate::sql::quote_str;
+
+/// One roll-up of one metric: the metric and the dimensions it keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollup<'a> {
+    /// Event type name.
+    pub event: &'a str,
+    /// The metric definition.
+    pub metric: &'a Metric,
+    /// Kept dimensions, in registry order (a subset of the metric's).
+    pub dims: Vec<&'a str>,
+}
+
+/// Every roll-up of `metric`: all subsets of its dimensions, the empty one
+/// (the whole event) first, then by size.
+pub fn rollups<'a>(event: &'a str, metric: &'a Metric) -> Vec<Rollup<'a>> {
+    let n = metric.dimensions.len();
+    let mut masks: Vec<u32> = (0..(1u32 << n)).collect();
+    masks.sort_by_key(|m| (m.count_ones(), *m));
+    masks
+        .into_iter()
+        .map(|mask| Rollup {
+            event,
+            metric,
+            dims: (0..n)
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| metric.dimensions[i].as_str())
+                .collect(),
+        })
+        .collect()
+}
+
+/// Escapes a dimension value for a series name.
+pub fn escape_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if matches!(c, '\\' | ',' | '=' | '{' | '}') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The series name of `rollup` for the given dimension values (column text,
+/// in `rollup.dims` order).
+pub fn series_name<S: AsRef<str>>(rollup: &Rollup<'_>, values: &[S]) -> String {
+    let mut name = rollup.metric.base_name(rollup.event);
+    if !rollup.dims.is_empty() {
+        name.push('{');
+        for (i, (d, v)) in rollup.dims.iter().zip(values).enumerate() {
+            if i > 0 {
+                name.push(',');
+            }
+            name.push_str(d);
+            name.push('=');
+            name.push_str(&escape_value(v.as_ref()));
+        }
+        name.push('}');
+    }
+    name
+}
+
+/// SQL of an attribute's value (column text; empty when absent).
+fn attr(name: &str) -> String {
+    format!("attr_values[indexOf(attr_names, {})]", quote_str(name))
+}
+
+/// SQL escaping a value the way [`escape_value`] does.
+fn escaped_attr(name: &str) -> String {
+    format!(
+        "replaceRegexpAll({}, '([\\\\\\\\,={{}}])', '\\\\\\\\\\\\1')",
+        attr(name)
+    )
+}
+
+/// The SQL expression naming each row's series, for `rollup`.
+fn name_sql(rollup: &Rollup<'_>) -> String {
+    let base = quote_str(&rollup.metric.base_name(rollup.event));
+    if rollup.dims.is_empty() {
+        return base;
+    }
+    let mut parts = vec![base, "'{'".to_string()];
+    for (i, d) in rollup.dims.iter().enumerate() {
+        let label = format!("{}{}=", if i > 0 { "," } else { "" }, d);
+        parts.push(quote_str(&label));
+        parts.push(escaped_attr(d));
+    }
+    parts.push("'}'".to_string());
+    format!("concat({})", parts.join(", "))
+}
+
+/// The state column a metric kind fills, and the aggregate that fills it.
+fn state_of(metric: &Metric) -> (&'static str, String) {
+    let field = metric.field.as_deref().unwrap_or("");
+    let number = format!("toFloat64OrZero({})", attr(field));
+    match metric.kind {
+        MetricKind::Count => ("count_state", "countState()".into()),
+        MetricKind::Uniq => ("uniq_state", format!("uniqState({})", attr(field))),
+        MetricKind::Sum => ("sum_state", format!("sumState({number})")),
+        MetricKind::Min => ("min_state", format!("minState({number})")),
+        MetricKind::Max => ("max_state", format!("maxState({number})")),
+    }
+}
+
+/// One `INSERT … SELECT` per metric of `event`: aggregates the minute
+/// starting at `minute_s` (unix seconds) of datacenter `dc` into
+/// `metric_states_local`, every roll-up at once (`UNION ALL`), with
+/// aggregation round `version`. Reads the DC's rows through `events_dc`.
+/// Aliases are prefixed `s_`: an alias named like a column of `events_dc`
+/// (`event`, `dc`, `date`) would replace that column in `WHERE`.
+pub fn aggregate_minute_sql(
+    database: &str,
+    dc: &str,
+    event_name: &str,
+    event: &EventType,
+    minute_s: u32,
+    version: u64,
+) -> Vec<String> {
+    event
+        .metric
+        .iter()
+        .map(|metric| {
+            let (column, state) = state_of(metric);
+            let presence = match &metric.field {
+                Some(f) => format!(" AND has(attr_names, {})", quote_str(f)),
+                None => String::new(),
+            };
+            let selects: Vec<String> = rollups(event_name, metric)
+                .iter()
+                .map(|r| {
+                    // The inner query (over the Distributed table) selects
+                    // no constants: 18.16 refuses constant columns coming
+                    // back from remote shards (code 171), so the constant
+                    // columns, and the name of the whole-event roll-up, are
+                    // added by the outer, local query.
+                    let (key, metric_col) = if r.dims.is_empty() {
+                        ("event".to_string(), quote_str(&metric.base_name(event_name)))
+                    } else {
+                        (name_sql(r), "s_key".to_string())
+                    };
+                    format!(
+                        "SELECT toDate(toDateTime({minute_s})), toDateTime({minute_s}), {dc}, {ev}, \
+                         {metric_col}, {kind}, toUInt64({version}), s_state \
+                         FROM (SELECT {key} AS s_key, {state} AS s_state \
+                         FROM {database}.{events} \
+                         WHERE date = toDate(toDateTime({minute_s})) AND event = {ev} \
+                         AND time >= toDateTime({minute_s}) AND time < toDateTime({next}){presence} \
+                         GROUP BY s_key)",
+                        dc = quote_str(dc),
+                        ev = quote_str(event_name),
+                        kind = quote_str(metric.kind.name()),
+                        events = table::EVENTS_DC,
+                        next = minute_s + 60,
+                    )
+                })
+                .collect();
+            format!(
+                "INSERT INTO {database}.{} (date, minute, dc, event, metric, kind, version, {column}) {}",
+                table::STATES_LOCAL,
+                selects.join(" UNION ALL ")
+            )
+        })
+        .collect()
+}
+
+/// Every event type of `registry` that has metrics, with its name.
+pub fn aggregated_events(registry: &Registry) -> impl Iterator<Item = (&str, &EventType)> {
+    registry
+        .event
+        .iter()
+        .filter(|(_, e)| !e.metric.is_empty())
+        .map(|(n, e)| (n.as_str(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg() -> Registry {
+        crate::examples::declared().registry
+    }
+
+    #[test]
+    fn rollups_are_every_subset_whole_first() {
+        let r = reg();
+        let m = &r.event["registration"].metric[1];
+        let dims: Vec<Vec<&str>> = rollups("registration", m)
+            .into_iter()
+            .map(|r| r.dims)
+            .collect();
+        assert_eq!(
+            dims,
+            vec![
+                vec![],
+                vec!["gender"],
+                vec!["country_id"],
+                vec!["gender", "country_id"]
+            ]
+        );
+    }
+
+    #[test]
+    fn names_are_readable_and_escaped() {
+        let r = reg();
+        let m = &r.event["registration"].metric[1];
+        let ups = rollups("registration", m);
+        assert_eq!(
+            series_name(&ups[0], &[] as &[&str]),
+            "registration.uniq(user_id)"
+        );
+        assert_eq!(
+            series_name(&ups[3], &["male", "47"]),
+            "registration.uniq(user_id){gender=male,country_id=47}"
+        );
+        assert_eq!(escape_value("a,b=c{d}\\"), "a\\,b\\=c\\{d\\}\\\\");
+        let c = &r.event["registration"].metric[0];
+        assert_eq!(
+            series_name(&rollups("registration", c)[1], &["female"]),
+            "registration.count(){gender=female}"
+        );
+    }
+
+    #[test]
+    fn aggregation_sql_has_one_insert_per_metric() {
+        let r = reg();
+        let sql = aggregate_minute_sql(
+            "spoolhouse",
+            "dc1",
+            "screen_view",
+            &r.event["screen_view"],
+            1_764_028_800,
+            7,
+        );
+        assert_eq!(sql.len(), 4);
+        assert_eq!(sql[0].matches("UNION ALL").count(), 3);
+        assert!(sql[1]
+            .contains("sumState(toFloat64OrZero(attr_values[indexOf(attr_names, 'load_ms')]))"));
+        assert!(sql[1].contains("AND has(attr_names, 'load_ms')"));
+        assert!(sql[0].starts_with("INSERT INTO spoolhouse.metric_states_local (date, minute, dc, event, metric, kind, version, count_state) SELECT"));
+    }
+}

@@ -1,0 +1,257 @@
+//! The per-minute aggregation SQL on ClickHouse 18.16: states per roll-up
+//! equal figures computed here from the events themselves; series names
+//! written by ClickHouse equal the names Rust computes (escaping included);
+//! a re-aggregation with a later version replaces the minute; the series
+//! table follows; uniques merge across datacenters with overlapping users.
+
+use std::collections::{BTreeMap, HashSet};
+
+use dc_config::event::{ValidEvent, Value};
+use dc_config::local::{LaunchOptions, LocalCluster};
+use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
+use dc_config::series::{aggregate_minute_sql, rollups, series_name};
+
+const MINUTE: u32 = 1_764_028_800; // 2025-11-25 00:00:00 UTC
+
+fn screen_view(user: u64, screen: &str, platform: &str, load_ms: u64, second: u32) -> ValidEvent {
+    ValidEvent {
+        event: "screen_view".into(),
+        time_ms: u64::from(MINUTE + second) * 1000 + 123,
+        attrs: vec![
+            ("user_id".into(), Value::UInt(user)),
+            ("screen".into(), Value::Str(screen.into())),
+            ("platform".into(), Value::Str(platform.into())),
+            ("load_ms".into(), Value::UInt(load_ms)),
+        ],
+    }
+}
+
+fn registration(user: u64, gender: &str, country: u64) -> ValidEvent {
+    ValidEvent {
+        event: "registration".into(),
+        time_ms: u64::from(MINUTE) * 1000 + user % 60_000,
+        attrs: vec![
+            ("user_id".into(), Value::UInt(user)),
+            ("gender".into(), Value::Str(gender.into())),
+            ("country_id".into(), Value::UInt(country)),
+        ],
+    }
+}
+
+fn insert(
+    cluster: &LocalCluster,
+    server: &str,
+    dc: &str,
+    events: &[ValidEvent],
+    first_offset: u64,
+) {
+    let mut body = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let pos = SpoolPosition {
+            segment: 1,
+            offset: first_offset + i as u64,
+        };
+        EventRow::new(e, dc, &format!("{dc}-app1"), pos).write_row_binary(&mut body);
+    }
+    cluster
+        .clickhouse(server)
+        .unwrap()
+        .insert(
+            &format!("INSERT INTO spoolhouse.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
+            &body,
+        )
+        .unwrap();
+}
+
+fn aggregate(cluster: &LocalCluster, server: &str, dc: &str, event: &str, version: u64) {
+    let reg = &cluster.declared().registry;
+    for sql in aggregate_minute_sql("spoolhouse", dc, event, &reg.event[event], MINUTE, version) {
+        cluster.clickhouse(server).unwrap().query(&sql).unwrap();
+    }
+}
+
+/// metric name → value, from the states of one DC (latest version per key).
+fn states(
+    cluster: &LocalCluster,
+    server: &str,
+    table: &str,
+    merge: &str,
+) -> BTreeMap<String, String> {
+    let body = cluster
+        .clickhouse(server)
+        .unwrap()
+        .query(&format!(
+            "SELECT metric, {merge} FROM spoolhouse.{table} FINAL WHERE minute = toDateTime({MINUTE}) GROUP BY metric ORDER BY metric FORMAT TSV"
+        ))
+        .unwrap();
+    body.lines()
+        .map(|l| {
+            let (k, v) = l.split_once('\t').unwrap();
+            // TSV escapes backslashes; undo it to compare with Rust's names.
+            (k.replace("\\\\", "\\"), v.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn minute_states_match_the_events_and_merge_across_datacenters() {
+    let cluster =
+        LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
+    let reg = cluster.declared().registry.clone();
+    let screens = ["home", "odd,screen=x{y}\\"];
+    let platforms = ["web", "ios", "android"];
+    let mut views = Vec::new();
+    for i in 0..300u64 {
+        views.push(screen_view(
+            i % 37,
+            screens[(i % 2) as usize],
+            platforms[(i % 3) as usize],
+            10 + i,
+            (i % 60) as u32,
+        ));
+    }
+    // dc1 has two shards: the Distributed read must see both halves.
+    insert(&cluster, "dc1-s1-r1", "dc1", &views[..150], 0);
+    insert(&cluster, "dc1-s2-r1", "dc1", &views[150..], 150);
+    aggregate(&cluster, "dc1-s1-r1", "dc1", "screen_view", 1);
+
+    // Expected figures, computed here from the events.
+    let ev = &reg.event["screen_view"];
+    let mut expected_count: BTreeMap<String, u64> = BTreeMap::new();
+    let mut expected_sum: BTreeMap<String, u64> = BTreeMap::new();
+    let mut expected_max: BTreeMap<String, u64> = BTreeMap::new();
+    for m in &ev.metric {
+        for r in rollups("screen_view", m) {
+            for v in &views {
+                let values: Vec<String> = r
+                    .dims
+                    .iter()
+                    .map(|d| v.attr(d).unwrap().to_column_text())
+                    .collect();
+                let name = series_name(&r, &values);
+                let load = match v.attr("load_ms").unwrap() {
+                    Value::UInt(x) => *x,
+                    _ => unreachable!(),
+                };
+                match m.kind.name() {
+                    "count" => *expected_count.entry(name).or_default() += 1,
+                    "sum" => *expected_sum.entry(name).or_default() += load,
+                    "max" => {
+                        let e = expected_max.entry(name).or_default();
+                        *e = (*e).max(load);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let count = states(
+        &cluster,
+        "dc1-s2-r1",
+        "metric_states_dc",
+        "countMerge(count_state)",
+    );
+    let got_count: BTreeMap<String, u64> = count
+        .iter()
+        .filter(|(k, _)| k.starts_with("screen_view.count()"))
+        .map(|(k, v)| (k.clone(), v.parse().unwrap()))
+        .collect();
+    assert_eq!(got_count, expected_count);
+    assert!(
+        got_count
+            .contains_key("screen_view.count(){screen=odd\\,screen\\=x\\{y\\}\\\\,platform=ios}"),
+        "{got_count:?}"
+    );
+    let sums = states(
+        &cluster,
+        "dc1-s2-r1",
+        "metric_states_dc",
+        "sumMerge(sum_state)",
+    );
+    let got_sum: BTreeMap<String, u64> = sums
+        .iter()
+        .filter(|(k, _)| k.starts_with("screen_view.sum("))
+        .map(|(k, v)| (k.clone(), v.parse::<f64>().unwrap() as u64))
+        .collect();
+    assert_eq!(got_sum, expected_sum);
+    let maxes = states(
+        &cluster,
+        "dc1-s2-r1",
+        "metric_states_dc",
+        "maxMerge(max_state)",
+    );
+    let got_max: BTreeMap<String, u64> = maxes
+        .iter()
+        .filter(|(k, _)| k.starts_with("screen_view.max("))
+        .map(|(k, v)| (k.clone(), v.parse::<f64>().unwrap() as u64))
+        .collect();
+    assert_eq!(got_max, expected_max);
+
+    // The series table follows through the materialized view.
+    let series = cluster
+        .clickhouse("dc1-s1-r1")
+        .unwrap()
+        .query(&format!(
+            "SELECT value FROM spoolhouse.series_dc FINAL WHERE metric_hash = cityHash64('screen_view.count()') AND time = toDateTime({MINUTE}) FORMAT TSV"
+        ))
+        .unwrap();
+    assert_eq!(series.trim(), "300");
+
+    // A late event, then a re-aggregation with a later version: the minute
+    // is replaced, not added to.
+    insert(
+        &cluster,
+        "dc1-s1-r1",
+        "dc1",
+        &[screen_view(1, "home", "web", 5, 59)],
+        1_000,
+    );
+    aggregate(&cluster, "dc1-s1-r1", "dc1", "screen_view", 2);
+    let count = states(
+        &cluster,
+        "dc1-s1-r1",
+        "metric_states_dc",
+        "countMerge(count_state)",
+    );
+    assert_eq!(count["screen_view.count()"], "301");
+    let series = cluster
+        .clickhouse("dc1-s1-r1")
+        .unwrap()
+        .query(&format!(
+            "SELECT value FROM spoolhouse.series_dc FINAL WHERE metric_hash = cityHash64('screen_view.count()') AND time = toDateTime({MINUTE}) FORMAT TSV"
+        ))
+        .unwrap();
+    assert_eq!(series.trim(), "301");
+
+    // Uniques across two DCs with overlapping users: merged states, not sums.
+    let dc1_regs: Vec<ValidEvent> = (0..400u64)
+        .map(|u| registration(u, if u % 2 == 0 { "male" } else { "female" }, u % 5))
+        .collect();
+    let dc2_regs: Vec<ValidEvent> = (300..700u64)
+        .map(|u| registration(u, if u % 2 == 0 { "male" } else { "female" }, u % 5))
+        .collect();
+    insert(&cluster, "dc1-s2-r1", "dc1", &dc1_regs, 10_000);
+    insert(&cluster, "dc2-s1-r1", "dc2", &dc2_regs, 10_000);
+    aggregate(&cluster, "dc1-s2-r1", "dc1", "registration", 1);
+    aggregate(&cluster, "dc2-s1-r1", "dc2", "registration", 1);
+    let global = states(
+        &cluster,
+        "dc2-s1-r1",
+        "metric_states_all",
+        "uniqMerge(uniq_state)",
+    );
+    let all: HashSet<u64> = (0..700).collect();
+    assert_eq!(global["registration.uniq(user_id)"], all.len().to_string());
+    let males = all.iter().filter(|u| *u % 2 == 0).count();
+    assert_eq!(
+        global["registration.uniq(user_id){gender=male}"],
+        males.to_string()
+    );
+    let dc_only = states(
+        &cluster,
+        "dc2-s1-r1",
+        "metric_states_dc",
+        "uniqMerge(uniq_state)",
+    );
+    assert_eq!(dc_only["registration.uniq(user_id)"], "400");
+}
