@@ -120,6 +120,9 @@ pub struct ShipperLimits {
     pub redis_batch_max: usize,
     /// Timeout of one Redis round (default 5 000 ms).
     pub redis_timeout_ms: u64,
+    /// How long after a minute ends its events may still arrive before the
+    /// minute is aggregated (default 5 000 ms); later ones re-aggregate it.
+    pub aggregation_grace_ms: u64,
 }
 
 impl Default for ShipperLimits {
@@ -134,6 +137,7 @@ impl Default for ShipperLimits {
             clickhouse_timeout_ms: 60_000,
             redis_batch_max: 5_000,
             redis_timeout_ms: 5_000,
+            aggregation_grace_ms: 5_000,
         }
     }
 }

@@ -22,6 +22,7 @@
 //! `/healthz`, until an operator fixes the cause. A frame that is not an
 //! event record goes to `STATE_DIR/dead-letter/`, counted and logged.
 
+pub mod aggregate;
 pub mod error;
 pub mod intent;
 pub mod metrics;

@@ -46,6 +46,16 @@ pub struct Metrics {
     pub lag_frames: Family<Label, Gauge>,
     /// Redis states written (newer event) and kept (older or equal event).
     pub redis_states: Family<Label, Counter>,
+    /// Minutes aggregated (each round of a minute counts).
+    pub minutes_aggregated: Counter,
+    /// Seconds per minute aggregation round.
+    pub aggregation_seconds: Histogram,
+    /// Seconds between now and the watermark.
+    pub watermark_delay_seconds: Gauge<f64, AtomicU64>,
+    /// Series points (aggregate-state rows) written.
+    pub series_points: Counter,
+    /// Minutes waiting to be aggregated.
+    pub pending_minutes: Gauge,
 }
 
 impl Metrics {
@@ -66,6 +76,11 @@ impl Metrics {
             lag_seconds: Family::default(),
             lag_frames: Family::default(),
             redis_states: Family::default(),
+            minutes_aggregated: Counter::default(),
+            aggregation_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            watermark_delay_seconds: Gauge::default(),
+            series_points: Counter::default(),
+            pending_minutes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("spoolhouse_shipper");
         r.register("batches", "Batches committed, by sink", m.batches.clone());
@@ -141,6 +156,8 @@ pub struct Health {
     pub clickhouse: Mutex<SinkHealth>,
     /// The Redis pipeline (`None` state when no event type declares a state).
     pub redis: Mutex<SinkHealth>,
+    /// The aggregation rounds.
+    pub aggregation: Mutex<SinkHealth>,
     /// Schema problems found by the start-up check.
     pub schema_problems: Mutex<Vec<String>>,
 }
@@ -170,6 +187,7 @@ impl Health {
             "ok": self.ok(),
             "clickhouse": sink(&self.clickhouse.lock().expect("health lock")),
             "redis": sink(&self.redis.lock().expect("health lock")),
+            "aggregation": sink(&self.aggregation.lock().expect("health lock")),
             "schema_problems": *self.schema_problems.lock().expect("health lock"),
         })
     }

@@ -5,6 +5,7 @@
 //! acknowledged. Neither waits for the other: Redis being down never holds
 //! up ClickHouse, and the spool keeps what the slower one still needs.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ use dc_config::services::ShipperConfig;
 use rand::Rng;
 use spooler::{Position, Reader};
 
+use crate::aggregate::{self, Pending, Progress};
 use crate::error::{Error, Result};
 use crate::intent::Intent;
 use crate::metrics::{label, Health, Metrics, SinkHealth};
@@ -63,6 +65,7 @@ pub struct Shipper {
     health: Arc<Health>,
     guards: Guards,
     shutdown: Arc<AtomicBool>,
+    progress: Progress,
 }
 
 /// One batch ready to insert: RowBinary rows and where each row's bytes are.
@@ -73,6 +76,8 @@ struct Batch {
     events: Vec<String>,
     time_range: (u32, u32),
     oldest_ms: u64,
+    /// Minutes of events whose type has metrics: pending aggregation once inserted.
+    minutes: BTreeSet<u32>,
 }
 
 fn now_ms() -> u64 {
@@ -100,6 +105,7 @@ impl Shipper {
             health,
             guards,
             shutdown,
+            progress: Progress::default(),
         }
     }
 
@@ -118,7 +124,18 @@ impl Shipper {
             tracing::error!(problem = %p, "ClickHouse schema check failed; batches will wait until it is fixed");
         }
         *self.health.schema_problems.lock().expect("health lock") = problems;
+        *self.progress.pending.lock().expect("progress lock") =
+            Pending::load(&self.config.state_dir)?;
         let stateful = self.registry.event.values().any(|e| e.state.is_some());
+        let aggregating = self.registry.event.values().any(|e| !e.metric.is_empty());
+        let agg = aggregating.then(|| {
+            let me = self.clone();
+            let rt = runtime.clone();
+            std::thread::Builder::new()
+                .name("ship-aggregate".into())
+                .spawn(move || me.aggregate_loop(&rt))
+                .expect("spawning a thread")
+        });
         let ch = {
             let me = self.clone();
             let rt = runtime.clone();
@@ -142,7 +159,10 @@ impl Shipper {
         let second = redis
             .map(|h| h.join().expect("redis pipeline panicked"))
             .unwrap_or(Ok(()));
-        first.and(second)
+        let third = agg
+            .map(|h| h.join().expect("aggregation panicked"))
+            .unwrap_or(Ok(()));
+        first.and(second).and(third)
     }
 
     /// Sleeps `d` in slices, returning early (false) on shutdown.
@@ -177,7 +197,9 @@ impl Shipper {
     /// recorded, so the intent on disk always starts at the checkpoint or
     /// at the batch right after it.
     fn clickhouse_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
-        let reader = Mutex::new(Reader::open(&self.config.spool_dir, CLICKHOUSE_READER)?);
+        let reader = Reader::open(&self.config.spool_dir, CLICKHOUSE_READER)?;
+        *self.progress.committed.lock().expect("progress lock") = reader.committed();
+        let reader = Mutex::new(reader);
         let sink = Sink::new(&self.config);
         let state = self.config.state_dir.clone();
         let lag = label("sink", "clickhouse");
@@ -201,10 +223,14 @@ impl Shipper {
                     if !self.ship(rt, &sink, &batch, is_replay)? {
                         break;
                     }
+                    // Pending minutes are saved before the checkpoint moves:
+                    // a crash between the two replays the batch, never loses a minute.
+                    self.progress.add_minutes(&batch.minutes, &state)?;
                     reader
                         .lock()
                         .expect("reader lock")
                         .commit(batch.intent.end)?;
+                    *self.progress.committed.lock().expect("progress lock") = batch.intent.end;
                     self.metrics.lag_frames.get_or_create(&lag).set(0);
                     self.metrics.lag_seconds.get_or_create(&lag).set(0.0);
                     self.metrics
@@ -290,6 +316,8 @@ impl Shipper {
                 }
                 continue;
             }
+            let drained_at = reader.lock().expect("reader lock").position();
+            *self.progress.drained.lock().expect("progress lock") = Some((now_ms(), drained_at));
             let wait = match first_at {
                 None if self.stopping() => return Ok(None),
                 None => WAIT_SLICE,
@@ -346,6 +374,7 @@ impl Shipper {
         let mut events: Vec<String> = Vec::new();
         let mut time_range = (u32::MAX, 0u32);
         let mut oldest_ms = u64::MAX;
+        let mut minutes = BTreeSet::new();
         let mut attrs = Vec::with_capacity(16);
         for rec in records {
             let pos = SpoolPosition {
@@ -372,6 +401,13 @@ impl Shipper {
                     let secs = (r.time_ms / 1000) as u32;
                     time_range = (time_range.0.min(secs), time_range.1.max(secs));
                     oldest_ms = oldest_ms.min(r.time_ms);
+                    if self
+                        .registry
+                        .get(r.event)
+                        .is_some_and(|t| !t.metric.is_empty())
+                    {
+                        minutes.insert(secs - secs % 60);
+                    }
                 }
                 Err(e) => self.dead_letter(rec.position, &rec.payload, &e.to_string())?,
             }
@@ -383,6 +419,7 @@ impl Shipper {
             events,
             time_range,
             oldest_ms,
+            minutes,
         })
     }
 
@@ -495,6 +532,109 @@ impl Shipper {
                         self.metrics.blocked.set(1);
                         *self.health.clickhouse.lock().expect("health lock") =
                             SinkHealth::Blocked(e.to_string());
+                        Duration::from_millis(self.config.limits.blocked_retry_ms)
+                    };
+                    if !self.sleep(delay) {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        unreachable!("the attempt counter does not run out")
+    }
+
+    // ---- Aggregation --------------------------------------------------------
+
+    fn aggregate_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
+        let sink = Sink::new(&self.config);
+        let weights = sink.weights();
+        let state = &self.config.state_dir;
+        let grace = self.config.limits.aggregation_grace_ms;
+        while !self.stopping() {
+            let pending = self
+                .progress
+                .pending
+                .lock()
+                .expect("progress lock")
+                .minutes
+                .clone();
+            self.metrics.pending_minutes.set(pending.len() as i64);
+            let Some(wm) = self.progress.watermark_ms() else {
+                self.sleep(aggregate::ROUND_INTERVAL);
+                continue;
+            };
+            self.metrics
+                .watermark_delay_seconds
+                .set(now_ms().saturating_sub(wm) as f64 / 1000.0);
+            let todo = aggregate::closed(&pending, wm, grace);
+            if todo.is_empty() {
+                self.sleep(aggregate::ROUND_INTERVAL);
+                continue;
+            }
+            for (minute, touches) in todo {
+                if !self.aggregate_minute(rt, &sink, &weights, minute)? {
+                    return Ok(());
+                }
+                self.progress.done(minute, touches, state)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Aggregates one minute until it succeeds; each try has a new version,
+    /// so a try that inserted part of its rows is replaced by the next one.
+    /// Returns false on shutdown before success.
+    fn aggregate_minute(
+        &self,
+        rt: &tokio::runtime::Handle,
+        sink: &Sink,
+        weights: &[u32],
+        minute: u32,
+    ) -> Result<bool> {
+        let shard = aggregate::shard_for_minute(weights, minute);
+        for attempt in 0u32.. {
+            let version = self.progress.reserve_version(&self.config.state_dir)?;
+            let statements =
+                aggregate::minute_statements(&self.config, &self.registry, minute, version);
+            let replica = attempt as usize % sink.replicas(shard);
+            let started = Instant::now();
+            let result = rt.block_on(async {
+                for sql in &statements {
+                    sink.execute(shard, replica, sql).await?;
+                }
+                let points = format!(
+                    "SELECT count() FROM {}.{} WHERE minute = toDateTime({minute}) AND version = {version} AND dc = {}",
+                    self.config.database,
+                    dc_config::render::ddl::table::STATES_LOCAL,
+                    dc_config::sql::quote_str(&self.config.dc)
+                );
+                sink.query_u64(shard, replica, &points).await
+            });
+            match result {
+                Ok(points) => {
+                    self.metrics
+                        .aggregation_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.minutes_aggregated.inc();
+                    self.metrics.series_points.inc_by(points);
+                    *self.health.aggregation.lock().expect("health lock") = SinkHealth::Ok;
+                    tracing::debug!(minute, version, points, "minute aggregated");
+                    return Ok(true);
+                }
+                Err(e) => {
+                    self.metrics
+                        .errors
+                        .get_or_create(&label("kind", e.kind()))
+                        .inc();
+                    tracing::warn!(error = %e, minute, attempt, "aggregating a minute failed; retrying with a new version");
+                    *self.health.aggregation.lock().expect("health lock") = if e.retriable() {
+                        SinkHealth::Retrying(e.to_string())
+                    } else {
+                        SinkHealth::Blocked(e.to_string())
+                    };
+                    let delay = if e.retriable() {
+                        self.backoff(attempt)
+                    } else {
                         Duration::from_millis(self.config.limits.blocked_retry_ms)
                     };
                     if !self.sleep(delay) {

@@ -148,6 +148,48 @@ impl Sink {
         unreachable!("pick < total weight")
     }
 
+    /// The shards' weights, in order.
+    pub fn weights(&self) -> Vec<u32> {
+        self.shards.iter().map(|s| s.weight).collect()
+    }
+
+    /// Runs a statement that returns nothing (e.g. `INSERT … SELECT`) on one replica.
+    pub async fn execute(&self, shard: usize, replica: usize, sql: &str) -> Result<()> {
+        let url = self.url(shard, replica).to_string();
+        tokio::time::timeout(
+            self.timeout,
+            self.client(shard, replica).query(sql).execute(),
+        )
+        .await
+        .map_err(|_| classify(&url, clickhouse::error::Error::TimedOut))?
+        .map_err(|e| classify(&url, e))
+    }
+
+    /// Runs a query returning one number on one replica.
+    pub async fn query_u64(&self, shard: usize, replica: usize, sql: &str) -> Result<u64> {
+        let url = self.url(shard, replica).to_string();
+        let fetch = async {
+            let mut c = self.client(shard, replica).query(sql).fetch_bytes("TSV")?;
+            c.collect().await
+        };
+        let body = tokio::time::timeout(self.timeout, fetch)
+            .await
+            .map_err(|_| classify(&url, clickhouse::error::Error::TimedOut))?
+            .map_err(|e| classify(&url, e))?;
+        String::from_utf8_lossy(&body)
+            .trim()
+            .parse()
+            .map_err(|_| Error::ClickHouse {
+                url,
+                message: format!(
+                    "expected a number, got {:?}",
+                    String::from_utf8_lossy(&body)
+                ),
+                retriable: true,
+                kind: "server",
+            })
+    }
+
     /// Number of replicas of `shard`.
     pub fn replicas(&self, shard: usize) -> usize {
         self.shards[shard].replicas.len()

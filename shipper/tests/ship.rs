@@ -424,3 +424,46 @@ fn a_missing_table_blocks_the_batch_and_loses_nothing() {
     assert_eq!(running.metrics.blocked.get(), 0);
     running.stop();
 }
+
+#[test]
+fn minutes_are_aggregated_once_closed_and_again_after_a_late_event() {
+    let cluster = launch();
+    let mut cfg = config(&cluster, "dc1");
+    cfg.limits.aggregation_grace_ms = 1_000;
+    let spool = open_spool(&cfg);
+    let frames: Vec<Vec<u8>> = (0..600u64).map(vote).collect(); // T0 + 0..600 ms: one minute
+    spool.append(&frames).unwrap();
+    let running = Running::start(cfg, Guards::default());
+    let ch = cluster.clickhouse("dc1-s1-r1").unwrap();
+    let state_count = |metric: &str| -> String {
+        ch.query(&format!(
+            "SELECT countMerge(count_state) FROM spoolhouse.metric_states_all FINAL WHERE metric = '{metric}' AND minute = toDateTime({})",
+            T0 / 1000
+        ))
+        .unwrap()
+        .trim()
+        .to_string()
+    };
+    wait_for("the minute's states", Duration::from_secs(60), || {
+        running.metrics.minutes_aggregated.get() >= 1 && state_count("vote.count()") == "600"
+    });
+    let yes = (0..600u64).filter(|i| !i.is_multiple_of(3)).count();
+    assert_eq!(state_count("vote.count(){vote=yes}"), yes.to_string());
+    assert!(running.metrics.series_points.get() > 0);
+    // A late event for the same minute: the minute is aggregated again and
+    // replaced, not added to.
+    spool.append(&[vote(30_000)]).unwrap();
+    wait_for("the re-aggregated minute", Duration::from_secs(60), || {
+        state_count("vote.count()") == "601"
+    });
+    let series = ch
+        .query(&format!(
+            "SELECT sum(value) FROM spoolhouse.series_all FINAL WHERE metric_hash = cityHash64('vote.count()') AND time = toDateTime({})",
+            T0 / 1000
+        ))
+        .unwrap();
+    assert_eq!(series.trim(), "601");
+    let health = running.health.to_json();
+    assert_eq!(health["aggregation"]["state"], "ok", "{health}");
+    running.stop();
+}

@@ -1,0 +1,264 @@
+//! Per-minute aggregation, driven by the shipper's watermark.
+//!
+//! Every batch the shipper inserts records the minutes its events fall in as
+//! *pending*, durably, before its checkpoint is committed. A pending minute
+//! is aggregated once it is *closed*: the shipper has been caught up with the
+//! spool at a moment at least `grace_ms` after the minute ended (the
+//! watermark). Aggregating runs one `INSERT … SELECT` per metric over the
+//! DC's events (`events_dc`) into `metric_states_local` of a shard chosen
+//! from the minute, with a version (wall-clock ms, always increasing). The
+//! states table keeps the highest version per (series, minute, DC), so:
+//!
+//! - a late event (its minute already aggregated) makes the minute pending
+//!   again, and the next round replaces the minute with an exact one;
+//! - a crash after the insert and before the minute leaves the pending set
+//!   re-aggregates it: replaced, never counted twice;
+//! - a crash before the pending set is saved replays the batch (its
+//!   checkpoint was not committed), which records the minute again.
+//!
+//! Several shippers of one DC each aggregate the minutes their own events
+//! touched, after their own watermark; the last round of a minute sees
+//! every event shipped by then, and its version wins.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use dc_config::registry::Registry;
+use dc_config::services::ShipperConfig;
+use serde::{Deserialize, Serialize};
+use spooler::Position;
+
+use crate::error::{Error, Result};
+
+/// Pending minutes and the last version used, as saved in
+/// `STATE_DIR/aggregation.json` (temp file, fsync, rename, directory fsync).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Minutes (unix seconds, multiples of 60) shipped but not aggregated
+    /// since, each with a touch count: a minute touched again while it is
+    /// being aggregated stays pending for another round.
+    pub minutes: BTreeMap<u32, u64>,
+    /// The highest aggregation version used so far.
+    pub last_version: u64,
+}
+
+const FILE: &str = "aggregation.json";
+
+fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::State {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Pending {
+    /// Loads the saved state; none saved yet is an empty one.
+    pub fn load(state_dir: &Path) -> Result<Self> {
+        let path = state_dir.join(FILE);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::State {
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(state_err(&path)(e)),
+        }
+    }
+
+    /// Saves durably.
+    pub fn save(&self, state_dir: &Path) -> Result<()> {
+        let path: PathBuf = state_dir.join(FILE);
+        let tmp = state_dir.join(format!("{FILE}.tmp"));
+        let bytes = serde_json::to_vec(self).expect("plain data serializes");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_data()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(state_dir)?.sync_all()
+        };
+        write().map_err(state_err(&path))
+    }
+}
+
+/// What the aggregator shares with the ClickHouse pipeline.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Pending minutes, saved before each checkpoint commit.
+    pub pending: Mutex<Pending>,
+    /// (wall-clock ms, read position) when the reader last found the spool
+    /// drained: every frame appended before that moment was read by then.
+    pub drained: Mutex<Option<(u64, Position)>>,
+    /// The committed position of the ClickHouse reader.
+    pub committed: Mutex<Position>,
+}
+
+impl Progress {
+    /// The watermark: a moment (ms) before which every appended frame is in
+    /// ClickHouse, if the pipeline has been caught up since it started.
+    pub fn watermark_ms(&self) -> Option<u64> {
+        let drained = *self.drained.lock().expect("progress lock");
+        let committed = *self.committed.lock().expect("progress lock");
+        drained.and_then(|(t, pos)| (committed >= pos).then_some(t))
+    }
+
+    /// Records `minutes` as pending and saves, if any is new. Called after
+    /// a batch is inserted and before its checkpoint is committed.
+    pub fn add_minutes(&self, minutes: &BTreeSet<u32>, state_dir: &Path) -> Result<()> {
+        let mut p = self.pending.lock().expect("progress lock");
+        let mut next = p.clone();
+        let mut new = false;
+        for m in minutes {
+            let touches = next.minutes.entry(*m).or_insert_with(|| {
+                new = true;
+                0
+            });
+            *touches += 1;
+        }
+        // A minute already pending is already saved: only new ones cost a sync.
+        if new {
+            next.save(state_dir)?;
+        }
+        *p = next;
+        Ok(())
+    }
+
+    /// Drops `minute` from the pending set if nothing touched it since
+    /// `touches` was read, and saves; true if dropped.
+    pub fn done(&self, minute: u32, touches: u64, state_dir: &Path) -> Result<bool> {
+        let mut p = self.pending.lock().expect("progress lock");
+        if p.minutes.get(&minute) != Some(&touches) {
+            return Ok(false);
+        }
+        let mut next = p.clone();
+        next.minutes.remove(&minute);
+        next.save(state_dir)?;
+        *p = next;
+        Ok(true)
+    }
+
+    /// Reserves a fresh version and saves it before it is used, so a
+    /// version is never reused after a restart, whatever the clock does.
+    pub fn reserve_version(&self, state_dir: &Path) -> Result<u64> {
+        let mut p = self.pending.lock().expect("progress lock");
+        let mut next = p.clone();
+        next.last_version = next_version(p.last_version);
+        next.save(state_dir)?;
+        *p = next;
+        Ok(p.last_version)
+    }
+}
+
+/// The shard a minute's states go to: a pure function of the minute, so a
+/// re-aggregation lands where the first one did and `FINAL` replaces it.
+pub fn shard_for_minute(weights: &[u32], minute_s: u32) -> usize {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum::<u64>().max(1);
+    let mut pick = (u64::from(minute_s / 60).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % total;
+    for (i, &w) in weights.iter().enumerate() {
+        if pick < u64::from(w) {
+            return i;
+        }
+        pick -= u64::from(w);
+    }
+    unreachable!("pick < total")
+}
+
+/// Minutes in `pending` closed by watermark `wm_ms` with `grace_ms`, oldest
+/// first, each with its touch count.
+pub fn closed(pending: &BTreeMap<u32, u64>, wm_ms: u64, grace_ms: u64) -> Vec<(u32, u64)> {
+    pending
+        .iter()
+        .map(|(m, t)| (*m, *t))
+        .filter(|&(m, _)| (u64::from(m) + 60) * 1000 + grace_ms <= wm_ms)
+        .collect()
+}
+
+/// The statements aggregating `minute_s` of this shipper's DC for every
+/// event type with metrics.
+pub fn minute_statements(
+    config: &ShipperConfig,
+    registry: &Registry,
+    minute_s: u32,
+    version: u64,
+) -> Vec<String> {
+    dc_config::series::aggregated_events(registry)
+        .flat_map(|(name, ev)| {
+            dc_config::series::aggregate_minute_sql(
+                &config.database,
+                &config.dc,
+                name,
+                ev,
+                minute_s,
+                version,
+            )
+        })
+        .collect()
+}
+
+/// A fresh version: wall-clock ms, but always above the last one.
+pub fn next_version(last: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now.max(last + 1)
+}
+
+/// How long to wait between aggregation rounds when nothing is closed.
+pub const ROUND_INTERVAL: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minutes_close_after_the_grace() {
+        let p: BTreeMap<u32, u64> = [(60, 1), (120, 2), (180, 1)].into_iter().collect();
+        assert_eq!(closed(&p, 125_000, 5_000), vec![(60, 1)]);
+        assert_eq!(closed(&p, 185_000, 5_000), vec![(60, 1), (120, 2)]);
+        assert!(closed(&p, 0, 5_000).is_empty());
+    }
+
+    #[test]
+    fn versions_always_increase() {
+        let a = next_version(0);
+        assert!(a > 1_700_000_000_000);
+        assert_eq!(next_version(u64::MAX - 1), u64::MAX);
+        assert!(next_version(a) > a);
+    }
+
+    #[test]
+    fn minute_shard_is_stable_and_weighted() {
+        let mut counts = [0u32; 2];
+        for m in 0..4000u32 {
+            let s = shard_for_minute(&[1, 1], m * 60);
+            assert_eq!(s, shard_for_minute(&[1, 1], m * 60));
+            counts[s] += 1;
+        }
+        assert!(counts[0] > 1600 && counts[1] > 1600, "{counts:?}");
+    }
+
+    #[test]
+    fn pending_saves_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Pending::load(dir.path()).unwrap(), Pending::default());
+        let progress = Progress::default();
+        progress
+            .add_minutes(&[60, 120].into_iter().collect(), dir.path())
+            .unwrap();
+        let loaded = Pending::load(dir.path()).unwrap();
+        assert_eq!(loaded.minutes, [(60, 1), (120, 1)].into_iter().collect());
+        // Touched again while being aggregated: stays pending.
+        progress
+            .add_minutes(&[60].into_iter().collect(), dir.path())
+            .unwrap();
+        assert!(!progress.done(60, 1, dir.path()).unwrap());
+        assert!(progress.done(60, 2, dir.path()).unwrap());
+        assert!(progress.done(120, 1, dir.path()).unwrap());
+        assert!(Pending::load(dir.path()).unwrap().minutes.is_empty());
+        let v = progress.reserve_version(dir.path()).unwrap();
+        assert_eq!(Pending::load(dir.path()).unwrap().last_version, v);
+    }
+}
