@@ -969,6 +969,11 @@ impl Inner {
         };
         let mut n = 0;
         for seq in pending {
+            // Closing the spool does not wait for a backlog of compressions;
+            // the next open picks them up.
+            if self.bg.lock().expect("bg mutex poisoned").0 {
+                break;
+            }
             if self.compress(seq, level)? {
                 n += 1;
             }
