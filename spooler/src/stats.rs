@@ -316,6 +316,59 @@ pub struct ReaderStats {
     pub corrupt_checkpoints: u64,
 }
 
+impl ReaderStats {
+    /// This reader's figures as samples labelled `reader = name`, for the
+    /// service that owns the reader to export beside `SpoolStats::metrics`.
+    pub fn metrics(&self, name: &str) -> Vec<Metric> {
+        [
+            (
+                "spoolhouse_spooler_reader_frames_read_total",
+                "Frames a reader returned.",
+                self.frames_read,
+            ),
+            (
+                "spoolhouse_spooler_reader_corrupt_regions_total",
+                "Damaged regions a reader skipped.",
+                self.corrupt_regions,
+            ),
+            (
+                "spoolhouse_spooler_reader_corrupt_bytes_total",
+                "Bytes in damaged regions a reader skipped.",
+                self.corrupt_bytes,
+            ),
+            (
+                "spoolhouse_spooler_reader_quarantined_bytes_total",
+                "Bytes a reader copied to quarantine.",
+                self.quarantined_bytes,
+            ),
+            (
+                "spoolhouse_spooler_reader_missing_segments_total",
+                "Missing segments a reader skipped.",
+                self.missing_segments,
+            ),
+            (
+                "spoolhouse_spooler_reader_stale_checkpoints_total",
+                "Times a reader's checkpoint was past the data.",
+                self.stale_checkpoints,
+            ),
+            (
+                "spoolhouse_spooler_reader_corrupt_checkpoints_total",
+                "Times a reader's checkpoint could not be decoded.",
+                self.corrupt_checkpoints,
+            ),
+        ]
+        .into_iter()
+        .map(|(metric, help, value)| Metric {
+            name: metric,
+            help,
+            kind: MetricKind::Counter,
+            labels: vec![("reader", name.to_string())],
+            value: value as f64,
+        })
+        .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,5 +421,16 @@ mod tests {
             .find(|x| x.labels.first().is_some_and(|l| l.1 == "+Inf"))
             .unwrap();
         assert_eq!(inf.name, "spoolhouse_spooler_fsync_duration_seconds_bucket");
+        let r = ReaderStats {
+            missing_segments: 2,
+            ..ReaderStats::default()
+        }
+        .metrics("ship");
+        let missing = r
+            .iter()
+            .find(|x| x.name == "spoolhouse_spooler_reader_missing_segments_total")
+            .unwrap();
+        assert_eq!(missing.value, 2.0);
+        assert_eq!(missing.labels, vec![("reader", "ship".to_string())]);
     }
 }
