@@ -397,3 +397,23 @@ fn readers_keep_up_with_concurrent_appends_rotation_sealing_and_retention() {
         "{st:?}"
     );
 }
+
+#[test]
+fn rewind_rereads_everything_after_the_last_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), small_config(Durability::Always, ZSTD)).unwrap();
+    assert!(spool.append(&[] as &[&[u8]]).unwrap().is_empty());
+    for i in 0..100 {
+        spool.append(&[payload(i)]).unwrap();
+    }
+    spool.rotate().unwrap();
+    spool.seal_pending().unwrap();
+    let mut r = spool.reader("a").unwrap();
+    let first = r.next(10, 1 << 20).unwrap();
+    r.commit(first.last().unwrap().next).unwrap();
+    let shipped_then_failed = drain(&mut r);
+    assert_eq!(shipped_then_failed.len(), 90);
+    r.rewind();
+    assert_eq!(r.position(), first.last().unwrap().next);
+    assert_eq!(drain(&mut r), shipped_then_failed);
+}
