@@ -25,6 +25,9 @@ enum BenchCommand {
     /// 1 M events from a spool into a one-shard datacenter, beside
     /// `clickhouse-client` (TSV) and curl (RowBinary) inserting the same rows.
     Shipper(crate::bench_shipper::ShipperBench),
+    /// Time-series reads (20 series x 14 days out of 2 000) and the
+    /// aggregation's points per second beside ClickHouse's own GROUP BY.
+    Series(crate::bench_series::SeriesBench),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -76,6 +79,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Spool(a) => bench_spool(a),
         BenchCommand::Shipper(a) => crate::bench_shipper::run(a),
+        BenchCommand::Series(a) => crate::bench_series::run(a),
     }
 }
 

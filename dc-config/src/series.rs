@@ -179,6 +179,129 @@ pub fn aggregate_minute_sql(
         .collect()
 }
 
+/// One point of a stored series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// `cityHash64` of the series name.
+    pub metric_hash: u64,
+    /// Start of the minute, unix seconds.
+    pub time: u32,
+    /// Datacenter it was aggregated in: an index into [`Points::dcs`].
+    pub dc: u16,
+    /// The value.
+    pub value: f64,
+}
+
+/// Points of several series, with the datacenter names they refer to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Points {
+    /// Datacenter names; [`Point::dc`] indexes this.
+    pub dcs: Vec<String>,
+    /// Points sorted by series, time and datacenter; one per triple.
+    pub points: Vec<Point>,
+}
+
+/// SQL reading the points of `names` in `[from_s, to_s)` from the series
+/// table `table` (`series_local`, `series_dc` or `series_all`), in RowBinary
+/// for [`decode_points`]. It reads without `FINAL` and without `ORDER BY`:
+/// every stored round comes back with its version and the client keeps the
+/// latest, which on 18.16 is several times faster than `FINAL`.
+pub fn series_points_sql(
+    database: &str,
+    table: &str,
+    names: &[String],
+    from_s: u32,
+    to_s: u32,
+) -> String {
+    let hashes: Vec<String> = names
+        .iter()
+        .map(|n| format!("cityHash64({})", quote_str(n)))
+        .collect();
+    format!(
+        "SELECT metric_hash, time, dc, version, value FROM {database}.{table} \
+         WHERE metric_hash IN ({}) AND time >= toDateTime({from_s}) AND time < toDateTime({to_s}) \
+         FORMAT RowBinary",
+        hashes.join(", ")
+    )
+}
+
+/// SQL mapping series names to their hashes (`cityHash64`, computed by
+/// ClickHouse as on write), one `hash<TAB>name` line each.
+pub fn series_hashes_sql(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| quote_str(n)).collect();
+    format!(
+        "SELECT cityHash64(n), n FROM (SELECT arrayJoin([{}]) AS n) FORMAT TSV",
+        quoted.join(", ")
+    )
+}
+
+/// Decodes [`series_points_sql`]'s answer and keeps, per (series, time, DC),
+/// the point of the highest version. `None` if the bytes are not that answer.
+pub fn decode_points(bytes: &[u8]) -> Option<Points> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = bytes.get(at..at.checked_add(n)?)?;
+        at += n;
+        Some(s)
+    };
+    let mut dcs: Vec<String> = Vec::new();
+    let mut rows: Vec<(Point, u64)> = Vec::with_capacity(bytes.len() / 36);
+    while let Some(hash) = take(8) {
+        let metric_hash = u64::from_le_bytes(hash.try_into().ok()?);
+        let time = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        let mut len = 0usize;
+        let mut shift = 0;
+        loop {
+            let b = take(1)?[0];
+            len |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return None;
+            }
+        }
+        let name = std::str::from_utf8(take(len)?).ok()?;
+        // A handful of datacenters: a linear look-up beats hashing.
+        let dc = match dcs.iter().position(|d| d == name) {
+            Some(i) => i,
+            None => {
+                dcs.push(name.to_string());
+                dcs.len() - 1
+            }
+        };
+        let version = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let value = f64::from_le_bytes(take(8)?.try_into().ok()?);
+        let dc = u16::try_from(dc).ok()?;
+        rows.push((
+            Point {
+                metric_hash,
+                time,
+                dc,
+                value,
+            },
+            version,
+        ));
+    }
+    if at != bytes.len() {
+        return None;
+    }
+    rows.sort_unstable_by_key(|(p, v)| (p.metric_hash, p.time, p.dc, *v));
+    let mut points: Vec<Point> = Vec::with_capacity(rows.len());
+    for (p, _) in rows {
+        match points.last_mut() {
+            Some(last)
+                if (last.metric_hash, last.time, last.dc) == (p.metric_hash, p.time, p.dc) =>
+            {
+                *last = p
+            }
+            _ => points.push(p),
+        }
+    }
+    Some(Points { dcs, points })
+}
+
 /// Every event type of `registry` that has metrics, with its name.
 pub fn aggregated_events(registry: &Registry) -> impl Iterator<Item = (&str, &EventType)> {
     registry
@@ -234,6 +357,33 @@ mod tests {
             series_name(&rollups("registration", c)[1], &["female"]),
             "registration.count(){gender=female}"
         );
+    }
+
+    #[test]
+    fn points_keep_the_latest_version() {
+        let mut b = Vec::new();
+        for (hash, time, dc, version, value) in [
+            (2u64, 60u32, "dc1", 1u64, 1.0f64),
+            (1, 60, "dc1", 5, 9.0),
+            (1, 60, "dc1", 7, 3.0),
+            (1, 0, "dc2", 1, 4.0),
+        ] {
+            b.extend_from_slice(&hash.to_le_bytes());
+            b.extend_from_slice(&time.to_le_bytes());
+            b.push(dc.len() as u8);
+            b.extend_from_slice(dc.as_bytes());
+            b.extend_from_slice(&version.to_le_bytes());
+            b.extend_from_slice(&value.to_le_bytes());
+        }
+        let got = decode_points(&b).unwrap();
+        assert_eq!(got.dcs, ["dc1", "dc2"]);
+        let flat: Vec<(u64, u32, f64)> = got
+            .points
+            .iter()
+            .map(|p| (p.metric_hash, p.time, p.value))
+            .collect();
+        assert_eq!(flat, vec![(1, 0, 4.0), (1, 60, 3.0), (2, 60, 1.0)]);
+        assert!(decode_points(&b[..b.len() - 1]).is_none());
     }
 
     #[test]

@@ -222,6 +222,48 @@ fn minute_states_match_the_events_and_merge_across_datacenters() {
         ))
         .unwrap();
     assert_eq!(series.trim(), "301");
+    // The fast read (no FINAL; the client keeps the latest version) agrees.
+    let names = vec![
+        "screen_view.count()".to_string(),
+        "screen_view.count(){platform=ios}".to_string(),
+    ];
+    let ch = cluster.clickhouse("dc1-s1-r1").unwrap();
+    let raw = ch
+        .query_bytes(&dc_config::series::series_points_sql(
+            "spoolhouse",
+            "series_all",
+            &names,
+            MINUTE,
+            MINUTE + 60,
+        ))
+        .unwrap();
+    let points = dc_config::series::decode_points(&raw).unwrap().points;
+    let hashes = ch
+        .query(&dc_config::series::series_hashes_sql(&names))
+        .unwrap();
+    let hash_of = |name: &str| -> u64 {
+        hashes
+            .lines()
+            .find_map(|l| {
+                l.split_once('\t')
+                    .filter(|(_, n)| *n == name)
+                    .map(|(h, _)| h.parse().unwrap())
+            })
+            .unwrap()
+    };
+    let value_of = |name: &str| {
+        points
+            .iter()
+            .find(|p| p.metric_hash == hash_of(name))
+            .unwrap()
+            .value
+    };
+    assert_eq!(points.len(), 2, "{points:?}");
+    assert_eq!(value_of("screen_view.count()"), 301.0);
+    assert_eq!(
+        value_of("screen_view.count(){platform=ios}"),
+        (expected_count["screen_view.count(){platform=ios}"]) as f64
+    );
 
     // Uniques across two DCs with overlapping users: merged states, not sums.
     let dc1_regs: Vec<ValidEvent> = (0..400u64)

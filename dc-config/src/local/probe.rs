@@ -148,6 +148,14 @@ impl ClickHouseHttp {
         &self,
         sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<String, HttpError> {
+        let body = self.finish_bytes(sent)?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn finish_bytes(
+        &self,
+        sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Vec<u8>, HttpError> {
         let unreachable = |e: ureq::Error| HttpError::Unreachable {
             url: self.base_url.clone(),
             reason: e.to_string(),
@@ -158,7 +166,7 @@ impl ClickHouseHttp {
             .into_body()
             .with_config()
             .limit(256 * 1024 * 1024)
-            .read_to_string()
+            .read_to_vec()
             .map_err(unreachable)?;
         if status == 200 {
             Ok(body)
@@ -166,9 +174,14 @@ impl ClickHouseHttp {
             Err(HttpError::Refused {
                 url: self.base_url.clone(),
                 status,
-                body: body.trim().to_string(),
+                body: String::from_utf8_lossy(&body).trim().to_string(),
             })
         }
+    }
+
+    /// Runs `sql` and returns the response body as bytes (for binary formats).
+    pub fn query_bytes(&self, sql: &str) -> Result<Vec<u8>, HttpError> {
+        self.finish_bytes(self.agent.post(&self.base_url).send(sql))
     }
 
     /// Runs `sql` and returns the response body.
