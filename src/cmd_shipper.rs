@@ -23,6 +23,14 @@ pub struct ShipperArgs {
     /// Turn off ClickHouse block deduplication (for tests that prove the other guard alone).
     #[arg(long, hide = true)]
     no_deduplicate: bool,
+    /// Re-aggregate the minutes from this moment (unix seconds) on, e.g. to
+    /// fill in the history of a metric added to the registry; with
+    /// `--reaggregate-to`. At most 31 days per run.
+    #[arg(long, requires = "reaggregate_to")]
+    reaggregate_from: Option<u32>,
+    /// End (unix seconds, exclusive) of the minutes to re-aggregate.
+    #[arg(long, requires = "reaggregate_from")]
+    reaggregate_to: Option<u32>,
 }
 
 /// Reads a service config and the registry it names (relative to the config file).

@@ -262,3 +262,101 @@ mod tests {
         assert_eq!(Pending::load(dir.path()).unwrap().last_version, v);
     }
 }
+
+/// File keeping the registry the shipper last ran with, to tell operators
+/// what a registry change does to aggregation.
+pub const LAST_REGISTRY_FILE: &str = "registry.last.toml";
+
+/// What changed between the registry of the last run and this one, as
+/// messages for the operator: new and removed metrics, changed state keys.
+pub fn registry_changes(old: &Registry, new: &Registry) -> Vec<String> {
+    let bases = |r: &Registry| -> BTreeSet<String> {
+        dc_config::series::aggregated_events(r)
+            .flat_map(|(name, ev)| ev.metric.iter().map(move |m| m.base_name(name)))
+            .collect()
+    };
+    let (before, after) = (bases(old), bases(new));
+    let mut out = Vec::new();
+    for m in after.difference(&before) {
+        out.push(format!(
+            "metric {m} is new: it is aggregated from now on; `spoolhouse shipper --config FILE --reaggregate-from SECS --reaggregate-to SECS` fills in earlier minutes"
+        ));
+    }
+    for m in before.difference(&after) {
+        out.push(format!(
+            "metric {m} is no longer in the registry: it is no longer aggregated; its stored states and series keep their history"
+        ));
+    }
+    for (name, ev) in &new.event {
+        let old_key = old.get(name).and_then(|e| e.state.as_ref()).map(|s| &s.key);
+        if let (Some(before), Some(after)) = (old_key, ev.state.as_ref().map(|s| &s.key)) {
+            if before != after {
+                out.push(format!(
+                    "the state of {name} changed its key from {before:?} to {after:?}: values stored under the old keys are not moved and expire with their TTL; reads of the new keys miss until new events arrive"
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Minutes of `[from_s, to_s)` (unix seconds), at most [`REAGGREGATE_MINUTES_MAX`].
+pub fn minutes_between(from_s: u32, to_s: u32) -> std::result::Result<BTreeSet<u32>, String> {
+    let first = from_s - from_s % 60;
+    if to_s <= first {
+        return Err(format!(
+            "--reaggregate-to ({to_s}) must be after --reaggregate-from ({from_s})"
+        ));
+    }
+    let n = (to_s - first).div_ceil(60);
+    if n > REAGGREGATE_MINUTES_MAX {
+        return Err(format!(
+            "{n} minutes asked; at most {REAGGREGATE_MINUTES_MAX} (31 days) per run, to bound the work: split the range"
+        ));
+    }
+    Ok((0..n).map(|i| first + 60 * i).collect())
+}
+
+/// Most minutes one `--reaggregate` run may ask for (31 days).
+pub const REAGGREGATE_MINUTES_MAX: u32 = 31 * 1440;
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    #[test]
+    fn registry_changes_are_explained() {
+        let old = dc_config::examples::declared().registry;
+        let mut new = old.clone();
+        new.event["vote"].metric.pop();
+        new.event["screen_view"]
+            .metric
+            .push(dc_config::registry::Metric {
+                kind: dc_config::registry::MetricKind::Uniq,
+                field: Some("user_id".into()),
+                dimensions: vec![],
+            });
+        new.event["watch_progress"].state.as_mut().unwrap().key = vec!["user_id".into()];
+        let msgs = registry_changes(&old, &new);
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
+        assert!(msgs[0].starts_with("metric screen_view.uniq(user_id) is new"));
+        assert!(msgs[1].starts_with("metric vote.uniq(user_id) is no longer in the registry"));
+        assert!(msgs[2].starts_with("the state of watch_progress changed its key"));
+        assert!(registry_changes(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn reaggregation_ranges_are_bounded() {
+        assert_eq!(
+            minutes_between(90, 200)
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![60, 120, 180]
+        );
+        assert!(minutes_between(100, 50).is_err());
+        assert!(minutes_between(0, 32 * 86_400)
+            .unwrap_err()
+            .contains("at most 44640"));
+    }
+}

@@ -126,6 +126,7 @@ impl Shipper {
         *self.health.schema_problems.lock().expect("health lock") = problems;
         *self.progress.pending.lock().expect("progress lock") =
             Pending::load(&self.config.state_dir)?;
+        self.explain_registry_changes()?;
         let stateful = self.registry.event.values().any(|e| e.state.is_some());
         let aggregating = self.registry.event.values().any(|e| !e.metric.is_empty());
         let agg = aggregating.then(|| {
@@ -163,6 +164,43 @@ impl Shipper {
             .map(|h| h.join().expect("aggregation panicked"))
             .unwrap_or(Ok(()));
         first.and(second).and(third)
+    }
+
+    /// Marks the minutes of `[from_s, to_s)` for re-aggregation (saved, so
+    /// the request survives a restart); the running shipper aggregates them
+    /// once closed.
+    pub fn reaggregate(&self, from_s: u32, to_s: u32) -> Result<usize> {
+        let minutes = aggregate::minutes_between(from_s, to_s).map_err(Error::Config)?;
+        std::fs::create_dir_all(&self.config.state_dir).map_err(|source| Error::State {
+            path: self.config.state_dir.clone(),
+            source,
+        })?;
+        let mut p = Pending::load(&self.config.state_dir)?;
+        for m in &minutes {
+            *p.minutes.entry(*m).or_insert(0) += 1;
+        }
+        p.save(&self.config.state_dir)?;
+        Ok(minutes.len())
+    }
+
+    /// Logs what a registry change since the last run means for aggregation
+    /// and state, then remembers this registry.
+    fn explain_registry_changes(&self) -> Result<()> {
+        let path = self.config.state_dir.join(aggregate::LAST_REGISTRY_FILE);
+        let text = toml::to_string(&*self.registry).expect("a registry serializes");
+        if let Ok(old_text) = std::fs::read_to_string(&path) {
+            match toml::from_str::<Registry>(&old_text) {
+                Ok(old) => {
+                    for msg in aggregate::registry_changes(&old, &self.registry) {
+                        tracing::warn!(change = %msg, "registry changed since the last run");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %path.display(), "cannot read the registry of the last run; changes are not explained")
+                }
+            }
+        }
+        std::fs::write(&path, text).map_err(|source| Error::State { path, source })
     }
 
     /// Sleeps `d` in slices, returning early (false) on shutdown.

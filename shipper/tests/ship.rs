@@ -467,3 +467,48 @@ fn minutes_are_aggregated_once_closed_and_again_after_a_late_event() {
     assert_eq!(health["aggregation"]["state"], "ok", "{health}");
     running.stop();
 }
+
+#[test]
+fn an_operator_can_reaggregate_a_range() {
+    let cluster = launch();
+    let cfg = config(&cluster, "dc1");
+    let spool = open_spool(&cfg);
+    let frames: Vec<Vec<u8>> = (0..100u64).map(vote).collect();
+    spool.append(&frames).unwrap();
+    let running = Running::start(cfg.clone(), Guards::default());
+    wait_for("the first round", Duration::from_secs(60), || {
+        running.metrics.minutes_aggregated.get() >= 1
+    });
+    running.stop();
+    // The states of the minute are lost (say, a metric was added later).
+    let ch = cluster.clickhouse("dc1-s1-r1").unwrap();
+    for s in ["dc1-s1-r1", "dc1-s2-r1"] {
+        cluster
+            .clickhouse(s)
+            .unwrap()
+            .query("TRUNCATE TABLE spoolhouse.metric_states_local")
+            .unwrap();
+    }
+    let count = || {
+        ch.query("SELECT countMerge(count_state) FROM spoolhouse.metric_states_all FINAL WHERE metric = 'vote.count()'").unwrap().trim().to_string()
+    };
+    assert_eq!(count(), "0");
+    let dummy = Arc::new(AtomicBool::new(false));
+    let mut prom = prometheus_client::registry::Registry::default();
+    let marker = Shipper::new(
+        cfg.clone(),
+        dc_config::examples::declared().registry,
+        Arc::new(Metrics::register(&mut prom)),
+        Arc::new(Health::default()),
+        Guards::default(),
+        dummy,
+    );
+    let from = (T0 / 1000) as u32;
+    assert_eq!(marker.reaggregate(from, from + 120).unwrap(), 2);
+    assert!(marker.reaggregate(from + 10, from).is_err());
+    let running = Running::start(cfg, Guards::default());
+    wait_for("the re-aggregated range", Duration::from_secs(60), || {
+        count() == "100"
+    });
+    running.stop();
+}
