@@ -4,8 +4,10 @@ mod admin;
 mod bench_series;
 mod bench_shipper;
 mod cmd_bench;
+mod cmd_collector;
 mod cmd_config;
 mod cmd_local;
+mod cmd_send;
 mod cmd_shipper;
 mod cmd_spool;
 mod logging;
@@ -42,6 +44,10 @@ enum Command {
     Spool(cmd_spool::SpoolArgs),
     /// Benchmarks measured beside a reference on the same machine.
     Bench(cmd_bench::BenchArgs),
+    /// Take events from apps (Unix socket, loopback TCP, inbox files) into the spool.
+    Collector(cmd_collector::CollectorArgs),
+    /// Send JSON lines from a file or stdin to a collector; print what was acked and rejected.
+    Send(cmd_send::SendArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +60,8 @@ fn main() -> std::process::ExitCode {
         Command::Shipper(a) => cmd_shipper::run(a),
         Command::Spool(a) => cmd_spool::run(a),
         Command::Bench(a) => cmd_bench::run(a),
+        Command::Collector(a) => cmd_collector::run(a),
+        Command::Send(a) => cmd_send::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -39,6 +39,82 @@ pub struct CollectorConfig {
     pub spool_dir: PathBuf,
     /// Spool quota in bytes.
     pub spool_quota_bytes: u64,
+    /// Bounds, timeouts and the fsync policy (every field has a default).
+    #[serde(default)]
+    pub limits: CollectorLimits,
+}
+
+/// When the collector's spool appends count as durable, i.e. when it acknowledges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fdatasync per batch before its acknowledgement.
+    Always,
+    /// Group commit: concurrent batches share one fdatasync; same promise as
+    /// `always` (the default: nothing acknowledged is lost on power failure).
+    #[default]
+    Group,
+    /// Acknowledge once written; a background sync every `fsync_interval_ms`
+    /// bounds the loss on power failure (not on a process crash) to that window.
+    Interval,
+}
+
+/// Every bound of the collector, with its default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorLimits {
+    /// Most client connections served at once, socket and TCP together
+    /// (default 1 024): each holds at most one read buffer, so this bounds
+    /// memory at about `max_connections * read_buffer_bytes`.
+    pub max_connections: usize,
+    /// Longest line accepted, newline excluded (default 1 048 576): far above
+    /// any event the registry allows, small enough to bound a buffer.
+    pub line_bytes_max: usize,
+    /// Bytes read from a connection or inbox file per batch (default
+    /// 262 144): about 2 500 events of 100 B per spool append, enough to
+    /// amortise the append and its sync, small enough for ~1 ms batches.
+    pub read_buffer_bytes: usize,
+    /// A connection with nothing to read for this long is closed (default
+    /// 60 000 ms), so forgotten clients do not hold connection slots.
+    pub idle_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight batches may take to finish before the
+    /// collector exits anyway (default 10 000 ms); unfinished ones were never acknowledged.
+    pub shutdown_grace_ms: u64,
+    /// When an append counts as durable (default `group`).
+    pub fsync: FsyncPolicy,
+    /// Sync interval of the `interval` policy (default 200 ms: the loss
+    /// window on power failure).
+    pub fsync_interval_ms: u64,
+    /// Rescan of the inbox directory when no file notification arrives
+    /// (default 1 000 ms): notifications can be dropped under load.
+    pub inbox_poll_ms: u64,
+    /// How often the inbox resume state is checkpointed (default 5 000 ms):
+    /// a restart re-reads the spool only from the last checkpoint.
+    pub inbox_checkpoint_ms: u64,
+    /// Most inbox files tracked at once (default 10 000); more are skipped
+    /// with an error until some are rotated away.
+    pub inbox_files_max: usize,
+    /// Spool segment size at which the active segment rotates (default
+    /// 64 MiB, the spooler's own default); the quota must be at least twice this.
+    pub spool_segment_bytes: u64,
+}
+
+impl Default for CollectorLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1_024,
+            line_bytes_max: 1 << 20,
+            read_buffer_bytes: 256 << 10,
+            idle_timeout_ms: 60_000,
+            shutdown_grace_ms: 10_000,
+            fsync: FsyncPolicy::Group,
+            fsync_interval_ms: 200,
+            inbox_poll_ms: 1_000,
+            inbox_checkpoint_ms: 5_000,
+            inbox_files_max: 10_000,
+            spool_segment_bytes: 64 << 20,
+        }
+    }
 }
 
 /// One shard the shipper may insert into.
@@ -177,7 +253,54 @@ impl CollectorConfig {
             admin: dc.collector.admin,
             spool_dir: dc.spool.dir.clone(),
             spool_quota_bytes: dc.spool.quota_bytes,
+            limits: CollectorLimits::default(),
         }
+    }
+}
+
+impl crate::check::Declaration for CollectorConfig {
+    fn check(&self, c: &mut crate::check::Checker) {
+        let l = &self.limits;
+        let at = crate::locate::KeyPath::root().key("limits");
+        c.require(
+            l.max_connections >= 1,
+            &at.key("max_connections"),
+            "must be at least 1",
+        );
+        c.require(
+            (64..=16 << 20).contains(&l.line_bytes_max),
+            &at.key("line_bytes_max"),
+            "must be from 64 to 16777216 (the spool's frame limit)",
+        );
+        c.require(
+            l.read_buffer_bytes >= 4096,
+            &at.key("read_buffer_bytes"),
+            "must be at least 4096",
+        );
+        for (key, v) in [
+            ("idle_timeout_ms", l.idle_timeout_ms),
+            ("shutdown_grace_ms", l.shutdown_grace_ms),
+            ("fsync_interval_ms", l.fsync_interval_ms),
+            ("inbox_poll_ms", l.inbox_poll_ms),
+            ("inbox_checkpoint_ms", l.inbox_checkpoint_ms),
+        ] {
+            c.require(v >= 1, &at.key(key), "must be at least 1");
+        }
+        c.require(
+            l.inbox_files_max >= 1,
+            &at.key("inbox_files_max"),
+            "must be at least 1",
+        );
+        c.require(
+            l.spool_segment_bytes >= 4096 && self.spool_quota_bytes >= 2 * l.spool_segment_bytes,
+            &at.key("spool_segment_bytes"),
+            "must be at least 4096, and spool_quota_bytes at least twice it (a full segment must be able to rotate)",
+        );
+        c.require(
+            self.socket_mode <= 0o777,
+            &crate::locate::KeyPath::root().key("socket_mode"),
+            "must be a permission mode from 0 to 0o777",
+        );
     }
 }
 

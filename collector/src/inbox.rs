@@ -1,0 +1,601 @@
+//! The LSD-style inbox: apps append newline-terminated JSON lines to
+//! `<inbox>/**/<name>.log` and rotate by renaming to `<name>.log.old` (any
+//! name ending in `.old`); the collector tails every such file, spools each
+//! complete line once, and deletes a rotated file once it is fully spooled
+//! and no process holds it open.
+//!
+//! Exactly once across crashes: each record spooled from a file carries an
+//! [`InboxSource`] (file identity, end offset of its line) inside the same
+//! durable batch, so the spool itself says how far every file got. On start
+//! the collector rebuilds those offsets from its state file
+//! (`<inbox>/.spoolhouse-inbox-state`, offsets as of a spool position) plus
+//! the records after that position, read with the spool reader
+//! `collector-inbox`; a line is spooled again only if its batch never became
+//! durable, and then it was never acknowledged to anyone. The state file is
+//! written before the reader commits, so a crash between the two only
+//! re-reads records (offsets merge by maximum). The reader never commits
+//! past the slowest other reader, so it never lets retention delete
+//! unshipped segments.
+//!
+//! A file's identity is its device, inode and birth time (where the file
+//! system reports one), so a rotated file keeps its offset under its new name
+//! and a new file reusing a deleted file's inode does not inherit it.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, Metadata};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use dc_config::record::{InboxSource, Record};
+use dc_config::services::CollectorLimits;
+use notify::{RecursiveMode, Watcher};
+use spooler::Reader;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::ingest::{Batch, Ingest, Outcome};
+use crate::Error;
+
+/// Name of the spool reader that derives inbox offsets from the spool.
+pub const READER_NAME: &str = "collector-inbox";
+/// The resume state file, inside the inbox directory (hidden, not a `.log`).
+pub const STATE_FILE: &str = ".spoolhouse-inbox-state";
+/// Deepest sub-directory level scanned: bounds a scan of a deep tree.
+const DEPTH_MAX: usize = 4;
+/// Frames per reader call while deriving offsets.
+const READ_FRAMES_MAX: usize = 10_000;
+/// Reader calls per checkpoint: bounds one checkpoint's work; the rest
+/// waits for the next one.
+const READ_CALLS_MAX: usize = 10_000;
+/// Wait before retrying after the spool refused a batch.
+const REFUSED_RETRY: Duration = Duration::from_millis(500);
+const ENDPOINT: &str = "inbox";
+
+/// The identity of an inbox file, stable across renames.
+pub fn file_id(meta: &Metadata) -> u64 {
+    let birth = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    mix(meta.dev() ^ mix(meta.ino() ^ mix(birth)))
+}
+
+/// splitmix64's finaliser: spreads bits so XOR-combined parts do not collide.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Offsets derived from the spool, and the reader that keeps deriving them.
+struct Resume {
+    spool: Arc<spooler::Spool>,
+    reader: Reader,
+    persisted: HashMap<u64, u64>,
+    state_path: PathBuf,
+}
+
+impl Resume {
+    fn open(ingest: &Ingest, dir: &Path) -> Result<Self, Error> {
+        let state_path = dir.join(STATE_FILE);
+        let persisted = read_state(&state_path)?;
+        let reader = ingest.spool.reader(READER_NAME)?;
+        let mut r = Self {
+            spool: ingest.spool.clone(),
+            reader,
+            persisted,
+            state_path,
+        };
+        r.checkpoint(None)?;
+        Ok(r)
+    }
+
+    /// Reads the spool up to its durable end, merges the inbox offsets found,
+    /// writes the state file and only then commits the reader.
+    fn checkpoint(&mut self, live: Option<&HashSet<u64>>) -> Result<(), Error> {
+        for _ in 0..READ_CALLS_MAX {
+            let records = self.reader.next(READ_FRAMES_MAX, 64 << 20)?;
+            if records.is_empty() {
+                break;
+            }
+            for r in records {
+                // Byte 1 is the record's flags; bit 0 says an inbox source follows.
+                if r.payload.get(1).is_some_and(|f| f & 1 != 0) {
+                    if let Ok(Record {
+                        inbox: Some(src), ..
+                    }) = Record::decode(&r.payload)
+                    {
+                        let e = self.persisted.entry(src.file).or_insert(0);
+                        *e = (*e).max(src.end_offset);
+                    }
+                }
+            }
+        }
+        if let Some(live) = live {
+            self.persisted.retain(|id, _| live.contains(id));
+        }
+        write_state(&self.state_path, &self.persisted)?;
+        // Retention deletes what every reader has committed past. This reader
+        // must never be the one that lets unshipped data go: it commits no
+        // further than the slowest other reader, and not at all while it is
+        // the only one (a restart then re-reads more; offsets merge by maximum).
+        let others = self
+            .spool
+            .stats()?
+            .readers
+            .into_iter()
+            .filter(|r| r.name != READER_NAME)
+            .map(|r| r.committed.unwrap_or_default())
+            .min();
+        if let Some(lowest) = others {
+            let upto = lowest.min(self.reader.position());
+            if upto > self.reader.committed() {
+                self.reader.commit(upto)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_state(path: &Path) -> Result<HashMap<u64, u64>, Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(source) => {
+            return Err(Error::Inbox {
+                path: path.into(),
+                source,
+            })
+        }
+    };
+    let bad = |reason: &str| Error::InboxState {
+        path: path.into(),
+        reason: reason.into(),
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some("spoolhouse-inbox-state 1") {
+        return Err(bad("missing header `spoolhouse-inbox-state 1`"));
+    }
+    let mut map = HashMap::new();
+    let mut ended = false;
+    for line in lines {
+        if line == "end" {
+            ended = true;
+            break;
+        }
+        let (id, off) = line
+            .split_once(' ')
+            .ok_or_else(|| bad("line without a space"))?;
+        let id = id.parse().map_err(|_| bad("file id is not a number"))?;
+        let off = off.parse().map_err(|_| bad("offset is not a number"))?;
+        map.insert(id, off);
+    }
+    // The writer renames a fully synced file into place, so a missing end
+    // marker means the file was damaged afterwards.
+    if !ended {
+        return Err(bad("truncated: no `end` line"));
+    }
+    Ok(map)
+}
+
+fn write_state(path: &Path, map: &HashMap<u64, u64>) -> Result<(), Error> {
+    let io = |source| Error::Inbox {
+        path: path.into(),
+        source,
+    };
+    let mut text = String::from("spoolhouse-inbox-state 1\n");
+    let mut ids: Vec<_> = map.iter().collect();
+    ids.sort();
+    for (id, off) in ids {
+        text.push_str(&format!("{id} {off}\n"));
+    }
+    text.push_str("end\n");
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_data().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(parent) = path.parent() {
+        File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// One file being tailed.
+struct Tracked {
+    path: PathBuf,
+    offset: u64,
+    /// Inside a line already rejected as too long.
+    discarding: bool,
+    rotated: bool,
+    len: u64,
+}
+
+fn is_inbox_file(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".log") || name.ends_with(".old"))
+}
+
+/// Lists inbox files as (id, path, length, rotated), depth-bounded.
+fn scan(dir: &Path) -> Vec<(u64, PathBuf, u64, bool)> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((d, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            let path = e.path();
+            if meta.is_dir() {
+                if depth < DEPTH_MAX {
+                    stack.push((path, depth + 1));
+                }
+                continue;
+            }
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if meta.is_file() && is_inbox_file(name) {
+                out.push((file_id(&meta), path, meta.len(), name.ends_with(".old")));
+            }
+        }
+    }
+    out
+}
+
+/// Whether any process has `path` open (a writer not yet reopened after
+/// rotation). Scans `/proc/*/fd`, which only rotated files pay for. The
+/// collector's own process counts too: it never keeps inbox files open
+/// between reads, so a hit there is an in-process writer.
+fn held_open(path: &Path) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for p in procs.flatten() {
+        let name = p.file_name();
+        let Some(pid) = name.to_str() else { continue };
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t == path) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Reads up to `max` bytes of the file at `path` from `offset`, provided
+/// it still is file `id` (it may have been renamed or replaced since the scan).
+fn read_chunk(path: &Path, id: u64, offset: u64, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut f = File::open(path)?;
+    if file_id(&f.metadata()?) != id {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(max);
+    f.take(max as u64).read_to_end(&mut buf)?;
+    Ok(Some(buf))
+}
+
+/// Starts the inbox tailer; it stops when `stopped` turns true, after
+/// finishing the batch in hand and checkpointing.
+pub(crate) fn start(
+    ingest: Arc<Ingest>,
+    dir: PathBuf,
+    limits: Arc<CollectorLimits>,
+    stopped: watch::Receiver<bool>,
+) -> Result<JoinHandle<Result<(), Error>>, Error> {
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Inbox {
+        path: dir.clone(),
+        source,
+    })?;
+    let wake = Arc::new(Notify::new());
+    let w = wake.clone();
+    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        // Any event (or watcher error) just triggers a rescan; the scan is
+        // the source of truth, so a lost or coalesced event costs nothing.
+        w.notify_one();
+    })
+    .map_err(|e| Error::Inbox {
+        path: dir.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    watcher
+        .watch(&dir, RecursiveMode::Recursive)
+        .map_err(|e| Error::Inbox {
+            path: dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    Ok(tokio::spawn(async move {
+        let _watcher = watcher;
+        let (ing, d) = (ingest.clone(), dir.clone());
+        let resume = tokio::task::spawn_blocking(move || Resume::open(&ing, &d))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        Tailer {
+            ingest,
+            dir,
+            limits,
+            files: HashMap::new(),
+            resume: Some(resume),
+        }
+        .run(wake, stopped)
+        .await
+    }))
+}
+
+struct Tailer {
+    ingest: Arc<Ingest>,
+    dir: PathBuf,
+    limits: Arc<CollectorLimits>,
+    files: HashMap<u64, Tracked>,
+    resume: Option<Resume>,
+}
+
+impl Tailer {
+    async fn run(
+        mut self,
+        wake: Arc<Notify>,
+        mut stopped: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let poll = Duration::from_millis(self.limits.inbox_poll_ms);
+        let every = Duration::from_millis(self.limits.inbox_checkpoint_ms);
+        let mut last_checkpoint = Instant::now();
+        loop {
+            let refused = self.pass(&stopped).await?;
+            if last_checkpoint.elapsed() >= every {
+                self.checkpoint().await?;
+                last_checkpoint = Instant::now();
+            }
+            if *stopped.borrow() {
+                break;
+            }
+            let wait = if refused { REFUSED_RETRY } else { poll };
+            tokio::select! {
+                _ = crate::until_stopped(&mut stopped) => break,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.checkpoint().await
+    }
+
+    async fn checkpoint(&mut self) -> Result<(), Error> {
+        let mut resume = self
+            .resume
+            .take()
+            .expect("resume is put back after each checkpoint");
+        let live: HashSet<u64> = self.files.keys().copied().collect();
+        let (resume, result) = tokio::task::spawn_blocking(move || {
+            let r = resume.checkpoint(Some(&live));
+            (resume, r)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?;
+        self.resume = Some(resume);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "inbox checkpoint failed; retrying at the next one");
+        }
+        Ok(())
+    }
+
+    /// One scan and read of every file; returns whether the spool refused a batch.
+    async fn pass(&mut self, stopped: &watch::Receiver<bool>) -> Result<bool, Error> {
+        let d = self.dir.clone();
+        let found = tokio::task::spawn_blocking(move || scan(&d))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?;
+        let mut seen = HashSet::new();
+        for (id, path, len, rotated) in found {
+            seen.insert(id);
+            if let Some(t) = self.files.get_mut(&id) {
+                t.path = path;
+                t.len = len;
+                t.rotated = rotated;
+                continue;
+            }
+            if self.files.len() >= self.limits.inbox_files_max {
+                self.error("too_many_files");
+                tracing::error!(path = %path.display(), max = self.limits.inbox_files_max, "inbox holds more files than limits.inbox_files_max; this one waits");
+                continue;
+            }
+            let offset = self
+                .resume
+                .as_ref()
+                .and_then(|r| r.persisted.get(&id).copied())
+                .unwrap_or(0);
+            self.files.insert(
+                id,
+                Tracked {
+                    path,
+                    offset,
+                    discarding: false,
+                    rotated,
+                    len,
+                },
+            );
+        }
+        // Files gone from the directory (deleted by someone else) are forgotten.
+        self.files.retain(|id, _| seen.contains(id));
+        self.ingest.metrics.inbox_files.set(self.files.len() as i64);
+        let ids: Vec<u64> = self.files.keys().copied().collect();
+        for id in ids {
+            loop {
+                if *stopped.borrow() {
+                    return Ok(false);
+                }
+                match self.read_some(id).await? {
+                    Step::More => continue,
+                    Step::Done => break,
+                    Step::Refused => return Ok(true),
+                }
+            }
+            self.maybe_delete(id).await;
+        }
+        Ok(false)
+    }
+
+    /// Reads and spools one chunk of file `id`.
+    async fn read_some(&mut self, id: u64) -> Result<Step, Error> {
+        let t = &self.files[&id];
+        if t.offset >= t.len {
+            return Ok(Step::Done);
+        }
+        let (path, offset, max) = (t.path.clone(), t.offset, self.limits.read_buffer_bytes);
+        let p = path.clone();
+        let chunk = match tokio::task::spawn_blocking(move || read_chunk(&p, id, offset, max))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+        {
+            Ok(Some(c)) => c,
+            // Renamed or replaced since the scan: the next scan sees it.
+            Ok(None) => return Ok(Step::Done),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Step::Done),
+            Err(e) => {
+                self.error("read");
+                tracing::error!(path = %path.display(), error = %e, "cannot read inbox file");
+                return Ok(Step::Done);
+            }
+        };
+        if chunk.is_empty() {
+            return Ok(Step::Done);
+        }
+        let line_max = self.limits.line_bytes_max;
+        let t = self.files.get_mut(&id).expect("tracked");
+        let mut from = 0usize;
+        if t.discarding {
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    from = i + 1;
+                    t.discarding = false;
+                }
+                None => {
+                    t.offset += chunk.len() as u64;
+                    return Ok(Step::More);
+                }
+            }
+        }
+        let complete = chunk[from..]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(from, |i| from + i + 1);
+        let mut batch = Batch::new(1);
+        let mut pos = from;
+        while pos < complete {
+            let end = pos
+                + chunk[pos..complete]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .expect("the complete region ends with a newline");
+            let src = InboxSource {
+                file: id,
+                end_offset: offset + end as u64 + 1,
+            };
+            batch.add_line(
+                &self.ingest,
+                ENDPOINT,
+                batch.last_line + 1,
+                &chunk[pos..end],
+                Some(src),
+            );
+            pos = end + 1;
+        }
+        let mut new_offset = offset + complete as u64;
+        let rest = chunk.len() - complete;
+        let mut too_long = false;
+        if complete == from && rest > line_max {
+            // No newline within a whole line's worth of bytes.
+            batch.reject_too_long(&self.ingest, ENDPOINT, batch.last_line + 1, rest);
+            new_offset = offset + chunk.len() as u64;
+            too_long = true;
+        }
+        for r in &batch.rejected {
+            if let crate::protocol::Response::Rejected { error, .. } = r {
+                tracing::warn!(path = %path.display(), error = %error, "inbox line rejected (line numbers count from the chunk read at byte {offset})");
+            }
+        }
+        let outcome = self.ingest.commit(&mut batch, ENDPOINT).await?;
+        let t = self.files.get_mut(&id).expect("tracked");
+        match outcome {
+            Outcome::Stored(_) => {
+                t.offset = new_offset;
+                if too_long {
+                    t.discarding = true;
+                }
+                Ok(if new_offset > offset && chunk.len() == max {
+                    Step::More
+                } else {
+                    Step::Done
+                })
+            }
+            Outcome::Refused(reason) => {
+                tracing::warn!(path = %t.path.display(), reason = %reason, "inbox batch refused; retrying");
+                Ok(Step::Refused)
+            }
+        }
+    }
+
+    /// Deletes a rotated file once everything in it is spooled and no
+    /// writer holds it; an unterminated last line in it can never complete,
+    /// so it is reported and dropped with the file.
+    async fn maybe_delete(&mut self, id: u64) {
+        let t = &self.files[&id];
+        if !t.rotated {
+            return;
+        }
+        let path = t.path.clone();
+        let (offset, len) = (t.offset, t.len);
+        let p = path.clone();
+        let deletable = tokio::task::spawn_blocking(move || {
+            // Re-check the length: a writer may have appended since the scan.
+            let now = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(len);
+            now == len && !held_open(&p)
+        })
+        .await
+        .unwrap_or(false);
+        if !deletable {
+            return;
+        }
+        if offset < len {
+            let all_complete = self.files[&id].discarding;
+            if !all_complete {
+                self.error("unterminated_line");
+                tracing::error!(path = %path.display(), bytes = len - offset, "rotated inbox file ends with a line that has no newline and no writer left; dropping that line");
+            }
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                self.files.remove(&id);
+                self.ingest.metrics.inbox_files_deleted.inc();
+                tracing::info!(path = %path.display(), "rotated inbox file fully spooled; deleted");
+            }
+            Err(e) => {
+                self.error("delete");
+                tracing::error!(path = %path.display(), error = %e, "cannot delete rotated inbox file");
+            }
+        }
+    }
+
+    fn error(&self, kind: &str) {
+        self.ingest
+            .metrics
+            .inbox_errors
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
+    }
+}
+
+enum Step {
+    More,
+    Done,
+    Refused,
+}

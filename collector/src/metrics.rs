@@ -1,0 +1,211 @@
+//! Every Prometheus metric of the collector, named
+//! `spoolhouse_collector_<thing>_<unit>`, and its health for `/healthz`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A label set.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Every metric of the collector.
+pub struct Metrics {
+    /// Events durably spooled, by event type and endpoint.
+    pub events_accepted: Family<Labels, Counter>,
+    /// Lines rejected, by event type (`unknown` when not a registry type) and reason code.
+    pub events_rejected: Family<Labels, Counter>,
+    /// Valid events refused because the spool was full or failing, by reason.
+    pub events_refused: Family<Labels, Counter>,
+    /// Bytes received, by endpoint.
+    pub received_bytes: Family<Labels, Counter>,
+    /// Events per spool append.
+    pub batch_events: Histogram,
+    /// Seconds from reading a batch to acknowledging it (validation, append, sync).
+    pub ack_latency_seconds: Histogram,
+    /// Bytes the spool's segments take on disk.
+    pub spool_bytes: Gauge,
+    /// The spool's quota in bytes.
+    pub spool_quota_bytes: Gauge,
+    /// Appends refused because the spool quota was reached.
+    pub quota_refusals: Counter,
+    /// Open client connections, by endpoint.
+    pub connections_open: Family<Labels, Gauge>,
+    /// Connections turned away over `max_connections`.
+    pub connections_refused: Counter,
+    /// Connections closed for idleness.
+    pub idle_timeouts: Counter,
+    /// Lines longer than `line_bytes_max`, by endpoint.
+    pub lines_too_long: Family<Labels, Counter>,
+    /// Inbox files tracked now.
+    pub inbox_files: Gauge,
+    /// Rotated inbox files deleted once fully spooled.
+    pub inbox_files_deleted: Counter,
+    /// Inbox errors (unreadable files, unterminated last lines of finished
+    /// files, files over `inbox_files_max`), by kind.
+    pub inbox_errors: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            events_accepted: Family::default(),
+            events_rejected: Family::default(),
+            events_refused: Family::default(),
+            received_bytes: Family::default(),
+            batch_events: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            ack_latency_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            spool_bytes: Gauge::default(),
+            spool_quota_bytes: Gauge::default(),
+            quota_refusals: Counter::default(),
+            connections_open: Family::default(),
+            connections_refused: Counter::default(),
+            idle_timeouts: Counter::default(),
+            lines_too_long: Family::default(),
+            inbox_files: Gauge::default(),
+            inbox_files_deleted: Counter::default(),
+            inbox_errors: Family::default(),
+        };
+        let r = registry;
+        // prometheus-client appends `_total` to counters itself.
+        r.register(
+            "spoolhouse_collector_events_accepted",
+            "Events durably spooled, by event type and endpoint",
+            m.events_accepted.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_events_rejected",
+            "Lines rejected by validation, by event type and reason",
+            m.events_rejected.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_events_refused",
+            "Valid events refused because the spool could not take them, by reason",
+            m.events_refused.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_received_bytes",
+            "Bytes received, by endpoint",
+            m.received_bytes.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_batch_events",
+            "Events per spool append",
+            m.batch_events.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_ack_latency_seconds",
+            "Seconds from reading a batch to acknowledging it",
+            m.ack_latency_seconds.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_spool_bytes",
+            "Bytes the spool segments take on disk",
+            m.spool_bytes.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_spool_quota_bytes",
+            "The spool quota in bytes",
+            m.spool_quota_bytes.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_quota_refusals",
+            "Appends refused because the spool quota was reached",
+            m.quota_refusals.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_connections_open",
+            "Open client connections, by endpoint",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_connections_refused",
+            "Connections turned away over max_connections",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_idle_timeouts",
+            "Connections closed for idleness",
+            m.idle_timeouts.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_lines_too_long",
+            "Lines longer than line_bytes_max, by endpoint",
+            m.lines_too_long.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_inbox_files",
+            "Inbox files tracked",
+            m.inbox_files.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_inbox_files_deleted",
+            "Rotated inbox files deleted once fully spooled",
+            m.inbox_files_deleted.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_inbox_errors",
+            "Inbox errors, by kind",
+            m.inbox_errors.clone(),
+        );
+        m
+    }
+
+    /// Metrics registered nowhere, for tests and embedding.
+    pub fn unregistered() -> Self {
+        Self::register(&mut Registry::default())
+    }
+}
+
+/// What `/healthz` reports: the collector is healthy while its spool takes
+/// appends; a full spool or a failing one shows here, never only in a counter.
+#[derive(Default)]
+pub struct Health {
+    spool_failed: AtomicBool,
+    spool_full: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Health {
+    /// Records the outcome of one append.
+    pub(crate) fn record(&self, accepted: u64, rejected: u64, refused: u64) {
+        self.accepted.fetch_add(accepted, Ordering::Relaxed);
+        self.rejected.fetch_add(rejected, Ordering::Relaxed);
+        self.refused.fetch_add(refused, Ordering::Relaxed);
+    }
+
+    /// Records the spool's state after an append.
+    pub(crate) fn spool_state(&self, full: bool, error: Option<String>) {
+        self.spool_full.store(full, Ordering::Relaxed);
+        self.spool_failed.store(error.is_some(), Ordering::Relaxed);
+        if let Some(e) = error {
+            *self.last_error.lock().expect("health lock") = Some(e);
+        }
+    }
+
+    /// Whether ingest works: the spool neither full nor failing.
+    pub fn ok(&self) -> bool {
+        !self.spool_failed.load(Ordering::Relaxed) && !self.spool_full.load(Ordering::Relaxed)
+    }
+
+    /// The `/healthz` body.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ok": self.ok(),
+            "spool_full": self.spool_full.load(Ordering::Relaxed),
+            "spool_failed": self.spool_failed.load(Ordering::Relaxed),
+            "last_spool_error": *self.last_error.lock().expect("health lock"),
+            "events_accepted": self.accepted.load(Ordering::Relaxed),
+            "lines_rejected": self.rejected.load(Ordering::Relaxed),
+            "events_refused": self.refused.load(Ordering::Relaxed),
+        })
+    }
+}
