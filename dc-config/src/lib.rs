@@ -13,6 +13,8 @@ pub mod row;
 pub mod series;
 pub mod services;
 pub mod sql;
+#[cfg(feature = "state-store")]
+pub mod state_store;
 pub mod topology;
 
 pub use declared::Declared;

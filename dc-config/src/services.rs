@@ -218,6 +218,17 @@ impl Default for ShipperLimits {
     }
 }
 
+/// A datacenter as the query service sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryDatacenter {
+    /// Name.
+    pub name: String,
+    /// Shards of its ClickHouse cluster: a global read is whole only when
+    /// every one of them answered.
+    pub shards: usize,
+}
+
 /// The query service of one DC.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,8 +244,8 @@ pub struct QueryConfig {
     /// HTTP base URLs of this DC's servers, any of which can run a
     /// Distributed query, in preference order.
     pub clickhouse: Vec<String>,
-    /// Every datacenter's name, for partial answers.
-    pub datacenters: Vec<String>,
+    /// Every datacenter and its number of shards, for partial answers.
+    pub datacenters: Vec<QueryDatacenter>,
     /// This DC's Redis.
     pub redis: Redis,
 }
@@ -393,7 +404,14 @@ impl QueryConfig {
             listen: dc.query.listen,
             database: topology.database.clone(),
             clickhouse: dc.replicas().map(|r| r.http_url()).collect(),
-            datacenters: topology.datacenter.iter().map(|d| d.name.clone()).collect(),
+            datacenters: topology
+                .datacenter
+                .iter()
+                .map(|d| QueryDatacenter {
+                    name: d.name.clone(),
+                    shards: d.clickhouse.shard.len(),
+                })
+                .collect(),
             redis: dc.redis.clone(),
         }
     }

@@ -15,6 +15,8 @@ fn alive(pid: u32) -> bool {
 }
 
 const TABLES: &[&str] = &[
+    "dc_marker",
+    "dc_marker_all",
     "events_all",
     "events_dc",
     "events_local",
@@ -171,6 +173,16 @@ fn two_datacenters_schema_global_reads_and_a_lost_datacenter() {
     assert!(err.to_string().contains("Connection refused"), "{err}");
     let partial = count_by_dc(&cluster, "dc1-s1-r1", &[("skip_unavailable_shards", "1")]).unwrap();
     assert_eq!(partial, "dc1\t5\n");
+    // The DC markers say which DCs, and how many of their shards, answered.
+    let answered = cluster
+        .clickhouse("dc1-s1-r1")
+        .unwrap()
+        .query_with(
+            "SELECT dc, count() FROM spoolhouse.dc_marker_all GROUP BY dc ORDER BY dc FORMAT TSV",
+            &[("skip_unavailable_shards", "1")],
+        )
+        .unwrap();
+    assert_eq!(answered, "dc1\t2\n");
 
     // It comes back with its data, and the global read is whole again.
     cluster.restart("dc2-s1-r1").unwrap();

@@ -111,7 +111,12 @@ fn service_configs_round_trip() {
     assert_eq!(s.shards[1].replicas, ["http://127.0.0.1:18102"]);
     let q: QueryConfig = toml::from_str(&text("services/dc2/query.toml")).unwrap();
     assert_eq!(q.clickhouse, ["http://127.0.0.1:18111"]);
-    assert_eq!(q.datacenters, ["dc1", "dc2"]);
+    let dcs: Vec<(&str, usize)> = q
+        .datacenters
+        .iter()
+        .map(|d| (d.name.as_str(), d.shards))
+        .collect();
+    assert_eq!(dcs, [("dc1", 2), ("dc2", 1)]);
     assert_eq!(text("services/dc2/events.toml"), d.registry_text);
 }
 

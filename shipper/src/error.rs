@@ -30,12 +30,9 @@ pub enum Error {
         /// Stable label for metrics.
         kind: &'static str,
     },
-    /// Redis failed; always retried (the state is idempotent).
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// A Redis round took longer than its timeout.
-    #[error("Redis did not answer within {0} ms")]
-    RedisTimeout(u64),
+    /// Redis failed or timed out; always retried (the state is idempotent).
+    #[error("{0}")]
+    Redis(#[from] dc_config::state_store::Error),
     /// The config breaks a rule.
     #[error("{0}")]
     Config(String),
@@ -46,7 +43,7 @@ impl Error {
     pub fn retriable(&self) -> bool {
         match self {
             Error::ClickHouse { retriable, .. } => *retriable,
-            Error::Redis(_) | Error::RedisTimeout(_) => true,
+            Error::Redis(_) => true,
             Error::Spool(_) | Error::State { .. } | Error::Config(_) => false,
         }
     }
@@ -57,8 +54,8 @@ impl Error {
             Error::Spool(_) => "spool",
             Error::State { .. } => "state",
             Error::ClickHouse { kind, .. } => kind,
-            Error::Redis(_) => "redis",
-            Error::RedisTimeout(_) => "redis_timeout",
+            Error::Redis(dc_config::state_store::Error::Redis(_)) => "redis",
+            Error::Redis(dc_config::state_store::Error::Timeout(_)) => "redis_timeout",
             Error::Config(_) => "config",
         }
     }

@@ -4,7 +4,7 @@
 //! Main types: [`Shipper`] runs two pipelines, each a named spool reader:
 //! `clickhouse` inserts deterministic batches into `events_local` on one
 //! replica of a shard chosen from the batch ([`sink::Sink`]), and `redis`
-//! keeps the newest value per key ([`state::StateStore`]).
+//! keeps the newest value per key (`dc_config::state_store`).
 //!
 //! Exactly once in effect = at-least-once delivery + idempotent inserts:
 //! - a batch is a fixed spool range, recorded durably before it is sent
@@ -28,7 +28,6 @@ pub mod intent;
 pub mod metrics;
 pub mod ship;
 pub mod sink;
-pub mod state;
 
 pub use error::{Error, Result};
 pub use metrics::{Health, Metrics};

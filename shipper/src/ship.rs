@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::intent::Intent;
 use crate::metrics::{label, Health, Metrics, SinkHealth};
 use crate::sink::Sink;
-use crate::state::{state_write, StateStore};
+use dc_config::state_store::{state_write, StateStore};
 
 /// Name of the spool reader feeding ClickHouse.
 pub const CLICKHOUSE_READER: &str = "clickhouse";
@@ -739,7 +739,13 @@ impl Shipper {
                     if store.is_none() {
                         store = Some(StateStore::connect(&self.config.redis, timeout).await?);
                     }
-                    store.as_mut().expect("just connected").apply(&writes).await
+                    Ok::<_, Error>(
+                        store
+                            .as_mut()
+                            .expect("just connected")
+                            .apply(&writes)
+                            .await?,
+                    )
                 });
                 match result {
                     Ok(changed) => {
@@ -759,7 +765,7 @@ impl Shipper {
                         tracing::warn!(error = %e, attempt, "Redis state write failed; retrying (ClickHouse shipping goes on)");
                         *self.health.redis.lock().expect("health lock") =
                             SinkHealth::Retrying(e.to_string());
-                        if matches!(e, Error::RedisTimeout(_)) {
+                        if matches!(e, Error::Redis(dc_config::state_store::Error::Timeout(_))) {
                             store = None;
                         }
                         if !self.sleep(self.backoff(attempt)) {

@@ -35,6 +35,12 @@ pub mod table {
     pub const SERIES_ALL: &str = "series_all";
     /// The materialized view feeding the series table.
     pub const SERIES_MV: &str = "series_mv";
+    /// A one-row view naming the server's DC: read through
+    /// [`DC_MARKER_ALL`] it tells which DCs (and how many of their shards)
+    /// answered a global read.
+    pub const DC_MARKER: &str = "dc_marker";
+    /// The marker over every DC.
+    pub const DC_MARKER_ALL: &str = "dc_marker_all";
 }
 
 /// Every statement, in the order to run them, for the servers of `dc`.
@@ -119,6 +125,14 @@ pub fn statements(topology: &Topology, dc: &Datacenter) -> Vec<String> {
         ),
         distributed(SERIES_DC, cluster, SERIES_LOCAL),
         distributed(SERIES_ALL, global, SERIES_LOCAL),
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.{DC_MARKER} AS SELECT {} AS dc",
+            crate::sql::quote_str(&dc.name)
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{DC_MARKER_ALL} (dc String) \
+             ENGINE = Distributed({global}, {db}, {DC_MARKER})"
+        ),
     ]
 }
 

@@ -6,18 +6,35 @@
 //!
 //! Each key is a hash `{t: event time in ms, v: value}`. In Redis Cluster a
 //! pipeline must stay within one hash slot, so each round is split by slot.
+//!
+//! The shipper writes through this module and the query service reads and
+//! refills through it (cargo feature `state-store`), so both agree on keys,
+//! layout and the newer-wins rule.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dc_config::event::ValidEvent;
-use dc_config::registry::Registry;
-use dc_config::topology::{Redis, RedisMode};
+use crate::event::ValidEvent;
+use crate::registry::Registry;
+use crate::topology::{Redis, RedisMode};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 
-use crate::error::{Error, Result};
+/// Why a state operation failed; Redis errors are worth retrying (state
+/// writes are idempotent).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis refused or the connection broke.
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A round took longer than its timeout.
+    #[error("Redis did not answer within {0} ms")]
+    Timeout(u64),
+}
+
+/// Result of a state operation.
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// Sets `KEYS[1]` to (ARGV[1] = time ms, ARGV[2] = value) unless it already
 /// holds a time at least as new; (re)arms the TTL (ARGV[3] ms) on write.
@@ -93,7 +110,7 @@ impl StateStore {
         };
         let conn = tokio::time::timeout(timeout, connect)
             .await
-            .map_err(|_| Error::RedisTimeout(timeout.as_millis() as u64))??;
+            .map_err(|_| Error::Timeout(timeout.as_millis() as u64))??;
         Ok(Self {
             conn,
             script: redis::Script::new(NEWER_WINS),
@@ -139,7 +156,7 @@ impl StateStore {
             };
             let done = tokio::time::timeout(timeout, round)
                 .await
-                .map_err(|_| Error::RedisTimeout(timeout.as_millis() as u64))
+                .map_err(|_| Error::Timeout(timeout.as_millis() as u64))
                 .and_then(|r| r);
             match done {
                 Ok(n) => changed += n,
