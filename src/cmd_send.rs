@@ -125,14 +125,14 @@ impl Summary {
             self.sent += 1;
             match o {
                 LineOutcome::Acked => self.acked += 1,
-                LineOutcome::Rejected { field, rule, error } => {
+                LineOutcome::Rejected { rule, error, .. } => {
                     self.rejected += 1;
                     *self.by_reason.entry(rule).or_default() += 1;
                     if self.shown.len() < REJECTIONS_SHOWN_MAX {
-                        // The collector numbers lines per connection; name the input line.
+                        // The collector numbers lines per connection; name
+                        // the input line instead (the message names the field).
                         let msg = error.split_once(": ").map_or(error.as_str(), |(_, m)| m);
-                        let field = if field.is_empty() { "-".into() } else { field };
-                        self.shown.push(format!("  line {n}: {field}: {msg}"));
+                        self.shown.push(format!("  line {n}: {msg}"));
                     }
                 }
                 LineOutcome::Unsent { reason } => {

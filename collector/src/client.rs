@@ -96,8 +96,8 @@ pub enum LineOutcome {
     },
 }
 
-type Rd = BufReader<Pin<Box<dyn AsyncRead + Send>>>;
-type Wr = Pin<Box<dyn AsyncWrite + Send>>;
+type Rd = BufReader<Pin<Box<dyn AsyncRead + Send + Sync>>>;
+type Wr = Pin<Box<dyn AsyncWrite + Send + Sync>>;
 
 struct Conn {
     rd: Rd,
@@ -142,7 +142,7 @@ impl Client {
             endpoint: self.endpoint.to_string(),
             source,
         };
-        let (rd, wr): (Pin<Box<dyn AsyncRead + Send>>, Wr) = match &self.endpoint {
+        let (rd, wr): (Pin<Box<dyn AsyncRead + Send + Sync>>, Wr) = match &self.endpoint {
             Endpoint::Unix(p) => {
                 let s = tokio::net::UnixStream::connect(p).await.map_err(io)?;
                 let (r, w) = s.into_split();
