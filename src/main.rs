@@ -7,6 +7,7 @@ mod cmd_bench;
 mod cmd_collector;
 mod cmd_config;
 mod cmd_local;
+mod cmd_query;
 mod cmd_send;
 mod cmd_shipper;
 mod cmd_spool;
@@ -38,6 +39,8 @@ enum Command {
     Local(cmd_local::LocalArgs),
     /// The main job: bring up two datacenters, write events into each, print a global report.
     Demo(cmd_local::DemoArgs),
+    /// Serve a datacenter's HTTP API: watch progress (Redis, then ClickHouse).
+    Query(cmd_query::QueryArgs),
     /// Ship a host's spool into its datacenter's ClickHouse and Redis.
     Shipper(cmd_shipper::ShipperArgs),
     /// Inspect or verify (fsck) a spool directory.
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Config(a) => cmd_config::run(a),
         Command::Local(a) => cmd_local::run(a),
         Command::Demo(a) => cmd_local::demo(a),
+        Command::Query(a) => cmd_query::run(a),
         Command::Shipper(a) => cmd_shipper::run(a),
         Command::Spool(a) => cmd_spool::run(a),
         Command::Bench(a) => cmd_bench::run(a),

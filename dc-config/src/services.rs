@@ -248,6 +248,14 @@ pub struct QueryConfig {
     pub datacenters: Vec<QueryDatacenter>,
     /// This DC's Redis.
     pub redis: Redis,
+    /// Longest a ClickHouse or Redis request of the query service may take
+    /// (default 5 000 ms): a slow or cut datacenter is bounded by it.
+    #[serde(default = "default_query_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_query_timeout_ms() -> u64 {
+    5_000
 }
 
 impl CollectorConfig {
@@ -413,6 +421,28 @@ impl QueryConfig {
                 })
                 .collect(),
             redis: dc.redis.clone(),
+            timeout_ms: default_query_timeout_ms(),
         }
+    }
+}
+
+impl crate::check::Declaration for QueryConfig {
+    fn check(&self, c: &mut crate::check::Checker) {
+        let root = crate::locate::KeyPath::root();
+        c.require(
+            !self.clickhouse.is_empty(),
+            &root.key("clickhouse"),
+            "list at least one ClickHouse server URL of this DC",
+        );
+        c.require(
+            (1..=300_000).contains(&self.timeout_ms),
+            &root.key("timeout_ms"),
+            "must be from 1 to 300000",
+        );
+        c.require(
+            self.datacenters.iter().any(|d| d.name == self.dc),
+            &root.key("datacenters"),
+            "must include this DC (`dc`)",
+        );
     }
 }

@@ -1,8 +1,21 @@
 //! The query service: the HTTP API over Redis and ClickHouse.
 //!
-//! It owns watch-progress lookups (Redis first, then ClickHouse), global
-//! reports merged from aggregate states across datacenters, time series,
-//! drop and anomaly detection, and partial answers naming the datacenters
-//! that did not answer.
+//! It owns the read side: watch-progress lookups (this DC's Redis first,
+//! then this DC's ClickHouse, then every DC's through the global table, and
+//! a refill of Redis), with answers that say where they came from and which
+//! datacenters did not answer (`"partial": true, "missing": [...]`).
 //!
-//! Not yet built: see the "Query service" issue.
+//! Main types: [`api::QueryService`] (routing, parameter checks, metrics),
+//! [`progress::ProgressService`], [`ch::ClickHouse`] (reads as the read-only
+//! user, global reads with their [`ch::Coverage`]).
+//!
+//! Not yet built (see the "Query service" issue): reports, series, drop and
+//! anomaly detection, read-only SQL.
+
+pub mod api;
+pub mod ch;
+pub mod error;
+pub mod progress;
+
+pub use api::{serve, QueryService};
+pub use error::{Error, Result};

@@ -1,0 +1,313 @@
+//! The HTTP API: routing, parameter checks, JSON answers, metrics. Every
+//! answer is JSON; every error says which parameter broke which rule.
+//!
+//! Routes (see `docs/api.md`):
+//! - `GET /v1/progress/{user_id}/{video_id}`
+//! - `GET /v1/progress/{user_id}?videos=ID,ID,…` (at most [`MAX_BATCH_VIDEOS`])
+//! - `GET /metrics`, `GET /healthz`
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dc_config::registry::Registry;
+use dc_config::render::ddl::table;
+use http_body_util::Full;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
+use crate::ch::ClickHouse;
+use crate::error::{Error, Result};
+use crate::progress::{key_value, ProgressService};
+
+/// Most videos in one batch request: bounds the Redis and ClickHouse work
+/// one request can cause.
+pub const MAX_BATCH_VIDEOS: usize = 100;
+/// Most requests served at once; more get 503 at once instead of queueing.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+type Labels = Vec<(String, String)>;
+
+/// The query service's metrics, named `spoolhouse_query_*`.
+pub struct Metrics {
+    requests: Family<Labels, Counter>,
+    seconds: Family<Labels, Histogram>,
+    sources: Family<Labels, Counter<u64, AtomicU64>>,
+}
+
+impl Metrics {
+    fn register(r: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            // 0.1 ms … ~3 s: a Redis hit takes well under a millisecond, a
+            // global ClickHouse read up to the request timeout.
+            seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+            }),
+            sources: Family::default(),
+        };
+        let r = r.sub_registry_with_prefix("spoolhouse_query");
+        r.register(
+            "requests",
+            "Requests by endpoint and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "request_seconds",
+            "Request duration by endpoint",
+            m.seconds.clone(),
+        );
+        r.register(
+            "progress_source",
+            "Progress answers by source (redis = cache hit)",
+            m.sources.clone(),
+        );
+        m
+    }
+}
+
+/// Everything a request needs.
+pub struct QueryService {
+    registry: Registry,
+    progress: Option<ProgressService>,
+    ch: Arc<ClickHouse>,
+    metrics: Metrics,
+    prom: prometheus_client::registry::Registry,
+}
+
+impl QueryService {
+    /// The service for `config`, reading `registry`.
+    pub fn new(
+        config: &dc_config::services::QueryConfig,
+        registry: Registry,
+        timeout: std::time::Duration,
+    ) -> Self {
+        let ch = Arc::new(ClickHouse::new(config, timeout));
+        let progress = ProgressService::new(&registry, ch.clone(), config.redis.clone(), timeout);
+        let mut prom = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::register(&mut prom);
+        Self {
+            registry,
+            progress,
+            ch,
+            metrics,
+            prom,
+        }
+    }
+
+    fn progress(&self) -> Result<&ProgressService> {
+        self.progress
+            .as_ref()
+            .ok_or_else(|| Error::NotFound("the registry declares no watch_progress state".into()))
+    }
+
+    async fn one_progress(&self, user: &str, video: &str) -> Result<serde_json::Value> {
+        let p = self.progress()?;
+        let fields = p.key_fields();
+        let (uf, vf) = (&fields[0], fields.get(1).unwrap_or(&fields[0]));
+        let key = vec![
+            key_value(&self.registry, uf, user)?,
+            key_value(&self.registry, vf, video)?,
+        ];
+        let a = p.get(&key).await?;
+        self.metrics
+            .sources
+            .get_or_create(&vec![("source".into(), a.source.name().into())])
+            .inc();
+        let mut out = serde_json::json!({
+            uf.as_str(): p.value_json(&key[0]),
+            vf.as_str(): p.value_json(&key[1]),
+            "source": a.source.name(),
+            "partial": a.coverage.partial,
+            "missing": a.coverage.missing,
+        });
+        match a.found {
+            Some((t, v)) => {
+                out["event_time_ms"] = serde_json::json!(t);
+                out["value"] = p.value_json(&v);
+                Ok(out)
+            }
+            None => Err(Error::NotFound(format!(
+                "no progress for {uf}={} {vf}={} in any datacenter that answered{}",
+                key[0],
+                key[1],
+                if a.coverage.missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (not answering: {})", a.coverage.missing.join(", "))
+                }
+            ))),
+        }
+    }
+
+    async fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+    ) -> Result<(u16, String, &'static str)> {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if method != Method::GET {
+            return Err(Error::NoRoute(format!("{method} {path}")));
+        }
+        match parts.as_slice() {
+            ["metrics"] => {
+                let mut text = String::new();
+                prometheus_client::encoding::text::encode(&mut text, &self.prom)
+                    .map_err(|e| Error::ClickHouse(e.to_string()))?;
+                Ok((
+                    200,
+                    text,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ))
+            }
+            ["healthz"] => {
+                // Proves the read path: the schema is there and readable as the query user.
+                let sql = format!(
+                    "SELECT count() FROM {}.{} FORMAT TSV",
+                    self.ch.database(),
+                    table::DC_MARKER
+                );
+                let (ok, detail) = match self.ch.fetch(&sql, &[]).await {
+                    Ok(b) if String::from_utf8_lossy(&b).trim() == "1" => (true, "ok".to_string()),
+                    Ok(b) => (
+                        false,
+                        format!("unexpected marker answer {:?}", String::from_utf8_lossy(&b)),
+                    ),
+                    Err(e) => (false, e.to_string()),
+                };
+                let body = serde_json::json!({"ok": ok, "clickhouse": detail}).to_string();
+                Ok((if ok { 200 } else { 503 }, body, "application/json"))
+            }
+            ["v1", "progress", user, video] => {
+                let v = self.one_progress(user, video).await?;
+                Ok((200, v.to_string(), "application/json"))
+            }
+            ["v1", "progress", user] => {
+                let videos = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("videos="))
+                    .ok_or_else(|| Error::BadParameter {
+                        parameter: "videos".into(),
+                        rule: format!(
+                            "required: a comma-separated list of 1 to {MAX_BATCH_VIDEOS} video ids"
+                        ),
+                    })?;
+                let list: Vec<&str> = videos.split(',').filter(|v| !v.is_empty()).collect();
+                if list.is_empty() || list.len() > MAX_BATCH_VIDEOS {
+                    return Err(Error::BadParameter {
+                        parameter: "videos".into(),
+                        rule: format!("1 to {MAX_BATCH_VIDEOS} comma-separated video ids"),
+                    });
+                }
+                let mut items = Vec::with_capacity(list.len());
+                for v in list {
+                    match self.one_progress(user, v).await {
+                        Ok(a) => items.push(a),
+                        Err(Error::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok((
+                    200,
+                    serde_json::json!({"items": items}).to_string(),
+                    "application/json",
+                ))
+            }
+            _ => Err(Error::NoRoute(path.to_string())),
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let path = req.uri().path().to_string();
+        // Labels only for known endpoints: a path from the client must not
+        // create a metric series per distinct path.
+        let endpoint = match path
+            .trim_matches('/')
+            .split('/')
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("/")
+        {
+            e if ["v1/progress", "metrics", "healthz"].contains(&e.as_str()) => e,
+            _ => "other".to_string(),
+        };
+        let (status, body, ctype) = match self
+            .route(req.method(), &path, req.uri().query().unwrap_or(""))
+            .await
+        {
+            Ok(ok) => ok,
+            Err(e) => (e.status(), e.to_json().to_string(), "application/json"),
+        };
+        self.metrics
+            .requests
+            .get_or_create(&vec![
+                ("endpoint".into(), endpoint.clone()),
+                ("status".into(), status.to_string()),
+            ])
+            .inc();
+        self.metrics
+            .seconds
+            .get_or_create(&vec![("endpoint".into(), endpoint)])
+            .observe(started.elapsed().as_secs_f64());
+        Response::builder()
+            .status(status)
+            .header("content-type", ctype)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid")
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<QueryService>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let service = service.clone();
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let service = service.clone();
+                let permits = permits.clone();
+                async move {
+                    let Ok(_permit) = permits.try_acquire_owned() else {
+                        let body = serde_json::json!({"error": format!("over {MAX_IN_FLIGHT} requests in flight; retry shortly")});
+                        return Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(503)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(body.to_string())))
+                                .expect("static response parts are valid"),
+                        );
+                    };
+                    Ok::<_, Infallible>(service.handle(&req).await)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,172 @@
+//! The progress endpoints against real Redis and ClickHouse in two DCs:
+//! Redis hit; miss → this DC's ClickHouse → refill → hit; a value only
+//! another DC has comes through the global table; that DC down gives a
+//! partial answer naming it, within the timeout; bad and hostile
+//! parameters get a 400 naming the parameter.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dc_config::event::{ValidEvent, Value};
+use dc_config::local::{LaunchOptions, LocalCluster};
+use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
+use dc_config::services::QueryConfig;
+
+const T: u64 = 1_764_028_800_000;
+
+fn progress(user: u64, video: u64, time_ms: u64, video_time: u64) -> ValidEvent {
+    ValidEvent {
+        event: "watch_progress".into(),
+        time_ms,
+        attrs: vec![
+            ("user_id".into(), Value::UInt(user)),
+            ("video_id".into(), Value::UInt(video)),
+            ("video_time".into(), Value::UInt(video_time)),
+        ],
+    }
+}
+
+fn insert(cluster: &LocalCluster, server: &str, dc: &str, events: &[ValidEvent]) {
+    let mut body = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        EventRow::new(
+            e,
+            dc,
+            "h",
+            SpoolPosition {
+                segment: 1,
+                offset: i as u64,
+            },
+        )
+        .write_row_binary(&mut body);
+    }
+    cluster
+        .clickhouse(server)
+        .unwrap()
+        .insert(
+            &format!("INSERT INTO spoolhouse.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
+            &body,
+        )
+        .unwrap();
+}
+
+fn get(base: &str, path: &str) -> (u16, serde_json::Value) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent();
+    let mut resp = agent.get(&format!("{base}{path}")).call().unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+#[test]
+fn progress_reads_redis_then_clickhouse_then_every_dc() {
+    let mut cluster =
+        LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
+    // dc1 knows (7, 42) twice, out of order; only dc2 knows (8, 99).
+    insert(
+        &cluster,
+        "dc1-s1-r1",
+        "dc1",
+        &[
+            progress(7, 42, T + 2_000, 200),
+            progress(7, 42, T + 1_000, 100),
+        ],
+    );
+    insert(&cluster, "dc2-s1-r1", "dc2", &[progress(8, 99, T, 55)]);
+
+    let t = cluster.topology().clone();
+    let config = QueryConfig::for_dc(&t, t.dc("dc1").unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let service = Arc::new(query::QueryService::new(
+        &config,
+        cluster.declared().registry.clone(),
+        Duration::from_secs(5),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(query::serve(listener, service, async {
+        let _ = stopped.await;
+    }));
+
+    let (s, v) = get(&base, "/v1/progress/7/42");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["source"], "clickhouse_dc");
+    assert_eq!(v["value"], 200);
+    assert_eq!(v["event_time_ms"], T + 2_000);
+    // Refilled: the next read is a Redis hit.
+    let (s, v) = get(&base, "/v1/progress/7/42");
+    assert_eq!((s, v["source"].clone()), (200, "redis".into()), "{v}");
+    assert_eq!(v["value"], 200);
+
+    // Only dc2 has it: the global table, a whole answer.
+    let (s, v) = get(&base, "/v1/progress/8/99");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["source"], "clickhouse_global");
+    assert_eq!(v["partial"], false);
+    assert_eq!(v["value"], 55);
+
+    // Batch form.
+    let (s, v) = get(&base, "/v1/progress/7?videos=42,43");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+
+    // Bad and hostile parameters.
+    let (s, v) = get(&base, "/v1/progress/seven/42");
+    assert_eq!(s, 400);
+    assert_eq!(v["parameter"], "user_id");
+    assert_eq!(v["allowed"], "an integer from 0 to 18446744073709551615");
+    let (s, v) = get(&base, "/v1/progress/7/42%27%20OR%201=1");
+    assert_eq!((s, v["parameter"].clone()), (400, "video_id".into()), "{v}");
+    let (s, _) = get(&base, "/v1/progress/7?videos=");
+    assert_eq!(s, 400);
+    let (s, v) = get(&base, "/v1/nothing");
+    assert_eq!(s, 404, "{v}");
+
+    // dc2 down: a key nobody has is a 404 that names the missing DC, in time.
+    cluster.kill("dc2-s1-r1").unwrap();
+    let started = Instant::now();
+    let (s, v) = get(&base, "/v1/progress/9/9");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s, 404, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("not answering: dc2"),
+        "{v}"
+    );
+
+    let (s, v) = get(&base, "/healthz");
+    assert_eq!((s, v["ok"].clone()), (200, true.into()), "{v}");
+    let (s, m) = get(&base, "/metrics");
+    assert_eq!(s, 200);
+    let m = m.as_str().unwrap().to_string();
+    // Hits: the second read of (7, 42) and its batch read.
+    assert!(
+        m.contains("spoolhouse_query_progress_source_total{source=\"redis\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("spoolhouse_query_requests_total{endpoint=\"other\",status=\"404\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("spoolhouse_query_request_seconds_bucket"), "{m}");
+
+    let _ = stop.send(());
+    rt.block_on(server).unwrap();
+}
