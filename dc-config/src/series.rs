@@ -76,6 +76,110 @@ pub fn series_name<S: AsRef<str>>(rollup: &Rollup<'_>, values: &[S]) -> String {
     name
 }
 
+/// Why a series name does not name a series of the registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{name}` is not a series of the registry: {why}")]
+pub struct NameError {
+    /// The name given.
+    pub name: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// A series name taken apart and checked against the registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedName<'a> {
+    /// The roll-up it belongs to.
+    pub rollup: Rollup<'a>,
+    /// Its dimension values, in `rollup.dims` order.
+    pub values: Vec<String>,
+}
+
+/// Parses a series name (see the module doc) and checks it against the
+/// registry: the event and metric exist, and the dimensions are the
+/// metric's, in registry order. `series_name` of the result gives `name` back.
+pub fn parse_name<'a>(registry: &'a Registry, name: &str) -> Result<ParsedName<'a>, NameError> {
+    let err = |why: &str| NameError {
+        name: name.to_string(),
+        why: why.to_string(),
+    };
+    let (head, dims_part) = match name.find('{') {
+        Some(i) if name.ends_with('}') => (&name[..i], Some(&name[i + 1..name.len() - 1])),
+        Some(_) => return Err(err("a `{` opens dimensions that no `}` closes at the end")),
+        None => (name, None),
+    };
+    let (event, rest) = head
+        .split_once('.')
+        .ok_or_else(|| err("expected EVENT.KIND(FIELD)"))?;
+    let (kind, field) = rest
+        .strip_suffix(')')
+        .and_then(|r| r.split_once('('))
+        .ok_or_else(|| err("expected EVENT.KIND(FIELD)"))?;
+    let (event_name, ev) = registry
+        .event
+        .get_key_value(event)
+        .ok_or_else(|| err(&format!("no event type `{event}`")))?;
+    let metric = ev
+        .metric
+        .iter()
+        .find(|m| m.kind.name() == kind && m.field.as_deref().unwrap_or("") == field)
+        .ok_or_else(|| err(&format!("`{event}` has no metric {kind}({field})")))?;
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if let Some(body) = dims_part {
+        // Split on unescaped `,`, then on the first unescaped `=`.
+        let mut cur = String::new();
+        let mut key: Option<String> = None;
+        let mut chars = body.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => cur.push(chars.next().ok_or_else(|| err("a trailing `\\`"))?),
+                '=' if key.is_none() => key = Some(std::mem::take(&mut cur)),
+                ',' => {
+                    let k = key.take().ok_or_else(|| err("a dimension without `=`"))?;
+                    pairs.push((k, std::mem::take(&mut cur)));
+                }
+                '{' | '}' | '=' => return Err(err("an unescaped `{`, `}` or `=` in a value")),
+                c => cur.push(c),
+            }
+        }
+        let k = key.ok_or_else(|| err("a dimension without `=`"))?;
+        pairs.push((k, cur));
+    }
+    let mut dims = Vec::new();
+    let mut last = None;
+    for (k, _) in &pairs {
+        let i = metric
+            .dimensions
+            .iter()
+            .position(|d| d == k)
+            .ok_or_else(|| err(&format!("`{k}` is not a dimension of this metric")))?;
+        if last.is_some_and(|l| i <= l) {
+            return Err(err("dimensions must appear once each, in registry order"));
+        }
+        last = Some(i);
+        dims.push(metric.dimensions[i].as_str());
+    }
+    Ok(ParsedName {
+        rollup: Rollup {
+            event: event_name,
+            metric,
+            dims,
+        },
+        values: pairs.into_iter().map(|(_, v)| v).collect(),
+    })
+}
+
+/// The merge of a metric kind's state column, as a `Float64`.
+pub fn merge_sql(kind: MetricKind) -> &'static str {
+    match kind {
+        MetricKind::Count => "toFloat64(countMerge(count_state))",
+        MetricKind::Uniq => "toFloat64(uniqMerge(uniq_state))",
+        MetricKind::Sum => "sumMerge(sum_state)",
+        MetricKind::Min => "minMerge(min_state)",
+        MetricKind::Max => "maxMerge(max_state)",
+    }
+}
+
 /// SQL of an attribute's value (column text; empty when absent).
 fn attr(name: &str) -> String {
     format!("attr_values[indexOf(attr_names, {})]", quote_str(name))
@@ -356,6 +460,36 @@ mod tests {
         assert_eq!(
             series_name(&rollups("registration", c)[1], &["female"]),
             "registration.count(){gender=female}"
+        );
+    }
+
+    #[test]
+    fn names_parse_back() {
+        let r = reg();
+        for name in [
+            "registration.uniq(user_id)",
+            "registration.count(){gender=male,country_id=47}",
+            "screen_view.count(){screen=odd\\,screen\\=x\\{y\\}\\\\,platform=ios}",
+            "screen_view.max(load_ms){platform=web}",
+        ] {
+            let p = parse_name(&r, name).unwrap();
+            assert_eq!(series_name(&p.rollup, &p.values), name);
+        }
+        let e = |n: &str| parse_name(&r, n).unwrap_err().why;
+        assert_eq!(e("login.count()"), "no event type `login`");
+        assert_eq!(e("vote.sum(user_id)"), "`vote` has no metric sum(user_id)");
+        assert_eq!(
+            e("vote.count(){city=x}"),
+            "`city` is not a dimension of this metric"
+        );
+        assert_eq!(
+            e("registration.count(){country_id=1,gender=male}"),
+            "dimensions must appear once each, in registry order"
+        );
+        assert_eq!(e("vote"), "expected EVENT.KIND(FIELD)");
+        assert_eq!(
+            e("vote.count(){vote=yes"),
+            "a `{` opens dimensions that no `}` closes at the end"
         );
     }
 

@@ -4,6 +4,7 @@
 //! Routes (see `docs/api.md`):
 //! - `GET /v1/progress/{user_id}/{video_id}`
 //! - `GET /v1/progress/{user_id}?videos=ID,ID,…` (at most [`MAX_BATCH_VIDEOS`])
+//! - `GET /v1/series?metric=NAME&from=SECS&to=SECS&step=minute|5min|hour|day&scope=global|dc`
 //! - `GET /metrics`, `GET /healthz`
 
 use std::convert::Infallible;
@@ -185,6 +186,11 @@ impl QueryService {
                 let body = serde_json::json!({"ok": ok, "clickhouse": detail}).to_string();
                 Ok((if ok { 200 } else { 503 }, body, "application/json"))
             }
+            ["v1", "series"] => {
+                let req = crate::series::SeriesRequest::parse(&self.registry, query)?;
+                let v = crate::series::read(&self.ch, &req).await?;
+                Ok((200, v.to_string(), "application/json"))
+            }
             ["v1", "progress", user, video] => {
                 let v = self.one_progress(user, video).await?;
                 Ok((200, v.to_string(), "application/json"))
@@ -237,7 +243,7 @@ impl QueryService {
             .collect::<Vec<_>>()
             .join("/")
         {
-            e if ["v1/progress", "metrics", "healthz"].contains(&e.as_str()) => e,
+            e if ["v1/progress", "v1/series", "metrics", "healthz"].contains(&e.as_str()) => e,
             _ => "other".to_string(),
         };
         let (status, body, ctype) = match self

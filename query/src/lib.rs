@@ -9,13 +9,17 @@
 //! [`progress::ProgressService`], [`ch::ClickHouse`] (reads as the read-only
 //! user, global reads with their [`ch::Coverage`]).
 //!
-//! Not yet built (see the "Query service" issue): reports, series, drop and
-//! anomaly detection, read-only SQL.
+//! Series (`GET /v1/series`) merge aggregate states per step, globally or
+//! per DC ([`series`]).
+//!
+//! Not yet built (see the "Query service" issue): reports, drop and anomaly
+//! detection, read-only SQL.
 
 pub mod api;
 pub mod ch;
 pub mod error;
 pub mod progress;
+pub mod series;
 
 pub use api::{serve, QueryService};
 pub use error::{Error, Result};

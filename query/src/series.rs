@@ -1,0 +1,308 @@
+//! Series: one or many metric series over a range at a step. Every step,
+//! the minute too, merges the aggregate states of the minutes it covers
+//! (`countMerge`, `uniqMerge`, …), globally or for this DC: an hour of
+//! uniques is the number of distinct values in the hour, never a sum or an
+//! average of minutes.
+
+use dc_config::registry::{MetricKind, Registry};
+use dc_config::render::ddl::table;
+use dc_config::series::{merge_sql, parse_name};
+use dc_config::sql::quote_str;
+
+use crate::ch::{ClickHouse, Coverage};
+use crate::error::{Error, Result};
+
+/// Most series in one request.
+pub const MAX_SERIES: usize = 50;
+/// Most points per series in one request (two weeks of minutes is 20 160).
+pub const MAX_POINTS: u32 = 100_000;
+
+/// A step of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// 1 minute.
+    Minute,
+    /// 5 minutes.
+    FiveMinutes,
+    /// 1 hour.
+    Hour,
+    /// 1 day (UTC).
+    Day,
+}
+
+impl Step {
+    /// Seconds per step.
+    pub fn seconds(self) -> u32 {
+        match self {
+            Step::Minute => 60,
+            Step::FiveMinutes => 300,
+            Step::Hour => 3_600,
+            Step::Day => 86_400,
+        }
+    }
+
+    /// The name in requests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Minute => "minute",
+            Step::FiveMinutes => "5min",
+            Step::Hour => "hour",
+            Step::Day => "day",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "minute" => Step::Minute,
+            "5min" => Step::FiveMinutes,
+            "hour" => Step::Hour,
+            "day" => Step::Day,
+            _ => return Err(bad("step", "one of minute, 5min, hour, day")),
+        })
+    }
+}
+
+/// Where a read looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every datacenter, states merged.
+    Global,
+    /// This datacenter only.
+    Dc,
+}
+
+fn bad(parameter: &str, rule: &str) -> Error {
+    Error::BadParameter {
+        parameter: parameter.to_string(),
+        rule: rule.to_string(),
+    }
+}
+
+/// A checked series request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesRequest {
+    /// Series names, checked against the registry, with their kinds.
+    pub series: Vec<(String, MetricKind)>,
+    /// Range start, unix seconds (rounded down to the step).
+    pub from: u32,
+    /// Range end, unix seconds, exclusive.
+    pub to: u32,
+    /// Step.
+    pub step: Step,
+    /// Scope.
+    pub scope: Scope,
+}
+
+impl SeriesRequest {
+    /// Parses and checks a query string:
+    /// `metric=NAME` (1 to 50, repeatable), `from`, `to` (unix seconds),
+    /// `step` (minute, 5min, hour, day; default minute), `scope` (global or dc; default global).
+    pub fn parse(registry: &Registry, query: &str) -> Result<Self> {
+        let mut series = Vec::new();
+        let (mut from, mut to, mut step, mut scope) = (None, None, Step::Minute, Scope::Global);
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "metric" => {
+                    let parsed =
+                        parse_name(registry, &v).map_err(|e| bad("metric", &e.to_string()))?;
+                    series.push((v.to_string(), parsed.rollup.metric.kind));
+                }
+                "from" => {
+                    from = Some(
+                        v.parse::<u32>()
+                            .map_err(|_| bad("from", "unix seconds (0 to 4294967295)"))?,
+                    )
+                }
+                "to" => {
+                    to = Some(
+                        v.parse::<u32>()
+                            .map_err(|_| bad("to", "unix seconds (0 to 4294967295)"))?,
+                    )
+                }
+                "step" => step = Step::parse(&v)?,
+                "scope" => {
+                    scope = match v.as_ref() {
+                        "global" => Scope::Global,
+                        "dc" => Scope::Dc,
+                        _ => return Err(bad("scope", "global or dc")),
+                    }
+                }
+                other => {
+                    return Err(bad(
+                        other,
+                        "not a parameter of /v1/series (metric, from, to, step, scope)",
+                    ))
+                }
+            }
+        }
+        if series.is_empty() || series.len() > MAX_SERIES {
+            return Err(bad(
+                "metric",
+                &format!("1 to {MAX_SERIES} series names, e.g. metric=registration.count()"),
+            ));
+        }
+        let from = from.ok_or_else(|| bad("from", "required: unix seconds"))?;
+        let to = to.ok_or_else(|| bad("to", "required: unix seconds"))?;
+        let from = from - from % step.seconds();
+        if to <= from {
+            return Err(bad("to", "must be after from"));
+        }
+        if (to - from).div_ceil(step.seconds()) > MAX_POINTS {
+            return Err(bad("to", &format!("at most {MAX_POINTS} points per series: narrow the range or take a coarser step")));
+        }
+        Ok(Self {
+            series,
+            from,
+            to,
+            step,
+            scope,
+        })
+    }
+
+    /// The SQL: per metric kind, merged states per step.
+    pub fn sql(&self, database: &str) -> String {
+        let table_name = match self.scope {
+            Scope::Global => table::STATES_ALL,
+            Scope::Dc => table::STATES_DC,
+        };
+        let step = self.step.seconds();
+        let mut selects = Vec::new();
+        for kind in [
+            MetricKind::Count,
+            MetricKind::Uniq,
+            MetricKind::Sum,
+            MetricKind::Min,
+            MetricKind::Max,
+        ] {
+            let names: Vec<String> = self
+                .series
+                .iter()
+                .filter(|(_, k)| *k == kind)
+                .map(|(n, _)| format!("cityHash64({})", quote_str(n)))
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            selects.push(format!(
+                "SELECT metric, intDiv(toUInt32(minute), {step}) * {step} AS t, {} AS v \
+                 FROM {database}.{table_name} FINAL \
+                 WHERE metric_hash IN ({}) AND minute >= toDateTime({}) AND minute < toDateTime({}) \
+                 GROUP BY metric, t",
+                merge_sql(kind),
+                names.join(", "),
+                self.from,
+                self.to
+            ));
+        }
+        format!("{} FORMAT TSV", selects.join(" UNION ALL "))
+    }
+}
+
+/// Undoes TSV escaping of a field.
+fn tsv_unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('0') => out.push('\0'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// Runs `req`; the JSON answer.
+pub async fn read(ch: &ClickHouse, req: &SeriesRequest) -> Result<serde_json::Value> {
+    let sql = req.sql(ch.database());
+    let (body, coverage) = match req.scope {
+        Scope::Global => ch.fetch_global(&sql).await?,
+        Scope::Dc => (ch.fetch(&sql, &[]).await?, Coverage::default()),
+    };
+    let text = String::from_utf8_lossy(&body);
+    let mut points: std::collections::BTreeMap<String, Vec<(u32, f64)>> = req
+        .series
+        .iter()
+        .map(|(n, _)| (n.clone(), Vec::new()))
+        .collect();
+    for line in text.lines() {
+        let mut f = line.split('\t');
+        let (Some(name), Some(t), Some(v)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let (Ok(t), Ok(v)) = (t.parse::<u32>(), v.parse::<f64>()) else {
+            continue;
+        };
+        if let Some(p) = points.get_mut(&tsv_unescape(name)) {
+            p.push((t, v));
+        }
+    }
+    let series: Vec<serde_json::Value> = req
+        .series
+        .iter()
+        .map(|(n, _)| {
+            let mut p = points.remove(n).unwrap_or_default();
+            p.sort_by_key(|(t, _)| *t);
+            serde_json::json!({"metric": n, "points": p})
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "from": req.from,
+        "to": req.to,
+        "step": req.step.name(),
+        "scope": match req.scope { Scope::Global => "global", Scope::Dc => "dc" },
+        "partial": coverage.partial,
+        "missing": coverage.missing,
+        "series": series,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg() -> Registry {
+        dc_config::examples::declared().registry
+    }
+
+    #[test]
+    fn requests_are_checked() {
+        let r = reg();
+        let ok = SeriesRequest::parse(&r, "metric=vote.count()&metric=registration.uniq(user_id)%7Bgender%3Dmale%7D&from=1000&to=5000&step=hour").unwrap();
+        assert_eq!(ok.series.len(), 2);
+        assert_eq!(ok.series[1].0, "registration.uniq(user_id){gender=male}");
+        assert_eq!(ok.from, 0);
+        let sql = ok.sql("spoolhouse");
+        assert!(sql.contains("toFloat64(countMerge(count_state))"));
+        assert!(sql.contains("toFloat64(uniqMerge(uniq_state))"));
+        assert!(sql.contains("metric_states_all FINAL"));
+        let err = |q: &str| match SeriesRequest::parse(&r, q) {
+            Err(Error::BadParameter { parameter, .. }) => parameter,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(err("from=1&to=2"), "metric");
+        assert_eq!(err("metric=vote.count()&from=x&to=2"), "from");
+        assert_eq!(err("metric=vote.count()&from=100&to=50"), "to");
+        assert_eq!(
+            err("metric=vote.count()&from=0&to=99999999&step=minute"),
+            "to"
+        );
+        assert_eq!(err("metric=vote.count()&from=0&to=60&step=week"), "step");
+        assert_eq!(
+            err("metric=vote.count()');DROP TABLE x;--&from=0&to=60"),
+            "metric"
+        );
+        assert_eq!(err("metric=vote.count()&from=0&to=60&limit=5"), "limit");
+    }
+
+    #[test]
+    fn tsv_fields_unescape() {
+        assert_eq!(tsv_unescape("a\\\\,b\\tc"), "a\\,b\tc");
+    }
+}
