@@ -1,0 +1,159 @@
+//! The pipeline end to end, as processes: `spoolhouse collector` and
+//! `spoolhouse shipper` of dc1 from rendered configs, events sent with
+//! `spoolhouse send`; every acknowledged event reaches ClickHouse exactly
+//! once, the newest watch progress (sent out of order) is what Redis holds,
+//! and the shipper's per-minute states match the events.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dc_config::local::{LaunchOptions, LocalCluster};
+use dc_config::services::{CollectorConfig, ShipperConfig};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str], log: &Path) -> Proc {
+    let log = std::fs::File::create(log).unwrap();
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_spoolhouse"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const T: u64 = 1_764_028_800_000;
+
+#[test]
+fn events_sent_to_the_collector_reach_clickhouse_once_and_redis_newest() {
+    let cluster =
+        LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = cluster.topology().clone();
+    let dc = t.dc("dc1").unwrap();
+    std::fs::write(
+        dir.path().join("events.toml"),
+        dc_config::examples::REGISTRY,
+    )
+    .unwrap();
+    let collector_cfg = CollectorConfig::for_dc(dc);
+    let mut shipper_cfg = ShipperConfig::for_dc(&t, dc);
+    shipper_cfg.limits.batch_age_ms = 200;
+    shipper_cfg.limits.aggregation_grace_ms = 500;
+    std::fs::write(
+        dir.path().join("collector.toml"),
+        toml::to_string(&collector_cfg).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("shipper.toml"),
+        toml::to_string(&shipper_cfg).unwrap(),
+    )
+    .unwrap();
+    let c = dir.path().join("collector.toml");
+    let s = dir.path().join("shipper.toml");
+    let _collector = spawn(
+        &["collector", "--config", c.to_str().unwrap()],
+        &dir.path().join("collector.log"),
+    );
+    let socket = collector_cfg.socket.clone();
+    wait_for("the collector's socket", Duration::from_secs(30), || {
+        socket.exists()
+    });
+    let _shipper = spawn(
+        &["shipper", "--config", s.to_str().unwrap()],
+        &dir.path().join("shipper.log"),
+    );
+
+    // 2 000 votes, two bad lines, and watch progress for one key out of order.
+    let mut lines = String::new();
+    for i in 0..2_000u64 {
+        lines.push_str(&format!(
+            "{{\"event\":\"vote\",\"time\":{},\"attrs\":{{\"user_id\":{},\"target_user_id\":{i},\"vote\":\"{}\",\"country_id\":{}}}}}\n",
+            T + i,
+            i % 300,
+            if i % 4 == 0 { "no" } else { "yes" },
+            i % 20
+        ));
+    }
+    lines.push_str("{\"event\":\"vote\",\"time\":1}\n");
+    lines.push_str("not json\n");
+    for (time, video_time) in [(T + 1_000, 100), (T + 3_000, 300), (T + 2_000, 200)] {
+        lines.push_str(&format!(
+            "{{\"event\":\"watch_progress\",\"time\":{time},\"attrs\":{{\"user_id\":7,\"video_id\":42,\"video_time\":{video_time}}}}}\n"
+        ));
+    }
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_spoolhouse"))
+        .args([
+            "send",
+            input.to_str().unwrap(),
+            "--to",
+            &format!("unix:{}", socket.display()),
+        ])
+        .output()
+        .unwrap();
+    let summary =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.starts_with("sent 2005, acked 2003, rejected 2"),
+        "{summary}"
+    );
+
+    let ch = cluster.clickhouse("dc1-s1-r1").unwrap();
+    let counts = || -> (u64, u64) {
+        let r = ch
+            .query("SELECT count(), uniqExact(dc, host, spool_segment, spool_offset) FROM spoolhouse.events_dc FORMAT TSV")
+            .unwrap();
+        let mut it = r.trim().split('\t').map(|x| x.parse::<u64>().unwrap());
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    wait_for(
+        "every acknowledged event in ClickHouse",
+        Duration::from_secs(60),
+        || counts().0 >= 2_003,
+    );
+    assert_eq!(counts(), (2_003, 2_003));
+
+    let redis = dc.redis.nodes[0];
+    let key = dc_config::registry::State::redis_key("watch_progress", &["7", "42"]);
+    wait_for(
+        "the newest progress in Redis",
+        Duration::from_secs(30),
+        || {
+            dc_config::local::probe::redis_command(redis, &["HGET", &key, "v"])
+                .is_ok_and(|r| r.contains("300"))
+        },
+    );
+
+    // The shipper aggregated the votes' minute: states equal the events.
+    let state = || {
+        ch.query("SELECT countMerge(count_state) FROM spoolhouse.metric_states_dc FINAL WHERE metric = 'vote.count(){vote=no}'")
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    wait_for("the minute's states", Duration::from_secs(60), || {
+        state() == "500"
+    });
+}
