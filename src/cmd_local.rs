@@ -7,10 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use dc_config::event::{validate, Event};
 use dc_config::local::{LaunchOptions, LocalCluster, INTERRUPTED};
 use dc_config::render::ddl::table;
-use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
 use dc_config::Declared;
 use rand::{Rng, SeedableRng};
 
@@ -50,9 +48,9 @@ struct Files {
 pub struct DemoArgs {
     #[command(flatten)]
     files: Files,
-    /// Events written into each datacenter.
-    #[arg(long, default_value_t = 1000)]
-    events_per_dc: usize,
+    /// Events sent to each datacenter's collector.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    events_per_dc: u64,
 }
 
 fn install_ctrlc() -> anyhow::Result<()> {
@@ -114,92 +112,235 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Sample events of the registry's demo types, validated like any other.
-fn sample_events(
-    declared: &Declared,
-    n: usize,
-    seed: u64,
-    now_ms: u64,
-) -> anyhow::Result<Vec<Event>> {
+/// Sample traffic of the registry's demo types as wire lines: registrations,
+/// votes, screen views and watch progress over the last `minutes` minutes,
+/// users drawn from a range both datacenters share.
+fn sample_lines(n: usize, seed: u64, now_ms: u64, minutes: u64) -> Vec<String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let genders = ["male", "female", "unknown"];
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let time = now_ms - rng.random_range(0..3_600_000);
-        let user = rng.random_range(1..5_000u64);
-        let line = match rng.random_range(0..3) {
-            0 => serde_json::json!({"event": "registration", "time": time, "attrs": {
-                "user_id": user, "gender": genders[rng.random_range(0..3)],
-                "country_id": rng.random_range(1..60u16)}}),
-            1 => serde_json::json!({"event": "watch_progress", "time": time, "attrs": {
-                "user_id": user, "video_id": rng.random_range(1..300u64),
-                "video_time": rng.random_range(0..7200u32)}}),
-            _ => serde_json::json!({"event": "vote", "time": time, "attrs": {
-                "user_id": user, "target_user_id": rng.random_range(1..5_000u64),
-                "vote": if rng.random_bool(0.6) { "yes" } else { "no" },
-                "country_id": rng.random_range(1..60u16)}}),
-        };
-        let ev = Event::from_json(line)?;
-        validate(&ev, &declared.registry)
-            .with_context(|| format!("demo event {:?} does not fit the registry", ev.event))?;
-        out.push(ev);
-    }
-    Ok(out)
+    let platforms = ["web", "ios", "android"];
+    let screens = ["home", "search", "profile", "chat", "settings"];
+    (0..n)
+        .map(|_| {
+            let time = now_ms - rng.random_range(60_000..minutes * 60_000);
+            let user = rng.random_range(1..5_000u64);
+            let line = match rng.random_range(0..4) {
+                0 => serde_json::json!({"event": "registration", "time": time, "attrs": {
+                    "user_id": user, "gender": genders[rng.random_range(0..3)],
+                    "country_id": rng.random_range(1..60u16)}}),
+                1 => serde_json::json!({"event": "watch_progress", "time": time, "attrs": {
+                    "user_id": user, "video_id": rng.random_range(1..300u64),
+                    "video_time": rng.random_range(0..7200u32)}}),
+                2 => serde_json::json!({"event": "vote", "time": time, "attrs": {
+                    "user_id": user, "target_user_id": rng.random_range(1..5_000u64),
+                    "vote": if rng.random_bool(0.6) { "yes" } else { "no" },
+                    "country_id": rng.random_range(1..60u16)}}),
+                _ => serde_json::json!({"event": "screen_view", "time": time, "attrs": {
+                    "user_id": user, "screen": screens[rng.random_range(0..5)],
+                    "platform": platforms[rng.random_range(0..3)],
+                    "load_ms": rng.random_range(20..2_000u32)}}),
+            };
+            line.to_string()
+        })
+        .collect()
 }
 
-/// Runs the main job.
+/// One datacenter's Spoolhouse services, run as child processes of the demo
+/// (they die with it, like the servers).
+struct Services {
+    _procs: Vec<dc_config::local::process::Proc>,
+    socket: PathBuf,
+    query: std::net::SocketAddr,
+    shipper_state: PathBuf,
+}
+
+fn start_services(cluster: &LocalCluster, dc_name: &str) -> anyhow::Result<Services> {
+    use dc_config::local::process::{Proc, Spec};
+    use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
+    let t = cluster.topology();
+    let dc = t.dc(dc_name).expect("a DC of this topology");
+    let dir = cluster.state_dir().join("services").join(dc_name);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("events.toml"), &cluster.declared().registry_text)?;
+    let mut shipper = ShipperConfig::for_dc(t, dc);
+    // Short waits: the demo's minutes are in the past, and it wants them aggregated now.
+    shipper.limits.batch_age_ms = 200;
+    shipper.limits.aggregation_grace_ms = 500;
+    let configs = [
+        ("collector", toml::to_string(&CollectorConfig::for_dc(dc))?),
+        ("shipper", toml::to_string(&shipper)?),
+        ("query", toml::to_string(&QueryConfig::for_dc(t, dc))?),
+    ];
+    let exe = std::env::current_exe().context("finding the spoolhouse binary")?;
+    let mut procs = Vec::new();
+    for (name, text) in configs {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, text)?;
+        let spec = Spec {
+            program: exe.clone(),
+            args: vec![name.into(), "--config".into(), cfg.display().to_string()],
+            cwd: dir.clone(),
+            log: dir.join(format!("{name}.log")),
+        };
+        procs.push(
+            Proc::spawn(format!("{dc_name} {name}"), spec)
+                .with_context(|| format!("starting the {name} of {dc_name}"))?,
+        );
+    }
+    Ok(Services {
+        _procs: procs,
+        socket: dc.collector.socket.clone(),
+        query: dc.query.listen,
+        shipper_state: shipper.state_dir.clone(),
+    })
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let until = Instant::now() + limit;
+    while !ok() {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            anyhow::bail!("interrupted");
+        }
+        if Instant::now() > until {
+            anyhow::bail!(
+                "{what} did not happen within {} s; logs are under the state directory",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A GET to a query service; the body as JSON.
+fn query_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).with_context(|| format!("answer of {path}: {out}"))
+}
+
+fn pending_minutes(state_dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(state_dir.join("aggregation.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["minutes"].as_object().map(|m| m.len()))
+        .unwrap_or(usize::MAX)
+}
+
+/// Runs the main job: two DCs, each with its collector, shipper and query
+/// service; sample traffic into each DC's collector; then a global report.
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     install_ctrlc()?;
     let started = Instant::now();
-    let cluster = launch(&args.files, None)?;
+    let mut cluster = launch(&args.files, None)?;
     println!(
         "{} datacenters up in {:.1} s: {} servers, schema applied",
         cluster.topology().datacenter.len(),
         started.elapsed().as_secs_f64(),
         cluster.servers().len()
     );
-    let declared = cluster.declared().clone();
-    let db = &declared.topology.database;
+    let names: Vec<String> = cluster
+        .topology()
+        .datacenter
+        .iter()
+        .map(|d| d.name.clone())
+        .collect();
+    let services: Vec<Services> = names
+        .iter()
+        .map(|n| start_services(&cluster, n))
+        .collect::<anyhow::Result<_>>()?;
+    for (n, s) in names.iter().zip(&services) {
+        wait_until(
+            &format!("{n}'s collector socket"),
+            Duration::from_secs(30),
+            || s.socket.exists(),
+        )?;
+        wait_until(
+            &format!("{n}'s query service"),
+            Duration::from_secs(30),
+            || query_get(s.query, "/healthz").is_ok_and(|v| v["ok"] == true),
+        )?;
+    }
+    println!("collector, shipper and query service running in each datacenter");
+
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
-    for (d, dc) in declared.topology.datacenter.iter().enumerate() {
-        let events = sample_events(&declared, args.events_per_dc, d as u64 + 1, now_ms)?;
-        // Each shard of the DC gets an equal slice, inserted into its own
-        // events_local as the shipper will.
-        let shards = dc.clickhouse.shard.len();
-        for s in 0..shards {
-            let server = dc
-                .replicas()
-                .find(|r| r.shard == s + 1)
-                .expect("checked: every shard has a replica");
-            let mut body = Vec::new();
-            for (i, ev) in events.iter().enumerate().filter(|(i, _)| i % shards == s) {
-                let valid = validate(ev, &declared.registry)?;
-                let pos = SpoolPosition {
-                    segment: 0,
-                    offset: i as u64,
-                };
-                EventRow::new(&valid, &dc.name, &dc.host, pos).write_row_binary(&mut body);
+    let minutes = 10;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut acked_total = 0u64;
+    for (d, (n, s)) in names.iter().zip(&services).enumerate() {
+        let lines = sample_lines(args.events_per_dc as usize, d as u64 + 1, now_ms, minutes);
+        let sending = Instant::now();
+        let outcomes = rt.block_on(async {
+            let endpoint = collector::Endpoint::Unix(s.socket.clone());
+            let mut client =
+                collector::Client::connect(endpoint, collector::ClientConfig::default()).await?;
+            let mut all = Vec::with_capacity(lines.len());
+            for chunk in lines.chunks(1_000) {
+                all.extend(client.send_batch(chunk).await?);
             }
-            let sql = format!(
-                "INSERT INTO {db}.{} ({EVENT_COLUMNS}) FORMAT RowBinary",
-                table::EVENTS_LOCAL
-            );
-            cluster.clickhouse(&server.name())?.insert(&sql, &body)?;
-        }
+            Ok::<_, collector::ClientError>(all)
+        })?;
+        let acked = outcomes
+            .iter()
+            .filter(|o| matches!(o, collector::LineOutcome::Acked))
+            .count();
+        acked_total += acked as u64;
         println!(
-            "{}: wrote {} events into {} shard(s)",
-            dc.name,
-            events.len(),
-            shards
+            "{n}: {} events sent to the collector over its Unix socket, {acked} acknowledged, in {:.2} s",
+            lines.len(),
+            sending.elapsed().as_secs_f64()
         );
     }
-    let first = declared.topology.datacenter[0]
+    let db = cluster.topology().database.clone();
+    let first = cluster.topology().datacenter[0]
         .replicas()
         .next()
         .expect("checked")
         .name();
+    let ch = cluster.clickhouse(&first)?;
+    let shipped = || -> u64 {
+        ch.query(&format!("SELECT count() FROM {db}.{}", table::EVENTS_ALL))
+            .ok()
+            .and_then(|b| b.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    wait_until(
+        "shipping every acknowledged event",
+        Duration::from_secs(120),
+        || shipped() >= acked_total,
+    )?;
+    wait_until("aggregating every minute", Duration::from_secs(120), || {
+        services
+            .iter()
+            .all(|s| pending_minutes(&s.shipper_state) == 0)
+    })?;
+    println!(
+        "all {acked_total} acknowledged events shipped (exactly once: {}), every minute aggregated",
+        {
+            let r = ch.query(&format!(
+                "SELECT count() = uniqExact(dc, host, spool_segment, spool_offset) FROM {db}.{}",
+                table::EVENTS_ALL
+            ))?;
+            if r.trim() == "1" {
+                "yes"
+            } else {
+                "NO"
+            }
+        }
+    );
+
     let report = format!(
         "SELECT dc, event, count() AS events, \
          uniqExact(attr_values[indexOf(attr_names, 'user_id')]) AS users \
@@ -207,17 +348,120 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         table::EVENTS_ALL
     );
     println!(
-        "\nGlobal report through {db}.{} (asked of {first}):",
+        "\nRaw events through {db}.{} (asked of {first}):",
         table::EVENTS_ALL
     );
-    print!("{}", cluster.clickhouse(&first)?.query(&report)?);
-    let total = cluster.clickhouse(&first)?.query(&format!(
-        "SELECT count(), uniqExact(dc) FROM {db}.{}",
-        table::EVENTS_ALL
-    ))?;
+    print!("{}", ch.query(&report)?);
+
+    let q = services[0].query;
+    let from = (now_ms / 1000 - minutes * 60) as u32;
+    let from = from - from % 3600;
+    let to = (now_ms / 1000) as u32 + 60;
+    println!("\nGlobal figures from the query service of {} (aggregate states merged across datacenters):", names[0]);
+    for (metric, label) in [
+        ("registration.uniq(user_id)", "distinct registering users"),
+        (
+            "registration.count(){gender=female}",
+            "registrations, female",
+        ),
+        ("vote.count(){vote=yes}", "yes votes"),
+        (
+            "screen_view.max(load_ms){platform=ios}",
+            "slowest iOS screen load, ms",
+        ),
+    ] {
+        // Per hour: a sum or a maximum over several hours would be wrong
+        // for uniques and maxima, so each hour is shown.
+        let path = format!(
+            "/v1/series?metric={}&from={from}&to={to}&step=hour",
+            encode(metric)
+        );
+        let v = query_get(q, &path)?;
+        println!(
+            "  {label:<30} {:<30} ({metric}, partial: {})",
+            hourly(&v),
+            v["partial"]
+        );
+    }
+    let v = query_get(
+        q,
+        &format!(
+            "/v1/series?metric={}&from={}&to={to}&step=minute",
+            encode("vote.count()"),
+            to - 60 * (minutes as u32 + 1)
+        ),
+    )?;
+    let points = v["series"][0]["points"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     println!(
-        "total (events, datacenters): {}",
-        total.trim().replace('\t', ", ")
+        "  votes per minute, both datacenters: {}",
+        points
+            .iter()
+            .map(|p| p[1].to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+
+    // A datacenter cut off: global answers go on, and say what they miss.
+    let lost = cluster
+        .topology()
+        .datacenter
+        .last()
+        .expect("checked")
+        .replicas()
+        .map(|r| r.name())
+        .collect::<Vec<_>>();
+    for server in &lost {
+        cluster.kill(server)?;
+    }
+    let path = format!(
+        "/v1/series?metric={}&from={from}&to={to}&step=hour",
+        encode("registration.uniq(user_id)")
+    );
+    let v = query_get(q, &path)?;
+    println!(
+        "\nWith {}'s ClickHouse down, asked again: distinct registering users {} (partial: {}, missing: {})",
+        names.last().expect("checked"),
+        hourly(&v),
+        v["partial"],
+        v["missing"]
+    );
+    println!(
+        "\nDone in {:.1} s; stopping every service and server.",
+        started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The first series of a `/v1/series` answer as `HH:00 UTC: value` per hour.
+fn hourly(v: &serde_json::Value) -> String {
+    v["series"][0]["points"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .map(|x| {
+                    format!(
+                        "{:02}:00 UTC: {}",
+                        (x[0].as_u64().unwrap_or(0) / 3600) % 24,
+                        x[1]
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// Percent-encodes a query value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'(' | b')' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
