@@ -47,9 +47,6 @@ pub const STATE_FILE: &str = ".spoolhouse-inbox-state";
 const DEPTH_MAX: usize = 4;
 /// Frames per reader call while deriving offsets.
 const READ_FRAMES_MAX: usize = 10_000;
-/// Reader calls per checkpoint: bounds one checkpoint's work; the rest
-/// waits for the next one.
-const READ_CALLS_MAX: usize = 10_000;
 /// Wait before retrying after the spool refused a batch.
 const REFUSED_RETRY: Duration = Duration::from_millis(500);
 const ENDPOINT: &str = "inbox";
@@ -95,10 +92,30 @@ impl Resume {
         Ok(r)
     }
 
-    /// Reads the spool up to its durable end, merges the inbox offsets found,
-    /// writes the state file and only then commits the reader.
+    /// Reads the spool, merges the inbox offsets found, writes the state
+    /// file and only then commits the reader. At start (`live` is `None`) it
+    /// reads to the durable end: the resume needs every inbox record. At run
+    /// time the in-memory offsets are authoritative, so it reads only as far
+    /// as the slowest other reader, which is as far as it may commit:
+    /// retention deletes what every reader has committed past, and this
+    /// reader must never be the one that lets unshipped data go. With no
+    /// other reader it reads nothing (a restart then re-reads more; offsets
+    /// merge by maximum). Both loops end at a position fixed on entry.
     fn checkpoint(&mut self, live: Option<&HashSet<u64>>) -> Result<(), Error> {
-        for _ in 0..READ_CALLS_MAX {
+        let lowest_other = self
+            .spool
+            .stats()?
+            .readers
+            .into_iter()
+            .filter(|r| r.name != READER_NAME)
+            .map(|r| r.committed.unwrap_or_default())
+            .min();
+        let target = match (live, lowest_other) {
+            (None, _) => self.spool.durable(),
+            (Some(_), Some(p)) => p,
+            (Some(_), None) => return Ok(()),
+        };
+        while self.reader.position() < target {
             let records = self.reader.next(READ_FRAMES_MAX, 64 << 20)?;
             if records.is_empty() {
                 break;
@@ -120,19 +137,7 @@ impl Resume {
             self.persisted.retain(|id, _| live.contains(id));
         }
         write_state(&self.state_path, &self.persisted)?;
-        // Retention deletes what every reader has committed past. This reader
-        // must never be the one that lets unshipped data go: it commits no
-        // further than the slowest other reader, and not at all while it is
-        // the only one (a restart then re-reads more; offsets merge by maximum).
-        let others = self
-            .spool
-            .stats()?
-            .readers
-            .into_iter()
-            .filter(|r| r.name != READER_NAME)
-            .map(|r| r.committed.unwrap_or_default())
-            .min();
-        if let Some(lowest) = others {
+        if let Some(lowest) = lowest_other {
             let upto = lowest.min(self.reader.position());
             if upto > self.reader.committed() {
                 self.reader.commit(upto)?;

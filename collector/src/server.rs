@@ -36,6 +36,10 @@ pub fn spool_config(config: &CollectorConfig) -> spooler::Config {
         durability,
         quota_bytes: config.spool_quota_bytes,
         segment_bytes: config.limits.spool_segment_bytes,
+        compression: match config.limits.spool_zstd_level {
+            0 => spooler::Compression::Off,
+            level => spooler::Compression::Zstd { level },
+        },
         ..spooler::Config::default()
     }
 }

@@ -97,6 +97,10 @@ pub struct CollectorLimits {
     /// Spool segment size at which the active segment rotates (default
     /// 64 MiB, the spooler's own default); the quota must be at least twice this.
     pub spool_segment_bytes: u64,
+    /// zstd level for sealed spool segments, 0 to leave them raw (default 3,
+    /// zstd's own default, as the spooler's). Sealing runs in the background
+    /// but takes CPU from ingest on a small host (see BENCHMARKS.md).
+    pub spool_zstd_level: i32,
 }
 
 impl Default for CollectorLimits {
@@ -113,6 +117,7 @@ impl Default for CollectorLimits {
             inbox_checkpoint_ms: 5_000,
             inbox_files_max: 10_000,
             spool_segment_bytes: 64 << 20,
+            spool_zstd_level: 3,
         }
     }
 }
@@ -314,6 +319,11 @@ impl crate::check::Declaration for CollectorConfig {
             l.spool_segment_bytes >= 4096 && self.spool_quota_bytes >= 2 * l.spool_segment_bytes,
             &at.key("spool_segment_bytes"),
             "must be at least 4096, and spool_quota_bytes at least twice it (a full segment must be able to rotate)",
+        );
+        c.require(
+            (0..=22).contains(&l.spool_zstd_level),
+            &at.key("spool_zstd_level"),
+            "must be from 0 (raw) to 22",
         );
         c.require(
             self.socket_mode <= 0o777,
