@@ -203,6 +203,24 @@ impl Shipper {
         std::fs::write(&path, text).map_err(|source| Error::State { path, source })
     }
 
+    /// Opens a named reader, waiting for the collector to create the spool
+    /// if it has not yet (a shipper may start first). `None` on shutdown.
+    fn open_reader(&self, name: &str) -> Result<Option<Reader>> {
+        let mut waited = false;
+        loop {
+            if Reader::spool_exists(&self.config.spool_dir) {
+                return Ok(Some(Reader::open(&self.config.spool_dir, name)?));
+            }
+            if !waited {
+                tracing::info!(spool = %self.config.spool_dir.display(), "waiting for the collector to create the spool");
+                waited = true;
+            }
+            if !self.sleep(WAIT_SLICE) {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Sleeps `d` in slices, returning early (false) on shutdown.
     fn sleep(&self, d: Duration) -> bool {
         let until = Instant::now() + d;
@@ -235,7 +253,9 @@ impl Shipper {
     /// recorded, so the intent on disk always starts at the checkpoint or
     /// at the batch right after it.
     fn clickhouse_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
-        let reader = Reader::open(&self.config.spool_dir, CLICKHOUSE_READER)?;
+        let Some(reader) = self.open_reader(CLICKHOUSE_READER)? else {
+            return Ok(());
+        };
         *self.progress.committed.lock().expect("progress lock") = reader.committed();
         let reader = Mutex::new(reader);
         let sink = Sink::new(&self.config);
@@ -537,8 +557,14 @@ impl Shipper {
                     return Ok(0);
                 }
                 let n = body.len();
-                sink.insert(shard, replica, Bytes::from(body), self.guards.deduplicate)
-                    .await?;
+                sink.insert(
+                    shard,
+                    replica,
+                    (batch.intent.start, batch.intent.end),
+                    Bytes::from(body),
+                    self.guards.deduplicate,
+                )
+                .await?;
                 Ok::<usize, Error>(n)
             });
             match result {
@@ -687,7 +713,9 @@ impl Shipper {
     // ---- Redis -------------------------------------------------------------
 
     fn redis_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
-        let mut reader = Reader::open(&self.config.spool_dir, REDIS_READER)?;
+        let Some(mut reader) = self.open_reader(REDIS_READER)? else {
+            return Ok(());
+        };
         let timeout = Duration::from_millis(self.config.limits.redis_timeout_ms);
         let lag = label("sink", "redis");
         let mut store: Option<StateStore> = None;

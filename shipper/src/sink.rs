@@ -79,6 +79,35 @@ struct Shard {
     replicas: Vec<(String, clickhouse::Client)>,
 }
 
+/// The first ClickHouse release with the `insert_deduplication_token` setting.
+pub const DEDUP_TOKEN_SINCE: (u32, u32) = (22, 2);
+
+/// `(major, minor)` of a `SELECT version()` answer such as `18.16.1`.
+pub fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut it = v.trim().split('.');
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// The deduplication token of a batch body: its spool range and a checksum
+/// of the exact rows sent, so a replay of the same rows is dropped and a
+/// replay of fewer rows (after the position check) is not.
+pub fn dedup_token(
+    dc: &str,
+    host: &str,
+    start: spooler::Position,
+    end: spooler::Position,
+    rows: &[u8],
+) -> String {
+    format!(
+        "{dc}/{host}/{}:{}-{}:{}/{:08x}",
+        start.segment,
+        start.offset,
+        end.segment,
+        end.offset,
+        crc32fast::hash(rows)
+    )
+}
+
 /// This datacenter's shards, as the shipper writes to them.
 pub struct Sink {
     shards: Vec<Shard>,
@@ -87,6 +116,8 @@ pub struct Sink {
     dc: String,
     host: String,
     timeout: Duration,
+    /// Per (shard, replica): whether the server knows `insert_deduplication_token`.
+    token_support: std::sync::Mutex<std::collections::HashMap<(usize, usize), bool>>,
 }
 
 /// A stable 64-bit mix (SplitMix64's finaliser): the shard of a batch must
@@ -131,7 +162,46 @@ impl Sink {
             dc: config.dc.clone(),
             host: config.host.clone(),
             timeout,
+            token_support: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Whether the replica knows `insert_deduplication_token` (asked once;
+    /// an unanswered question counts as no: the 18.16 path, block hashes).
+    async fn supports_token(&self, shard: usize, replica: usize) -> bool {
+        if let Some(known) = self
+            .token_support
+            .lock()
+            .expect("token lock")
+            .get(&(shard, replica))
+        {
+            return *known;
+        }
+        let Ok(body) = self
+            .query_text(shard, replica, "SELECT version() FORMAT TSV")
+            .await
+        else {
+            return false;
+        };
+        let supported = parse_version(&body).is_some_and(|v| v >= DEDUP_TOKEN_SINCE);
+        self.token_support
+            .lock()
+            .expect("token lock")
+            .insert((shard, replica), supported);
+        supported
+    }
+
+    async fn query_text(&self, shard: usize, replica: usize, sql: &str) -> Result<String> {
+        let url = self.url(shard, replica).to_string();
+        let fetch = async {
+            let mut c = self.client(shard, replica).query(sql).fetch_bytes("TSV")?;
+            c.collect().await
+        };
+        let body = tokio::time::timeout(self.timeout, fetch)
+            .await
+            .map_err(|_| classify(&url, clickhouse::error::Error::TimedOut))?
+            .map_err(|e| classify(&url, e))?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
     /// The shard a batch starting at `start` goes to: a weighted choice that
@@ -167,27 +237,13 @@ impl Sink {
 
     /// Runs a query returning one number on one replica.
     pub async fn query_u64(&self, shard: usize, replica: usize, sql: &str) -> Result<u64> {
-        let url = self.url(shard, replica).to_string();
-        let fetch = async {
-            let mut c = self.client(shard, replica).query(sql).fetch_bytes("TSV")?;
-            c.collect().await
-        };
-        let body = tokio::time::timeout(self.timeout, fetch)
-            .await
-            .map_err(|_| classify(&url, clickhouse::error::Error::TimedOut))?
-            .map_err(|e| classify(&url, e))?;
-        String::from_utf8_lossy(&body)
-            .trim()
-            .parse()
-            .map_err(|_| Error::ClickHouse {
-                url,
-                message: format!(
-                    "expected a number, got {:?}",
-                    String::from_utf8_lossy(&body)
-                ),
-                retriable: true,
-                kind: "server",
-            })
+        let body = self.query_text(shard, replica, sql).await?;
+        body.trim().parse().map_err(|_| Error::ClickHouse {
+            url: self.url(shard, replica).to_string(),
+            message: format!("expected a number, got {body:?}"),
+            retriable: true,
+            kind: "server",
+        })
     }
 
     /// Number of replicas of `shard`.
@@ -211,6 +267,7 @@ impl Sink {
         &self,
         shard: usize,
         replica: usize,
+        range: (spooler::Position, spooler::Position),
         rows: Bytes,
         deduplicate: bool,
     ) -> Result<()> {
@@ -225,6 +282,11 @@ impl Sink {
             .insert_formatted_with(sql)
             .with_setting("insert_deduplicate", if deduplicate { "1" } else { "0" })
             .with_timeouts(Some(self.timeout), Some(self.timeout));
+        // Newer servers take an explicit token; 18.16 hashes the block.
+        if deduplicate && self.supports_token(shard, replica).await {
+            let token = dedup_token(&self.dc, &self.host, range.0, range.1, &rows);
+            insert = insert.with_setting("insert_deduplication_token", token);
+        }
         insert.send(rows).await.map_err(|e| classify(&url, e))?;
         insert.end().await.map_err(|e| classify(&url, e))
     }
@@ -331,6 +393,23 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_and_tokens() {
+        assert_eq!(parse_version("18.16.1\n"), Some((18, 16)));
+        assert_eq!(parse_version("24.3.5.47"), Some((24, 3)));
+        assert!(parse_version("18.16.1").unwrap() < DEDUP_TOKEN_SINCE);
+        assert!(parse_version("22.2.1").unwrap() >= DEDUP_TOKEN_SINCE);
+        assert_eq!(parse_version("x"), None);
+        let (a, b) = (
+            spooler::Position::new(3, 32),
+            spooler::Position::new(3, 900),
+        );
+        let t = dedup_token("dc1", "h", a, b, b"rows");
+        assert_eq!(t, dedup_token("dc1", "h", a, b, b"rows"));
+        assert_ne!(t, dedup_token("dc1", "h", a, b, b"row"));
+        assert!(t.starts_with("dc1/h/3:32-3:900/"));
+    }
 
     #[test]
     fn finds_error_codes() {

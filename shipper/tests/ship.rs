@@ -512,3 +512,19 @@ fn an_operator_can_reaggregate_a_range() {
     });
     running.stop();
 }
+
+#[test]
+fn a_shipper_started_before_the_spool_exists_waits_for_it() {
+    let cluster = launch();
+    let cfg = config(&cluster, "dc1");
+    assert!(!cfg.spool_dir.exists());
+    let running = Running::start(cfg.clone(), Guards::default());
+    std::thread::sleep(Duration::from_millis(500));
+    let spool = open_spool(&cfg);
+    let frames: Vec<Vec<u8>> = (0..50u64).map(vote).collect();
+    spool.append(&frames).unwrap();
+    wait_for("rows from the late spool", Duration::from_secs(30), || {
+        counts(&cluster, "dc1-app1").0 == 50
+    });
+    running.stop();
+}

@@ -59,6 +59,13 @@ impl Layout {
         }
     }
 
+    /// True once `create_dirs` has made every directory.
+    pub(crate) fn exists(&self) -> bool {
+        [&self.root, &self.segments, &self.readers, &self.quarantine]
+            .iter()
+            .all(|d| d.is_dir())
+    }
+
     pub(crate) fn create_dirs(&self) -> Result<()> {
         for d in [&self.root, &self.segments, &self.readers, &self.quarantine] {
             fs::create_dir_all(d).map_err(|e| Error::io("create directory", d, e))?;

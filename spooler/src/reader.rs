@@ -72,6 +72,12 @@ impl std::fmt::Debug for Reader {
 }
 
 impl Reader {
+    /// True once a writer has created the spool at `dir` (its directories
+    /// exist), so a reader in another process can open it.
+    pub fn spool_exists(dir: impl AsRef<Path>) -> bool {
+        Layout::new(dir.as_ref()).exists()
+    }
+
     /// Opens the named reader on a spool another process writes. New data is
     /// signalled by inotify on the segment directory. Without the writer's
     /// durable watermark it may see frames written but not yet synced (only
