@@ -10,6 +10,10 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use spooler::{Compression, Config, Durability, Spool};
 
+// A child module, so it shares this module's `dd` reference measurement.
+#[path = "bench_collector.rs"]
+mod bench_collector;
+
 /// Arguments of `spoolhouse bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -28,6 +32,9 @@ enum BenchCommand {
     /// Time-series reads (20 series x 14 days out of 2 000) and the
     /// aggregation's points per second beside ClickHouse's own GROUP BY.
     Series(crate::bench_series::SeriesBench),
+    /// Events/s of 100 B events from 1, 8 and 64 clients over the Unix socket
+    /// and TCP into the spool, batched and not, beside direct spool appends and `dd`.
+    Collector(bench_collector::CollectorBench),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -80,6 +87,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Spool(a) => bench_spool(a),
         BenchCommand::Shipper(a) => crate::bench_shipper::run(a),
         BenchCommand::Series(a) => crate::bench_series::run(a),
+        BenchCommand::Collector(a) => bench_collector::run(a),
     }
 }
 
