@@ -225,6 +225,26 @@ fn is_inbox_file(name: &str) -> bool {
     !name.starts_with('.') && (name.ends_with(".log") || name.ends_with(".old"))
 }
 
+/// Whether a watcher event may mean new lines, a new file or a writer gone.
+/// The tailer's own opens, reads and closes, and its state file's writes,
+/// raise events too; waking on them would rescan in a loop forever.
+fn wakes_the_tailer(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match event.kind {
+        // A writer closing may let a rotated file go.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => event.paths.is_empty() || event.paths.iter().any(|p| !is_hidden(p)),
+    }
+}
+
+/// Dot files are the collector's own (the state file and its temp copy).
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
 /// Lists inbox files as (id, path, length, rotated), depth-bounded.
 fn scan(dir: &Path) -> Vec<(u64, PathBuf, u64, bool)> {
     let mut out = Vec::new();
@@ -305,10 +325,13 @@ pub(crate) fn start(
     })?;
     let wake = Arc::new(Notify::new());
     let w = wake.clone();
-    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        // Any event (or watcher error) just triggers a rescan; the scan is
-        // the source of truth, so a lost or coalesced event costs nothing.
-        w.notify_one();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // A relevant event (or a watcher error) just triggers a rescan; the
+        // scan is the source of truth, so a lost or coalesced event costs
+        // nothing.
+        if res.as_ref().map_or(true, wakes_the_tailer) {
+            w.notify_one();
+        }
     })
     .map_err(|e| Error::Inbox {
         path: dir.clone(),
@@ -396,6 +419,7 @@ impl Tailer {
     /// One scan and read of every file; returns whether the spool refused a batch.
     async fn pass(&mut self, stopped: &watch::Receiver<bool>) -> Result<bool, Error> {
         let d = self.dir.clone();
+        self.ingest.metrics.inbox_scans.inc();
         let found = tokio::task::spawn_blocking(move || scan(&d))
             .await
             .map_err(|e| Error::Task(e.to_string()))?;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub inbox_files: Gauge,
     /// Rotated inbox files deleted once fully spooled.
     pub inbox_files_deleted: Counter,
+    /// Scans of the inbox directory (woken by notify or the poll interval).
+    pub inbox_scans: Counter,
     /// Inbox errors (unreadable files, unterminated last lines of finished
     /// files, files over `inbox_files_max`), by kind.
     pub inbox_errors: Family<Labels, Counter>,
@@ -69,6 +71,7 @@ impl Metrics {
             lines_too_long: Family::default(),
             inbox_files: Gauge::default(),
             inbox_files_deleted: Counter::default(),
+            inbox_scans: Counter::default(),
             inbox_errors: Family::default(),
         };
         let r = registry;
@@ -147,6 +150,11 @@ impl Metrics {
             "spoolhouse_collector_inbox_files_deleted",
             "Rotated inbox files deleted once fully spooled",
             m.inbox_files_deleted.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_inbox_scans",
+            "Scans of the inbox directory",
+            m.inbox_scans.clone(),
         );
         r.register(
             "spoolhouse_collector_inbox_errors",

@@ -121,3 +121,38 @@ async fn a_restart_resumes_every_file_from_the_spool_without_duplicates() {
     let ids = user_ids(&read_all(&spool));
     assert_eq!(ids, (1..=150).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_inbox_is_not_rescanned_in_a_loop_and_new_lines_still_wake_it() {
+    // A poll interval far beyond the test: every scan seen here is one that
+    // a watcher event caused.
+    let h = Harness::new(
+        CollectorLimits {
+            inbox_poll_ms: 600_000,
+            inbox_checkpoint_ms: 100,
+            ..CollectorLimits::default()
+        },
+        1 << 30,
+    );
+    std::fs::create_dir_all(h.inbox()).unwrap();
+    let (running, spool) = h.start().await;
+    let log = h.inbox().join("a.log");
+    append(&log, &lines(1..=2));
+    assert!(
+        eventually(Duration::from_secs(10), || read_all(&spool).len() == 2).await,
+        "a new file wakes the tailer without the poll"
+    );
+    // The tailer's own reads and state-file writes raise inotify events;
+    // reacting to them rescanned ~1600 times a second before.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = h.metrics.inbox_scans.get();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = h.metrics.inbox_scans.get() - before;
+    assert!(idle <= 2, "{idle} scans in an idle second");
+    append(&log, &lines(3..=3));
+    assert!(
+        eventually(Duration::from_secs(10), || read_all(&spool).len() == 3).await,
+        "an append wakes the tailer without the poll"
+    );
+    running.shutdown().await.unwrap();
+}
