@@ -94,7 +94,7 @@ impl Collector {
         if !cfg.tcp.ip().is_loopback() {
             return Err(Error::NotLoopback(cfg.tcp));
         }
-        let unix = bind_unix(&cfg.socket, cfg.socket_mode)?;
+        let unix = bind_unix(&cfg.socket, cfg.socket_mode, cfg.socket_group.as_deref())?;
         let tcp = TcpListener::bind(cfg.tcp)
             .await
             .map_err(|source| Error::Bind {
@@ -197,7 +197,7 @@ impl Running {
 
 /// Binds the Unix socket, replacing a stale socket file left by a crash but
 /// never one a live collector still answers on.
-fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, Error> {
+fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener, Error> {
     let err = |source| Error::Bind {
         what: "unix socket",
         addr: path.display().to_string(),
@@ -222,8 +222,46 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, Error> {
         std::fs::create_dir_all(parent).map_err(err)?;
     }
     let listener = UnixListener::bind(path).map_err(err)?;
+    if let Some(group) = group {
+        let gid = group_id(group).map_err(err)?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
     Ok(listener)
+}
+
+/// The id of group `name` (a name from the group database, or a number).
+fn group_id(name: &str) -> std::io::Result<u32> {
+    if let Ok(gid) = name.parse() {
+        return Ok(gid);
+    }
+    let cname = std::ffi::CString::new(name).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "group name contains NUL")
+    })?;
+    // SAFETY: `group` and `buf` outlive the call; getgrnam_r writes only into
+    // them and sets `result` to null or to `&group`.
+    unsafe {
+        let mut group: libc::group = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16 << 10];
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        if result.is_null() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no group named {name:?} (socket_group)"),
+            ));
+        }
+        Ok(group.gr_gid)
+    }
 }
 
 async fn spool_gauges(ingest: Arc<Ingest>, mut stopped: watch::Receiver<bool>) {

@@ -440,3 +440,39 @@ async fn shutdown_answers_the_batch_in_hand_and_closes_idle_connections() {
     waiter.await.unwrap().unwrap();
     assert_eq!(read_all(&spool).len(), 2_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_gets_the_configured_mode_and_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut h = Harness::standard();
+    // The test's own group, by number: chown to it needs no privilege.
+    let gid = std::fs::metadata(h.dir.path()).unwrap().gid();
+    h.config.socket_group = Some(gid.to_string());
+    h.config.socket_mode = 0o660;
+    let (running, spool) = h.start().await;
+    let meta = std::fs::metadata(&running.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid);
+    running.shutdown().await.unwrap();
+    // Release the spool's writer lock so it can be opened again below.
+    drop(spool);
+    assert!(
+        !h.config.socket.exists(),
+        "the socket file is removed on shutdown"
+    );
+    h.config.socket_group = Some("no-such-group-spoolhouse".into());
+    let d = dc_config::examples::declared();
+    let c = collector::Collector::open(
+        h.config.clone(),
+        d.registry,
+        h.metrics.clone(),
+        std::sync::Arc::new(collector::Health::default()),
+    )
+    .unwrap();
+    let err = c
+        .start()
+        .await
+        .err()
+        .expect("an unknown group fails the start");
+    assert!(err.to_string().contains("no group named"), "{err}");
+}

@@ -31,6 +31,10 @@ pub struct CollectorConfig {
     pub socket: PathBuf,
     /// Unix socket mode.
     pub socket_mode: u32,
+    /// Group to own the Unix socket, by name or number (default: the
+    /// collector's own group); with mode 0660 its members may send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
     /// LSD-style inbox directory.
     pub inbox: PathBuf,
     /// Admin HTTP (`/metrics`, `/healthz`).
@@ -273,6 +277,7 @@ impl CollectorConfig {
             tcp: dc.collector.tcp,
             socket: dc.collector.socket.clone(),
             socket_mode: dc.collector.socket_mode,
+            socket_group: None,
             inbox: dc.collector.inbox.clone(),
             admin: dc.collector.admin,
             spool_dir: dc.spool.dir.clone(),
