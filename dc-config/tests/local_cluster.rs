@@ -3,11 +3,8 @@
 //! global table, a DC going down under `skip_unavailable_shards`, and no
 //! server process left behind, even when a test fails.
 
-use std::path::Path;
-
 use dc_config::local::probe::HttpError;
 use dc_config::local::{LaunchOptions, LocalCluster};
-use dc_config::Declared;
 
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
@@ -250,28 +247,7 @@ fn a_kept_state_directory_survives_a_stop_and_start() {
 /// Cluster: the launcher forms both and the schema still applies.
 #[test]
 fn zookeeper_ensemble_and_redis_cluster() {
-    let topology = r#"
-[[datacenter]]
-name = "solo"
-host = "solo-app1"
-zookeeper = [
-  { host = "127.0.0.1", port = 1, data_path = "/z1" },
-  { host = "127.0.0.1", port = 2, data_path = "/z2" },
-  { host = "127.0.0.1", port = 3, data_path = "/z3" },
-]
-redis = { mode = "cluster", nodes = ["127.0.0.1:4", "127.0.0.1:5", "127.0.0.1:6"] }
-collector = { tcp = "127.0.0.1:7", socket = "/s", inbox = "/i", admin = "127.0.0.1:8" }
-spool = { dir = "/sp", quota_bytes = 1_000_000_000 }
-shipper = { admin = "127.0.0.1:9" }
-query = { listen = "127.0.0.1:10" }
-[[datacenter.clickhouse.shard]]
-replica = [{ host = "127.0.0.1", tcp_port = 11, http_port = 12, interserver_port = 13, data_path = "/c" }]
-"#;
-    let d = dc_config::examples::declared();
-    let declared = Declared {
-        topology: dc_config::topology::Topology::parse(Path::new("solo.toml"), topology).unwrap(),
-        ..d
-    };
+    let declared = dc_config::examples::one_dc_clustered();
     let cluster = LocalCluster::start(&declared, LaunchOptions::default()).unwrap();
     let dc = &cluster.topology().datacenter[0];
     for z in &dc.zookeeper {

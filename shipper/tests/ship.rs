@@ -528,3 +528,63 @@ fn a_shipper_started_before_the_spool_exists_waits_for_it() {
     });
     running.stop();
 }
+
+#[test]
+fn state_goes_to_a_redis_cluster_split_by_slot() {
+    let cluster = LocalCluster::start(
+        &dc_config::examples::one_dc_clustered(),
+        LaunchOptions::default(),
+    )
+    .unwrap();
+    let mut cfg = config(&cluster, "solo");
+    cfg.limits.redis_batch_max = 1_000;
+    let spool = open_spool(&cfg);
+    // Many keys: they spread over the three masters' slots.
+    let mut frames = Vec::new();
+    for user in 0..200u64 {
+        frames.push(progress(user, 1, T0 + 2, 20));
+        frames.push(progress(user, 1, T0 + 1, 10));
+    }
+    spool.append(&frames).unwrap();
+    let running = Running::start(cfg, Guards::default());
+    let outcome = |name: &str| {
+        // One statement per lookup: a Family's read guard must be gone
+        // before the next get_or_create may need its write lock.
+        let n = running
+            .metrics
+            .redis_states
+            .get_or_create(&shipper::metrics::label("outcome", name))
+            .get();
+        n
+    };
+    let written = || outcome("written") + outcome("kept");
+    wait_for("every state write", Duration::from_secs(30), || {
+        written() >= 400
+    });
+    assert_eq!(outcome("written"), 200);
+    // Read back through a cluster client: the newest value everywhere.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut store = dc_config::state_store::StateStore::connect(
+            &cluster.topology().datacenter[0].redis,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        for user in [0u64, 77, 199] {
+            let key = dc_config::registry::State::redis_key(
+                "watch_progress",
+                &[user.to_string(), "1".to_string()],
+            );
+            assert_eq!(
+                store.get(&key).await.unwrap(),
+                Some((T0 + 2, "20".to_string())),
+                "user {user}"
+            );
+        }
+    });
+    running.stop();
+}
