@@ -34,6 +34,7 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let spool_dir = config.spool_dir.clone();
     let collector = Collector::open(config, registry, metrics, health.clone())
         .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
+    collector::metrics::SpoolExport::register(&mut prom, collector.spool());
     runtime.block_on(async move {
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let health_fn: crate::admin::HealthFn = {

@@ -4,6 +4,8 @@
 //! once, the newest watch progress (sent out of order) is what Redis holds,
 //! and the shipper's per-minute states match the events.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -156,4 +158,16 @@ fn events_sent_to_the_collector_reach_clickhouse_once_and_redis_newest() {
     wait_for("the minute's states", Duration::from_secs(60), || {
         state() == "500"
     });
+
+    // The collector's admin port serves the spool's own figures too,
+    // among them how far behind each reader is.
+    let metrics = common::http_get(collector_cfg.admin, "/metrics");
+    for line in [
+        "spoolhouse_collector_events_accepted_total{",
+        "spoolhouse_spooler_appended_frames_total ",
+        "spoolhouse_spooler_fsync_duration_seconds_bucket{le=\"+Inf\"}",
+        "spoolhouse_spooler_reader_lag_bytes{reader=\"clickhouse\"}",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing from\n{metrics}");
+    }
 }

@@ -9,6 +9,8 @@
 //! Rounds: 5 by default (CI), `SPOOLHOUSE_CRASH_ROUNDS=30` (or more) for the
 //! full campaign. Each guard against duplicates is also run alone.
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::http_get;
 use dc_config::event::{ValidEvent, Value};
 use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::record::Record;
@@ -60,21 +63,6 @@ fn pending_minutes(state_dir: &Path) -> Vec<String> {
     };
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["minutes"].as_object().unwrap().keys().cloned().collect()
-}
-
-/// A plain HTTP/1.1 GET on loopback; the whole response as text.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 fn count(cluster: &LocalCluster, host: &str) -> (u64, u64) {

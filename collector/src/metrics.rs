@@ -217,3 +217,151 @@ impl Health {
         })
     }
 }
+
+/// Exports the spool's own figures (`spoolhouse_spooler_*`: appends, fsync
+/// latency, corruption, segments, disk bytes, every reader's lag) on the
+/// collector's `/metrics`, read from the spool at each scrape. The spooler
+/// names them; this only speaks Prometheus.
+pub struct SpoolExport {
+    spool: std::sync::Arc<spooler::Spool>,
+}
+
+impl std::fmt::Debug for SpoolExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolExport")
+            .field("dir", &self.spool.dir())
+            .finish()
+    }
+}
+
+impl SpoolExport {
+    /// Registers the export of `spool` in `registry`.
+    pub fn register(registry: &mut Registry, spool: std::sync::Arc<spooler::Spool>) {
+        registry.register_collector(Box::new(Self { spool }));
+    }
+}
+
+/// The fsync histogram's samples, encoded as one histogram instead.
+const FSYNC_HISTOGRAM: &str = "spoolhouse_spooler_fsync_duration_seconds";
+
+impl prometheus_client::collector::Collector for SpoolExport {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
+        use prometheus_client::metrics::MetricType;
+        use spooler::MetricKind;
+        // A scrape while the spool cannot be read shows no spool figures;
+        // the collector's own health and error metrics say why.
+        let Ok(stats) = self.spool.stats() else {
+            return Ok(());
+        };
+        let samples = stats.metrics();
+        let mut i = 0;
+        while i < samples.len() {
+            let first = &samples[i];
+            let same = samples[i..]
+                .iter()
+                .take_while(|m| m.name == first.name)
+                .count();
+            let family = &samples[i..i + same];
+            i += same;
+            if first.name.starts_with(FSYNC_HISTOGRAM) {
+                continue;
+            }
+            let (name, kind) = match first.kind {
+                // The encoder appends `_total` to counters itself.
+                MetricKind::Counter => (
+                    first.name.strip_suffix("_total").unwrap_or(first.name),
+                    MetricType::Counter,
+                ),
+                MetricKind::Gauge => (first.name, MetricType::Gauge),
+            };
+            let mut metric = encoder.encode_descriptor(name, first.help, None, kind)?;
+            for m in family {
+                // Every spool figure is a whole count of frames, bytes or
+                // segments; integers print as Prometheus users expect.
+                let value = m.value as i64;
+                let encode = |sample: &mut MetricEncoder| match m.kind {
+                    MetricKind::Counter => {
+                        sample.encode_counter::<NoLabelSet, u64, f64>(&(value as u64), None)
+                    }
+                    MetricKind::Gauge => sample.encode_gauge(&value),
+                };
+                if m.labels.is_empty() {
+                    encode(&mut metric)?;
+                } else {
+                    encode(&mut metric.encode_family(&m.labels)?)?;
+                }
+            }
+        }
+        let buckets: Vec<(f64, u64)> = stats
+            .fsync_latency_buckets
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let le = spooler::FSYNC_BUCKETS_US
+                    .get(i)
+                    // The encoder writes `+Inf` for exactly f64::MAX.
+                    .map_or(f64::MAX, |&us| us as f64 / 1e6);
+                (le, n)
+            })
+            .collect();
+        let mut metric = encoder.encode_descriptor(
+            FSYNC_HISTOGRAM,
+            "fdatasync latency of segment files.",
+            None,
+            MetricType::Histogram,
+        )?;
+        metric.encode_histogram::<NoLabelSet>(
+            stats.fsync_latency_sum_us as f64 / 1e6,
+            stats.fsyncs,
+            &buckets,
+            None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spool_figures_are_served_in_prometheus_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(
+            spooler::Spool::open(dir.path(), spooler::Config::default()).unwrap(),
+        );
+        spool.append(&[b"one".as_slice(), b"two"]).unwrap();
+        let mut reader = spool.reader("shipper").unwrap();
+        reader.next(1, 1 << 20).unwrap();
+        reader.commit_read().unwrap();
+        let mut registry = Registry::default();
+        SpoolExport::register(&mut registry, spool);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "# TYPE spoolhouse_spooler_appended_frames counter",
+            "spoolhouse_spooler_appended_frames_total 2",
+            "# TYPE spoolhouse_spooler_segments gauge",
+            "# TYPE spoolhouse_spooler_fsync_duration_seconds histogram",
+            "spoolhouse_spooler_fsync_duration_seconds_bucket{le=\"+Inf\"} ",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+        // One frame of two is still unread by the shipper's reader.
+        let lag = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("spoolhouse_spooler_reader_lag_bytes{reader=\"shipper\"} ")
+            })
+            .unwrap_or_else(|| panic!("no reader lag in\n{text}"));
+        assert!(lag.parse::<f64>().unwrap() > 0.0, "{lag}");
+        assert_eq!(
+            text.matches("# TYPE").count(),
+            text.matches("# HELP").count()
+        );
+        assert!(!text.contains("_total_total"), "{text}");
+    }
+}
