@@ -3,6 +3,8 @@
 //! global table, a DC going down under `skip_unavailable_shards`, and no
 //! server process left behind, even when a test fails.
 
+use std::time::{Duration, Instant};
+
 use dc_config::local::probe::HttpError;
 use dc_config::local::{LaunchOptions, LocalCluster};
 
@@ -265,4 +267,70 @@ fn zookeeper_ensemble_and_redis_cluster() {
         .query("SELECT count() FROM system.tables WHERE database = 'spoolhouse'")
         .unwrap();
     assert_eq!(tables.trim(), TABLES.len().to_string());
+}
+
+#[test]
+fn cross_dc_reads_cross_a_delaying_link_that_can_be_cut_and_healed() {
+    let opts = LaunchOptions {
+        cross_dc_delay: Some(Duration::from_millis(100)),
+        ..LaunchOptions::default()
+    };
+    let cluster = LocalCluster::start(&dc_config::examples::declared(), opts).unwrap();
+    insert_rows(&cluster, "dc1-s1-r1", "dc1", 3, 0);
+    insert_rows(&cluster, "dc2-s1-r1", "dc2", 4, 0);
+    // dc1's servers dial dc2's through a relay, never directly.
+    let config = std::fs::read_to_string(
+        cluster
+            .state_dir()
+            .join("rendered/clickhouse/dc1-s1-r1/config.xml"),
+    )
+    .unwrap();
+    let dc2_port = cluster.topology().dc("dc2").unwrap().clickhouse.shard[0].replica[0].tcp_port;
+    assert!(
+        !config.contains(&format!("<port>{dc2_port}</port>")),
+        "{config}"
+    );
+
+    // A global read from dc1 waits for dc2 across the link: at least one
+    // round trip of 2 x 100 ms.
+    let started = Instant::now();
+    assert_eq!(
+        count_by_dc(&cluster, "dc1-s1-r1", &[]).unwrap(),
+        "dc1\t3\ndc2\t4\n"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    // Cut dc2: dc1 answers alone with skip_unavailable_shards, dc2 too from
+    // its side; each still has its own data.
+    cluster.cut("dc2").unwrap();
+    let skip = [("skip_unavailable_shards", "1")];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = count_by_dc(&cluster, "dc1-s1-r1", &skip);
+        if r.as_deref().ok() == Some("dc1\t3\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dc2 still answers: {r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        count_by_dc(&cluster, "dc2-s1-r1", &skip).unwrap(),
+        "dc2\t4\n"
+    );
+    assert!(count_by_dc(&cluster, "dc1-s1-r1", &[]).is_err());
+
+    cluster.heal("dc2").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = count_by_dc(&cluster, "dc1-s1-r1", &[]);
+        if r.as_deref().ok() == Some("dc1\t3\ndc2\t4\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not healed: {r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(matches!(
+        cluster.cut("dc9"),
+        Err(dc_config::local::LaunchError::UnknownDatacenter(_))
+    ));
 }

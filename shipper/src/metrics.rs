@@ -131,6 +131,31 @@ impl Metrics {
             "Redis state writes by outcome",
             m.redis_states.clone(),
         );
+        r.register(
+            "minutes_aggregated",
+            "Minute aggregation rounds done (a late event's minute counts again)",
+            m.minutes_aggregated.clone(),
+        );
+        r.register(
+            "aggregation_seconds",
+            "Seconds per minute aggregation round",
+            m.aggregation_seconds.clone(),
+        );
+        r.register(
+            "watermark_delay_seconds",
+            "Seconds between now and the aggregation watermark",
+            m.watermark_delay_seconds.clone(),
+        );
+        r.register(
+            "series_points",
+            "Series points (aggregate-state rows) written",
+            m.series_points.clone(),
+        );
+        r.register(
+            "pending_minutes",
+            "Minutes waiting to be aggregated",
+            m.pending_minutes.clone(),
+        );
         m
     }
 }

@@ -19,6 +19,7 @@
 //! each of its servers. Nothing here installs anything or touches the
 //! packaged system services.
 
+pub mod link;
 pub mod probe;
 pub mod process;
 
@@ -42,6 +43,8 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of one ClickHouse HTTP request made by the launcher.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Subdirectory of the state directory holding the links' cut flags.
+pub const LINKS_DIR: &str = "links";
 /// Start attempts when a freshly chosen port was taken by someone else
 /// between choosing it and the server binding it.
 const PORT_RACE_ATTEMPTS: usize = 3;
@@ -133,6 +136,12 @@ pub enum LaunchError {
     /// No server of that name.
     #[error("no server called `{0}` in this local cluster")]
     UnknownServer(String),
+    /// No datacenter of that name.
+    #[error("no datacenter called `{0}` in this local cluster")]
+    UnknownDatacenter(String),
+    /// A cut or heal on a cluster launched without relays.
+    #[error("this local cluster was launched without cross-DC relays (cross_dc_delay); there is no link to cut or heal")]
+    NoLinks,
 }
 
 /// How to launch.
@@ -143,6 +152,9 @@ pub struct LaunchOptions {
     pub state_dir: Option<PathBuf>,
     /// Time each server gets to become ready.
     pub ready_timeout: Duration,
+    /// Put a relay on every cross-DC path (see [`link`]) adding this delay
+    /// each way, cuttable per DC; `None`: servers dial each other directly.
+    pub cross_dc_delay: Option<Duration>,
 }
 
 impl Default for LaunchOptions {
@@ -150,6 +162,7 @@ impl Default for LaunchOptions {
         Self {
             state_dir: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            cross_dc_delay: None,
         }
     }
 }
@@ -242,6 +255,8 @@ pub struct LocalCluster {
     temp: Option<tempfile::TempDir>,
     opts: LaunchOptions,
     binaries: Binaries,
+    /// Declared after `members`, so relays outlive the servers using them.
+    links: Vec<link::Relay>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LaunchError + '_ {
@@ -365,6 +380,28 @@ impl LocalCluster {
             let errors = c.into_errors(Path::new("<localized topology>"), "");
             return Err(LaunchError::Localize(ConfigErrors(errors)));
         }
+        let mut topology = topology;
+        let mut links = Vec::new();
+        if let Some(delay) = opts.cross_dc_delay {
+            let links_dir = state_dir.join(LINKS_DIR);
+            std::fs::create_dir_all(&links_dir).map_err(io_err(&links_dir))?;
+            for viewer in &topology.datacenter {
+                for r in topology.replicas().filter(|r| r.dc.name != viewer.name) {
+                    let direct = format!("{}:{}", r.replica.host, r.replica.tcp_port);
+                    let target = SocketAddr::from(([127, 0, 0, 1], r.replica.tcp_port));
+                    let relay =
+                        link::Relay::start(&viewer.name, &r.dc.name, target, delay, &links_dir)
+                            .map_err(io_err(&links_dir))?;
+                    links.push(((viewer.name.clone(), direct), relay));
+                }
+            }
+            for ((viewer, direct), relay) in &links {
+                topology
+                    .cross_dc_routes
+                    .insert((viewer.clone(), direct.clone()), relay.listen());
+            }
+        }
+        let links = links.into_iter().map(|(_, relay)| relay).collect();
         let declared = Declared {
             topology,
             ..declared.clone()
@@ -379,6 +416,7 @@ impl LocalCluster {
             temp,
             opts,
             binaries,
+            links,
         };
         cluster.spawn_all()?;
         Ok(cluster)
@@ -657,6 +695,39 @@ impl LocalCluster {
             m.proc.start().map_err(io_err(&log))?;
         }
         self.wait_ready(&[i])
+    }
+
+    /// Where the cut flags of the cross-DC links live (see [`link`]).
+    pub fn links_dir(&self) -> PathBuf {
+        self.state_dir.join(LINKS_DIR)
+    }
+
+    /// Cuts datacenter `dc` off from the others: every relay to or from it
+    /// drops its connections and refuses new ones until [`Self::heal`].
+    /// Without `cross_dc_delay` there are no relays to cut: an error.
+    pub fn cut(&self, dc: &str) -> Result<(), LaunchError> {
+        self.link_flag(dc, true)
+    }
+
+    /// Heals datacenter `dc`'s links.
+    pub fn heal(&self, dc: &str) -> Result<(), LaunchError> {
+        self.link_flag(dc, false)
+    }
+
+    fn link_flag(&self, dc: &str, cut: bool) -> Result<(), LaunchError> {
+        if self.declared.topology.dc(dc).is_none() {
+            return Err(LaunchError::UnknownDatacenter(dc.to_string()));
+        }
+        if self.links.is_empty() {
+            return Err(LaunchError::NoLinks);
+        }
+        let dir = self.links_dir();
+        let r = if cut {
+            link::cut(&dir, dc)
+        } else {
+            link::heal(&dir, dc)
+        };
+        r.map_err(io_err(&dir))
     }
 
     /// Stops every server: ClickHouse first, ZooKeeper last, so no server

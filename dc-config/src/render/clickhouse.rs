@@ -73,15 +73,18 @@ pub fn server_config(topology: &Topology, server: &ReplicaRef<'_>) -> String {
         inter = r.interserver_port,
         data = e(data),
     );
+    let viewer = &server.dc.name;
     for dc in &topology.datacenter {
         cluster_xml(
             &mut x,
+            topology,
+            viewer,
             &dc.name,
             dc.replicas().collect::<Vec<_>>().as_slice(),
         );
     }
     let every: Vec<_> = topology.replicas().collect();
-    cluster_xml(&mut x, &topology.global_cluster, &every);
+    cluster_xml(&mut x, topology, viewer, &topology.global_cluster, &every);
     x.push_str("    </remote_servers>\n    <zookeeper>\n");
     for (i, z) in server.dc.zookeeper.iter().enumerate() {
         let _ = writeln!(
@@ -102,8 +105,15 @@ pub fn server_config(topology: &Topology, server: &ReplicaRef<'_>) -> String {
     x
 }
 
-/// One `<cluster>` of `remote_servers`: the given servers grouped by shard.
-fn cluster_xml(x: &mut String, name: &str, servers: &[ReplicaRef<'_>]) {
+/// One `<cluster>` of `remote_servers`: the given servers grouped by shard,
+/// each at the address a server of DC `viewer` dials it on.
+fn cluster_xml(
+    x: &mut String,
+    topology: &Topology,
+    viewer: &str,
+    name: &str,
+    servers: &[ReplicaRef<'_>],
+) {
     let _ = writeln!(x, "        <{name}>");
     let mut i = 0;
     while i < servers.len() {
@@ -115,11 +125,15 @@ fn cluster_xml(x: &mut String, name: &str, servers: &[ReplicaRef<'_>]) {
         );
         while i < servers.len() && &servers[i].dc.name == dc && servers[i].shard == shard {
             let r = servers[i].replica;
+            let direct = format!("{}:{}", r.host, r.tcp_port);
+            let (host, port) = match topology.cross_dc_routes.get(&(viewer.to_string(), direct)) {
+                Some(via) if *dc != viewer => (via.ip().to_string(), via.port()),
+                _ => (r.host.clone(), r.tcp_port),
+            };
             let _ = writeln!(
                 x,
-                "                <replica><host>{}</host><port>{}</port></replica>",
-                xml_escape(&r.host),
-                r.tcp_port
+                "                <replica><host>{}</host><port>{port}</port></replica>",
+                xml_escape(&host),
             );
             i += 1;
         }
@@ -194,4 +208,36 @@ pub fn users_config(topology: &Topology) -> String {
 "#,
         db = xml_escape(&topology.database),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_replaces_a_remote_dc_server_only_for_the_dc_that_has_it() {
+        let mut t = crate::examples::declared().topology;
+        let (host, port) = {
+            let r = t.dc("dc2").unwrap().replicas().next().unwrap().replica;
+            (r.host.clone(), r.tcp_port)
+        };
+        let direct = format!("{host}:{port}");
+        let relay: std::net::SocketAddr = "127.0.0.1:4999".parse().unwrap();
+        t.cross_dc_routes
+            .insert(("dc1".to_string(), direct.clone()), relay);
+        let config_of = |dc: &str| {
+            let r = t.dc(dc).unwrap().replicas().next().unwrap();
+            server_config(&t, &r)
+        };
+        let relayed = "<replica><host>127.0.0.1</host><port>4999</port></replica>";
+        let direct_xml = format!("<replica><host>{host}</host><port>{port}</port></replica>");
+        let dc1 = config_of("dc1");
+        // dc2's server appears twice in dc1's view (its own cluster and the
+        // global one), both through the relay.
+        assert_eq!(dc1.matches(relayed).count(), 2, "{dc1}");
+        assert!(!dc1.contains(&direct_xml), "{dc1}");
+        let dc2_view = config_of("dc2");
+        assert!(!dc2_view.contains(relayed), "{dc2_view}");
+        assert_eq!(dc2_view.matches(&direct_xml).count(), 2, "{dc2_view}");
+    }
 }
