@@ -142,11 +142,20 @@ fn inventory_groups_every_role_per_dc() {
         "[dc1_spoolhouse]",
         "[dc1:children]",
         "[dc2:children]",
+        "[zookeeper:children]\ndc1_zookeeper\ndc2_zookeeper\n",
+        "[clickhouse:children]\ndc1_clickhouse\ndc2_clickhouse\n",
+        "[redis:children]\ndc1_redis\ndc2_redis\n",
+        "[spoolhouse:children]\ndc1_spoolhouse\ndc2_spoolhouse\n",
         "[all:vars]",
     ] {
         assert!(inv.contains(g), "{g} missing");
     }
-    assert!(
-        inv.contains("dc1-s2-r1 ansible_host=127.0.0.1 ch_shard=2 ch_replica=1 ch_tcp_port=19102")
-    );
+    assert!(inv.contains(
+        "dc1-s2-r1 ansible_host=127.0.0.1 ch_shard=2 ch_replica=1 ch_host=127.0.0.1 ch_tcp_port=19102"
+    ));
+    // The app host is reached by its name: its collector listens on loopback.
+    assert!(inv.contains(
+        "\ndc1-app1 spool_dir=/var/lib/spoolhouse/dc1/spool spool_quota_bytes=10737418240 \
+         shipper_state_dir=/var/lib/spoolhouse/dc1/shipper "
+    ));
 }

@@ -84,6 +84,11 @@ impl Layout {
     pub(crate) fn checkpoint(&self, name: &str) -> PathBuf {
         self.readers.join(format!("{name}.ckpt"))
     }
+
+    /// Where a checkpoint is written before it is renamed into place.
+    pub(crate) fn checkpoint_tmp(&self, name: &str) -> PathBuf {
+        self.readers.join(format!("{name}.ckpt.tmp"))
+    }
 }
 
 /// Parses a segment file name; temp files and strangers give `None`.
@@ -257,7 +262,7 @@ pub(crate) fn read_checkpoint(path: &Path) -> Result<CheckpointRead> {
 /// crash leaves either the old or the new checkpoint, never a torn one.
 pub(crate) fn write_checkpoint(layout: &Layout, name: &str, pos: Position) -> Result<()> {
     let path = layout.checkpoint(name);
-    let tmp = layout.readers.join(format!("{name}.ckpt.tmp"));
+    let tmp = layout.checkpoint_tmp(name);
     let write = || -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)

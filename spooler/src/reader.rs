@@ -99,6 +99,13 @@ impl Reader {
                 ),
             ));
         }
+        // A leftover of this reader's own interrupted checkpoint write.
+        let tmp = layout.checkpoint_tmp(name);
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove temp file", &tmp, e)),
+        }
         let mut stats = ReaderStats::default();
         let ck = read_checkpoint(&layout.checkpoint(name))?;
         let start = match ck {

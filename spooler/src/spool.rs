@@ -303,7 +303,10 @@ impl Spool {
         layout.create_dirs()?;
         let lock = lock_dir(&layout)?;
         files::remove_temp_files(&layout.segments)?;
-        files::remove_temp_files(&layout.readers)?;
+        // Readers' temp files are their own: a reader in another process (a
+        // shipper started beside the collector) may be writing its checkpoint
+        // right now, and deleting its temp file would fail that rename.
+        // Each reader clears its own leftover when it attaches.
         files::remove_temp_files(&layout.quarantine)?;
         let counters = Counters::default();
 

@@ -417,3 +417,23 @@ fn rewind_rereads_everything_after_the_last_commit() {
     assert_eq!(r.position(), first.last().unwrap().next);
     assert_eq!(drain(&mut r), shipped_then_failed);
 }
+
+/// The collector opening the spool while the shipper, another process,
+/// writes its first checkpoint: the writer must not delete the reader's
+/// temp file (the shipper stopped with "write checkpoint …: No such file").
+#[test]
+fn opening_the_spool_leaves_readers_temp_checkpoints_to_their_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Spool::open(dir.path(), small_config(Durability::Always, ZSTD)).unwrap());
+    let tmp = |name: &str| dir.path().join("readers").join(format!("{name}.ckpt.tmp"));
+    std::fs::write(tmp("shipper"), b"being written").unwrap();
+    std::fs::write(tmp("crashed"), b"left by a crash").unwrap();
+    let _spool = Spool::open(dir.path(), small_config(Durability::Always, ZSTD)).unwrap();
+    assert!(
+        tmp("shipper").exists(),
+        "the writer removed a reader's temp file"
+    );
+    let _r = Reader::open(dir.path(), "crashed").unwrap();
+    assert!(!tmp("crashed").exists(), "a reader keeps its own leftover");
+    assert!(tmp("shipper").exists());
+}
