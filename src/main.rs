@@ -6,6 +6,7 @@ mod bench_shipper;
 mod cmd_bench;
 mod cmd_collector;
 mod cmd_config;
+mod cmd_dc;
 mod cmd_local;
 mod cmd_query;
 mod cmd_send;
@@ -51,6 +52,8 @@ enum Command {
     Collector(cmd_collector::CollectorArgs),
     /// Send JSON lines from a file or stdin to a collector; print what was acked and rejected.
     Send(cmd_send::SendArgs),
+    /// Cut a local datacenter's links to the others, or heal them.
+    Dc(cmd_dc::DcArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(a) => cmd_bench::run(a),
         Command::Collector(a) => cmd_collector::run(a),
         Command::Send(a) => cmd_send::run(a),
+        Command::Dc(a) => cmd_dc::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
