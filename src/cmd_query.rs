@@ -20,6 +20,14 @@ pub struct QueryArgs {
 pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     let (config, registry) =
         crate::cmd_shipper::load_with_registry::<QueryConfig>(&args.config, |c| &c.registry)?;
+    let problems = config.check_rules(&registry);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{}: threshold rules name series the registry does not declare:\n  {}",
+            args.config.display(),
+            problems.join("\n  ")
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -257,10 +257,112 @@ pub struct QueryConfig {
     pub datacenters: Vec<QueryDatacenter>,
     /// This DC's Redis.
     pub redis: Redis,
+    /// Threshold rules of `GET /v1/anomalies` (`[[rule]]`; none by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule: Vec<ThresholdRule>,
     /// Longest a ClickHouse or Redis request of the query service may take
     /// (default 5 000 ms): a slow or cut datacenter is bounded by it.
     #[serde(default = "default_query_timeout_ms")]
     pub timeout_ms: u64,
+}
+
+/// A threshold rule of `GET /v1/anomalies` (ADR 0004): a series, or every
+/// series a pattern matches, is flagged at each step whose figure breaks a
+/// condition. At least one condition; several fire on any of them.
+///
+/// ```toml
+/// [[rule]]
+/// series = "vote.count()"               # fewer than 1000 votes a step
+/// below = 1000
+///
+/// [[rule]]
+/// series = "vote.count(){country_id=*}" # `*` in a value matches any text
+/// nonzero = true
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdRule {
+    /// A series name (see `dc_config::series`); `*` in a dimension value
+    /// matches any text. The event, metric and dimensions must exist.
+    pub series: String,
+    /// Fires when a figure is below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+    /// Fires when a figure is above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+    /// Fires when a figure is not zero (an event that should never happen).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nonzero: bool,
+}
+
+impl ThresholdRule {
+    /// True when `v` breaks the rule.
+    pub fn fires(&self, v: f64) -> bool {
+        self.below.is_some_and(|b| v < b)
+            || self.above.is_some_and(|a| v > a)
+            || (self.nonzero && v != 0.0)
+    }
+
+    /// The conditions in words, e.g. `below 1000`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(b) = self.below {
+            parts.push(format!("below {b}"));
+        }
+        if let Some(a) = self.above {
+            parts.push(format!("above {a}"));
+        }
+        if self.nonzero {
+            parts.push("nonzero".to_string());
+        }
+        parts.join(" or ")
+    }
+
+    /// True when the series called `name` is one the rule names: `*` in
+    /// the rule's series matches any run of characters.
+    pub fn matches(&self, name: &str) -> bool {
+        fn glob(p: &[u8], s: &[u8]) -> bool {
+            // Iterative wildcard matching: remember the last `*` and retry
+            // it one character further on a mismatch (linear in practice).
+            let (mut pi, mut si, mut star, mut mark) = (0, 0, None, 0);
+            while si < s.len() {
+                if pi < p.len() && p[pi] == b'*' {
+                    star = Some(pi);
+                    mark = si;
+                    pi += 1;
+                } else if pi < p.len() && p[pi] == s[si] {
+                    pi += 1;
+                    si += 1;
+                } else if let Some(st) = star {
+                    pi = st + 1;
+                    mark += 1;
+                    si = mark;
+                } else {
+                    return false;
+                }
+            }
+            p[pi..].iter().all(|&c| c == b'*')
+        }
+        glob(self.series.as_bytes(), name.as_bytes())
+    }
+}
+
+impl QueryConfig {
+    /// Checks the threshold rules against `registry`: each names an event,
+    /// metric and dimensions it declares. One message per broken rule,
+    /// naming it (`rule[2].series`); empty when all hold. Run at start.
+    pub fn check_rules(&self, registry: &crate::registry::Registry) -> Vec<String> {
+        self.rule
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                crate::series::parse_name(registry, &r.series)
+                    .err()
+                    .map(|e| format!("rule[{i}].series: {e}"))
+            })
+            .collect()
+    }
 }
 
 fn default_query_timeout_ms() -> u64 {
@@ -436,6 +538,7 @@ impl QueryConfig {
                 })
                 .collect(),
             redis: dc.redis.clone(),
+            rule: Vec::new(),
             timeout_ms: default_query_timeout_ms(),
         }
     }
@@ -459,5 +562,108 @@ impl crate::check::Declaration for QueryConfig {
             &root.key("datacenters"),
             "must include this DC (`dc`)",
         );
+        for (i, r) in self.rule.iter().enumerate() {
+            let at = root.key("rule").index(i);
+            c.require(
+                r.below.is_some() || r.above.is_some() || r.nonzero,
+                &at,
+                "give at least one condition: below = N, above = N or nonzero = true",
+            );
+            for (key, v) in [("below", r.below), ("above", r.above)] {
+                c.require(
+                    v.is_none_or(f64::is_finite),
+                    &at.key(key),
+                    "must be a finite number",
+                );
+            }
+            c.require(
+                !matches!((r.below, r.above), (Some(b), Some(a)) if b > a),
+                &at.key("below"),
+                "must not exceed `above`: the rule would fire on every figure",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{Checker, Declaration};
+
+    fn rule(series: &str, below: Option<f64>, above: Option<f64>, nonzero: bool) -> ThresholdRule {
+        ThresholdRule {
+            series: series.into(),
+            below,
+            above,
+            nonzero,
+        }
+    }
+
+    fn config(rules: Vec<ThresholdRule>) -> QueryConfig {
+        let d = crate::examples::declared();
+        let mut c = QueryConfig::for_dc(&d.topology, &d.topology.datacenter[0]);
+        c.rule = rules;
+        c
+    }
+
+    #[test]
+    fn rules_fire_match_and_read_from_toml() {
+        let r = rule(
+            "vote.count(){country_id=*}",
+            Some(1000.0),
+            Some(5000.0),
+            false,
+        );
+        assert!(r.fires(999.0) && r.fires(5001.0) && !r.fires(1000.0));
+        assert_eq!(r.describe(), "below 1000 or above 5000");
+        assert!(r.matches("vote.count(){country_id=3}"));
+        assert!(r.matches("vote.count(){country_id=}"));
+        assert!(!r.matches("vote.count(){vote=yes,country_id=3}"));
+        assert!(!r.matches("vote.count()"));
+        let nz = rule("vote.count()", None, None, true);
+        assert!(nz.fires(1.0) && !nz.fires(0.0));
+        assert!(nz.matches("vote.count()") && !nz.matches("vote.count(){vote=yes}"));
+        let mut c = config(vec![r, nz]);
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("[[rule]]"), "{text}");
+        let back: QueryConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        c.rule.clear();
+        assert!(!toml::to_string(&c).unwrap().contains("rule"));
+    }
+
+    #[test]
+    fn rules_are_checked_alone_and_against_the_registry() {
+        let mut ch = Checker::default();
+        config(vec![
+            rule("vote.count()", None, None, false),
+            rule("vote.count()", Some(f64::NAN), None, false),
+            rule("vote.count()", Some(10.0), Some(5.0), false),
+            rule("vote.count()", Some(5.0), Some(10.0), false),
+        ])
+        .check(&mut ch);
+        let errors = ch.into_errors(std::path::Path::new("query.toml"), "");
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["rule[0]", "rule[1].below", "rule[2].below"],
+            "{errors:?}"
+        );
+
+        let reg = crate::examples::declared().registry;
+        let c = config(vec![
+            rule("vote.count(){country_id=*}", Some(1.0), None, false),
+            rule("login.count()", Some(1.0), None, false),
+            rule("vote.sum(user_id)", Some(1.0), None, false),
+            rule("vote.count(){city=*}", Some(1.0), None, false),
+        ]);
+        let problems = c.check_rules(&reg);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("rule[1].series:")
+                && problems[0].contains("no event type `login`")
+        );
+        assert!(problems[1].contains("has no metric sum(user_id)"));
+        assert!(problems[2].contains("`city` is not a dimension"));
     }
 }

@@ -20,6 +20,7 @@ pub mod ch;
 pub mod error;
 pub mod progress;
 pub mod series;
+pub mod stats;
 
 pub use api::{serve, QueryService};
 pub use error::{Error, Result};
