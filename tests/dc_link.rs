@@ -2,10 +2,16 @@
 //! cross-DC relays by another process (here, the test): the cut makes
 //! global reads from dc1 skip dc2, the heal brings it back.
 
+mod common;
+
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::wait_for;
 
 use dc_config::local::{LaunchOptions, LocalCluster};
+
+const LIMIT: Duration = Duration::from_secs(30);
 
 fn spoolhouse(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_spoolhouse"))
@@ -28,14 +34,6 @@ fn dcs_answering(cluster: &LocalCluster) -> String {
         .unwrap_or_default()
 }
 
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn cut_and_heal_a_datacenter_from_another_process() {
     let cluster = LocalCluster::start(
@@ -52,14 +50,16 @@ fn cut_and_heal_a_datacenter_from_another_process() {
     let (ok, out) = spoolhouse(&["dc", "cut", "dc2", "--state", &state]);
     assert!(ok, "{out}");
     assert!(out.starts_with("dc2 cut"), "{out}");
-    wait_for("dc2 to be skipped", || dcs_answering(&cluster) == "dc1\n");
+    wait_for("dc2 to be skipped", LIMIT, || {
+        dcs_answering(&cluster) == "dc1\n"
+    });
     let (ok, out) = spoolhouse(&["dc", "status", "--state", &state]);
     assert!(ok, "{out}");
     assert_eq!(out, "dc1\tlinked\ndc2\tcut\n");
 
     let (ok, out) = spoolhouse(&["dc", "heal", "dc2", "--state", &state]);
     assert!(ok, "{out}");
-    wait_for("dc2 to answer again", || {
+    wait_for("dc2 to answer again", LIMIT, || {
         dcs_answering(&cluster) == "dc1\ndc2\n"
     });
 

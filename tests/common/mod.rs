@@ -1,5 +1,8 @@
 //! Helpers the root crate's process tests share.
 
+// Each test binary uses a different subset of these.
+#![allow(dead_code)]
+
 use std::io::Read;
 use std::time::Duration;
 
@@ -16,4 +19,42 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test
+/// leaves none behind.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `spoolhouse ARGS`, its output into `log`.
+pub fn spawn(args: &[&str], log: &std::path::Path) -> Proc {
+    use std::process::{Command, Stdio};
+    let log = std::fs::File::create(log).unwrap();
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_spoolhouse"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Polls `ok` every 100 ms until it holds; fails the test after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + limit;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
