@@ -180,6 +180,77 @@ pub fn merge_sql(kind: MetricKind) -> &'static str {
     }
 }
 
+/// SQL merging the `kind` states of the states table `table` (one of
+/// `metric_states_local`, `_dc`, `_all`) over the minutes in
+/// `[from_s, to_s)`, among the rows `filter` (an SQL condition built from
+/// quoted values) selects: one row per series (`metric`) and, with `step_s`,
+/// per step start (`t`, unix seconds), with the merged value (`v`, see
+/// [`merge_sql`]). `FINAL` keeps the latest aggregation round of each
+/// minute; the `date` bounds let ClickHouse skip other months' partitions.
+/// No `FORMAT`: callers join several with `UNION ALL`.
+pub fn merged_states_sql(
+    database: &str,
+    table: &str,
+    kind: MetricKind,
+    filter: &str,
+    from_s: u32,
+    to_s: u32,
+    step_s: Option<u32>,
+) -> String {
+    let (t, group) = match step_s {
+        Some(step) => (
+            format!(", intDiv(toUInt32(minute), {step}) * {step} AS t"),
+            ", t",
+        ),
+        None => (String::new(), ""),
+    };
+    format!(
+        "SELECT metric{t}, {merge} AS v FROM {database}.{table} FINAL \
+         WHERE ({filter}) \
+         AND date >= toDate(toDateTime({from_s})) AND date <= toDate(toDateTime({last_s})) \
+         AND minute >= toDateTime({from_s}) AND minute < toDateTime({to_s}) \
+         GROUP BY metric{group}",
+        merge = merge_sql(kind),
+        last_s = to_s.saturating_sub(1).max(from_s),
+    )
+}
+
+/// An SQL condition on the states table selecting exactly the series of
+/// `rollup`, whatever their dimension values: the name itself for the
+/// roll-up over no dimension (the primary key), otherwise a pattern of the
+/// name grammar in the module doc (`re2`, anchored; a value is any run of
+/// unescaped characters other than `\`, `,`, `=`, `{`, `}` and escaped ones).
+pub fn rollup_filter_sql(rollup: &Rollup<'_>) -> String {
+    let base = rollup.metric.base_name(rollup.event);
+    if rollup.dims.is_empty() {
+        return format!("metric_hash = cityHash64({})", quote_str(&base));
+    }
+    fn literal(s: &str) -> String {
+        s.chars()
+            .flat_map(|c| {
+                let escape = !(c.is_ascii_alphanumeric() || c == '_');
+                escape.then_some('\\').into_iter().chain([c])
+            })
+            .collect()
+    }
+    let value = r"(?:[^\\,={}]|\\.)*";
+    let mut re = format!("^{}\\{{", literal(&base));
+    for (i, d) in rollup.dims.iter().enumerate() {
+        if i > 0 {
+            re.push(',');
+        }
+        re.push_str(&literal(d));
+        re.push('=');
+        re.push_str(value);
+    }
+    re.push_str("\\}$");
+    format!(
+        "event = {} AND match(metric, {})",
+        quote_str(rollup.event),
+        quote_str(&re)
+    )
+}
+
 /// SQL of an attribute's value (column text; empty when absent).
 fn attr(name: &str) -> String {
     format!("attr_values[indexOf(attr_names, {})]", quote_str(name))
@@ -490,6 +561,43 @@ mod tests {
         assert_eq!(
             e("vote.count(){vote=yes"),
             "a `{` opens dimensions that no `}` closes at the end"
+        );
+    }
+
+    #[test]
+    fn rollup_filters_name_one_rollup() {
+        let r = reg();
+        let m = &r.event["registration"].metric[0];
+        let ups = rollups("registration", m);
+        assert_eq!(
+            rollup_filter_sql(&ups[0]),
+            "metric_hash = cityHash64('registration.count()')"
+        );
+        // The pattern, then the same as an SQL literal (each `\` doubled).
+        let re =
+            r"^registration\.count\(\)\{gender=(?:[^\\,={}]|\\.)*,country_id=(?:[^\\,={}]|\\.)*\}$";
+        assert_eq!(
+            rollup_filter_sql(&ups[3]),
+            format!(
+                "event = 'registration' AND match(metric, '{}')",
+                re.replace('\\', "\\\\")
+            )
+        );
+        let sql = merged_states_sql(
+            "db",
+            table::STATES_ALL,
+            MetricKind::Uniq,
+            "metric_hash = 1",
+            120,
+            180,
+            Some(60),
+        );
+        assert_eq!(
+            sql,
+            "SELECT metric, intDiv(toUInt32(minute), 60) * 60 AS t, toFloat64(uniqMerge(uniq_state)) AS v \
+             FROM db.metric_states_all FINAL WHERE (metric_hash = 1) \
+             AND date >= toDate(toDateTime(120)) AND date <= toDate(toDateTime(179)) \
+             AND minute >= toDateTime(120) AND minute < toDateTime(180) GROUP BY metric, t"
         );
     }
 

@@ -264,6 +264,42 @@ pub struct QueryConfig {
     /// (default 5 000 ms): a slow or cut datacenter is bounded by it.
     #[serde(default = "default_query_timeout_ms")]
     pub timeout_ms: u64,
+    /// Limits of analysts' read-only SQL (`POST /v1/sql`).
+    #[serde(default)]
+    pub sql: SqlLimits,
+}
+
+/// Limits ClickHouse enforces on one analyst statement (`POST /v1/sql`),
+/// passed as its settings of the same names, each with
+/// `*_overflow_mode = throw` so a statement over a limit fails with
+/// ClickHouse's reason instead of returning a silently cut answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlLimits {
+    /// Most rows in an answer (default 10 000): enough to read, small
+    /// enough to hold in the service's memory as JSON.
+    pub max_result_rows: u64,
+    /// Most bytes of an answer, uncompressed in ClickHouse's blocks
+    /// (default 16 MiB).
+    pub max_result_bytes: u64,
+    /// Longest a statement may run (default 10 s); the service waits this
+    /// plus `timeout_ms` for ClickHouse's answer.
+    pub max_execution_time_s: u64,
+    /// Most rows a statement may read from tables (default 100 000 000,
+    /// about a second of scanning): bounds the load one analyst can put on
+    /// the cluster.
+    pub max_rows_to_read: u64,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self {
+            max_result_rows: 10_000,
+            max_result_bytes: 16 << 20,
+            max_execution_time_s: 10,
+            max_rows_to_read: 100_000_000,
+        }
+    }
 }
 
 /// A threshold rule of `GET /v1/anomalies` (ADR 0004): a series, or every
@@ -540,6 +576,7 @@ impl QueryConfig {
             redis: dc.redis.clone(),
             rule: Vec::new(),
             timeout_ms: default_query_timeout_ms(),
+            sql: SqlLimits::default(),
         }
     }
 }
@@ -582,6 +619,27 @@ impl crate::check::Declaration for QueryConfig {
                 "must not exceed `above`: the rule would fire on every figure",
             );
         }
+        let sql = root.key("sql");
+        c.require(
+            (1..=10_000_000).contains(&self.sql.max_result_rows),
+            &sql.key("max_result_rows"),
+            "must be from 1 to 10000000",
+        );
+        c.require(
+            (1..=1 << 30).contains(&self.sql.max_result_bytes),
+            &sql.key("max_result_bytes"),
+            "must be from 1 to 1073741824 (1 GiB): the answer is held in memory",
+        );
+        c.require(
+            (1..=3_600).contains(&self.sql.max_execution_time_s),
+            &sql.key("max_execution_time_s"),
+            "must be from 1 to 3600",
+        );
+        c.require(
+            self.sql.max_rows_to_read >= 1,
+            &sql.key("max_rows_to_read"),
+            "must be at least 1",
+        );
     }
 }
 

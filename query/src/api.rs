@@ -5,7 +5,13 @@
 //! - `GET /v1/progress/{user_id}/{video_id}`
 //! - `GET /v1/progress/{user_id}?videos=ID,ID,…` (at most [`MAX_BATCH_VIDEOS`])
 //! - `GET /v1/series?metric=NAME&from=SECS&to=SECS&step=minute|5min|hour|day&scope=global|dc`
+//! - `GET /v1/report?event=NAME&metric=KIND(FIELD)&group_by=DIM,DIM&from=SECS&to=SECS&scope=global|dc`
+//! - `POST /v1/sql` (body: one SELECT statement, at most [`MAX_BODY_BYTES`])
 //! - `GET /metrics`, `GET /healthz`
+//!
+//! [`ROUTES`] lists them once; the router accepts only what it lists, the
+//! metrics label requests by its entries, and `docs/openapi.yaml`
+//! documents the same set.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,12 +38,59 @@ use crate::progress::{key_value, ProgressService};
 pub const MAX_BATCH_VIDEOS: usize = 100;
 /// Most requests served at once; more get 503 at once instead of queueing.
 pub const MAX_IN_FLIGHT: usize = 256;
+/// Largest request body read (64 KiB, the longest SQL statement
+/// accepted); a longer body gets 413 without being read further.
+pub const MAX_BODY_BYTES: usize = crate::sql::MAX_STATEMENT_BYTES;
+
+/// Every route: method and path template (`{name}` matches one non-empty
+/// segment). Adding an endpoint is one entry here, its arm in the router,
+/// and its path in `docs/openapi.yaml`.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/progress/{user_id}/{video_id}"),
+    ("GET", "/v1/progress/{user_id}"),
+    ("GET", "/v1/series"),
+    ("GET", "/v1/report"),
+    ("POST", "/v1/sql"),
+    ("GET", "/metrics"),
+    ("GET", "/healthz"),
+];
+
+fn template_matches(template: &str, path: &str) -> bool {
+    let (t, p) = (template.trim_matches('/'), path.trim_matches('/'));
+    t.split('/').count() == p.split('/').count()
+        && t.split('/')
+            .zip(p.split('/'))
+            .all(|(t, p)| (t.starts_with('{') && t.ends_with('}') && !p.is_empty()) || t == p)
+}
+
+/// The path template of [`ROUTES`] that answers `method` on `path`; 404 if
+/// no template matches the path, 405 if none of those takes `method`.
+pub fn find_route(method: &str, path: &str) -> Result<&'static str> {
+    let on_path: Vec<&(&str, &str)> = ROUTES
+        .iter()
+        .filter(|(_, t)| template_matches(t, path))
+        .collect();
+    match on_path.iter().find(|(m, _)| *m == method) {
+        Some((_, t)) => Ok(t),
+        None if on_path.is_empty() => Err(Error::NoRoute(format!("{method} {path}"))),
+        None => Err(Error::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.to_string(),
+            allowed: on_path
+                .iter()
+                .map(|(m, _)| *m)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
 
 type Labels = Vec<(String, String)>;
 
 /// The query service's metrics, named `spoolhouse_query_*`.
 pub struct Metrics {
     requests: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
     seconds: Family<Labels, Histogram>,
     sources: Family<Labels, Counter<u64, AtomicU64>>,
 }
@@ -46,6 +99,7 @@ impl Metrics {
     fn register(r: &mut prometheus_client::registry::Registry) -> Self {
         let m = Self {
             requests: Family::default(),
+            errors: Family::default(),
             // 0.1 ms … ~3 s: a Redis hit takes well under a millisecond, a
             // global ClickHouse read up to the request timeout.
             seconds: Family::new_with_constructor(|| {
@@ -58,6 +112,11 @@ impl Metrics {
             "requests",
             "Requests by endpoint and status",
             m.requests.clone(),
+        );
+        r.register(
+            "errors",
+            "Failed requests by endpoint and error kind",
+            m.errors.clone(),
         );
         r.register(
             "request_seconds",
@@ -76,6 +135,8 @@ impl Metrics {
 /// Everything a request needs.
 pub struct QueryService {
     registry: Registry,
+    sql_limits: dc_config::services::SqlLimits,
+    timeout: std::time::Duration,
     progress: Option<ProgressService>,
     ch: Arc<ClickHouse>,
     metrics: Metrics,
@@ -95,6 +156,8 @@ impl QueryService {
         let metrics = Metrics::register(&mut prom);
         Self {
             registry,
+            sql_limits: config.sql.clone(),
+            timeout,
             progress,
             ch,
             metrics,
@@ -149,14 +212,11 @@ impl QueryService {
 
     async fn route(
         &self,
-        method: &Method,
         path: &str,
         query: &str,
+        body: &[u8],
     ) -> Result<(u16, String, &'static str)> {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        if method != Method::GET {
-            return Err(Error::NoRoute(format!("{method} {path}")));
-        }
         match parts.as_slice() {
             ["metrics"] => {
                 let mut text = String::new();
@@ -189,6 +249,20 @@ impl QueryService {
             ["v1", "series"] => {
                 let req = crate::series::SeriesRequest::parse(&self.registry, query)?;
                 let v = crate::series::read(&self.ch, &req).await?;
+                Ok((200, v.to_string(), "application/json"))
+            }
+            ["v1", "report"] => {
+                let req = crate::report::ReportRequest::parse(&self.registry, query)?;
+                let v = crate::report::read(&self.registry, &self.ch, &req).await?;
+                Ok((200, v.to_string(), "application/json"))
+            }
+            ["v1", "sql"] => {
+                let text = std::str::from_utf8(body).map_err(|_| {
+                    Error::SqlRefused("the body must be UTF-8 text: one SELECT statement".into())
+                })?;
+                let statement = crate::sql::check(text)?;
+                let v =
+                    crate::sql::run(&self.ch, &self.sql_limits, self.timeout, &statement).await?;
                 Ok((200, v.to_string(), "application/json"))
             }
             ["v1", "progress", user, video] => {
@@ -230,28 +304,56 @@ impl QueryService {
         }
     }
 
-    /// Answers one request.
-    pub async fn handle(&self, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        let started = Instant::now();
-        let path = req.uri().path().to_string();
-        // Labels only for known endpoints: a path from the client must not
-        // create a metric series per distinct path.
-        let endpoint = match path
-            .trim_matches('/')
-            .split('/')
-            .take(2)
-            .collect::<Vec<_>>()
-            .join("/")
-        {
-            e if ["v1/progress", "v1/series", "metrics", "healthz"].contains(&e.as_str()) => e,
-            _ => "other".to_string(),
+    /// Reads a request body of at most [`MAX_BODY_BYTES`].
+    async fn body(incoming: hyper::body::Incoming) -> Result<Bytes> {
+        use http_body_util::BodyExt;
+        let too_large = Error::BodyTooLarge {
+            limit_bytes: MAX_BODY_BYTES,
         };
-        let (status, body, ctype) = match self
-            .route(req.method(), &path, req.uri().query().unwrap_or(""))
+        match http_body_util::Limited::new(incoming, MAX_BODY_BYTES)
+            .collect()
             .await
         {
+            Ok(b) => Ok(b.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
+            Err(e) => Err(Error::SqlRefused(format!(
+                "the body could not be read: {e}"
+            ))),
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let (head, incoming) = req.into_parts();
+        let path = head.uri.path().to_string();
+        let route = find_route(head.method.as_str(), &path);
+        // Labels only for the templates of ROUTES: a path from the client
+        // must not create a metric series per distinct path.
+        let endpoint = route.as_deref().unwrap_or("other").to_string();
+        let answer = match route {
+            Ok(_) if head.method == Method::POST => match Self::body(incoming).await {
+                Ok(body) => {
+                    self.route(&path, head.uri.query().unwrap_or(""), &body)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            Ok(_) => self.route(&path, head.uri.query().unwrap_or(""), &[]).await,
+            Err(e) => Err(e),
+        };
+        let (status, body, ctype) = match answer {
             Ok(ok) => ok,
-            Err(e) => (e.status(), e.to_json().to_string(), "application/json"),
+            Err(e) => {
+                self.metrics
+                    .errors
+                    .get_or_create(&vec![
+                        ("endpoint".into(), endpoint.clone()),
+                        ("kind".into(), e.kind().into()),
+                    ])
+                    .inc();
+                (e.status(), e.to_json().to_string(), "application/json")
+            }
         };
         self.metrics
             .requests
@@ -308,7 +410,7 @@ pub async fn serve(
                                 .expect("static response parts are valid"),
                         );
                     };
-                    Ok::<_, Infallible>(service.handle(&req).await)
+                    Ok::<_, Infallible>(service.handle(req).await)
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()

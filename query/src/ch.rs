@@ -19,6 +19,44 @@ pub struct Coverage {
     pub partial: bool,
 }
 
+/// Why one server gave no answer.
+enum Attempt {
+    /// ClickHouse raised an exception for the statement.
+    Exception { code: u32, message: String },
+    /// No answer: connection, timeout, or an unreadable reply.
+    Failed(String),
+}
+
+/// The code of a ClickHouse exception text (`Code: 62, e.displayText() = …`).
+fn exception_code(text: &str) -> Option<u32> {
+    let rest = text.trim_start().strip_prefix("Code: ")?;
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
+}
+
+/// The message of a ClickHouse exception text, without the code and the
+/// `e.what()` suffix 18.16 appends.
+fn exception_message(text: &str) -> String {
+    let t = text.trim();
+    let t = t.split_once("e.displayText() = ").map_or(t, |(_, m)| m);
+    let t = t.strip_prefix("DB::Exception: ").unwrap_or(t);
+    let t = t.rsplit_once(", e.what() = ").map_or(t, |(m, _)| m);
+    t.trim().to_string()
+}
+
+/// Exception codes of a limit a statement went over: 158 rows to read,
+/// 159 time, 160 too slow, 307 bytes, 396 result rows or bytes, 241 memory.
+fn is_limit(code: u32) -> bool {
+    matches!(code, 158 | 159 | 160 | 241 | 307 | 396)
+}
+
+/// Exception codes that say a server or shard could not be reached, not
+/// that the statement is wrong: 209 socket timeout, 210 network error,
+/// 279 all connection tries failed.
+fn is_unavailable(code: u32) -> bool {
+    matches!(code, 209 | 210 | 279)
+}
+
 /// This DC's ClickHouse servers, for reads.
 pub struct ClickHouse {
     servers: Vec<(String, clickhouse::Client)>,
@@ -58,21 +96,87 @@ impl ClickHouse {
     pub async fn fetch(&self, sql: &str, settings: &[(&str, &str)]) -> Result<Vec<u8>> {
         let mut last = String::from("no ClickHouse server configured");
         for (url, client) in &self.servers {
-            let mut q = client.query(sql);
-            for (k, v) in settings {
-                q = q.with_setting(*k, *v);
-            }
-            let run = async {
-                let mut cursor = q.fetch_bytes("TSV")?;
-                cursor.collect().await
-            };
-            match tokio::time::timeout(self.timeout, run).await {
-                Ok(Ok(body)) => return Ok(body.to_vec()),
-                Ok(Err(e)) => last = format!("{url}: {e}"),
-                Err(_) => last = format!("{url}: no answer within {} ms", self.timeout.as_millis()),
+            match self
+                .fetch_one(client, sql, settings, "TSV", self.timeout)
+                .await
+            {
+                Ok(body) => return Ok(body),
+                Err(Attempt::Exception { code, message }) => {
+                    last = format!("{url}: code {code}: {message}")
+                }
+                Err(Attempt::Failed(e)) => last = format!("{url}: {e}"),
             }
         }
         Err(Error::ClickHouse(last))
+    }
+
+    /// Runs a statement whose text the caller does not control (an
+    /// analyst's SELECT) on the first server that answers, in `format`
+    /// unless the statement names one, within `timeout`. An exception
+    /// ClickHouse raises for the statement is the caller's to fix and ends
+    /// the attempt: [`Error::SqlLimit`] for a limit, [`Error::SqlFailed`]
+    /// otherwise; only an unreachable server moves on to the next.
+    pub async fn fetch_statement(
+        &self,
+        sql: &str,
+        settings: &[(&str, &str)],
+        format: &str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let mut last = String::from("no ClickHouse server configured");
+        for (url, client) in &self.servers {
+            match self.fetch_one(client, sql, settings, format, timeout).await {
+                Ok(body) => return Ok(body),
+                Err(Attempt::Exception { code, message }) if !is_unavailable(code) => {
+                    return Err(if is_limit(code) {
+                        Error::SqlLimit { code, message }
+                    } else {
+                        Error::SqlFailed { code, message }
+                    })
+                }
+                Err(Attempt::Exception { code, message }) => {
+                    last = format!("{url}: code {code}: {message}")
+                }
+                Err(Attempt::Failed(e)) => last = format!("{url}: {e}"),
+            }
+        }
+        Err(Error::ClickHouse(last))
+    }
+
+    /// One server's answer. The text goes as it is (`query_raw`): the
+    /// client's `?` bind placeholders would otherwise rewrite `??` and
+    /// refuse a lone `?` inside quoted values.
+    async fn fetch_one(
+        &self,
+        client: &clickhouse::Client,
+        sql: &str,
+        settings: &[(&str, &str)],
+        format: &str,
+        timeout: Duration,
+    ) -> std::result::Result<Vec<u8>, Attempt> {
+        let mut q = client.query_raw(sql);
+        for (k, v) in settings {
+            q = q.with_setting(*k, *v);
+        }
+        let run = async {
+            let mut cursor = q.fetch_bytes(format)?;
+            cursor.collect().await
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(body)) => Ok(body.to_vec()),
+            Ok(Err(clickhouse::error::Error::BadResponse(text))) => match exception_code(&text) {
+                Some(code) => Err(Attempt::Exception {
+                    code,
+                    message: exception_message(&text),
+                }),
+                None => Err(Attempt::Failed(text)),
+            },
+            Ok(Err(e)) => Err(Attempt::Failed(e.to_string())),
+            Err(_) => Err(Attempt::Failed(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            ))),
+        }
     }
 
     /// A global read: `sql` with unavailable shards skipped, then the

@@ -18,6 +18,44 @@ pub enum Error {
     /// No route: 404.
     #[error("no such endpoint: {0}; see docs/api.md")]
     NoRoute(String),
+    /// The path exists, the method does not: 405.
+    #[error("{method} is not allowed on {path}; use {allowed}")]
+    MethodNotAllowed {
+        /// The method asked for.
+        method: String,
+        /// The path.
+        path: String,
+        /// The methods the path answers.
+        allowed: String,
+    },
+    /// A request body over the limit: 413.
+    #[error("request body over {limit_bytes} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// An analyst statement the service refuses before running it (not a
+    /// single SELECT, or a clause the service sets itself): 400.
+    #[error("sql: {0}")]
+    SqlRefused(String),
+    /// ClickHouse refused or failed an analyst statement (syntax, unknown
+    /// table, read-only): 400; the caller can fix the statement.
+    #[error("ClickHouse refused the statement (code {code}): {message}")]
+    SqlFailed {
+        /// ClickHouse's error code.
+        code: u32,
+        /// ClickHouse's message.
+        message: String,
+    },
+    /// An analyst statement went over a limit (rows or bytes read or
+    /// returned, time): 413; narrow it (WHERE, LIMIT, fewer columns).
+    #[error("over a limit (ClickHouse code {code}): {message}")]
+    SqlLimit {
+        /// ClickHouse's error code.
+        code: u32,
+        /// ClickHouse's message, which names the limit.
+        message: String,
+    },
     /// ClickHouse failed: 503.
     #[error("ClickHouse: {0}")]
     ClickHouse(String),
@@ -32,6 +70,9 @@ impl Error {
         match self {
             Error::BadParameter { .. } => 400,
             Error::NotFound(_) | Error::NoRoute(_) => 404,
+            Error::MethodNotAllowed { .. } => 405,
+            Error::BodyTooLarge { .. } | Error::SqlLimit { .. } => 413,
+            Error::SqlRefused(_) | Error::SqlFailed { .. } => 400,
             Error::ClickHouse(_) | Error::State(_) => 503,
         }
     }
@@ -42,6 +83,11 @@ impl Error {
             Error::BadParameter { .. } => "bad_parameter",
             Error::NotFound(_) => "not_found",
             Error::NoRoute(_) => "no_route",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
+            Error::BodyTooLarge { .. } => "body_too_large",
+            Error::SqlRefused(_) => "sql_refused",
+            Error::SqlFailed { .. } => "sql_failed",
+            Error::SqlLimit { .. } => "sql_limit",
             Error::ClickHouse(_) => "clickhouse",
             Error::State(_) => "redis",
         }
@@ -52,6 +98,9 @@ impl Error {
         match self {
             Error::BadParameter { parameter, rule } => {
                 serde_json::json!({"error": self.to_string(), "parameter": parameter, "allowed": rule})
+            }
+            Error::SqlFailed { code, .. } | Error::SqlLimit { code, .. } => {
+                serde_json::json!({"error": self.to_string(), "clickhouse_code": code})
             }
             _ => serde_json::json!({"error": self.to_string()}),
         }

@@ -12,14 +12,26 @@
 //! Series (`GET /v1/series`) merge aggregate states per step, globally or
 //! per DC ([`series`]).
 //!
-//! Not yet built (see the "Query service" issue): reports, drop and anomaly
-//! detection, read-only SQL.
+//! Reports (`GET /v1/report`, [`report`]) merge an event's metrics over a
+//! range, grouped by some of their dimensions (the matching roll-ups).
+//!
+//! Analysts' read-only SQL (`POST /v1/sql`, [`sql`]): one checked SELECT,
+//! run as the read-only user within the limits of
+//! [`dc_config::services::SqlLimits`].
+//!
+//! Every route is listed once, in [`api::ROUTES`]; `docs/openapi.yaml`
+//! documents the same set (a test holds them equal).
+//!
+//! Not yet built (see the "Query service" issue): drop and anomaly
+//! detection.
 
 pub mod api;
 pub mod ch;
 pub mod error;
 pub mod progress;
+pub mod report;
 pub mod series;
+pub mod sql;
 pub mod stats;
 
 pub use api::{serve, QueryService};

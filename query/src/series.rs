@@ -6,7 +6,7 @@
 
 use dc_config::registry::{MetricKind, Registry};
 use dc_config::render::ddl::table;
-use dc_config::series::{merge_sql, parse_name};
+use dc_config::series::{merged_states_sql, parse_name};
 use dc_config::sql::quote_str;
 
 use crate::ch::{ClickHouse, Coverage};
@@ -71,7 +71,53 @@ pub enum Scope {
     Dc,
 }
 
-fn bad(parameter: &str, rule: &str) -> Error {
+impl Scope {
+    /// Parses the `scope` parameter.
+    pub(crate) fn parse(s: &str) -> Result<Self> {
+        match s {
+            "global" => Ok(Scope::Global),
+            "dc" => Ok(Scope::Dc),
+            _ => Err(bad("scope", "global or dc")),
+        }
+    }
+
+    /// The name in requests and answers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Global => "global",
+            Scope::Dc => "dc",
+        }
+    }
+
+    /// The aggregate-state table this scope reads.
+    pub fn states_table(self) -> &'static str {
+        match self {
+            Scope::Global => table::STATES_ALL,
+            Scope::Dc => table::STATES_DC,
+        }
+    }
+}
+
+/// Runs `sql` over `scope`: a global read reports its coverage; a DC read
+/// covers this DC only, so nothing is missing.
+pub(crate) async fn fetch_scoped(
+    ch: &ClickHouse,
+    scope: Scope,
+    sql: &str,
+) -> Result<(Vec<u8>, Coverage)> {
+    match scope {
+        Scope::Global => ch.fetch_global(sql).await,
+        Scope::Dc => Ok((ch.fetch(sql, &[]).await?, Coverage::default())),
+    }
+}
+
+/// Parses unix seconds for `parameter`.
+pub(crate) fn unix_seconds(parameter: &str, v: &str) -> Result<u32> {
+    v.parse::<u32>()
+        .map_err(|_| bad(parameter, "unix seconds (0 to 4294967295)"))
+}
+
+pub(crate) fn bad(parameter: &str, rule: &str) -> Error {
     Error::BadParameter {
         parameter: parameter.to_string(),
         rule: rule.to_string(),
@@ -107,26 +153,10 @@ impl SeriesRequest {
                         parse_name(registry, &v).map_err(|e| bad("metric", &e.to_string()))?;
                     series.push((v.to_string(), parsed.rollup.metric.kind));
                 }
-                "from" => {
-                    from = Some(
-                        v.parse::<u32>()
-                            .map_err(|_| bad("from", "unix seconds (0 to 4294967295)"))?,
-                    )
-                }
-                "to" => {
-                    to = Some(
-                        v.parse::<u32>()
-                            .map_err(|_| bad("to", "unix seconds (0 to 4294967295)"))?,
-                    )
-                }
+                "from" => from = Some(unix_seconds("from", &v)?),
+                "to" => to = Some(unix_seconds("to", &v)?),
                 "step" => step = Step::parse(&v)?,
-                "scope" => {
-                    scope = match v.as_ref() {
-                        "global" => Scope::Global,
-                        "dc" => Scope::Dc,
-                        _ => return Err(bad("scope", "global or dc")),
-                    }
-                }
+                "scope" => scope = Scope::parse(&v)?,
                 other => {
                     return Err(bad(
                         other,
@@ -161,10 +191,7 @@ impl SeriesRequest {
 
     /// The SQL: per metric kind, merged states per step.
     pub fn sql(&self, database: &str) -> String {
-        let table_name = match self.scope {
-            Scope::Global => table::STATES_ALL,
-            Scope::Dc => table::STATES_DC,
-        };
+        let table_name = self.scope.states_table();
         let step = self.step.seconds();
         let mut selects = Vec::new();
         for kind in [
@@ -183,15 +210,14 @@ impl SeriesRequest {
             if names.is_empty() {
                 continue;
             }
-            selects.push(format!(
-                "SELECT metric, intDiv(toUInt32(minute), {step}) * {step} AS t, {} AS v \
-                 FROM {database}.{table_name} FINAL \
-                 WHERE metric_hash IN ({}) AND minute >= toDateTime({}) AND minute < toDateTime({}) \
-                 GROUP BY metric, t",
-                merge_sql(kind),
-                names.join(", "),
+            selects.push(merged_states_sql(
+                database,
+                table_name,
+                kind,
+                &format!("metric_hash IN ({})", names.join(", ")),
                 self.from,
-                self.to
+                self.to,
+                Some(step),
             ));
         }
         format!("{} FORMAT TSV", selects.join(" UNION ALL "))
@@ -199,7 +225,7 @@ impl SeriesRequest {
 }
 
 /// Undoes TSV escaping of a field.
-fn tsv_unescape(s: &str) -> String {
+pub(crate) fn tsv_unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -221,10 +247,7 @@ fn tsv_unescape(s: &str) -> String {
 /// Runs `req`; the JSON answer.
 pub async fn read(ch: &ClickHouse, req: &SeriesRequest) -> Result<serde_json::Value> {
     let sql = req.sql(ch.database());
-    let (body, coverage) = match req.scope {
-        Scope::Global => ch.fetch_global(&sql).await?,
-        Scope::Dc => (ch.fetch(&sql, &[]).await?, Coverage::default()),
-    };
+    let (body, coverage) = fetch_scoped(ch, req.scope, &sql).await?;
     let text = String::from_utf8_lossy(&body);
     let mut points: std::collections::BTreeMap<String, Vec<(u32, f64)>> = req
         .series
@@ -256,7 +279,7 @@ pub async fn read(ch: &ClickHouse, req: &SeriesRequest) -> Result<serde_json::Va
         "from": req.from,
         "to": req.to,
         "step": req.step.name(),
-        "scope": match req.scope { Scope::Global => "global", Scope::Dc => "dc" },
+        "scope": req.scope.name(),
         "partial": coverage.partial,
         "missing": coverage.missing,
         "series": series,

@@ -1,0 +1,198 @@
+//! What the detection tests share: two real DCs from the example topology
+//! (dc1 with two shards, dc2 with one), events loaded straight into
+//! `events_local` at chosen times, chosen minutes aggregated into states,
+//! and a query service over them. Everything stops on drop, even on panic.
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+pub mod openapi;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dc_config::event::{ValidEvent, Value};
+use dc_config::local::{LaunchOptions, LocalCluster};
+use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
+use dc_config::services::QueryConfig;
+
+/// A vote at `time_s` (plus `n` ms, so times stay distinct) by user `user`.
+pub fn vote(time_s: u32, n: u64, user: u64, yes: bool, country: u64) -> ValidEvent {
+    ValidEvent {
+        event: "vote".into(),
+        time_ms: u64::from(time_s) * 1000 + n % 60_000,
+        attrs: vec![
+            ("user_id".into(), Value::UInt(user)),
+            ("target_user_id".into(), Value::UInt(1)),
+            (
+                "vote".into(),
+                Value::Str(if yes { "yes" } else { "no" }.into()),
+            ),
+            ("country_id".into(), Value::UInt(country)),
+        ],
+    }
+}
+
+/// A registration at `time_s` (plus `n` ms) of user `user`.
+pub fn registration(time_s: u32, n: u64, user: u64, gender: &str, country: u64) -> ValidEvent {
+    ValidEvent {
+        event: "registration".into(),
+        time_ms: u64::from(time_s) * 1000 + n % 60_000,
+        attrs: vec![
+            ("user_id".into(), Value::UInt(user)),
+            ("gender".into(), Value::Str(gender.into())),
+            ("country_id".into(), Value::UInt(country)),
+        ],
+    }
+}
+
+/// Two DCs and a query service of dc1.
+pub struct Harness {
+    /// The servers.
+    pub cluster: LocalCluster,
+    /// Base URL of the query service.
+    pub base: String,
+    rt: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Harness {
+    /// Starts the DCs and dc1's query service, its config changed by `edit`.
+    pub fn start(edit: impl FnOnce(&mut QueryConfig)) -> Self {
+        let cluster =
+            LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default())
+                .unwrap();
+        let t = cluster.topology().clone();
+        let mut config = QueryConfig::for_dc(&t, t.dc("dc1").unwrap());
+        edit(&mut config);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let service = Arc::new(query::QueryService::new(
+            &config,
+            cluster.declared().registry.clone(),
+            Duration::from_secs(5),
+        ));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = rt.spawn(query::serve(listener, service, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            cluster,
+            base,
+            rt,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// Inserts `events` of datacenter `dc` into `server`'s `events_local`.
+    pub fn load(&self, server: &str, dc: &str, events: &[ValidEvent]) {
+        let mut body = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            EventRow::new(
+                e,
+                dc,
+                "h",
+                SpoolPosition {
+                    segment: 1,
+                    offset: i as u64,
+                },
+            )
+            .write_row_binary(&mut body);
+        }
+        let ch = self.cluster.clickhouse(server).unwrap();
+        ch.insert(
+            &format!("INSERT INTO spoolhouse.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
+            &body,
+        )
+        .unwrap();
+    }
+
+    /// Aggregates, once for datacenter `dc` (on `server`, reading the whole
+    /// DC), every minute `events` fall in, as its shipper would.
+    pub fn aggregate(&self, server: &str, dc: &str, events: &[ValidEvent]) {
+        let ch = self.cluster.clickhouse(server).unwrap();
+        let reg = &self.cluster.declared().registry;
+        let minutes: BTreeSet<(String, u32)> = events
+            .iter()
+            .map(|e| (e.event.clone(), (e.time_ms / 60_000 * 60) as u32))
+            .collect();
+        for (event, minute) in minutes {
+            for sql in dc_config::series::aggregate_minute_sql(
+                "spoolhouse",
+                dc,
+                &event,
+                &reg.event[&event],
+                minute,
+                1,
+            ) {
+                ch.query(&sql).unwrap();
+            }
+        }
+    }
+
+    /// GETs `path`; the status and the JSON body.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = agent().get(&format!("{}{path}", self.base)).call();
+        answer(resp)
+    }
+
+    /// POSTs `body` to `path`; the status and the JSON body.
+    pub fn post(&self, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let resp = agent().post(&format!("{}{path}", self.base)).send(body);
+        answer(resp)
+    }
+
+    /// Rows of `table` of the `spoolhouse` database, read on dc1's first
+    /// server (a Distributed table reads every shard it spans).
+    pub fn count(&self, table: &str) -> u64 {
+        let ch = self.cluster.clickhouse("dc1-s1-r1").unwrap();
+        ch.query(&format!("SELECT count() FROM spoolhouse.{table}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .new_agent()
+}
+
+fn answer(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, serde_json::Value) {
+    let mut resp = resp.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .unwrap();
+    // Everything but /metrics answers JSON; that text comes as a string.
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, json)
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = self.rt.block_on(server);
+        }
+    }
+}
