@@ -263,7 +263,7 @@ impl QueryService {
                 let statement = crate::sql::check(text)?;
                 let v =
                     crate::sql::run(&self.ch, &self.sql_limits, self.timeout, &statement).await?;
-                Ok((200, v.to_string(), "application/json"))
+                Ok((200, v, "application/json"))
             }
             ["v1", "progress", user, video] => {
                 let v = self.one_progress(user, video).await?;

@@ -236,13 +236,14 @@ pub fn check(sql: &str) -> Result<String> {
     Ok(out)
 }
 
-/// Runs a checked statement within `limits`; ClickHouse's JSON answer.
+/// Runs a checked statement within `limits`; ClickHouse's JSON answer as
+/// ClickHouse wrote it (checked to be JSON), so columns keep their order.
 pub async fn run(
     ch: &ClickHouse,
     limits: &SqlLimits,
     timeout: Duration,
     statement: &str,
-) -> Result<serde_json::Value> {
+) -> Result<String> {
     let (rows, bytes, time, read) = (
         limits.max_result_rows.to_string(),
         limits.max_result_bytes.to_string(),
@@ -266,12 +267,14 @@ pub async fn run(
     let body = ch
         .fetch_statement(statement, &settings, "JSON", wait)
         .await?;
-    serde_json::from_slice(&body).map_err(|e| {
-        Error::ClickHouse(format!(
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(_) => String::from_utf8(body)
+            .map_err(|e| Error::ClickHouse(format!("the answer is not UTF-8: {e}"))),
+        Err(e) => Err(Error::ClickHouse(format!(
             "the answer is not ClickHouse's JSON ({e}): {}",
             String::from_utf8_lossy(&body[..body.len().min(200)])
-        ))
-    })
+        ))),
+    }
 }
 
 #[cfg(test)]
