@@ -21,30 +21,18 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
-/// A child process killed (and reaped) when dropped, so a failing test
-/// leaves none behind.
-pub struct Proc(pub std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs `spoolhouse ARGS`, its output into `log`.
-pub fn spawn(args: &[&str], log: &std::path::Path) -> Proc {
-    use std::process::{Command, Stdio};
-    let log = std::fs::File::create(log).unwrap();
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_spoolhouse"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+/// Runs `spoolhouse ARGS` as a child process, its output into `log`: the
+/// launcher's own process type, so it dies with the test (and on drop) and
+/// can be stopped with SIGTERM and started again.
+pub fn spawn(args: &[&str], log: &std::path::Path) -> dc_config::local::process::Proc {
+    use dc_config::local::process::{Proc, Spec};
+    let spec = Spec {
+        program: env!("CARGO_BIN_EXE_spoolhouse").into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        cwd: log.parent().unwrap().to_path_buf(),
+        log: log.to_path_buf(),
+    };
+    Proc::spawn(args.join(" "), spec).unwrap()
 }
 
 /// Polls `ok` every 100 ms until it holds; fails the test after `limit`.
@@ -57,4 +45,214 @@ pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Bound of every wait in the process tests.
+pub const LIMIT: Duration = Duration::from_secs(60);
+/// Events per batch and pause between batches of each DC's sender:
+/// ≈ 1 000 events/s per DC.
+const BATCH: u64 = 50;
+const PAUSE: Duration = Duration::from_millis(50);
+/// No sender runs longer than this, whatever the test does.
+const LOAD_MAX: Duration = Duration::from_secs(300);
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Writes `dc`'s collector, shipper and query configs into `dir`, starts
+/// the three services (in that order) and waits until they serve.
+pub fn start_dc(
+    cluster: &dc_config::local::LocalCluster,
+    dc_name: &str,
+    dir: &std::path::Path,
+) -> Vec<dc_config::local::process::Proc> {
+    use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
+    let t = cluster.topology();
+    let dc = t.dc(dc_name).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("events.toml"), dc_config::examples::REGISTRY).unwrap();
+    let mut shipper = ShipperConfig::for_dc(t, dc);
+    shipper.limits.batch_age_ms = 200;
+    shipper.limits.aggregation_grace_ms = 500;
+    let mut query = QueryConfig::for_dc(t, dc);
+    query.timeout_ms = 3_000;
+    let configs = [
+        (
+            "collector",
+            toml::to_string(&CollectorConfig::for_dc(dc)).unwrap(),
+        ),
+        ("shipper", toml::to_string(&shipper).unwrap()),
+        ("query", toml::to_string(&query).unwrap()),
+    ];
+    let mut procs = Vec::new();
+    for (service, text) in configs {
+        let path = dir.join(format!("{service}.toml"));
+        std::fs::write(&path, text).unwrap();
+        procs.push(spawn(
+            &[service, "--config", path.to_str().unwrap()],
+            &dir.join(format!("{service}.log")),
+        ));
+    }
+    wait_serving(cluster, dc_name);
+    procs
+}
+
+/// Waits until `dc_name`'s collector socket exists and its shipper and
+/// query service answer `/healthz` with 200.
+pub fn wait_serving(cluster: &dc_config::local::LocalCluster, dc_name: &str) {
+    let dc = cluster.topology().dc(dc_name).unwrap();
+    let socket = dc.collector.socket.clone();
+    wait_for(&format!("{dc_name}'s collector"), LIMIT, || socket.exists());
+    for (what, addr) in [
+        ("shipper", dc.shipper.admin),
+        ("query service", dc.query.listen),
+    ] {
+        wait_for(&format!("{dc_name}'s {what}"), LIMIT, || {
+            std::net::TcpStream::connect(addr).is_ok()
+                && http_get(addr, "/healthz").starts_with("HTTP/1.1 200")
+        });
+    }
+}
+
+/// Status and JSON body of a GET.
+pub fn get_json(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let text = http_get(addr, path);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// `count()` and distinct spool positions of `server`'s DC.
+pub fn count(cluster: &dc_config::local::LocalCluster, server: &str) -> (u64, u64) {
+    let r = cluster
+        .clickhouse(server)
+        .unwrap()
+        .query("SELECT count(), uniqExact(dc, host, spool_segment, spool_offset) FROM spoolhouse.events_dc FORMAT TSV")
+        .unwrap();
+    let mut it = r.trim().split('\t').map(|x| x.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+/// Votes sent to each DC's collector socket from a thread per DC, until
+/// [`Load::stop`]: acknowledged counts and per-batch ack latencies.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: Vec<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    latencies: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, Duration)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts one sender per socket; DC `i`'s users are `(i + 1) * 10^9 + n`.
+    pub fn start(sockets: Vec<std::path::PathBuf>) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let mut acked = Vec::new();
+        let mut threads = Vec::new();
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let a = Arc::new(AtomicU64::new(0));
+            acked.push(a.clone());
+            let (stop, lat) = (stop.clone(), latencies.clone());
+            threads.push(std::thread::spawn(move || {
+                send_votes(socket, i as u64 + 1, stop, a, lat)
+            }));
+        }
+        Self {
+            stop,
+            acked,
+            latencies,
+            threads,
+        }
+    }
+
+    /// Events DC `i`'s collector acknowledged so far.
+    pub fn acked(&self, i: usize) -> u64 {
+        self.acked[i].load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Ack latencies of batches sent at or after `since`, sorted.
+    pub fn latencies_since(&self, since: std::time::Instant) -> Vec<Duration> {
+        let mut v: Vec<Duration> = self
+            .latencies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, d)| *d)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Stops the senders and waits for their last batches.
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn send_votes(
+    socket: std::path::PathBuf,
+    dc: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    latencies: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, Duration)>>>,
+) {
+    use collector::client::{Client, ClientConfig, Endpoint, LineOutcome};
+    use std::sync::atomic::Ordering;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut client = Client::connect(Endpoint::Unix(socket), ClientConfig::default())
+            .await
+            .unwrap();
+        let mut seq = 0u64;
+        let started = std::time::Instant::now();
+        while !stop.load(Ordering::SeqCst) && started.elapsed() < LOAD_MAX {
+            let lines: Vec<String> = (0..BATCH)
+                .map(|i| {
+                    let user = dc * 1_000_000_000 + seq + i;
+                    format!(
+                        "{{\"event\":\"vote\",\"time\":{},\"attrs\":{{\"user_id\":{user},\"target_user_id\":1,\"vote\":\"yes\",\"country_id\":{dc}}}}}",
+                        now_ms(),
+                    )
+                })
+                .collect();
+            seq += BATCH;
+            let sent = std::time::Instant::now();
+            let outcomes = client.send_batch(&lines).await.unwrap();
+            latencies.lock().unwrap().push((sent, sent.elapsed()));
+            let ok = outcomes
+                .iter()
+                .filter(|o| matches!(o, LineOutcome::Acked))
+                .count();
+            assert_eq!(ok, lines.len(), "{outcomes:?}");
+            acked.fetch_add(ok as u64, Ordering::SeqCst);
+            tokio::time::sleep(PAUSE).await;
+        }
+    });
 }
