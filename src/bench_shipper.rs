@@ -101,7 +101,8 @@ fn tsv_row(out: &mut String, r: &EventRow) {
     let _ = writeln!(out, "\t{}\t{}", r.spool_segment, r.spool_offset);
 }
 
-fn one_shard_dc() -> Declared {
+/// The example topology's dc2 alone: one shard x one replica.
+pub(crate) fn one_shard_dc() -> Declared {
     let mut d = dc_config::examples::declared();
     d.topology.datacenter.retain(|dc| dc.name == "dc2");
     d

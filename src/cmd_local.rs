@@ -146,15 +146,22 @@ fn sample_lines(n: usize, seed: u64, now_ms: u64, minutes: u64) -> Vec<String> {
 }
 
 /// One datacenter's Spoolhouse services, run as child processes of the demo
-/// (they die with it, like the servers).
-struct Services {
-    _procs: Vec<dc_config::local::process::Proc>,
-    socket: PathBuf,
-    query: std::net::SocketAddr,
+/// or a benchmark (they die with it, like the servers).
+pub(crate) struct Services {
+    /// Collector, shipper and query service, in that order.
+    pub(crate) procs: Vec<dc_config::local::process::Proc>,
+    pub(crate) socket: PathBuf,
+    pub(crate) query: std::net::SocketAddr,
     shipper_state: PathBuf,
 }
 
-fn start_services(cluster: &LocalCluster, dc_name: &str) -> anyhow::Result<Services> {
+/// Starts `dc_name`'s collector, shipper (with `shipper_limits`) and query
+/// service as child processes, from configs rendered for the cluster.
+pub(crate) fn start_services(
+    cluster: &LocalCluster,
+    dc_name: &str,
+    shipper_limits: dc_config::services::ShipperLimits,
+) -> anyhow::Result<Services> {
     use dc_config::local::process::{Proc, Spec};
     use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
     let t = cluster.topology();
@@ -163,9 +170,7 @@ fn start_services(cluster: &LocalCluster, dc_name: &str) -> anyhow::Result<Servi
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("events.toml"), &cluster.declared().registry_text)?;
     let mut shipper = ShipperConfig::for_dc(t, dc);
-    // Short waits: the demo's minutes are in the past, and it wants them aggregated now.
-    shipper.limits.batch_age_ms = 200;
-    shipper.limits.aggregation_grace_ms = 500;
+    shipper.limits = shipper_limits;
     let configs = [
         ("collector", toml::to_string(&CollectorConfig::for_dc(dc))?),
         ("shipper", toml::to_string(&shipper)?),
@@ -188,11 +193,27 @@ fn start_services(cluster: &LocalCluster, dc_name: &str) -> anyhow::Result<Servi
         );
     }
     Ok(Services {
-        _procs: procs,
+        procs,
         socket: dc.collector.socket.clone(),
         query: dc.query.listen,
         shipper_state: shipper.state_dir.clone(),
     })
+}
+
+impl Services {
+    /// Waits until the collector's socket exists and the query service is healthy.
+    pub(crate) fn wait_ready(&self, dc_name: &str) -> anyhow::Result<()> {
+        wait_until(
+            &format!("{dc_name}'s collector socket"),
+            Duration::from_secs(30),
+            || self.socket.exists(),
+        )?;
+        wait_until(
+            &format!("{dc_name}'s query service"),
+            Duration::from_secs(30),
+            || query_get(self.query, "/healthz").is_ok_and(|v| v["ok"] == true),
+        )
+    }
 }
 
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
@@ -253,21 +274,18 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .iter()
         .map(|d| d.name.clone())
         .collect();
+    // Short waits: the demo's minutes are in the past, and it wants them aggregated now.
+    let shipper_limits = dc_config::services::ShipperLimits {
+        batch_age_ms: 200,
+        aggregation_grace_ms: 500,
+        ..Default::default()
+    };
     let services: Vec<Services> = names
         .iter()
-        .map(|n| start_services(&cluster, n))
+        .map(|n| start_services(&cluster, n, shipper_limits.clone()))
         .collect::<anyhow::Result<_>>()?;
     for (n, s) in names.iter().zip(&services) {
-        wait_until(
-            &format!("{n}'s collector socket"),
-            Duration::from_secs(30),
-            || s.socket.exists(),
-        )?;
-        wait_until(
-            &format!("{n}'s query service"),
-            Duration::from_secs(30),
-            || query_get(s.query, "/healthz").is_ok_and(|v| v["ok"] == true),
-        )?;
+        s.wait_ready(n)?;
     }
     println!("collector, shipper and query service running in each datacenter");
 

@@ -1,6 +1,7 @@
 //! `spoolhouse`: the one binary, a thin command-line front over the crates.
 
 mod admin;
+mod bench_progress;
 mod bench_series;
 mod bench_shipper;
 mod cmd_bench;
