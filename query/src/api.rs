@@ -5,6 +5,8 @@
 //! - `GET /v1/progress/{user_id}/{video_id}`
 //! - `GET /v1/progress/{user_id}?videos=ID,ID,…` (at most [`MAX_BATCH_VIDEOS`])
 //! - `GET /v1/series?metric=NAME&from=SECS&to=SECS&step=minute|5min|hour|day&scope=global|dc`
+//! - `GET /v1/drops?event=NAME&window=1h&reference=previous|yesterday|last_week`
+//! - `GET /v1/anomalies?event=NAME|metric=NAME&window=6h&step=5min|hour`
 //! - `GET /v1/report?event=NAME&metric=KIND(FIELD)&group_by=DIM,DIM&from=SECS&to=SECS&scope=global|dc`
 //! - `POST /v1/sql` (body: one SELECT statement, at most [`MAX_BODY_BYTES`])
 //! - `GET /metrics`, `GET /healthz`
@@ -50,6 +52,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/progress/{user_id}"),
     ("GET", "/v1/series"),
     ("GET", "/v1/report"),
+    ("GET", "/v1/drops"),
+    ("GET", "/v1/anomalies"),
     ("POST", "/v1/sql"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
@@ -139,6 +143,7 @@ pub struct QueryService {
     timeout: std::time::Duration,
     progress: Option<ProgressService>,
     ch: Arc<ClickHouse>,
+    rules: Vec<dc_config::services::ThresholdRule>,
     metrics: Metrics,
     prom: prometheus_client::registry::Registry,
 }
@@ -160,6 +165,7 @@ impl QueryService {
             timeout,
             progress,
             ch,
+            rules: config.rule.clone(),
             metrics,
             prom,
         }
@@ -251,6 +257,11 @@ impl QueryService {
                 let v = crate::series::read(&self.ch, &req).await?;
                 Ok((200, v.to_string(), "application/json"))
             }
+            ["v1", "drops"] => {
+                let req = crate::drops::DropsRequest::parse(&self.registry, query, now_s())?;
+                let v = crate::drops::detect(&self.ch, &self.registry, &req).await?;
+                Ok((200, v.to_string(), "application/json"))
+            }
             ["v1", "report"] => {
                 let req = crate::report::ReportRequest::parse(&self.registry, query)?;
                 let v = crate::report::read(&self.registry, &self.ch, &req).await?;
@@ -264,6 +275,13 @@ impl QueryService {
                 let v =
                     crate::sql::run(&self.ch, &self.sql_limits, self.timeout, &statement).await?;
                 Ok((200, v, "application/json"))
+            }
+            ["v1", "anomalies"] => {
+                let req =
+                    crate::anomalies::AnomaliesRequest::parse(&self.registry, query, now_s())?;
+                let v =
+                    crate::anomalies::detect(&self.ch, &self.registry, &self.rules, &req).await?;
+                Ok((200, v.to_string(), "application/json"))
             }
             ["v1", "progress", user, video] => {
                 let v = self.one_progress(user, video).await?;
@@ -372,6 +390,15 @@ impl QueryService {
             .body(Full::new(Bytes::from(body)))
             .expect("static response parts are valid")
     }
+}
+
+/// The current time, unix seconds: where a `window` ends when no `to` is given.
+fn now_s() -> u32 {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    u32::try_from(s).unwrap_or(u32::MAX)
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves.

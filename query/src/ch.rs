@@ -19,6 +19,23 @@ pub struct Coverage {
     pub partial: bool,
 }
 
+impl Coverage {
+    /// The coverage of an answer built from two reads: a DC missing from
+    /// either is missing from the answer.
+    pub fn either(a: Coverage, b: Coverage) -> Coverage {
+        let mut missing = a.missing;
+        for dc in b.missing {
+            if !missing.contains(&dc) {
+                missing.push(dc);
+            }
+        }
+        Coverage {
+            missing,
+            partial: a.partial || b.partial,
+        }
+    }
+}
+
 /// Why one server gave no answer.
 enum Attempt {
     /// ClickHouse raised an exception for the statement.

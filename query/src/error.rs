@@ -56,6 +56,9 @@ pub enum Error {
         /// ClickHouse's message, which names the limit.
         message: String,
     },
+    /// An answer would exceed a bound of the service: 400, with what to narrow.
+    #[error("answer too large: {0}")]
+    TooLarge(String),
     /// ClickHouse failed: 503.
     #[error("ClickHouse: {0}")]
     ClickHouse(String),
@@ -68,7 +71,7 @@ impl Error {
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
-            Error::BadParameter { .. } => 400,
+            Error::BadParameter { .. } | Error::TooLarge(_) => 400,
             Error::NotFound(_) | Error::NoRoute(_) => 404,
             Error::MethodNotAllowed { .. } => 405,
             Error::BodyTooLarge { .. } | Error::SqlLimit { .. } => 413,
@@ -88,6 +91,7 @@ impl Error {
             Error::SqlRefused(_) => "sql_refused",
             Error::SqlFailed { .. } => "sql_failed",
             Error::SqlLimit { .. } => "sql_limit",
+            Error::TooLarge(_) => "too_large",
             Error::ClickHouse(_) => "clickhouse",
             Error::State(_) => "redis",
         }

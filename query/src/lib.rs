@@ -12,6 +12,14 @@
 //! Series (`GET /v1/series`) merge aggregate states per step, globally or
 //! per DC ([`series`]).
 //!
+//! Drop detection (`GET /v1/drops`, [`drops`]) ranks the changes of every
+//! series of an event between two windows by significance ([`stats`];
+//! ADR 0004), from states merged per window ([`buckets`]). Anomaly
+//! detection (`GET /v1/anomalies`, [`anomalies`]) predicts each series from
+//! its own seasonal history, flags steps outside the band, reports one
+//! alert per cause over the roll-up hierarchy, and applies the config's
+//! threshold rules.
+//!
 //! Reports (`GET /v1/report`, [`report`]) merge an event's metrics over a
 //! range, grouped by some of their dimensions (the matching roll-ups).
 //!
@@ -22,11 +30,13 @@
 //! Every route is listed once, in [`api::ROUTES`]; `docs/openapi.yaml`
 //! documents the same set (a test holds them equal).
 //!
-//! Not yet built (see the "Query service" issue): drop and anomaly
-//! detection.
+//! Not yet built (see the "Query service" issue): anomaly detection.
 
+pub mod anomalies;
 pub mod api;
+pub mod buckets;
 pub mod ch;
+pub mod drops;
 pub mod error;
 pub mod progress;
 pub mod report;

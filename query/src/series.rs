@@ -51,7 +51,7 @@ impl Step {
         }
     }
 
-    fn parse(s: &str) -> Result<Self> {
+    pub(crate) fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "minute" => Step::Minute,
             "5min" => Step::FiveMinutes,
