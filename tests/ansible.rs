@@ -3,21 +3,39 @@
 //! `scripts/ansible-venv.sh`):
 //!
 //! - `ansible-lint` (production profile) and `--syntax-check` of every playbook;
+//! - a deployment of two datacenters by `site.yml` (one `--limit` per DC)
+//!   with `ansible_connection=local` into a temporary prefix, from a topology
+//!   on free loopback ports rendered by the library, with
+//!   `spoolhouse_service_manager=process` (no systemd as PID 1 here):
+//!   afterwards ZooKeeper, Redis (dc2's a three-master Redis Cluster) and
+//!   ClickHouse answer, the collector, shipper and query service answer
+//!   `/healthz`, an event sent to a deployed collector reaches ClickHouse, a
+//!   second run changes nothing, and `rolling-restart.yml --limit dc1`
+//!   replaces every process of dc1 (new pids) with everything healthy again.
 //!
-//! Skipped, with a message, only where no python3 with venv is installed.
+//! Everything the playbooks start is stopped when the test ends, also on
+//! failure (the supervisor's `stop-all`, from `Drop`). Skipped, with a
+//! message, only where no python3 with venv is installed.
 
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use dc_config::topology::Topology;
+use dc_config::check::{Checker, Declaration};
+use dc_config::local::probe::{self, ClickHouseHttp};
+use dc_config::topology::{RedisMode, Topology};
 
 /// Every playbook of `ansible/`.
 const PLAYBOOKS: &[&str] = &["site.yml", "rolling-restart.yml"];
 /// Longest one `ansible-playbook` or `ansible-lint` run may take; each wait
 /// inside the playbooks is bounded far below this.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time each deployed process gets to stop on SIGTERM at teardown.
+const STOP_TIMEOUT_S: &str = "20";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -140,4 +158,322 @@ fn roles_and_playbooks_pass_ansible_lint_and_syntax_check() {
         );
         assert!(ok, "ansible-playbook --syntax-check {playbook}:\n{out}");
     }
+}
+
+/// A deployment into a prefix; dropping it stops every process the
+/// playbooks started there, newest first.
+struct Deployment {
+    bin: PathBuf,
+    prefix: tempfile::TempDir,
+    topology: Topology,
+    inventory: PathBuf,
+    runs: usize,
+}
+
+impl Deployment {
+    fn path(&self, rel: &str) -> PathBuf {
+        self.prefix.path().join(rel)
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.path("run/spoolhouse")
+    }
+
+    /// Runs `playbook` with the prefix settings; panics with the end of its
+    /// output when it fails. Returns the output.
+    fn playbook(&mut self, playbook: &str, extra: &[&str]) -> String {
+        self.runs += 1;
+        let vars = serde_json::json!({
+            "ansible_connection": "local",
+            "ansible_python_interpreter": self.bin.join("python").display().to_string(),
+            "spoolhouse_service_manager": "process",
+            "spoolhouse_prefix": self.prefix.path().display().to_string(),
+            "spoolhouse_become": false,
+            "spoolhouse_binary_src": env!("CARGO_BIN_EXE_spoolhouse"),
+            "spoolhouse_ready_retries": 60,
+        });
+        let vars_file = self.path("test-vars.json");
+        std::fs::write(&vars_file, vars.to_string()).unwrap();
+        let at_vars = format!("@{}", vars_file.display());
+        let mut args = vec![
+            "-i",
+            self.inventory.to_str().unwrap(),
+            "-e",
+            &at_vars,
+            playbook,
+        ];
+        args.extend_from_slice(extra);
+        let log = self.path(&format!("ansible-{}-{playbook}.log", self.runs));
+        let started = Instant::now();
+        let (ok, out) = run_ansible(
+            &self.bin,
+            "ansible-playbook",
+            &args,
+            self.prefix.path(),
+            &log,
+        );
+        assert!(
+            ok,
+            "ansible-playbook {playbook} {extra:?} failed:\n{}",
+            tail(&out, 60)
+        );
+        println!(
+            "ansible-playbook {playbook} {extra:?}: {:.1} s\n{}",
+            started.elapsed().as_secs_f64(),
+            recap(&out)
+        );
+        out
+    }
+
+    /// Service name → pid, from the supervisor's pid files.
+    fn pids(&self) -> BTreeMap<String, String> {
+        std::fs::read_dir(self.run_dir())
+            .unwrap()
+            .filter_map(|e| {
+                let p = e.unwrap().path();
+                let name = p.file_name()?.to_str()?.strip_suffix(".pid")?.to_string();
+                let text = std::fs::read_to_string(&p).ok()?;
+                Some((name, text.split_whitespace().next()?.to_string()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let supervisor = ansible_dir().join("roles/spoolhouse_service/files/spoolhouse-supervise");
+        let out = Command::new(supervisor)
+            .args(["stop-all", self.run_dir().to_str().unwrap(), STOP_TIMEOUT_S])
+            .output();
+        match out {
+            Ok(o) => eprint!(
+                "teardown:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("teardown: running the supervisor failed: {e}"),
+        }
+    }
+}
+
+/// The PLAY RECAP lines of an ansible-playbook run.
+fn recap(out: &str) -> String {
+    out.lines()
+        .skip_while(|l| !l.starts_with("PLAY RECAP"))
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Status code of `GET path` on `addr` (HTTP/1.0, so the server closes).
+fn http_status(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, text))
+}
+
+/// Asserts every server and service of `topology` answers.
+fn assert_all_answer(topology: &Topology) {
+    for dc in &topology.datacenter {
+        for z in &dc.zookeeper {
+            let addr = SocketAddr::new(z.host.parse().unwrap(), z.port);
+            assert!(
+                probe::zookeeper_serving(addr),
+                "ZooKeeper {addr} does not serve"
+            );
+        }
+        for n in &dc.redis.nodes {
+            assert!(probe::redis_ready(*n), "Redis {n} does not answer PING");
+            if dc.redis.mode == RedisMode::Cluster {
+                let info = probe::redis_command(*n, &["CLUSTER", "INFO"]).unwrap();
+                assert!(info.contains("cluster_state:ok"), "Redis {n}: {info}");
+            }
+        }
+        for r in dc.replicas() {
+            let ch = ClickHouseHttp::new(r.http_url(), Duration::from_secs(10));
+            let tables = ch
+                .query("SELECT count() FROM system.tables WHERE database = 'spoolhouse'")
+                .unwrap_or_else(|e| panic!("ClickHouse {}: {e}", r.name()));
+            assert_ne!(tables.trim(), "0", "no schema on {}", r.name());
+        }
+        for (what, addr) in [
+            ("collector", dc.collector.admin),
+            ("shipper", dc.shipper.admin),
+            ("query service", dc.query.listen),
+        ] {
+            let (code, text) = http_status(addr, "/healthz")
+                .unwrap_or_else(|e| panic!("{} {what} at {addr}: {e}", dc.name));
+            assert_eq!(code, 200, "{} {what} /healthz:\n{text}", dc.name);
+        }
+    }
+}
+
+/// `systemd-analyze verify` on every unit in `dir` (syntax, quoting,
+/// executables), where systemd-analyze is installed: the systemd path cannot
+/// run here, but its units can be checked.
+fn verify_units(dir: &Path) {
+    let units: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    match Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .output()
+    {
+        Ok(o) => assert!(
+            o.status.success(),
+            "systemd-analyze verify:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => println!("units not verified: systemd-analyze: {e}"),
+    }
+}
+
+/// `n` free ports for Redis Cluster nodes: each also needs its bus port,
+/// 10 000 above it, free and at most 65 535.
+fn redis_cluster_ports(n: usize) -> Vec<u16> {
+    let mut held = Vec::new();
+    for _ in 0..1_000 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            held.push(l);
+            if held.len() == n {
+                return held
+                    .iter()
+                    .map(|l| l.local_addr().unwrap().port())
+                    .collect();
+            }
+        }
+    }
+    panic!("no {n} free ports with free Redis Cluster bus ports after 1000 tries");
+}
+
+/// The two-DC example on free loopback ports under `state`, dc2's Redis a
+/// three-master cluster (so the redis role forms one).
+fn test_topology(state: &Path) -> Topology {
+    let mut t = dc_config::examples::declared().topology;
+    let dc2 = t.datacenter.iter_mut().find(|d| d.name == "dc2").unwrap();
+    dc2.redis.mode = RedisMode::Cluster;
+    dc2.redis.nodes = (1..=3)
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+        .collect();
+    let mut t = dc_config::local::localize(&t, state).unwrap();
+    let dc2 = t.datacenter.iter_mut().find(|d| d.name == "dc2").unwrap();
+    dc2.redis.nodes = redis_cluster_ports(3)
+        .into_iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+        .collect();
+    let mut c = Checker::default();
+    t.check(&mut c);
+    assert!(c.is_clean(), "the test topology is invalid");
+    t
+}
+
+#[test]
+fn site_deploys_two_datacenters_into_a_prefix_and_rolling_restart_replaces_every_process() {
+    let Some(bin) = ansible_bin() else { return };
+    let prefix = tempfile::Builder::new()
+        .prefix("spoolhouse-ansible-")
+        .tempdir()
+        .unwrap();
+    let topology = test_topology(&prefix.path().join("var/lib/spoolhouse"));
+    // On the controller, beside the prefix, as an operator's render would be.
+    let inventory = render_into(&topology, &prefix.path().join("rendered"));
+    let mut d = Deployment {
+        bin,
+        prefix,
+        topology,
+        inventory,
+        runs: 0,
+    };
+
+    d.playbook("site.yml", &["--limit", "dc1"]);
+    d.playbook("site.yml", &["--limit", "dc2"]);
+    assert_all_answer(&d.topology);
+
+    // Both service managers come from the same variables: every instance has
+    // its unit, with the command line the supervisor ran.
+    let units = d.path("etc/systemd/system");
+    let pids = d.pids();
+    assert_eq!(pids.len(), 2 + 4 + 3 + 6, "{pids:?}");
+    for name in pids.keys() {
+        let unit = std::fs::read_to_string(units.join(format!("{name}.service")))
+            .unwrap_or_else(|e| panic!("unit of {name}: {e}"));
+        assert!(unit.contains("\nExecStart=/"), "{name}:\n{unit}");
+    }
+    verify_units(&units);
+    let collector_unit =
+        std::fs::read_to_string(units.join("spoolhouse-collector-dc1.service")).unwrap();
+    let config = d.path("etc/spoolhouse/dc1/collector.toml");
+    assert!(
+        collector_unit.contains(&format!("collector --config {}", config.display())),
+        "{collector_unit}"
+    );
+
+    // The deployed pipeline works: an event sent to dc1's collector is in
+    // dc1's ClickHouse.
+    let dc1 = d.topology.dc("dc1").unwrap().clone();
+    let input = d.path("event.jsonl");
+    std::fs::write(
+        &input,
+        "{\"event\":\"vote\",\"time\":1764028800000,\"attrs\":{\"user_id\":1,\"target_user_id\":2,\"vote\":\"yes\",\"country_id\":3}}\n",
+    )
+    .unwrap();
+    let sent = Command::new(env!("CARGO_BIN_EXE_spoolhouse"))
+        .args(["send", input.to_str().unwrap(), "--to"])
+        .arg(format!("unix:{}", dc1.collector.socket.display()))
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{sent:?}");
+    let ch = ClickHouseHttp::new(
+        dc1.replicas().next().unwrap().http_url(),
+        Duration::from_secs(10),
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    while ch
+        .query("SELECT count() FROM spoolhouse.events_dc WHERE event = 'vote'")
+        .map(|n| n.trim() != "1")
+        .unwrap_or(true)
+    {
+        assert!(
+            Instant::now() < until,
+            "the event did not reach ClickHouse in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Idempotent: a second run of dc1 changes nothing.
+    let again = d.playbook("site.yml", &["--limit", "dc1"]);
+    for line in recap(&again).lines().skip(1) {
+        assert!(
+            line.contains(" changed=0 "),
+            "a second run changed something: {line}"
+        );
+    }
+    assert_eq!(d.pids(), pids, "a second run restarted something");
+
+    // One DC's rolling restart (both would double the test's time and
+    // show nothing more): every dc1 process is replaced, dc2's are not.
+    d.playbook("rolling-restart.yml", &["--limit", "dc1"]);
+    let after = d.pids();
+    assert_eq!(after.len(), pids.len(), "{after:?}");
+    for (name, pid) in &pids {
+        if name.contains("-dc1") {
+            assert_ne!(&after[name], pid, "{name} was not restarted");
+        } else {
+            assert_eq!(&after[name], pid, "{name} of dc2 was restarted");
+        }
+    }
+    assert_all_answer(&d.topology);
 }

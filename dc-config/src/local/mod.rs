@@ -298,8 +298,9 @@ fn free_zk_port() -> std::io::Result<u16> {
 }
 
 /// `topology` with every server on a free loopback port and every path
-/// inside `state`.
-fn localize(topology: &Topology, state: &Path) -> std::io::Result<Topology> {
+/// inside `state`: what the launcher runs, and what the Ansible test
+/// (`tests/ansible.rs`) deploys into a prefix.
+pub fn localize(topology: &Topology, state: &Path) -> std::io::Result<Topology> {
     let mut t = topology.clone();
     let per_dc: usize = t
         .datacenter
