@@ -196,21 +196,21 @@ impl ClickHouse {
         }
     }
 
-    /// A global read: `sql` with unavailable shards skipped, then the
-    /// coverage of that moment from the DC markers.
+    /// A global read: `sql` with unavailable shards skipped, and beside it
+    /// the coverage of that moment from the DC markers.
     pub async fn fetch_global(&self, sql: &str) -> Result<(Vec<u8>, Coverage)> {
         let settings = [("skip_unavailable_shards", "1")];
-        let body = self.fetch(sql, &settings).await?;
-        let markers = self
-            .fetch(
-                &format!(
-                    "SELECT dc, count() FROM {}.{} GROUP BY dc FORMAT TSV",
-                    self.database,
-                    table::DC_MARKER_ALL
-                ),
-                &settings,
-            )
-            .await?;
+        let marker_sql = format!(
+            "SELECT dc, count() FROM {}.{} GROUP BY dc FORMAT TSV",
+            self.database,
+            table::DC_MARKER_ALL
+        );
+        // At the same time: each read costs round trips to every remote DC,
+        // and one after the other would pay them twice.
+        let (body, markers) = tokio::try_join!(
+            self.fetch(sql, &settings),
+            self.fetch(&marker_sql, &settings)
+        )?;
         let text = String::from_utf8_lossy(&markers);
         let answered = |dc: &str| -> usize {
             text.lines()
