@@ -40,6 +40,9 @@ enum BenchCommand {
     /// Redis hit ratio, read-your-write lag, beside `redis-benchmark`; then
     /// the highest read rate with p99 < 5 ms.
     Progress(crate::bench_progress::ProgressBench),
+    /// Global reports across two DCs 100 ms apart (through the launcher's
+    /// relays) and directly, beside this DC's own report, from the same states.
+    Report(crate::bench_report::ReportBench),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -94,6 +97,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Series(a) => crate::bench_series::run(a),
         BenchCommand::Collector(a) => bench_collector::run(a),
         BenchCommand::Progress(a) => crate::bench_progress::run(a),
+        BenchCommand::Report(a) => crate::bench_report::run(a),
     }
 }
 

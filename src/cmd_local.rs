@@ -30,7 +30,24 @@ enum LocalCommand {
         /// default a temporary directory, removed on exit.
         #[arg(long)]
         state: Option<PathBuf>,
+        #[command(flatten)]
+        link: LinkArgs,
     },
+}
+
+#[derive(Debug, Args)]
+struct LinkArgs {
+    /// Delay each way between datacenters, added by a relay on every
+    /// cross-DC path (cut and heal a DC with `spoolhouse dc cut|heal`);
+    /// 0: servers dial each other directly.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=5_000))]
+    cross_dc_delay_ms: u64,
+}
+
+impl LinkArgs {
+    fn delay(&self) -> Option<Duration> {
+        (self.cross_dc_delay_ms > 0).then(|| Duration::from_millis(self.cross_dc_delay_ms))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +68,8 @@ pub struct DemoArgs {
     /// Events sent to each datacenter's collector.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     events_per_dc: u64,
+    #[command(flatten)]
+    link: LinkArgs,
 }
 
 fn install_ctrlc() -> anyhow::Result<()> {
@@ -58,11 +77,12 @@ fn install_ctrlc() -> anyhow::Result<()> {
         .context("installing the Ctrl-C handler")
 }
 
-fn launch(files: &Files, state: Option<PathBuf>) -> anyhow::Result<LocalCluster> {
+fn launch(files: &Files, state: Option<PathBuf>, link: &LinkArgs) -> anyhow::Result<LocalCluster> {
     let declared = Declared::load(&files.topology, &files.registry)?;
     let started = Instant::now();
     let opts = LaunchOptions {
         state_dir: state,
+        cross_dc_delay: link.delay(),
         ..LaunchOptions::default()
     };
     let cluster = LocalCluster::start(&declared, opts).context("starting the local servers")?;
@@ -99,9 +119,16 @@ fn print_endpoints(cluster: &LocalCluster) {
 pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     install_ctrlc()?;
     match args.command {
-        LocalCommand::Up { files, state } => {
-            let cluster = launch(&files, state)?;
+        LocalCommand::Up { files, state, link } => {
+            let cluster = launch(&files, state, &link)?;
             print_endpoints(&cluster);
+            if let Some(d) = link.delay() {
+                println!(
+                    "cross-DC links: {} ms each way; `spoolhouse dc cut DC --state {}` cuts one",
+                    d.as_millis(),
+                    cluster.state_dir().display()
+                );
+            }
             println!("running; Ctrl-C stops every server");
             while !INTERRUPTED.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(100));
@@ -234,7 +261,10 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> anyh
 }
 
 /// A GET to a query service; the body as JSON.
-fn query_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn query_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> anyhow::Result<serde_json::Value> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -261,12 +291,16 @@ fn pending_minutes(state_dir: &std::path::Path) -> usize {
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     install_ctrlc()?;
     let started = Instant::now();
-    let mut cluster = launch(&args.files, None)?;
+    let mut cluster = launch(&args.files, None, &args.link)?;
     println!(
-        "{} datacenters up in {:.1} s: {} servers, schema applied",
+        "{} datacenters up in {:.1} s: {} servers, schema applied; {}",
         cluster.topology().datacenter.len(),
         started.elapsed().as_secs_f64(),
-        cluster.servers().len()
+        cluster.servers().len(),
+        match args.link.delay() {
+            Some(d) => format!("{} ms each way between datacenters", d.as_millis()),
+            None => "datacenters linked directly".to_string(),
+        }
     );
     let names: Vec<String> = cluster
         .topology()
@@ -422,35 +456,94 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .join(" ")
     );
 
-    // A datacenter cut off: global answers go on, and say what they miss.
-    let lost = cluster
-        .topology()
-        .datacenter
-        .last()
-        .expect("checked")
-        .replicas()
-        .map(|r| r.name())
-        .collect::<Vec<_>>();
-    for server in &lost {
-        cluster.kill(server)?;
-    }
-    let path = format!(
-        "/v1/series?metric={}&from={from}&to={to}&step=hour",
-        encode("registration.uniq(user_id)")
+    let report = format!(
+        "/v1/report?event=registration&group_by=gender&from={from}&to={}",
+        to - to % 60
     );
-    let v = query_get(q, &path)?;
+    let started_report = Instant::now();
+    let v = query_get(q, &report)?;
     println!(
-        "\nWith {}'s ClickHouse down, asked again: distinct registering users {} (partial: {}, missing: {})",
-        names.last().expect("checked"),
-        hourly(&v),
-        v["partial"],
-        v["missing"]
+        "\nGlobal report, registrations by gender over the range (GET {report}, {:.0} ms):",
+        started_report.elapsed().as_secs_f64() * 1000.0
     );
+    print_report(&v);
+
+    // A datacenter cut off: global answers go on, and say what they miss.
+    let last = names.last().expect("checked").clone();
+    let how = if args.link.delay().is_some() {
+        cluster.cut(&last)?;
+        // The relays look at the cut flag every few tens of milliseconds.
+        std::thread::sleep(dc_config::local::link::CUT_POLL * 3);
+        format!("{last} cut off (its links dropped)")
+    } else {
+        for server in cluster
+            .topology()
+            .dc(&last)
+            .expect("checked")
+            .replicas()
+            .map(|r| r.name())
+            .collect::<Vec<_>>()
+        {
+            cluster.kill(&server)?;
+        }
+        format!("{last}'s ClickHouse down")
+    };
+    let v = query_get(q, &report)?;
+    println!("\nWith {how}, asked again:");
+    print_report(&v);
     println!(
         "\nDone in {:.1} s; stopping every service and server.",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A `/v1/report` answer as a small table, with what it covered.
+fn print_report(v: &serde_json::Value) {
+    let metrics: Vec<String> = v["metrics"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let groups: Vec<String> = v["group_by"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "  {:<12} {}",
+        groups.join(","),
+        metrics
+            .iter()
+            .map(|m| format!("{m:>16}"))
+            .collect::<String>()
+    );
+    for row in v["rows"].as_array().into_iter().flatten() {
+        let dims: Vec<&str> = groups
+            .iter()
+            .map(|g| row["dimensions"][g].as_str().unwrap_or(""))
+            .collect();
+        let values: String = metrics
+            .iter()
+            .map(|m| {
+                let v = &row["values"][m];
+                // Counts and uniques are whole numbers; print them so.
+                let text = match v.as_f64() {
+                    Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{}", x as i64),
+                    _ => v.to_string(),
+                };
+                format!("{text:>16}")
+            })
+            .collect();
+        println!("  {:<12} {values}", dims.join(","));
+    }
+    println!("  partial: {}, missing: {}", v["partial"], v["missing"]);
 }
 
 /// The first series of a `/v1/series` answer as `HH:00 UTC: value` per hour.

@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench_progress;
+mod bench_report;
 mod bench_series;
 mod bench_shipper;
 mod cmd_bench;

@@ -1,0 +1,187 @@
+//! `spoolhouse bench report`: what the distance between datacenters costs a
+//! global report. Two DCs from the launcher, once with servers dialling each
+//! other directly and once through the launcher's cross-DC relays (100 ms
+//! each way by default); the same aggregate states in both; dc1's query
+//! service answers `GET /v1/report` globally and for its own DC, timed over
+//! HTTP. The local (`scope=dc`) read is the same-run reference.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use dc_config::event::{ValidEvent, Value};
+use dc_config::local::{LaunchOptions, LocalCluster};
+use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
+use dc_config::services::QueryConfig;
+
+/// Arguments of `spoolhouse bench report`.
+#[derive(Debug, Args)]
+pub struct ReportBench {
+    /// One-way delay the relays add between the DCs, in milliseconds.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=2_000))]
+    delay_ms: u64,
+    /// Minutes of aggregated votes per DC (the report's range).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1_440))]
+    minutes: u32,
+    /// Votes per DC per minute.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    per_minute: u32,
+    /// Reports timed per scope and link.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(5..=10_000))]
+    reads: u32,
+}
+
+const M0: u32 = 1_764_028_800; // a minute start
+
+fn vote(user: u64, minute: u32, i: u32) -> ValidEvent {
+    ValidEvent {
+        event: "vote".into(),
+        time_ms: u64::from(M0 + 60 * minute) * 1000 + u64::from(i % 60_000),
+        attrs: vec![
+            ("user_id".into(), Value::UInt(user)),
+            ("target_user_id".into(), Value::UInt(u64::from(i))),
+            (
+                "vote".into(),
+                Value::Str(if i.is_multiple_of(3) { "no" } else { "yes" }.into()),
+            ),
+            ("country_id".into(), Value::UInt(u64::from(i % 20))),
+        ],
+    }
+}
+
+/// Inserts the votes of every DC and aggregates their minutes.
+fn load(cluster: &LocalCluster, args: &ReportBench) -> anyhow::Result<()> {
+    let t = cluster.topology().clone();
+    let reg = &cluster.declared().registry;
+    for (d, dc) in t.datacenter.iter().enumerate() {
+        let server = dc.replicas().next().context("a DC without servers")?.name();
+        let ch = cluster.clickhouse(&server)?;
+        let mut body = Vec::new();
+        let mut offset = 0u64;
+        for minute in 0..args.minutes {
+            for i in 0..args.per_minute {
+                // Half the users of each DC are the other's too.
+                let user = u64::from(i) + (d as u64) * u64::from(args.per_minute / 2);
+                EventRow::new(
+                    &vote(user, minute, i),
+                    &dc.name,
+                    "bench",
+                    SpoolPosition { segment: 1, offset },
+                )
+                .write_row_binary(&mut body);
+                offset += 1;
+            }
+        }
+        ch.insert(
+            &format!("INSERT INTO spoolhouse.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
+            &body,
+        )?;
+        for minute in 0..args.minutes {
+            for sql in dc_config::series::aggregate_minute_sql(
+                &t.database,
+                &dc.name,
+                "vote",
+                &reg.event["vote"],
+                M0 + 60 * minute,
+                1,
+            ) {
+                ch.query(&sql)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+/// Times `reads` reports of each scope from dc1's query service.
+fn time_reports(
+    cluster: &LocalCluster,
+    args: &ReportBench,
+) -> anyhow::Result<Vec<(&'static str, Vec<Duration>)>> {
+    let t = cluster.topology();
+    let dc1 = &t.datacenter[0];
+    let config = QueryConfig::for_dc(t, dc1);
+    let registry = cluster.declared().registry.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(config.listen))?;
+    let service = Arc::new(query::QueryService::new(
+        &config,
+        registry,
+        Duration::from_millis(config.timeout_ms),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(query::serve(listener, service, async {
+        let _ = stopped.await;
+    }));
+    let mut out = Vec::new();
+    for scope in ["dc", "global"] {
+        let path = format!(
+            "/v1/report?event=vote&group_by=vote&from={M0}&to={}&scope={scope}",
+            M0 + 60 * args.minutes
+        );
+        let expected = u64::from(args.minutes) * u64::from(args.per_minute);
+        let mut took = Vec::new();
+        for _ in 0..args.reads {
+            let started = Instant::now();
+            let v = crate::cmd_local::query_get(config.listen, &path)?;
+            took.push(started.elapsed());
+            let total: f64 = v["rows"]
+                .as_array()
+                .with_context(|| format!("no rows in the answer of {path}: {v}"))?
+                .iter()
+                .filter_map(|r| r["values"]["count()"].as_f64())
+                .sum();
+            let want = if scope == "dc" {
+                expected
+            } else {
+                2 * expected
+            };
+            anyhow::ensure!(
+                total as u64 == want && v["partial"] == false,
+                "{path} answered {total} votes (expected {want}): {v}"
+            );
+        }
+        took.sort();
+        out.push((scope, took));
+    }
+    let _ = stop.send(());
+    Ok(out)
+}
+
+/// Runs `spoolhouse bench report`.
+pub fn run(args: ReportBench) -> anyhow::Result<()> {
+    println!(
+        "report latency: two DCs, {} minutes x {} votes per DC aggregated into states; dc1's query service, {} reports per case",
+        args.minutes, args.per_minute, args.reads
+    );
+    println!("| link between DCs | scope | p50 ms | p99 ms |");
+    println!("|---|---|---|---|");
+    for delay in [None, Some(Duration::from_millis(args.delay_ms))] {
+        let opts = LaunchOptions {
+            cross_dc_delay: delay,
+            ..LaunchOptions::default()
+        };
+        let cluster = LocalCluster::start(&dc_config::examples::declared(), opts)
+            .context("starting the two local datacenters")?;
+        load(&cluster, &args)?;
+        let link = match delay {
+            None => "direct (loopback)".to_string(),
+            Some(d) => format!("relay, {} ms each way", d.as_millis()),
+        };
+        for (scope, took) in time_reports(&cluster, &args)? {
+            println!(
+                "| {link} | {scope} | {:.1} | {:.1} |",
+                percentile_ms(&took, 0.50),
+                percentile_ms(&took, 0.99)
+            );
+        }
+    }
+    Ok(())
+}
