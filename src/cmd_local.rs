@@ -500,22 +500,15 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
 /// A `/v1/report` answer as a small table, with what it covered.
 fn print_report(v: &serde_json::Value) {
-    let metrics: Vec<String> = v["metrics"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let groups: Vec<String> = v["group_by"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let strings = |key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    let (metrics, groups) = (strings("metrics"), strings("group_by"));
     println!(
         "  {:<12} {}",
         groups.join(","),

@@ -60,13 +60,7 @@ fn a_rolling_restart_under_load_loses_and_doubles_nothing() {
     let during = load.latencies_since(started);
     load.stop();
 
-    for (i, server) in ["dc1-s1-r1", "dc2-s1-r1"].iter().enumerate() {
-        let sent = load.acked(i);
-        wait_for("every acknowledged event in ClickHouse", LIMIT, || {
-            count(&cluster, server).0 >= sent
-        });
-        assert_eq!(count(&cluster, server), (sent, sent), "{server}");
-    }
+    common::assert_shipped_once(&cluster, &load);
     eprintln!(
         "rolling restart: 6 services in {:.1} s, then {} servers; {} + {} events acknowledged, each in ClickHouse once; \
          ack latency over {} batches during the restarts: p50 {:?}, p99 {:?}, max {:?}",

@@ -256,3 +256,17 @@ fn send_votes(
         }
     });
 }
+
+/// Waits until each DC's ClickHouse holds as many events as its collector
+/// acknowledged under `load` (DC `i` is the `i`-th of the example topology),
+/// then asserts each is there exactly once. `events_dc` reads every shard.
+pub fn assert_shipped_once(cluster: &dc_config::local::LocalCluster, load: &Load) {
+    for (i, dc) in cluster.topology().datacenter.iter().enumerate() {
+        let server = dc.replicas().next().unwrap().name();
+        let sent = load.acked(i);
+        wait_for("every acknowledged event in ClickHouse", LIMIT, || {
+            count(cluster, &server).0 >= sent
+        });
+        assert_eq!(count(cluster, &server), (sent, sent), "{server}");
+    }
+}
