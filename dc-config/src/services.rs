@@ -264,6 +264,13 @@ pub struct QueryConfig {
     /// (default 5 000 ms): a slow or cut datacenter is bounded by it.
     #[serde(default = "default_query_timeout_ms")]
     pub timeout_ms: u64,
+    /// Most watch-progress Redis misses looking in ClickHouse at once
+    /// (default 4, from 1 to 1024). Each is a scan of the progress rows
+    /// (57–108 ms at 620 k rows, issue 8); beyond the bound a miss gets a
+    /// 503 to retry at once, so misses never queue and never starve the
+    /// Redis hits of CPU. Four scans already keep two cores busy.
+    #[serde(default = "default_progress_lookups_max")]
+    pub progress_lookups_max: usize,
     /// Limits of analysts' read-only SQL (`POST /v1/sql`).
     #[serde(default)]
     pub sql: SqlLimits,
@@ -403,6 +410,10 @@ impl QueryConfig {
 
 fn default_query_timeout_ms() -> u64 {
     5_000
+}
+
+fn default_progress_lookups_max() -> usize {
+    4
 }
 
 impl CollectorConfig {
@@ -576,6 +587,7 @@ impl QueryConfig {
             redis: dc.redis.clone(),
             rule: Vec::new(),
             timeout_ms: default_query_timeout_ms(),
+            progress_lookups_max: default_progress_lookups_max(),
             sql: SqlLimits::default(),
         }
     }
@@ -593,6 +605,11 @@ impl crate::check::Declaration for QueryConfig {
             (1..=300_000).contains(&self.timeout_ms),
             &root.key("timeout_ms"),
             "must be from 1 to 300000",
+        );
+        c.require(
+            (1..=1024).contains(&self.progress_lookups_max),
+            &root.key("progress_lookups_max"),
+            "must be from 1 to 1024",
         );
         c.require(
             self.datacenters.iter().any(|d| d.name == self.dc),
@@ -700,11 +717,19 @@ mod tests {
             rule("vote.count()", Some(5.0), Some(10.0), false),
         ])
         .check(&mut ch);
+        let mut no_lookups = config(vec![]);
+        no_lookups.progress_lookups_max = 0;
+        no_lookups.check(&mut ch);
         let errors = ch.into_errors(std::path::Path::new("query.toml"), "");
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["rule[0]", "rule[1].below", "rule[2].below"],
+            [
+                "rule[0]",
+                "rule[1].below",
+                "rule[2].below",
+                "progress_lookups_max"
+            ],
             "{errors:?}"
         );
 

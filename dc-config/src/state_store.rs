@@ -12,6 +12,8 @@
 //! layout and the newer-wins rule.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::event::ValidEvent;
@@ -73,18 +75,25 @@ pub fn state_write(registry: &Registry, event: &ValidEvent) -> Option<StateWrite
     })
 }
 
+#[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
 /// A connection to this DC's Redis, single node or cluster.
+///
+/// Cheap to clone, and clones share one multiplexed connection (redis'
+/// `ConnectionManager` / cluster connection): a reader clones it per request
+/// instead of taking turns behind a lock (issue 8).
+#[derive(Clone)]
 pub struct StateStore {
     conn: Conn,
     script: redis::Script,
     /// Whether every master has the script; reset after any error, since a
-    /// restarted Redis has lost it.
-    script_loaded: bool,
+    /// restarted Redis has lost it. Shared by the clones, which share the
+    /// connection.
+    script_loaded: Arc<AtomicBool>,
     timeout: Duration,
 }
 
@@ -114,7 +123,7 @@ impl StateStore {
         Ok(Self {
             conn,
             script: redis::Script::new(NEWER_WINS),
-            script_loaded: false,
+            script_loaded: Arc::new(AtomicBool::new(false)),
             timeout,
         })
     }
@@ -137,9 +146,9 @@ impl StateStore {
         let mut changed = 0u64;
         for group in groups.values() {
             let round = async {
-                if !self.script_loaded {
+                if !self.script_loaded.load(Ordering::Acquire) {
                     self.load_script().await?;
-                    self.script_loaded = true;
+                    self.script_loaded.store(true, Ordering::Release);
                 }
                 let mut pipe = redis::pipe();
                 for w in group {
@@ -161,7 +170,7 @@ impl StateStore {
             match done {
                 Ok(n) => changed += n,
                 Err(e) => {
-                    self.script_loaded = false;
+                    self.script_loaded.store(false, Ordering::Release);
                     return Err(e);
                 }
             }
@@ -195,14 +204,20 @@ impl StateStore {
         Ok(())
     }
 
-    /// Reads the state at `key`: (event time ms, value).
+    /// Reads the state at `key`: (event time ms, value); fails if Redis
+    /// does not answer within the timeout.
     pub async fn get(&mut self, key: &str) -> Result<Option<(u64, String)>> {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(key).arg("t").arg("v");
-        let (t, v): (Option<u64>, Option<String>) = match &mut self.conn {
-            Conn::Single(c) => cmd.query_async(c).await?,
-            Conn::Cluster(c) => cmd.query_async(c).await?,
+        let read = async {
+            Ok::<(Option<u64>, Option<String>), redis::RedisError>(match &mut self.conn {
+                Conn::Single(c) => cmd.query_async(c).await?,
+                Conn::Cluster(c) => cmd.query_async(c).await?,
+            })
         };
+        let (t, v) = tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| Error::Timeout(self.timeout.as_millis() as u64))??;
         Ok(t.zip(v))
     }
 }

@@ -29,6 +29,7 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::ch::ClickHouse;
@@ -97,6 +98,8 @@ pub struct Metrics {
     errors: Family<Labels, Counter>,
     seconds: Family<Labels, Histogram>,
     sources: Family<Labels, Counter<u64, AtomicU64>>,
+    /// Redis misses looking in ClickHouse, set when `/metrics` is read.
+    lookups: Gauge,
 }
 
 impl Metrics {
@@ -110,6 +113,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 16))
             }),
             sources: Family::default(),
+            lookups: Gauge::default(),
         };
         let r = r.sub_registry_with_prefix("spoolhouse_query");
         r.register(
@@ -131,6 +135,11 @@ impl Metrics {
             "progress_source",
             "Progress answers by source (redis = cache hit)",
             m.sources.clone(),
+        );
+        r.register(
+            "progress_lookups",
+            "Progress Redis misses looking in ClickHouse now (bounded by progress_lookups_max)",
+            m.lookups.clone(),
         );
         m
     }
@@ -156,7 +165,13 @@ impl QueryService {
         timeout: std::time::Duration,
     ) -> Self {
         let ch = Arc::new(ClickHouse::new(config, timeout));
-        let progress = ProgressService::new(&registry, ch.clone(), config.redis.clone(), timeout);
+        let progress = ProgressService::new(
+            &registry,
+            ch.clone(),
+            config.redis.clone(),
+            timeout,
+            config.progress_lookups_max,
+        );
         let mut prom = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(&mut prom);
         Self {
@@ -225,6 +240,11 @@ impl QueryService {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match parts.as_slice() {
             ["metrics"] => {
+                if let Some(p) = &self.progress {
+                    self.metrics
+                        .lookups
+                        .set(i64::try_from(p.lookups_in_flight()).unwrap_or(i64::MAX));
+                }
                 let mut text = String::new();
                 prometheus_client::encoding::text::encode(&mut text, &self.prom)
                     .map_err(|e| Error::ClickHouse(e.to_string()))?;

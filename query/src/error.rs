@@ -59,6 +59,10 @@ pub enum Error {
     /// An answer would exceed a bound of the service: 400, with what to narrow.
     #[error("answer too large: {0}")]
     TooLarge(String),
+    /// A bound of the service is full (e.g. progress lookups in
+    /// ClickHouse): 503 at once; the caller retries shortly.
+    #[error("busy: {0}")]
+    Busy(String),
     /// ClickHouse failed: 503.
     #[error("ClickHouse: {0}")]
     ClickHouse(String),
@@ -76,7 +80,7 @@ impl Error {
             Error::MethodNotAllowed { .. } => 405,
             Error::BodyTooLarge { .. } | Error::SqlLimit { .. } => 413,
             Error::SqlRefused(_) | Error::SqlFailed { .. } => 400,
-            Error::ClickHouse(_) | Error::State(_) => 503,
+            Error::Busy(_) | Error::ClickHouse(_) | Error::State(_) => 503,
         }
     }
 
@@ -92,6 +96,7 @@ impl Error {
             Error::SqlFailed { .. } => "sql_failed",
             Error::SqlLimit { .. } => "sql_limit",
             Error::TooLarge(_) => "too_large",
+            Error::Busy(_) => "busy",
             Error::ClickHouse(_) => "clickhouse",
             Error::State(_) => "redis",
         }

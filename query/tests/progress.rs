@@ -170,3 +170,155 @@ fn progress_reads_redis_then_clickhouse_then_every_dc() {
     let _ = stop.send(());
     rt.block_on(server).unwrap();
 }
+
+/// The gauge of misses looking in ClickHouse, from `/metrics`.
+fn lookups_in_flight(base: &str) -> u64 {
+    let (_, m) = get(base, "/metrics");
+    let m = m.as_str().unwrap_or_default().to_string();
+    m.lines()
+        .find_map(|l| l.strip_prefix("spoolhouse_query_progress_lookups "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no lookups gauge in {m}"))
+}
+
+fn source_count(base: &str, source: &str) -> u64 {
+    let (_, m) = get(base, "/metrics");
+    let m = m.as_str().unwrap_or_default().to_string();
+    let prefix = format!("spoolhouse_query_progress_source_total{{source=\"{source}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Issue 8: hits in parallel; one lookup in ClickHouse at a time, the next
+/// miss a 503 to retry while it runs (a slow cross-DC link keeps it
+/// running); a key nobody has is then answered from the negative cache, but
+/// a later write of it through the shipper's newer-wins script is seen.
+#[test]
+fn progress_misses_are_bounded_and_cached_without_hiding_writes() {
+    let cluster = LocalCluster::start(
+        &dc_config::examples::declared(),
+        LaunchOptions {
+            // Each global lookup pays several cross-DC round trips: seconds.
+            cross_dc_delay: Some(Duration::from_millis(400)),
+            ..LaunchOptions::default()
+        },
+    )
+    .unwrap();
+    insert(&cluster, "dc1-s1-r1", "dc1", &[progress(7, 42, T, 300)]);
+    let t = cluster.topology().clone();
+    let mut config = QueryConfig::for_dc(&t, t.dc("dc1").unwrap());
+    config.progress_lookups_max = 1;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let service = Arc::new(query::QueryService::new(
+        &config,
+        cluster.declared().registry.clone(),
+        Duration::from_secs(15),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(query::serve(listener, service, async {
+        let _ = stopped.await;
+    }));
+
+    // Refill (7, 42), then many hits at once, all from Redis.
+    let (s, v) = get(&base, "/v1/progress/7/42");
+    assert_eq!(
+        (s, v["source"].clone()),
+        (200, "clickhouse_dc".into()),
+        "{v}"
+    );
+    let hits: Vec<_> = (0..16)
+        .map(|_| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                (0..10)
+                    .map(|_| get(&base, "/v1/progress/7/42"))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for h in hits {
+        for (s, v) in h.join().unwrap() {
+            assert_eq!((s, v["source"].clone()), (200, "redis".into()), "{v}");
+            assert_eq!(v["value"], 300);
+        }
+    }
+    assert_eq!(source_count(&base, "redis"), 160);
+
+    // A key nobody has: one slow global lookup holds the only permit.
+    let slow = {
+        let base = base.clone();
+        std::thread::spawn(move || get(&base, "/v1/progress/5/5"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lookups_in_flight(&base) == 0 {
+        assert!(Instant::now() < deadline, "the lookup never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (s, v) = get(&base, "/v1/progress/6/6");
+    assert_eq!(s, 503, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("retry") && e.contains("1 progress lookups"),
+        "{v}"
+    );
+    // Hits go on meanwhile.
+    let (s, v) = get(&base, "/v1/progress/7/42");
+    assert_eq!((s, v["source"].clone()), (200, "redis".into()), "{v}");
+    let (s, v) = slow.join().unwrap();
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(lookups_in_flight(&base), 0);
+
+    // Asked again: the negative cache, no lookup (a full bound would 503).
+    let (s, v) = get(&base, "/v1/progress/5/5");
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(source_count(&base, "negative_cache"), 1);
+    assert_eq!(source_count(&base, "clickhouse_global"), 1);
+
+    // The shipper writes it: the real key wins over the negative cache.
+    let store_write = async {
+        let mut store = dc_config::state_store::StateStore::connect(
+            &t.dc("dc1").unwrap().redis,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let w = dc_config::state_store::state_write(
+            &cluster.declared().registry,
+            &progress(5, 5, T + 9_000, 77),
+        )
+        .unwrap();
+        store.apply(&[w]).await.unwrap()
+    };
+    assert_eq!(rt.block_on(store_write), 1);
+    let (s, v) = get(&base, "/v1/progress/5/5");
+    assert_eq!((s, v["source"].clone()), (200, "redis".into()), "{v}");
+    assert_eq!(
+        (v["value"].clone(), v["event_time_ms"].clone()),
+        (77.into(), (T + 9_000).into())
+    );
+
+    // A partial "no" is not cached: with dc2 cut, ask twice, scan twice.
+    cluster.cut("dc2").unwrap();
+    for _ in 0..2 {
+        let (s, v) = get(&base, "/v1/progress/4/4");
+        assert_eq!(s, 404, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("not answering: dc2"),
+            "{v}"
+        );
+    }
+    assert_eq!(source_count(&base, "clickhouse_global"), 3);
+    assert_eq!(source_count(&base, "negative_cache"), 1);
+
+    let _ = stop.send(());
+    rt.block_on(server).unwrap();
+}
