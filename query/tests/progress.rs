@@ -4,13 +4,13 @@
 //! partial answer naming it, within the timeout; bad and hostile
 //! parameters get a 400 naming the parameter.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{get, load as insert, Harness};
 use dc_config::event::{ValidEvent, Value};
 use dc_config::local::{LaunchOptions, LocalCluster};
-use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
-use dc_config::services::QueryConfig;
 
 const T: u64 = 1_764_028_800_000;
 
@@ -26,48 +26,9 @@ fn progress(user: u64, video: u64, time_ms: u64, video_time: u64) -> ValidEvent 
     }
 }
 
-fn insert(cluster: &LocalCluster, server: &str, dc: &str, events: &[ValidEvent]) {
-    let mut body = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        EventRow::new(
-            e,
-            dc,
-            "h",
-            SpoolPosition {
-                segment: 1,
-                offset: i as u64,
-            },
-        )
-        .write_row_binary(&mut body);
-    }
-    cluster
-        .clickhouse(server)
-        .unwrap()
-        .insert(
-            &format!("INSERT INTO spoolhouse.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
-            &body,
-        )
-        .unwrap();
-}
-
-fn get(base: &str, path: &str) -> (u16, serde_json::Value) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .new_agent();
-    let mut resp = agent.get(&format!("{base}{path}")).call().unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-    )
-}
-
 #[test]
 fn progress_reads_redis_then_clickhouse_then_every_dc() {
-    let mut cluster =
+    let cluster =
         LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
     // dc1 knows (7, 42) twice, out of order; only dc2 knows (8, 99).
     insert(
@@ -81,26 +42,8 @@ fn progress_reads_redis_then_clickhouse_then_every_dc() {
     );
     insert(&cluster, "dc2-s1-r1", "dc2", &[progress(8, 99, T, 55)]);
 
-    let t = cluster.topology().clone();
-    let config = QueryConfig::for_dc(&t, t.dc("dc1").unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let service = Arc::new(query::QueryService::new(
-        &config,
-        cluster.declared().registry.clone(),
-        Duration::from_secs(5),
-    ));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(query::serve(listener, service, async {
-        let _ = stopped.await;
-    }));
+    let mut h = Harness::serve(cluster, Duration::from_secs(5), |_| {});
+    let base = h.base.clone();
 
     let (s, v) = get(&base, "/v1/progress/7/42");
     assert_eq!(s, 200, "{v}");
@@ -137,7 +80,7 @@ fn progress_reads_redis_then_clickhouse_then_every_dc() {
     assert_eq!(s, 404, "{v}");
 
     // dc2 down: a key nobody has is a 404 that names the missing DC, in time.
-    cluster.kill("dc2-s1-r1").unwrap();
+    h.cluster.kill("dc2-s1-r1").unwrap();
     let started = Instant::now();
     let (s, v) = get(&base, "/v1/progress/9/9");
     assert!(
@@ -166,9 +109,6 @@ fn progress_reads_redis_then_clickhouse_then_every_dc() {
         "{m}"
     );
     assert!(m.contains("spoolhouse_query_request_seconds_bucket"), "{m}");
-
-    let _ = stop.send(());
-    rt.block_on(server).unwrap();
 }
 
 /// The gauge of misses looking in ClickHouse, from `/metrics`.
@@ -206,27 +146,10 @@ fn progress_misses_are_bounded_and_cached_without_hiding_writes() {
     )
     .unwrap();
     insert(&cluster, "dc1-s1-r1", "dc1", &[progress(7, 42, T, 300)]);
-    let t = cluster.topology().clone();
-    let mut config = QueryConfig::for_dc(&t, t.dc("dc1").unwrap());
-    config.progress_lookups_max = 1;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let service = Arc::new(query::QueryService::new(
-        &config,
-        cluster.declared().registry.clone(),
-        Duration::from_secs(15),
-    ));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(query::serve(listener, service, async {
-        let _ = stopped.await;
-    }));
+    let h = Harness::serve(cluster, Duration::from_secs(15), |c| {
+        c.progress_lookups_max = 1;
+    });
+    let base = h.base.clone();
 
     // Refill (7, 42), then many hits at once, all from Redis.
     let (s, v) = get(&base, "/v1/progress/7/42");
@@ -286,19 +209,19 @@ fn progress_misses_are_bounded_and_cached_without_hiding_writes() {
     // The shipper writes it: the real key wins over the negative cache.
     let store_write = async {
         let mut store = dc_config::state_store::StateStore::connect(
-            &t.dc("dc1").unwrap().redis,
+            &h.cluster.topology().dc("dc1").unwrap().redis,
             Duration::from_secs(5),
         )
         .await
         .unwrap();
         let w = dc_config::state_store::state_write(
-            &cluster.declared().registry,
+            &h.cluster.declared().registry,
             &progress(5, 5, T + 9_000, 77),
         )
         .unwrap();
         store.apply(&[w]).await.unwrap()
     };
-    assert_eq!(rt.block_on(store_write), 1);
+    assert_eq!(h.block_on(store_write), 1);
     let (s, v) = get(&base, "/v1/progress/5/5");
     assert_eq!((s, v["source"].clone()), (200, "redis".into()), "{v}");
     assert_eq!(
@@ -307,7 +230,7 @@ fn progress_misses_are_bounded_and_cached_without_hiding_writes() {
     );
 
     // A partial "no" is not cached: with dc2 cut, ask twice, scan twice.
-    cluster.cut("dc2").unwrap();
+    h.cluster.cut("dc2").unwrap();
     for _ in 0..2 {
         let (s, v) = get(&base, "/v1/progress/4/4");
         assert_eq!(s, 404, "{v}");
@@ -318,7 +241,4 @@ fn progress_misses_are_bounded_and_cached_without_hiding_writes() {
     }
     assert_eq!(source_count(&base, "clickhouse_global"), 3);
     assert_eq!(source_count(&base, "negative_cache"), 1);
-
-    let _ = stop.send(());
-    rt.block_on(server).unwrap();
 }

@@ -64,6 +64,16 @@ impl Harness {
         let cluster =
             LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default())
                 .unwrap();
+        Self::serve(cluster, Duration::from_secs(5), edit)
+    }
+
+    /// dc1's query service over `cluster` (started by the caller), each
+    /// ClickHouse read bounded by `timeout`, its config changed by `edit`.
+    pub fn serve(
+        cluster: LocalCluster,
+        timeout: Duration,
+        edit: impl FnOnce(&mut QueryConfig),
+    ) -> Self {
         let t = cluster.topology().clone();
         let mut config = QueryConfig::for_dc(&t, t.dc("dc1").unwrap());
         edit(&mut config);
@@ -79,7 +89,7 @@ impl Harness {
         let service = Arc::new(query::QueryService::new(
             &config,
             cluster.declared().registry.clone(),
-            Duration::from_secs(5),
+            timeout,
         ));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = rt.spawn(query::serve(listener, service, async {
@@ -96,25 +106,7 @@ impl Harness {
 
     /// Inserts `events` of datacenter `dc` into `server`'s `events_local`.
     pub fn load(&self, server: &str, dc: &str, events: &[ValidEvent]) {
-        let mut body = Vec::new();
-        for (i, e) in events.iter().enumerate() {
-            EventRow::new(
-                e,
-                dc,
-                "h",
-                SpoolPosition {
-                    segment: 1,
-                    offset: i as u64,
-                },
-            )
-            .write_row_binary(&mut body);
-        }
-        let ch = self.cluster.clickhouse(server).unwrap();
-        ch.insert(
-            &format!("INSERT INTO spoolhouse.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
-            &body,
-        )
-        .unwrap();
+        load(&self.cluster, server, dc, events);
     }
 
     /// Aggregates, once for datacenter `dc` (on `server`, reading the whole
@@ -140,10 +132,14 @@ impl Harness {
         }
     }
 
+    /// Runs `f` on the harness's runtime (the one serving the API).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
     /// GETs `path`; the status and the JSON body.
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let resp = agent().get(&format!("{}{path}", self.base)).call();
-        answer(resp)
+        get(&self.base, path)
     }
 
     /// POSTs `body` to `path`; the status and the JSON body.
@@ -162,6 +158,37 @@ impl Harness {
             .parse()
             .unwrap()
     }
+}
+
+/// Inserts `events` of datacenter `dc` into `server`'s `events_local`.
+pub fn load(cluster: &LocalCluster, server: &str, dc: &str, events: &[ValidEvent]) {
+    let mut body = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        EventRow::new(
+            e,
+            dc,
+            "h",
+            SpoolPosition {
+                segment: 1,
+                offset: i as u64,
+            },
+        )
+        .write_row_binary(&mut body);
+    }
+    cluster
+        .clickhouse(server)
+        .unwrap()
+        .insert(
+            &format!("INSERT INTO spoolhouse.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
+            &body,
+        )
+        .unwrap();
+}
+
+/// GETs `base` + `path`; the status and the JSON body (`/metrics` text as
+/// a JSON string).
+pub fn get(base: &str, path: &str) -> (u16, serde_json::Value) {
+    answer(agent().get(&format!("{base}{path}")).call())
 }
 
 fn agent() -> ureq::Agent {
