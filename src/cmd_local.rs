@@ -142,7 +142,13 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
 /// Sample traffic of the registry's demo types as wire lines: registrations,
 /// votes, screen views and watch progress over the last `minutes` minutes,
 /// users drawn from a range both datacenters share.
+/// Minutes (counted back from the current one) of the injected drop: iOS
+/// screen views fall by 80 % in minutes now-4, now-3 and now-2, for the
+/// drop detection to find.
+const DROP_MINUTES: std::ops::Range<u64> = 2..5;
+
 fn sample_lines(n: usize, seed: u64, now_ms: u64, minutes: u64) -> Vec<String> {
+    let now_minute = now_ms / 60_000;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let genders = ["male", "female", "unknown"];
     let platforms = ["web", "ios", "android"];
@@ -162,10 +168,17 @@ fn sample_lines(n: usize, seed: u64, now_ms: u64, minutes: u64) -> Vec<String> {
                     "user_id": user, "target_user_id": rng.random_range(1..5_000u64),
                     "vote": if rng.random_bool(0.6) { "yes" } else { "no" },
                     "country_id": rng.random_range(1..60u16)}}),
-                _ => serde_json::json!({"event": "screen_view", "time": time, "attrs": {
-                    "user_id": user, "screen": screens[rng.random_range(0..5)],
-                    "platform": platforms[rng.random_range(0..3)],
-                    "load_ms": rng.random_range(20..2_000u32)}}),
+                _ => {
+                    let mut platform = platforms[rng.random_range(0..3)];
+                    let ago = now_minute - time / 60_000;
+                    if platform == "ios" && DROP_MINUTES.contains(&ago) && rng.random_bool(0.8) {
+                        platform = "android";
+                    }
+                    serde_json::json!({"event": "screen_view", "time": time, "attrs": {
+                        "user_id": user, "screen": screens[rng.random_range(0..5)],
+                        "platform": platform,
+                        "load_ms": rng.random_range(20..2_000u32)}})
+                }
             };
             line.to_string()
         })
@@ -456,6 +469,54 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .join(" ")
     );
 
+    // The injected drop, drawn and then found.
+    let now_minute = (now_ms / 60_000) as u32;
+    let (drop_from, drop_to) = (
+        (now_minute - DROP_MINUTES.end as u32 + 1) * 60,
+        (now_minute - DROP_MINUTES.start as u32 + 1) * 60,
+    );
+    let ios = "screen_view.count(){platform=ios}";
+    let v = query_get(
+        q,
+        &format!(
+            "/v1/series?metric={}&from={}&to={drop_to}&step=minute",
+            encode(ios),
+            drop_to - 60 * (minutes as u32 - 1)
+        ),
+    )?;
+    let values: Vec<f64> = v["series"][0]["points"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p[1].as_f64())
+        .collect();
+    println!(
+        "\n{ios} per minute: {}  ({})",
+        sparkline(&values),
+        values
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let path = format!(
+        "/v1/drops?event=screen_view&from={drop_from}&to={drop_to}&reference=previous&direction=down&limit=3"
+    );
+    let v = query_get(q, &path)?;
+    println!(
+        "Top drops of screen_view, its last 3 closed minutes against the 3 before (GET {path}):"
+    );
+    for c in v["changes"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<50} {:>6} -> {:<6} {:>+4.0} %  score {:.1}",
+            c["series"].as_str().unwrap_or(""),
+            number(&c["reference"]),
+            number(&c["current"]),
+            c["change"].as_f64().unwrap_or(0.0) * 100.0,
+            c["score"].as_f64().unwrap_or(0.0)
+        );
+    }
+
     let report = format!(
         "/v1/report?event=registration&group_by=gender&from={from}&to={}",
         to - to % 60
@@ -498,6 +559,30 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A figure as text; counts and uniques are whole numbers, printed so.
+fn number(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{}", x as i64),
+        _ => v.to_string(),
+    }
+}
+
+/// `values` as a one-line bar chart, scaled to their maximum.
+fn sparkline(values: &[f64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = values.iter().copied().fold(0.0_f64, f64::max);
+    values
+        .iter()
+        .map(|v| {
+            if max <= 0.0 {
+                BARS[0]
+            } else {
+                BARS[((v / max) * 7.0).round().clamp(0.0, 7.0) as usize]
+            }
+        })
+        .collect()
+}
+
 /// A `/v1/report` answer as a small table, with what it covered.
 fn print_report(v: &serde_json::Value) {
     let strings = |key: &str| -> Vec<String> {
@@ -524,15 +609,7 @@ fn print_report(v: &serde_json::Value) {
             .collect();
         let values: String = metrics
             .iter()
-            .map(|m| {
-                let v = &row["values"][m];
-                // Counts and uniques are whole numbers; print them so.
-                let text = match v.as_f64() {
-                    Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{}", x as i64),
-                    _ => v.to_string(),
-                };
-                format!("{text:>16}")
-            })
+            .map(|m| format!("{:>16}", number(&row["values"][m])))
             .collect();
         println!("  {:<12} {values}", dims.join(","));
     }
