@@ -56,7 +56,7 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
         }
         ConfigCommand::Render { files, out } => {
             let d = load(&files)?;
-            let rendered = render::render(&d.topology, &d.registry_text);
+            let rendered = render::render(&d.topology, &d.registry, &d.registry_text);
             render::write_all(&out, &rendered)
                 .with_context(|| format!("writing rendered files into {}", out.display()))?;
             for f in &rendered {

@@ -125,7 +125,11 @@ fn tail(text: &str, n: usize) -> String {
 }
 
 fn render_into(topology: &Topology, dir: &Path) -> PathBuf {
-    let files = dc_config::render::render(topology, dc_config::examples::REGISTRY);
+    let files = dc_config::render::render(
+        topology,
+        &dc_config::examples::declared().registry,
+        dc_config::examples::REGISTRY,
+    );
     dc_config::render::write_all(dir, &files).unwrap();
     dir.join("ansible/inventory.ini")
 }

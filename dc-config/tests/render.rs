@@ -9,7 +9,7 @@ use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
 #[test]
 fn renders_every_file_once() {
     let d = dc_config::examples::declared();
-    let files = render::render(&d.topology, &d.registry_text);
+    let files = render::render(&d.topology, &d.registry, &d.registry_text);
     let paths: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
     for want in [
         "clickhouse/dc1-s1-r1/config.xml",
@@ -77,7 +77,7 @@ fn users_config_has_a_read_only_query_user() {
 fn ddl_names_the_right_clusters_per_dc() {
     let d = dc_config::examples::declared();
     let dc2 = d.topology.dc("dc2").unwrap();
-    let s = ddl::statements(&d.topology, dc2);
+    let s = ddl::statements(&d.topology, dc2, &d.registry);
     let joined = s.join("\n");
     assert!(joined.contains("ENGINE = Distributed(dc2, spoolhouse, events_local, rand())"));
     assert!(joined.contains("ENGINE = Distributed(global, spoolhouse, events_local, rand())"));
@@ -87,14 +87,23 @@ fn ddl_names_the_right_clusters_per_dc() {
         "CREATE MATERIALIZED VIEW IF NOT EXISTS spoolhouse.series_mv TO spoolhouse.series_local"
     ));
     assert!(s[0].starts_with("CREATE DATABASE IF NOT EXISTS spoolhouse"));
-    let script = ddl::script(&d.topology, dc2);
+    // Redis misses read the newest keyed state by its key, not by a scan.
+    assert!(joined.contains("ReplicatedReplacingMergeTree('/clickhouse/{dc}/tables/{shard}/spoolhouse/keyed_state_local', '{replica}', time_ms)\nORDER BY (event, key)"), "{joined}");
+    assert!(joined.contains("CREATE MATERIALIZED VIEW IF NOT EXISTS spoolhouse.keyed_state_mv TO spoolhouse.keyed_state_local"));
+    assert!(
+        joined.contains("WHERE event IN ('watch_progress')"),
+        "{joined}"
+    );
+    assert!(joined.contains("ENGINE = Distributed(global, spoolhouse, keyed_state_local, rand())"));
+    assert_eq!(ddl::keyed_state_key(&["7", "42"]), "7\u{1f}42");
+    let script = ddl::script(&d.topology, dc2, &d.registry);
     assert_eq!(script.matches(";\n").count(), s.len());
 }
 
 #[test]
 fn service_configs_round_trip() {
     let d = dc_config::examples::declared();
-    let files = render::render(&d.topology, &d.registry_text);
+    let files = render::render(&d.topology, &d.registry, &d.registry_text);
     let text = |p: &str| {
         files
             .iter()

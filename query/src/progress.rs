@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dc_config::registry::{FieldType, Registry, State};
-use dc_config::render::ddl::table;
+use dc_config::render::ddl::{keyed_state_key, table};
 use dc_config::sql::quote_str;
 use dc_config::state_store::{StateStore, StateWrite};
 use dc_config::topology::Redis;
@@ -176,10 +176,6 @@ pub struct ProgressService {
     negative: std::sync::Mutex<NegativeCache>,
 }
 
-fn attr(name: &str) -> String {
-    format!("attr_values[indexOf(attr_names, {})]", quote_str(name))
-}
-
 impl ProgressService {
     /// A reader for `registry`'s `watch_progress` state; `None` if the
     /// registry declares no such state.
@@ -311,15 +307,14 @@ impl ProgressService {
         self.negative.lock().expect("negative cache lock")
     }
 
+    /// The newest value of the key in `table_name` (a keyed-state table):
+    /// a lookup by its sorting key, one granule, however many events exist.
     fn latest_sql(&self, table_name: &str, key_values: &[String]) -> String {
-        let mut cond = format!("event = {}", quote_str(PROGRESS_EVENT));
-        for (field, value) in self.state.key.iter().zip(key_values) {
-            cond.push_str(&format!(" AND {} = {}", attr(field), quote_str(value)));
-        }
         format!(
-            "SELECT time_ms, {} FROM {}.{table_name} WHERE {cond} ORDER BY time_ms DESC LIMIT 1 FORMAT TSV",
-            attr(&self.state.value),
-            self.ch.database()
+            "SELECT time_ms, value FROM {}.{table_name} WHERE event = {} AND key = {} ORDER BY time_ms DESC LIMIT 1 FORMAT TSV",
+            self.ch.database(),
+            quote_str(PROGRESS_EVENT),
+            quote_str(&keyed_state_key(key_values))
         )
     }
 
@@ -360,7 +355,7 @@ impl ProgressService {
         };
         let local = self
             .ch
-            .fetch(&self.latest_sql(table::EVENTS_DC, key_values), &[])
+            .fetch(&self.latest_sql(table::KEYED_STATE_DC, key_values), &[])
             .await?;
         if let Some(found) = Self::parse_latest(&local) {
             self.refill(&key, found.0, &found.1).await;
@@ -372,7 +367,7 @@ impl ProgressService {
         }
         let (global, coverage) = self
             .ch
-            .fetch_global(&self.latest_sql(table::EVENTS_ALL, key_values))
+            .fetch_global(&self.latest_sql(table::KEYED_STATE_ALL, key_values))
             .await?;
         let found = Self::parse_latest(&global);
         match &found {

@@ -413,7 +413,9 @@ fn a_missing_table_blocks_the_batch_and_loses_nothing() {
     // The operator restores the table: the same batch goes in, once.
     let dc = cluster.topology().dc("dc1").unwrap();
     for r in dc.replicas() {
-        for stmt in dc_config::render::ddl::statements(cluster.topology(), dc) {
+        for stmt in
+            dc_config::render::ddl::statements(cluster.topology(), dc, &cluster.declared().registry)
+        {
             cluster.clickhouse(&r.name()).unwrap().query(&stmt).unwrap();
         }
     }
@@ -456,13 +458,21 @@ fn minutes_are_aggregated_once_closed_and_again_after_a_late_event() {
     wait_for("the re-aggregated minute", Duration::from_secs(60), || {
         state_count("vote.count()") == "601"
     });
-    let series = ch
-        .query(&format!(
+    // The series view writes after the states table: a moment later.
+    let series = || {
+        ch.query(&format!(
             "SELECT sum(value) FROM spoolhouse.series_all FINAL WHERE metric_hash = cityHash64('vote.count()') AND time = toDateTime({})",
             T0 / 1000
         ))
-        .unwrap();
-    assert_eq!(series.trim(), "601");
+        .unwrap()
+        .trim()
+        .to_string()
+    };
+    wait_for(
+        "the re-aggregated series point",
+        Duration::from_secs(30),
+        || series() == "601",
+    );
     let health = running.health.to_json();
     assert_eq!(health["aggregation"]["state"], "ok", "{health}");
     running.stop();

@@ -407,7 +407,11 @@ impl LocalCluster {
             topology,
             ..declared.clone()
         };
-        let files = render::render(&declared.topology, &declared.registry_text);
+        let files = render::render(
+            &declared.topology,
+            &declared.registry,
+            &declared.registry_text,
+        );
         let rendered = state_dir.join("rendered");
         render::write_all(&rendered, &files).map_err(io_err(&rendered))?;
         let mut cluster = Self {
@@ -521,7 +525,7 @@ impl LocalCluster {
         }
         self.wait_ready(&second_wave)?;
         for dc in &t.datacenter {
-            let statements = render::ddl::statements(&t, dc);
+            let statements = render::ddl::statements(&t, dc, &self.declared.registry);
             for r in dc.replicas() {
                 let ch = self.clickhouse(&r.name())?;
                 for s in &statements {

@@ -11,6 +11,8 @@
 //!   of a minute replaces earlier rounds, so late events re-aggregate it.
 //! - `series_local`: (date, metric hash, time, value) fed by `series_mv`.
 
+use crate::registry::Registry;
+use crate::sql::quote_str;
 use crate::topology::{Datacenter, Topology};
 
 /// Names of the tables, in one place for every crate that reads or writes them.
@@ -41,10 +43,93 @@ pub mod table {
     pub const DC_MARKER: &str = "dc_marker";
     /// The marker over every DC.
     pub const DC_MARKER_ALL: &str = "dc_marker_all";
+    /// The newest value of each keyed state (one row per event and key
+    /// once merged), ordered for lookups by key: what a Redis miss reads.
+    pub const KEYED_STATE_LOCAL: &str = "keyed_state_local";
+    /// Keyed states over this DC's cluster.
+    pub const KEYED_STATE_DC: &str = "keyed_state_dc";
+    /// Keyed states over every DC.
+    pub const KEYED_STATE_ALL: &str = "keyed_state_all";
+    /// The materialized view feeding the keyed-state table from the events.
+    pub const KEYED_STATE_MV: &str = "keyed_state_mv";
+}
+
+/// Separates the key fields' values in the keyed-state table's `key`
+/// column (a control character no canonical value text contains).
+pub const KEY_SEPARATOR: char = '\u{1f}';
+
+/// The `key` column's text for the key fields' values (canonical column
+/// text, in the state's key order): what the materialized view writes.
+pub fn keyed_state_key<S: AsRef<str>>(key_values: &[S]) -> String {
+    key_values
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(&KEY_SEPARATOR.to_string())
+}
+
+/// The keyed-state table and its view from the events, when the registry
+/// declares any state. The view is created once:
+/// a state added to the registry later needs `DROP TABLE <db>.keyed_state_mv`
+/// before the schema is applied again (the table and its data stay).
+fn keyed_state_statements(
+    topology: &Topology,
+    registry: &Registry,
+    zk: &dyn Fn(&str) -> String,
+) -> Vec<String> {
+    use table::*;
+    let db = &topology.database;
+    let states: Vec<(&String, &crate::registry::State)> = registry
+        .event
+        .iter()
+        .filter_map(|(name, e)| e.state.as_ref().map(|s| (name, s)))
+        .collect();
+    if states.is_empty() {
+        return Vec::new();
+    }
+    let attr = |f: &str| format!("attr_values[indexOf(attr_names, {})]", quote_str(f));
+    let sep = quote_str(&KEY_SEPARATOR.to_string());
+    let mut key = String::from("multiIf(");
+    let mut value = String::from("multiIf(");
+    for (event, state) in &states {
+        let parts: Vec<String> = state.key.iter().map(|f| attr(f)).collect();
+        let joined = if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            format!("concat({})", parts.join(&format!(", {sep}, ")))
+        };
+        key.push_str(&format!("event = {}, {joined}, ", quote_str(event)));
+        value.push_str(&format!(
+            "event = {}, {}, ",
+            quote_str(event),
+            attr(&state.value)
+        ));
+    }
+    key.push_str("'')");
+    value.push_str("'')");
+    let events: Vec<String> = states.iter().map(|(e, _)| quote_str(e)).collect();
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{KEYED_STATE_LOCAL} (\n\
+             \x20   event String,\n\
+             \x20   key String,\n\
+             \x20   time_ms UInt64,\n\
+             \x20   value String\n\
+             ) ENGINE = ReplicatedReplacingMergeTree({}, time_ms)\n\
+             ORDER BY (event, key)",
+            zk(KEYED_STATE_LOCAL)
+        ),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{KEYED_STATE_MV} TO {db}.{KEYED_STATE_LOCAL} AS\n\
+             SELECT event, {key} AS key, time_ms, {value} AS value\n\
+             FROM {db}.{EVENTS_LOCAL} WHERE event IN ({})",
+            events.join(", ")
+        ),
+    ]
 }
 
 /// Every statement, in the order to run them, for the servers of `dc`.
-pub fn statements(topology: &Topology, dc: &Datacenter) -> Vec<String> {
+pub fn statements(topology: &Topology, dc: &Datacenter, registry: &Registry) -> Vec<String> {
     use table::*;
     let db = &topology.database;
     let global = &topology.global_cluster;
@@ -56,7 +141,7 @@ pub fn statements(topology: &Topology, dc: &Datacenter) -> Vec<String> {
              ENGINE = Distributed({cluster}, {db}, {local}, rand())"
         )
     };
-    vec![
+    let mut out = vec![
         format!("CREATE DATABASE IF NOT EXISTS {db}"),
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.{EVENTS_LOCAL} (\n\
@@ -133,16 +218,23 @@ pub fn statements(topology: &Topology, dc: &Datacenter) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {db}.{DC_MARKER_ALL} (dc String) \
              ENGINE = Distributed({global}, {db}, {DC_MARKER})"
         ),
-    ]
+    ];
+    let keyed = keyed_state_statements(topology, registry, &zk);
+    if !keyed.is_empty() {
+        out.extend(keyed);
+        out.push(distributed(KEYED_STATE_DC, cluster, KEYED_STATE_LOCAL));
+        out.push(distributed(KEYED_STATE_ALL, global, KEYED_STATE_LOCAL));
+    }
+    out
 }
 
 /// The statements of `dc` as one SQL file, each ending in `;`.
-pub fn script(topology: &Topology, dc: &Datacenter) -> String {
+pub fn script(topology: &Topology, dc: &Datacenter, registry: &Registry) -> String {
     let mut out = format!(
         "-- Spoolhouse schema for datacenter {}: run on each of its ClickHouse servers.\n\n",
         dc.name
     );
-    for s in statements(topology, dc) {
+    for s in statements(topology, dc, registry) {
         out.push_str(&s);
         out.push_str(";\n\n");
     }

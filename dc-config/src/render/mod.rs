@@ -9,6 +9,7 @@ pub mod zookeeper;
 
 use std::path::{Path, PathBuf};
 
+use crate::registry::Registry;
 use crate::services::{CollectorConfig, QueryConfig, ShipperConfig, REGISTRY_FILE};
 use crate::topology::Topology;
 
@@ -33,7 +34,8 @@ fn to_toml<T: serde::Serialize>(header: &str, v: &T) -> String {
     format!("# {header}\n# Rendered by `spoolhouse config render`; edit the topology, not this file.\n\n{body}")
 }
 
-/// Every file for `topology` and `registry`, in a stable order:
+/// Every file for `topology` and `registry` (whose text is `registry_text`),
+/// in a stable order:
 ///
 /// ```text
 /// clickhouse/<replica>/config.xml, users.xml   one folder per server
@@ -42,7 +44,7 @@ fn to_toml<T: serde::Serialize>(header: &str, v: &T) -> String {
 /// services/<dc>/{collector,shipper,query}.toml, events.toml
 /// ansible/inventory.ini
 /// ```
-pub fn render(topology: &Topology, registry_text: &str) -> Vec<RenderedFile> {
+pub fn render(topology: &Topology, registry: &Registry, registry_text: &str) -> Vec<RenderedFile> {
     let mut out = Vec::new();
     let users = clickhouse::users_config(topology);
     for r in topology.replicas() {
@@ -66,7 +68,7 @@ pub fn render(topology: &Topology, registry_text: &str) -> Vec<RenderedFile> {
     for dc in &topology.datacenter {
         out.push(file(
             Path::new("ddl").join(format!("{}.sql", dc.name)),
-            ddl::script(topology, dc),
+            ddl::script(topology, dc, registry),
         ));
     }
     for dc in &topology.datacenter {
