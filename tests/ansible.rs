@@ -261,6 +261,20 @@ impl Drop for Deployment {
 }
 
 /// The PLAY RECAP lines of an ansible-playbook run.
+/// Each task that reported `changed`, with its host line, from a run's output.
+fn changed_tasks(out: &str) -> String {
+    let mut task = "";
+    let mut found = Vec::new();
+    for line in out.lines() {
+        if line.starts_with("TASK [") {
+            task = line;
+        } else if line.starts_with("changed:") {
+            found.push(format!("{task}\n  {line}"));
+        }
+    }
+    found.join("\n")
+}
+
 fn recap(out: &str) -> String {
     out.lines()
         .skip_while(|l| !l.starts_with("PLAY RECAP"))
@@ -462,7 +476,8 @@ fn site_deploys_two_datacenters_into_a_prefix_and_rolling_restart_replaces_every
     for line in recap(&again).lines().skip(1) {
         assert!(
             line.contains(" changed=0 "),
-            "a second run changed something: {line}"
+            "a second run changed something: {line}\n{}",
+            changed_tasks(&again)
         );
     }
     assert_eq!(d.pids(), pids, "a second run restarted something");
