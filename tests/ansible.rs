@@ -175,6 +175,22 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// The last lines of every Spoolhouse service's log under the prefix:
+    /// why a service the first run started was no longer running.
+    fn service_logs(&self) -> String {
+        let dir = self.prefix.path().join("var/log/spoolhouse");
+        let mut out = String::new();
+        let mut logs: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            out.push_str(&format!("--- {}\n{}\n", log.display(), tail(&text, 15)));
+        }
+        out
+    }
+
     fn path(&self, rel: &str) -> PathBuf {
         self.prefix.path().join(rel)
     }
@@ -476,8 +492,9 @@ fn site_deploys_two_datacenters_into_a_prefix_and_rolling_restart_replaces_every
     for line in recap(&again).lines().skip(1) {
         assert!(
             line.contains(" changed=0 "),
-            "a second run changed something: {line}\n{}",
-            changed_tasks(&again)
+            "a second run changed something: {line}\n{}\n{}",
+            changed_tasks(&again),
+            d.service_logs()
         );
     }
     assert_eq!(d.pids(), pids, "a second run restarted something");
