@@ -108,3 +108,14 @@ pub async fn bind(
         }
     })
 }
+
+/// Resolves when the process gets SIGTERM or Ctrl-C: when a service starts
+/// its graceful stop.
+pub async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

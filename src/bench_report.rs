@@ -93,10 +93,6 @@ fn load(cluster: &LocalCluster, args: &ReportBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0
-}
-
 /// Times `reads` reports of each scope from dc1's query service.
 fn time_reports(
     cluster: &LocalCluster,
@@ -178,8 +174,8 @@ pub fn run(args: ReportBench) -> anyhow::Result<()> {
         for (scope, took) in time_reports(&cluster, &args)? {
             println!(
                 "| {link} | {scope} | {:.1} | {:.1} |",
-                percentile_ms(&took, 0.50),
-                percentile_ms(&took, 0.99)
+                crate::bench_series::percentile_ms(&took, 0.50),
+                crate::bench_series::percentile_ms(&took, 0.99)
             );
         }
     }

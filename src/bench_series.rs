@@ -53,7 +53,8 @@ metric = [
 
 const T0: u32 = 1_763_424_000; // 2025-11-18 00:00:00 UTC
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+/// The `p` quantile of `sorted` durations, in milliseconds.
+pub(crate) fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0
 }
 
@@ -134,13 +135,13 @@ fn read_test(ch: &ClickHouseHttp, args: &SeriesBench) -> anyhow::Result<()> {
     );
     println!(
         "    latest version kept by the client (the query service's read)  p50 {:.1} ms, p99 {:.1} ms   (talk: 20-80 ms; target <= 20 ms p50)",
-        percentile(&fast_took, 0.5),
-        percentile(&fast_took, 0.99)
+        percentile_ms(&fast_took, 0.5),
+        percentile_ms(&fast_took, 0.99)
     );
     println!(
         "    FINAL + ORDER BY in ClickHouse                                  p50 {:.1} ms, p99 {:.1} ms",
-        percentile(&final_took, 0.5),
-        percentile(&final_took, 0.99)
+        percentile_ms(&final_took, 0.5),
+        percentile_ms(&final_took, 0.99)
     );
     Ok(())
 }

@@ -50,13 +50,7 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<()> {
         tracing::info!(%dc, %host, spool = %spool_dir.display(), admin = %admin_addr, "collector started");
         let stop = running.stopper();
         tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing the SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+            crate::admin::terminated().await;
             tracing::info!("stopping: draining in-flight batches");
             let _ = stop.send(true);
         });

@@ -49,16 +49,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
             Duration::from_millis(config.timeout_ms),
         ));
         tracing::info!(dc = %config.dc, listen = %config.listen, "query service started");
-        query::serve(listener, service, async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing the SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
-        .await;
+        query::serve(listener, service, crate::admin::terminated()).await;
         Ok(())
     })
 }

@@ -74,13 +74,7 @@ pub fn run(args: ShipperArgs) -> anyhow::Result<()> {
     {
         let shutdown = shutdown.clone();
         runtime.spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing the SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+            crate::admin::terminated().await;
             tracing::info!("stopping: finishing the batch in hand");
             shutdown.store(true, Ordering::SeqCst);
         });
