@@ -129,30 +129,19 @@ impl Shipper {
         self.explain_registry_changes()?;
         let stateful = self.registry.event.values().any(|e| e.state.is_some());
         let aggregating = self.registry.event.values().any(|e| !e.metric.is_empty());
-        let agg = aggregating.then(|| {
+        // One thread per pipeline, each with its own handle on the runtime.
+        type Loop = fn(&Shipper, &tokio::runtime::Handle) -> Result<()>;
+        let spawn = |name: &str, pipeline: Loop| {
             let me = self.clone();
             let rt = runtime.clone();
             std::thread::Builder::new()
-                .name("ship-aggregate".into())
-                .spawn(move || me.aggregate_loop(&rt))
-                .expect("spawning a thread")
-        });
-        let ch = {
-            let me = self.clone();
-            let rt = runtime.clone();
-            std::thread::Builder::new()
-                .name("ship-clickhouse".into())
-                .spawn(move || me.clickhouse_loop(&rt))
+                .name(name.into())
+                .spawn(move || pipeline(&me, &rt))
                 .expect("spawning a thread")
         };
-        let redis = stateful.then(|| {
-            let me = self.clone();
-            let rt = runtime.clone();
-            std::thread::Builder::new()
-                .name("ship-redis".into())
-                .spawn(move || me.redis_loop(&rt))
-                .expect("spawning a thread")
-        });
+        let agg = aggregating.then(|| spawn("ship-aggregate", Shipper::aggregate_loop));
+        let ch = spawn("ship-clickhouse", Shipper::clickhouse_loop);
+        let redis = stateful.then(|| spawn("ship-redis", Shipper::redis_loop));
         let first = ch.join().expect("clickhouse pipeline panicked");
         if first.is_err() {
             self.shutdown.store(true, Ordering::SeqCst);
