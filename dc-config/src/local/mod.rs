@@ -383,6 +383,7 @@ impl LocalCluster {
         }
         let mut topology = topology;
         let mut links = Vec::new();
+        let mut routes = Vec::new();
         if let Some(delay) = opts.cross_dc_delay {
             let links_dir = state_dir.join(LINKS_DIR);
             std::fs::create_dir_all(&links_dir).map_err(io_err(&links_dir))?;
@@ -393,16 +394,12 @@ impl LocalCluster {
                     let relay =
                         link::Relay::start(&viewer.name, &r.dc.name, target, delay, &links_dir)
                             .map_err(io_err(&links_dir))?;
-                    links.push(((viewer.name.clone(), direct), relay));
+                    routes.push(((viewer.name.clone(), direct), relay.listen()));
+                    links.push(relay);
                 }
             }
-            for ((viewer, direct), relay) in &links {
-                topology
-                    .cross_dc_routes
-                    .insert((viewer.clone(), direct.clone()), relay.listen());
-            }
         }
-        let links = links.into_iter().map(|(_, relay)| relay).collect();
+        topology.cross_dc_routes.extend(routes);
         let declared = Declared {
             topology,
             ..declared.clone()
