@@ -71,9 +71,21 @@ pub fn start_dc(
     dc_name: &str,
     dir: &std::path::Path,
 ) -> Vec<dc_config::local::process::Proc> {
+    start_dc_with(cluster, dc_name, dir, |_| {})
+}
+
+/// [`start_dc`] with the collector's config changed by `edit` first.
+pub fn start_dc_with(
+    cluster: &dc_config::local::LocalCluster,
+    dc_name: &str,
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut dc_config::services::CollectorConfig),
+) -> Vec<dc_config::local::process::Proc> {
     use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
     let t = cluster.topology();
     let dc = t.dc(dc_name).unwrap();
+    let mut collector = CollectorConfig::for_dc(dc);
+    edit(&mut collector);
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("events.toml"), dc_config::examples::REGISTRY).unwrap();
     let mut shipper = ShipperConfig::for_dc(t, dc);
@@ -82,10 +94,7 @@ pub fn start_dc(
     let mut query = QueryConfig::for_dc(t, dc);
     query.timeout_ms = 3_000;
     let configs = [
-        (
-            "collector",
-            toml::to_string(&CollectorConfig::for_dc(dc)).unwrap(),
-        ),
+        ("collector", toml::to_string(&collector).unwrap()),
         ("shipper", toml::to_string(&shipper).unwrap()),
         ("query", toml::to_string(&query).unwrap()),
     ];
@@ -150,30 +159,52 @@ pub fn count(cluster: &dc_config::local::LocalCluster, server: &str) -> (u64, u6
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     acked: Vec<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    unsent: Vec<Unsent>,
     latencies: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, Duration)>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Load {
     /// Starts one sender per socket; DC `i`'s users are `(i + 1) * 10^9 + n`.
+    /// Every line must be acknowledged (the client retries refusals): a line
+    /// left unsent fails the test.
     pub fn start(sockets: Vec<std::path::PathBuf>) -> Self {
+        Self::start_with(sockets, collector::client::ClientConfig::default(), false)
+    }
+
+    /// [`Load::start`] with its own client retries; with `allow_unsent`,
+    /// lines the collector still refused after them are counted (see
+    /// [`Load::unsent`]) instead of failing the test, and the sender goes on.
+    pub fn start_with(
+        sockets: Vec<std::path::PathBuf>,
+        client: collector::client::ClientConfig,
+        allow_unsent: bool,
+    ) -> Self {
         use std::sync::atomic::{AtomicBool, AtomicU64};
         use std::sync::{Arc, Mutex};
         let stop = Arc::new(AtomicBool::new(false));
         let latencies = Arc::new(Mutex::new(Vec::new()));
         let mut acked = Vec::new();
+        let mut unsent = Vec::new();
         let mut threads = Vec::new();
         for (i, socket) in sockets.into_iter().enumerate() {
             let a = Arc::new(AtomicU64::new(0));
             acked.push(a.clone());
+            let u = Unsent::default();
+            unsent.push(u.clone());
             let (stop, lat) = (stop.clone(), latencies.clone());
-            threads.push(std::thread::spawn(move || {
-                send_votes(socket, i as u64 + 1, stop, a, lat)
-            }));
+            let sender = Sender {
+                socket,
+                dc: i as u64 + 1,
+                client: client.clone(),
+                unsent: allow_unsent.then_some(u),
+            };
+            threads.push(std::thread::spawn(move || sender.run(stop, a, lat)));
         }
         Self {
             stop,
             acked,
+            unsent,
             latencies,
             threads,
         }
@@ -182,6 +213,16 @@ impl Load {
     /// Events DC `i`'s collector acknowledged so far.
     pub fn acked(&self, i: usize) -> u64 {
         self.acked[i].load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Lines DC `i`'s sender gave up on after its retries, and the
+    /// collector's last reason (only counted with `allow_unsent`).
+    pub fn unsent(&self, i: usize) -> (u64, Option<String>) {
+        let u = &self.unsent[i];
+        (
+            u.count.load(std::sync::atomic::Ordering::SeqCst),
+            u.reason.lock().unwrap().clone(),
+        )
     }
 
     /// Ack latencies of batches sent at or after `since`, sorted.
@@ -213,48 +254,72 @@ impl Drop for Load {
     }
 }
 
-fn send_votes(
+/// Lines a sender gave up on, and why.
+#[derive(Clone, Default)]
+struct Unsent {
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    reason: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// One DC's vote sender.
+struct Sender {
     socket: std::path::PathBuf,
     dc: u64,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    latencies: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, Duration)>>>,
-) {
-    use collector::client::{Client, ClientConfig, Endpoint, LineOutcome};
-    use std::sync::atomic::Ordering;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let mut client = Client::connect(Endpoint::Unix(socket), ClientConfig::default())
-            .await
+    client: collector::client::ClientConfig,
+    /// Where to count lines left unsent; `None`: they fail the test.
+    unsent: Option<Unsent>,
+}
+
+impl Sender {
+    fn run(
+        self,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        latencies: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, Duration)>>>,
+    ) {
+        use collector::client::{Client, Endpoint, LineOutcome};
+        use std::sync::atomic::Ordering;
+        let dc = self.dc;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .unwrap();
-        let mut seq = 0u64;
-        let started = std::time::Instant::now();
-        while !stop.load(Ordering::SeqCst) && started.elapsed() < LOAD_MAX {
-            let lines: Vec<String> = (0..BATCH)
-                .map(|i| {
-                    let user = dc * 1_000_000_000 + seq + i;
-                    format!(
-                        "{{\"event\":\"vote\",\"time\":{},\"attrs\":{{\"user_id\":{user},\"target_user_id\":1,\"vote\":\"yes\",\"country_id\":{dc}}}}}",
-                        now_ms(),
-                    )
-                })
-                .collect();
-            seq += BATCH;
-            let sent = std::time::Instant::now();
-            let outcomes = client.send_batch(&lines).await.unwrap();
-            latencies.lock().unwrap().push((sent, sent.elapsed()));
-            let ok = outcomes
-                .iter()
-                .filter(|o| matches!(o, LineOutcome::Acked))
-                .count();
-            assert_eq!(ok, lines.len(), "{outcomes:?}");
-            acked.fetch_add(ok as u64, Ordering::SeqCst);
-            tokio::time::sleep(PAUSE).await;
-        }
-    });
+        rt.block_on(async move {
+            let mut client = Client::connect(Endpoint::Unix(self.socket), self.client)
+                .await
+                .unwrap();
+            let mut seq = 0u64;
+            let started = std::time::Instant::now();
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < LOAD_MAX {
+                let lines: Vec<String> = (0..BATCH)
+                    .map(|i| {
+                        let user = dc * 1_000_000_000 + seq + i;
+                        format!(
+                            "{{\"event\":\"vote\",\"time\":{},\"attrs\":{{\"user_id\":{user},\"target_user_id\":1,\"vote\":\"yes\",\"country_id\":{dc}}}}}",
+                            now_ms(),
+                        )
+                    })
+                    .collect();
+                seq += BATCH;
+                let sent = std::time::Instant::now();
+                let outcomes = client.send_batch(&lines).await.unwrap();
+                latencies.lock().unwrap().push((sent, sent.elapsed()));
+                let mut ok = 0;
+                for o in &outcomes {
+                    match (o, &self.unsent) {
+                        (LineOutcome::Acked, _) => ok += 1,
+                        (LineOutcome::Unsent { reason }, Some(u)) => {
+                            u.count.fetch_add(1, Ordering::SeqCst);
+                            *u.reason.lock().unwrap() = Some(reason.clone());
+                        }
+                        _ => panic!("{o:?}"),
+                    }
+                }
+                acked.fetch_add(ok, Ordering::SeqCst);
+                tokio::time::sleep(PAUSE).await;
+            }
+        });
+    }
 }
 
 /// Waits until each DC's ClickHouse holds as many events as its collector
