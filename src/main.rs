@@ -9,6 +9,7 @@ mod cmd_bench;
 mod cmd_collector;
 mod cmd_config;
 mod cmd_dc;
+mod cmd_demo;
 mod cmd_local;
 mod cmd_query;
 mod cmd_send;
@@ -41,7 +42,7 @@ enum Command {
     /// Run real ZooKeeper, ClickHouse and Redis servers for a topology on this machine.
     Local(cmd_local::LocalArgs),
     /// The main job: bring up two datacenters, write events into each, print a global report.
-    Demo(cmd_local::DemoArgs),
+    Demo(cmd_demo::DemoArgs),
     /// Serve a datacenter's HTTP API: watch progress (Redis, then ClickHouse).
     Query(cmd_query::QueryArgs),
     /// Ship a host's spool into its datacenter's ClickHouse and Redis.
@@ -64,7 +65,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Config(a) => cmd_config::run(a),
         Command::Local(a) => cmd_local::run(a),
-        Command::Demo(a) => cmd_local::demo(a),
+        Command::Demo(a) => cmd_demo::demo(a),
         Command::Query(a) => cmd_query::run(a),
         Command::Shipper(a) => cmd_shipper::run(a),
         Command::Spool(a) => cmd_spool::run(a),
