@@ -277,8 +277,10 @@ pub async fn read<'r>(
     if kinds(registry, selection).is_empty() {
         return Ok((Vec::new(), Coverage::default()));
     }
-    let sql = sql(registry, ch.database(), scope, selection, range, step_s);
-    let (body, coverage) = fetch_scoped(ch, scope, &sql).await?;
+    let (body, coverage) = fetch_scoped(ch, scope, |s| {
+        sql(registry, ch.database(), s, selection, range, step_s)
+    })
+    .await?;
     Ok((parse(registry, &body, step_s.is_some())?, coverage))
 }
 

@@ -1,6 +1,13 @@
 //! ClickHouse as the query service reads it: this DC's servers in order (the
 //! first that answers), as the read-only user, with a timeout; global reads
 //! skip unavailable shards and report which datacenters did not answer.
+//!
+//! ClickHouse skips only shards it cannot connect to: a datacenter that
+//! accepts connections but answers slowly (a congested link, an overloaded
+//! server) would hold a global read until the query timeout and turn it
+//! into an error. So a global read gets [`GLOBAL_SHARE`] of the timeout;
+//! if it has no answer by then, the rest goes to the same read over this
+//! datacenter alone, answered `partial` with every other DC `missing`.
 
 use std::time::Duration;
 
@@ -74,8 +81,14 @@ fn is_unavailable(code: u32) -> bool {
     matches!(code, 209 | 210 | 279)
 }
 
+/// Share of the query timeout (numerator, denominator) a global read may
+/// take before this DC's own read replaces it: a local read takes tens of
+/// milliseconds, so a third of the timeout is plenty for it.
+pub const GLOBAL_SHARE: (u32, u32) = (2, 3);
+
 /// This DC's ClickHouse servers, for reads.
 pub struct ClickHouse {
+    dc: String,
     servers: Vec<(String, clickhouse::Client)>,
     database: String,
     datacenters: Vec<QueryDatacenter>,
@@ -86,6 +99,7 @@ impl ClickHouse {
     /// Clients for the servers of `config`, each request bounded by `timeout`.
     pub fn new(config: &QueryConfig, timeout: Duration) -> Self {
         Self {
+            dc: config.dc.clone(),
             servers: config
                 .clickhouse
                 .iter()
@@ -111,12 +125,19 @@ impl ClickHouse {
 
     /// Runs `sql` on the first server that answers; the raw body.
     pub async fn fetch(&self, sql: &str, settings: &[(&str, &str)]) -> Result<Vec<u8>> {
+        self.fetch_within(sql, settings, self.timeout).await
+    }
+
+    /// [`ClickHouse::fetch`], each server given `timeout`.
+    async fn fetch_within(
+        &self,
+        sql: &str,
+        settings: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
         let mut last = String::from("no ClickHouse server configured");
         for (url, client) in &self.servers {
-            match self
-                .fetch_one(client, sql, settings, "TSV", self.timeout)
-                .await
-            {
+            match self.fetch_one(client, sql, settings, "TSV", timeout).await {
                 Ok(body) => return Ok(body),
                 Err(Attempt::Exception { code, message }) => {
                     last = format!("{url}: code {code}: {message}")
@@ -196,9 +217,48 @@ impl ClickHouse {
         }
     }
 
-    /// A global read: `sql` with unavailable shards skipped, and beside it
-    /// the coverage of that moment from the DC markers.
-    pub async fn fetch_global(&self, sql: &str) -> Result<(Vec<u8>, Coverage)> {
+    /// A global read: `global_sql` with unavailable shards skipped, and
+    /// beside it the coverage of that moment from the DC markers. When that
+    /// gives no answer within [`GLOBAL_SHARE`] of the timeout, `local_sql`
+    /// (the same read over this DC's tables) answers instead, with every
+    /// other datacenter missing.
+    pub async fn fetch_global(
+        &self,
+        global_sql: &str,
+        local_sql: &str,
+    ) -> Result<(Vec<u8>, Coverage)> {
+        let budget = self.timeout * GLOBAL_SHARE.0 / GLOBAL_SHARE.1;
+        match self.fetch_all_dcs(global_sql, budget).await {
+            Err(Error::ClickHouse(why)) => {
+                tracing::warn!(
+                    error = %why,
+                    budget_ms = budget.as_millis() as u64,
+                    "global read unanswered; answering from this datacenter alone"
+                );
+                let body = self
+                    .fetch_within(local_sql, &[], self.timeout - budget)
+                    .await?;
+                let missing = self
+                    .datacenters
+                    .iter()
+                    .filter(|d| d.name != self.dc)
+                    .map(|d| d.name.clone())
+                    .collect();
+                Ok((
+                    body,
+                    Coverage {
+                        missing,
+                        partial: true,
+                    },
+                ))
+            }
+            other => other,
+        }
+    }
+
+    /// `sql` over every DC with unavailable shards skipped, and its
+    /// coverage, within `timeout`.
+    async fn fetch_all_dcs(&self, sql: &str, timeout: Duration) -> Result<(Vec<u8>, Coverage)> {
         let settings = [("skip_unavailable_shards", "1")];
         let marker_sql = format!(
             "SELECT dc, count() FROM {}.{} GROUP BY dc FORMAT TSV",
@@ -207,10 +267,17 @@ impl ClickHouse {
         );
         // At the same time: each read costs round trips to every remote DC,
         // and one after the other would pay them twice.
-        let (body, markers) = tokio::try_join!(
-            self.fetch(sql, &settings),
-            self.fetch(&marker_sql, &settings)
-        )?;
+        // One bound for the whole read: trying this DC's next server after
+        // a slow remote DC held the first would only wait for it again.
+        let both = async {
+            tokio::try_join!(
+                self.fetch_within(sql, &settings, timeout),
+                self.fetch_within(&marker_sql, &settings, timeout)
+            )
+        };
+        let (body, markers) = tokio::time::timeout(timeout, both).await.map_err(|_| {
+            Error::ClickHouse(format!("no answer within {} ms", timeout.as_millis()))
+        })??;
         let text = String::from_utf8_lossy(&markers);
         let answered = |dc: &str| -> usize {
             text.lines()

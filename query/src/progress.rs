@@ -367,7 +367,10 @@ impl ProgressService {
         }
         let (global, coverage) = self
             .ch
-            .fetch_global(&self.latest_sql(table::KEYED_STATE_ALL, key_values))
+            .fetch_global(
+                &self.latest_sql(table::KEYED_STATE_ALL, key_values),
+                &self.latest_sql(table::KEYED_STATE_DC, key_values),
+            )
             .await?;
         let found = Self::parse_latest(&global);
         match &found {

@@ -193,7 +193,7 @@ impl<'a> ReportRequest<'a> {
 
     /// The SQL: per metric, its roll-up's series merged over the range, at
     /// most [`MAX_ROWS`] + 1 each (one more tells the answer would be too big).
-    pub fn sql(&self, database: &str) -> String {
+    pub fn sql(&self, database: &str, scope: Scope) -> String {
         let selects: Vec<String> = self
             .metrics
             .iter()
@@ -202,7 +202,7 @@ impl<'a> ReportRequest<'a> {
                     "SELECT * FROM ({}) LIMIT {}",
                     merged_states_sql(
                         database,
-                        self.scope.states_table(),
+                        scope.states_table(),
                         m.kind,
                         &rollup_filter_sql(&self.rollup(m)),
                         self.from,
@@ -233,7 +233,7 @@ pub async fn read(
     ch: &ClickHouse,
     req: &ReportRequest<'_>,
 ) -> Result<serde_json::Value> {
-    let (body, coverage) = fetch_scoped(ch, req.scope, &req.sql(ch.database())).await?;
+    let (body, coverage) = fetch_scoped(ch, req.scope, |s| req.sql(ch.database(), s)).await?;
     let text = String::from_utf8_lossy(&body);
     let labels: Vec<String> = req.metrics.iter().map(|m| metric_label(m)).collect();
     // Dimension values in `group_by` order → one value per metric.
@@ -324,7 +324,7 @@ mod tests {
         assert_eq!(ok.group_by, ["gender", "country_id"]);
         assert_eq!(ok.metrics.len(), 2);
         assert_eq!(ok.scope, Scope::Dc);
-        let sql = ok.sql("spoolhouse");
+        let sql = ok.sql("spoolhouse", ok.scope);
         assert_eq!(sql.matches("metric_states_dc FINAL").count(), 2);
         assert!(sql.contains("toFloat64(uniqMerge(uniq_state))"));
         assert!(sql.ends_with(&format!("LIMIT {} FORMAT TSV", MAX_ROWS + 1)));
@@ -333,7 +333,7 @@ mod tests {
         let ok = ReportRequest::parse(&r, "event=vote&metric=uniq(user_id)&from=0&to=60").unwrap();
         assert_eq!(ok.metrics.len(), 1);
         assert!(ok
-            .sql("db")
+            .sql("db", ok.scope)
             .contains("metric_hash = cityHash64('vote.uniq(user_id)')"));
         // Only the metrics that have the dimension.
         let ok = ReportRequest::parse(&r, "event=vote&group_by=country_id&from=0&to=60").unwrap();

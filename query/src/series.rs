@@ -98,16 +98,24 @@ impl Scope {
     }
 }
 
-/// Runs `sql` over `scope`: a global read reports its coverage; a DC read
-/// covers this DC only, so nothing is missing.
+/// Runs the statement `sql_for` gives for `scope`: a global read reports
+/// its coverage (and falls back to this DC's statement when the others are
+/// too slow, see [`ClickHouse::fetch_global`]); a DC read covers this DC
+/// only, so nothing is missing.
 pub(crate) async fn fetch_scoped(
     ch: &ClickHouse,
     scope: Scope,
-    sql: &str,
+    sql_for: impl Fn(Scope) -> String,
 ) -> Result<(Vec<u8>, Coverage)> {
     match scope {
-        Scope::Global => ch.fetch_global(sql).await,
-        Scope::Dc => Ok((ch.fetch(sql, &[]).await?, Coverage::default())),
+        Scope::Global => {
+            ch.fetch_global(&sql_for(Scope::Global), &sql_for(Scope::Dc))
+                .await
+        }
+        Scope::Dc => Ok((
+            ch.fetch(&sql_for(Scope::Dc), &[]).await?,
+            Coverage::default(),
+        )),
     }
 }
 
@@ -189,9 +197,10 @@ impl SeriesRequest {
         })
     }
 
-    /// The SQL: per metric kind, merged states per step.
-    pub fn sql(&self, database: &str) -> String {
-        let table_name = self.scope.states_table();
+    /// The SQL over `scope` (the request's own, or this DC's when a global
+    /// read falls back): per metric kind, merged states per step.
+    pub fn sql(&self, database: &str, scope: Scope) -> String {
+        let table_name = scope.states_table();
         let step = self.step.seconds();
         let mut selects = Vec::new();
         for kind in [
@@ -246,8 +255,7 @@ pub(crate) fn tsv_unescape(s: &str) -> String {
 
 /// Runs `req`; the JSON answer.
 pub async fn read(ch: &ClickHouse, req: &SeriesRequest) -> Result<serde_json::Value> {
-    let sql = req.sql(ch.database());
-    let (body, coverage) = fetch_scoped(ch, req.scope, &sql).await?;
+    let (body, coverage) = fetch_scoped(ch, req.scope, |s| req.sql(ch.database(), s)).await?;
     let text = String::from_utf8_lossy(&body);
     let mut points: std::collections::BTreeMap<String, Vec<(u32, f64)>> = req
         .series
@@ -301,7 +309,7 @@ mod tests {
         assert_eq!(ok.series.len(), 2);
         assert_eq!(ok.series[1].0, "registration.uniq(user_id){gender=male}");
         assert_eq!(ok.from, 0);
-        let sql = ok.sql("spoolhouse");
+        let sql = ok.sql("spoolhouse", ok.scope);
         assert!(sql.contains("toFloat64(countMerge(count_state))"));
         assert!(sql.contains("toFloat64(uniqMerge(uniq_state))"));
         assert!(sql.contains("metric_states_all FINAL"));
