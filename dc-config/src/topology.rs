@@ -58,6 +58,13 @@ pub struct Topology {
     /// path.
     #[serde(skip)]
     pub cross_dc_routes: std::collections::BTreeMap<(String, String), SocketAddr>,
+    /// Addresses besides loopback and the topology's own servers that
+    /// ClickHouse accepts its users from. Never declared; the local launcher
+    /// adds its bridge's address when each DC runs in a network namespace,
+    /// since the host's connections into a DC (relays, launcher, tests)
+    /// come from it.
+    #[serde(skip)]
+    pub client_hosts: Vec<std::net::IpAddr>,
 }
 
 /// One datacenter: its own ClickHouse cluster, ZooKeeper, Redis and services.

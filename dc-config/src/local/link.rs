@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -82,7 +82,7 @@ impl Shared {
     }
 }
 
-/// One relay: listens on a loopback port, forwards to one remote server.
+/// One relay: listens on a free port of the host, forwards to one remote server.
 pub struct Relay {
     listen: SocketAddr,
     shared: Arc<Shared>,
@@ -91,15 +91,17 @@ pub struct Relay {
 
 impl Relay {
     /// Starts a relay from datacenter `from_dc` to server `target` of
-    /// `to_dc`, on a free loopback port, adding `delay` each way.
+    /// `to_dc`, on a free port of `listen_ip` (loopback, or the bridge when
+    /// DCs run in network namespaces), adding `delay` each way.
     pub fn start(
         from_dc: &str,
         to_dc: &str,
+        listen_ip: IpAddr,
         target: SocketAddr,
         delay: Duration,
         links_dir: &Path,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        let listener = TcpListener::bind((listen_ip, 0))?;
         let listen = listener.local_addr()?;
         let shared = Arc::new(Shared {
             from_dc: from_dc.to_string(),
@@ -269,6 +271,21 @@ fn pump(mut from: TcpStream, to: TcpStream, delay: Duration) {
 mod tests {
     use super::*;
 
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// A relay from dc1 to an echo server of dc2, without delay.
+    fn undelayed_relay(links_dir: &Path) -> Relay {
+        Relay::start(
+            "dc1",
+            "dc2",
+            LOOPBACK,
+            echo_server(),
+            Duration::ZERO,
+            links_dir,
+        )
+        .unwrap()
+    }
+
     /// An echo server on loopback; returns its address.
     fn echo_server() -> SocketAddr {
         let l = TcpListener::bind(("127.0.0.1", 0)).unwrap();
@@ -301,6 +318,7 @@ mod tests {
         let relay = Relay::start(
             "dc1",
             "dc2",
+            LOOPBACK,
             echo_server(),
             Duration::from_millis(60),
             dir.path(),
@@ -316,7 +334,7 @@ mod tests {
     #[test]
     fn a_cut_drops_open_connections_and_refuses_new_ones_until_healed() {
         let dir = tempfile::tempdir().unwrap();
-        let relay = Relay::start("dc1", "dc2", echo_server(), Duration::ZERO, dir.path()).unwrap();
+        let relay = undelayed_relay(dir.path());
         let mut open = TcpStream::connect(relay.listen()).unwrap();
         open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         open.write_all(b"x").unwrap();
@@ -349,7 +367,7 @@ mod tests {
     #[test]
     fn cutting_the_viewing_dc_cuts_its_relays_too() {
         let dir = tempfile::tempdir().unwrap();
-        let relay = Relay::start("dc1", "dc2", echo_server(), Duration::ZERO, dir.path()).unwrap();
+        let relay = undelayed_relay(dir.path());
         cut(dir.path(), "dc1").unwrap();
         std::thread::sleep(CUT_POLL * 2);
         assert!(round_trip(relay.listen(), b"hello").is_err());

@@ -1,7 +1,16 @@
 //! The local launcher: real ZooKeeper, ClickHouse and Redis servers for any
-//! topology, as child processes of this process, on free loopback ports, in
-//! a state directory of their own. The main job and every integration test
-//! use this one piece of code.
+//! topology, as child processes of this process, on free ports, in a state
+//! directory of their own. The main job and every integration test use this
+//! one piece of code.
+//!
+//! Where the servers listen is [`LaunchOptions::network`]: all on
+//! 127.0.0.1 ([`Network::Loopback`]), or each datacenter as a host of its
+//! own, in a Linux network namespace with its own address
+//! ([`Network::Namespaces`], see [`netns`]); [`Network::Auto`] takes
+//! namespaces when they can be made and says why not otherwise. Processes of
+//! a datacenter (its servers, and its services through
+//! [`LocalCluster::spawn_in`]) run inside its namespace; this process, in
+//! the host's, reaches every datacenter through the bridge.
 //!
 //! ```no_run
 //! use dc_config::local::{LaunchOptions, LocalCluster};
@@ -20,10 +29,11 @@
 //! packaged system services.
 
 pub mod link;
+pub mod netns;
 pub mod probe;
 pub mod process;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -127,6 +137,14 @@ pub enum LaunchError {
         /// The error.
         source: HttpError,
     },
+    /// A read the launcher makes for its caller failed.
+    #[error("reading from {server} failed: {source}")]
+    Read {
+        /// The server.
+        server: String,
+        /// The error.
+        source: HttpError,
+    },
     /// The topology with local ports and paths broke a rule: a launcher bug.
     #[error("the localized topology is invalid (a launcher bug): {0}")]
     Localize(ConfigErrors),
@@ -139,6 +157,9 @@ pub enum LaunchError {
     /// No datacenter of that name.
     #[error("no datacenter called `{0}` in this local cluster")]
     UnknownDatacenter(String),
+    /// Network namespaces were asked for and could not be made.
+    #[error("cannot put the datacenters in network namespaces: {0}; or launch them on loopback (`--network loopback`)")]
+    Namespaces(netns::NetnsError),
     /// A cut or heal on a cluster launched without relays.
     #[error("this local cluster was launched without cross-DC relays (cross_dc_delay); there is no link to cut or heal")]
     NoLinks,
@@ -155,6 +176,8 @@ pub struct LaunchOptions {
     /// Put a relay on every cross-DC path (see [`link`]) adding this delay
     /// each way, cuttable per DC; `None`: servers dial each other directly.
     pub cross_dc_delay: Option<Duration>,
+    /// Where the datacenters' servers listen.
+    pub network: Network,
 }
 
 impl Default for LaunchOptions {
@@ -163,6 +186,89 @@ impl Default for LaunchOptions {
             state_dir: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             cross_dc_delay: None,
+            network: Network::Loopback,
+        }
+    }
+}
+
+/// Where a launch puts its datacenters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// Every server on 127.0.0.1, in this process's network namespace.
+    #[default]
+    Loopback,
+    /// Each datacenter in a network namespace of its own (see [`netns`]);
+    /// failing to make them fails the launch.
+    Namespaces,
+    /// Namespaces when they can be made, else loopback, saying why
+    /// ([`Placement::Loopback`]).
+    Auto,
+}
+
+/// Where a launched cluster's datacenters are.
+#[derive(Debug)]
+pub enum Placement {
+    /// Every server on 127.0.0.1.
+    Loopback {
+        /// Why not in namespaces, when [`Network::Auto`] wanted them.
+        why_not_namespaces: Option<String>,
+    },
+    /// Each datacenter in a namespace of its own; removed on drop.
+    Namespaces(netns::Fabric),
+}
+
+impl Placement {
+    fn new(network: Network, dcs: &[String]) -> Result<Self, LaunchError> {
+        let namespaces = || netns::Fabric::create(dcs).map(Placement::Namespaces);
+        match network {
+            Network::Loopback => Ok(Placement::Loopback {
+                why_not_namespaces: None,
+            }),
+            Network::Namespaces => namespaces().map_err(LaunchError::Namespaces),
+            Network::Auto => Ok(namespaces().unwrap_or_else(|e| Placement::Loopback {
+                why_not_namespaces: Some(e.to_string()),
+            })),
+        }
+    }
+
+    /// The address datacenter `dc`'s servers listen on.
+    fn addr(&self, dc: &str) -> IpAddr {
+        match self {
+            Placement::Namespaces(f) => f.dc(dc).expect("a namespace per DC").addr.into(),
+            Placement::Loopback { .. } => Ipv4Addr::LOCALHOST.into(),
+        }
+    }
+
+    /// Where the host listens for the datacenters (the relays).
+    fn host_addr(&self) -> IpAddr {
+        match self {
+            Placement::Namespaces(f) => f.bridge_addr().into(),
+            Placement::Loopback { .. } => Ipv4Addr::LOCALHOST.into(),
+        }
+    }
+
+    /// Datacenter `dc`'s network namespace, if it has one.
+    pub fn netns(&self, dc: &str) -> Option<&str> {
+        match self {
+            Placement::Namespaces(f) => f.dc(dc).map(|d| d.netns.as_str()),
+            Placement::Loopback { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placement::Namespaces(fabric) => write!(f, "{fabric}"),
+            Placement::Loopback {
+                why_not_namespaces: None,
+            } => write!(f, "loopback (every server on 127.0.0.1)"),
+            Placement::Loopback {
+                why_not_namespaces: Some(why),
+            } => write!(
+                f,
+                "loopback (every server on 127.0.0.1), not network namespaces: {why}"
+            ),
         }
     }
 }
@@ -182,7 +288,7 @@ pub struct Binaries {
     pub redis_cli: Option<PathBuf>,
 }
 
-fn find_program(name: &str) -> Result<PathBuf, LaunchError> {
+pub(crate) fn find_program(name: &str) -> Result<PathBuf, LaunchError> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -257,6 +363,8 @@ pub struct LocalCluster {
     binaries: Binaries,
     /// Declared after `members`, so relays outlive the servers using them.
     links: Vec<link::Relay>,
+    /// Declared last: namespaces go once every process in them is stopped.
+    placement: Placement,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LaunchError + '_ {
@@ -301,6 +409,17 @@ fn free_zk_port() -> std::io::Result<u16> {
 /// inside `state`: what the launcher runs, and what the Ansible test
 /// (`tests/ansible.rs`) deploys into a prefix.
 pub fn localize(topology: &Topology, state: &Path) -> std::io::Result<Topology> {
+    localize_on(topology, state, |_| Ipv4Addr::LOCALHOST.into())
+}
+
+/// [`localize`], each datacenter's servers on `addr(dc)`. The collector's
+/// TCP listener stays on loopback, inside its datacenter, as the topology's
+/// rules want it.
+fn localize_on(
+    topology: &Topology,
+    state: &Path,
+    addr: impl Fn(&str) -> IpAddr,
+) -> std::io::Result<Topology> {
     let mut t = topology.clone();
     let per_dc: usize = t
         .datacenter
@@ -309,31 +428,32 @@ pub fn localize(topology: &Topology, state: &Path) -> std::io::Result<Topology> 
         .sum();
     let mut ports = free_ports(per_dc)?.into_iter();
     let mut next = || ports.next().expect("counted above");
-    let lo = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     for dc in &mut t.datacenter {
+        let ip = addr(&dc.name);
+        let at = |p: u16| SocketAddr::new(ip, p);
         let dir = state.join(&dc.name);
         let ensemble = dc.zookeeper.len() > 1;
         for (i, z) in dc.zookeeper.iter_mut().enumerate() {
-            z.host = "127.0.0.1".into();
+            z.host = ip.to_string();
             z.port = if ensemble { free_zk_port()? } else { next() };
             z.data_path = dir.join(format!("zk{}", i + 1));
         }
         for n in &mut dc.redis.nodes {
-            *n = lo(next());
+            *n = at(next());
         }
         for (s, shard) in dc.clickhouse.shard.iter_mut().enumerate() {
             for (r, rep) in shard.replica.iter_mut().enumerate() {
-                rep.host = "127.0.0.1".into();
+                rep.host = ip.to_string();
                 rep.tcp_port = next();
                 rep.http_port = next();
                 rep.interserver_port = next();
                 rep.data_path = dir.join(format!("ch-s{}-r{}", s + 1, r + 1));
             }
         }
-        dc.collector.tcp = lo(next());
-        dc.collector.admin = lo(next());
-        dc.shipper.admin = lo(next());
-        dc.query.listen = lo(next());
+        dc.collector.tcp = SocketAddr::from((Ipv4Addr::LOCALHOST, next()));
+        dc.collector.admin = at(next());
+        dc.shipper.admin = at(next());
+        dc.query.listen = at(next());
         dc.collector.socket = dir.join("collector.sock");
         dc.collector.inbox = dir.join("inbox");
         dc.spool.dir = dir.join("spool");
@@ -374,14 +494,24 @@ impl LocalCluster {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let topology = localize(&declared.topology, &state_dir).map_err(io_err(&state_dir))?;
+        let names: Vec<String> = declared
+            .topology
+            .datacenter
+            .iter()
+            .map(|d| d.name.clone())
+            .collect();
+        let placement = Placement::new(opts.network, &names)?;
+        let mut topology = localize_on(&declared.topology, &state_dir, |dc| placement.addr(dc))
+            .map_err(io_err(&state_dir))?;
+        if let Placement::Namespaces(f) = &placement {
+            topology.client_hosts.push(f.bridge_addr().into());
+        }
         let mut c = crate::check::Checker::default();
         topology.check(&mut c);
         if !c.is_clean() {
             let errors = c.into_errors(Path::new("<localized topology>"), "");
             return Err(LaunchError::Localize(ConfigErrors(errors)));
         }
-        let mut topology = topology;
         let mut links = Vec::new();
         let mut routes = Vec::new();
         if let Some(delay) = opts.cross_dc_delay {
@@ -390,10 +520,16 @@ impl LocalCluster {
             for viewer in &topology.datacenter {
                 for r in topology.replicas().filter(|r| r.dc.name != viewer.name) {
                     let direct = format!("{}:{}", r.replica.host, r.replica.tcp_port);
-                    let target = SocketAddr::from(([127, 0, 0, 1], r.replica.tcp_port));
-                    let relay =
-                        link::Relay::start(&viewer.name, &r.dc.name, target, delay, &links_dir)
-                            .map_err(io_err(&links_dir))?;
+                    let target = SocketAddr::new(placement.addr(&r.dc.name), r.replica.tcp_port);
+                    let relay = link::Relay::start(
+                        &viewer.name,
+                        &r.dc.name,
+                        placement.host_addr(),
+                        target,
+                        delay,
+                        &links_dir,
+                    )
+                    .map_err(io_err(&links_dir))?;
                     routes.push(((viewer.name.clone(), direct), relay.listen()));
                     links.push(relay);
                 }
@@ -419,6 +555,7 @@ impl LocalCluster {
             opts,
             binaries,
             links,
+            placement,
         };
         cluster.spawn_all()?;
         Ok(cluster)
@@ -451,18 +588,24 @@ impl LocalCluster {
                     cwd: z.data_path.clone(),
                     log: z.data_path.join("zookeeper.log"),
                 };
-                let addr = SocketAddr::from(([127, 0, 0, 1], z.port));
-                first_wave.push(self.spawn(name, spec, Kind::ZooKeeper(addr))?);
+                let addr = SocketAddr::new(self.placement.addr(&dc.name), z.port);
+                first_wave.push(self.spawn(&dc.name, name, spec, Kind::ZooKeeper(addr))?);
             }
             for (i, addr) in dc.redis.nodes.iter().enumerate() {
                 let name = format!("{}-redis{}", dc.name, i + 1);
                 let dir = self.state_dir.join(&dc.name).join(&name);
                 std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                // Protected mode refuses every client off loopback when
+                // there is no password, and in a namespace the host's
+                // clients come from the bridge: the bind alone limits who
+                // can reach it.
                 let mut args = vec![
                     "--port".to_string(),
                     addr.port().to_string(),
                     "--bind".into(),
                     addr.ip().to_string(),
+                    "--protected-mode".into(),
+                    "no".into(),
                     "--save".into(),
                     String::new(),
                     "--appendonly".into(),
@@ -491,7 +634,7 @@ impl LocalCluster {
                     cwd: dir.clone(),
                     log: dir.join("redis.log"),
                 };
-                first_wave.push(self.spawn(name, spec, Kind::Redis(*addr))?);
+                first_wave.push(self.spawn(&dc.name, name, spec, Kind::Redis(*addr))?);
             }
         }
         self.wait_ready(&first_wave)?;
@@ -518,7 +661,7 @@ impl LocalCluster {
                 log: dir.join("log").join("stdout.log"),
             };
             let http = ClickHouseHttp::new(r.http_url(), HTTP_TIMEOUT);
-            second_wave.push(self.spawn(r.name(), spec, Kind::ClickHouse(http))?);
+            second_wave.push(self.spawn(&r.dc.name, r.name(), spec, Kind::ClickHouse(http))?);
         }
         self.wait_ready(&second_wave)?;
         for dc in &t.datacenter {
@@ -536,11 +679,34 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn spawn(&mut self, name: String, spec: Spec, kind: Kind) -> Result<usize, LaunchError> {
-        let log = spec.log.clone();
-        let proc = Proc::spawn(name, spec).map_err(io_err(&log))?;
+    fn spawn(
+        &mut self,
+        dc: &str,
+        name: String,
+        spec: Spec,
+        kind: Kind,
+    ) -> Result<usize, LaunchError> {
+        let proc = self.spawn_in(dc, name, spec)?;
         self.members.push(Member { proc, kind });
         Ok(self.members.len() - 1)
+    }
+
+    /// Starts `spec` as a process of datacenter `dc`: inside its network
+    /// namespace when it has one, dying with this process like the servers.
+    /// The one way every process of a DC is started (servers, and the
+    /// collector, shipper and query service of the demo and the tests).
+    pub fn spawn_in(&self, dc: &str, name: String, spec: Spec) -> Result<Proc, LaunchError> {
+        if self.declared.topology.dc(dc).is_none() {
+            return Err(LaunchError::UnknownDatacenter(dc.to_string()));
+        }
+        let log = spec.log.clone();
+        let netns = self.placement.netns(dc).map(String::from);
+        Proc::spawn_in(name, spec, netns).map_err(io_err(&log))
+    }
+
+    /// Where the datacenters are: loopback or namespaces (and why not).
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     /// Waits until every listed member serves, failing fast if one exits.
@@ -697,6 +863,25 @@ impl LocalCluster {
             m.proc.start().map_err(io_err(&log))?;
         }
         self.wait_ready(&[i])
+    }
+
+    /// The datacenters a global read from ClickHouse server `server`
+    /// reaches now, by name: every DC's marker row through the global table,
+    /// skipping the shards it cannot reach (as a partial answer does).
+    pub fn datacenters_answering(&self, server: &str) -> Result<Vec<String>, LaunchError> {
+        let sql = format!(
+            "SELECT dc FROM {}.{} GROUP BY dc ORDER BY dc FORMAT TSV",
+            self.declared.topology.database,
+            render::ddl::table::DC_MARKER_ALL
+        );
+        let rows = self
+            .clickhouse(server)?
+            .query_with(&sql, &[("skip_unavailable_shards", "1")])
+            .map_err(|source| LaunchError::Read {
+                server: server.to_string(),
+                source,
+            })?;
+        Ok(rows.lines().map(String::from).collect())
     }
 
     /// Where the cut flags of the cross-DC links live (see [`link`]).

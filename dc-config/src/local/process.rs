@@ -1,6 +1,10 @@
 //! Child server processes that never outlive the launcher: each gets
 //! `PR_SET_PDEATHSIG`, so even a `kill -9` of the launcher takes it down, and
 //! `Drop` stops it on every other path (test failure, panic, Ctrl-C).
+//!
+//! A process may run in a network namespace: it is then started as
+//! `ip netns exec NS program …`, and since `ip` execs the program in place,
+//! the child's pid is the program's own and every signal below reaches it.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -32,15 +36,24 @@ pub struct Proc {
     pub name: String,
     /// How it is started.
     pub spec: Spec,
+    /// The network namespace it runs in; `None`: this process's.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
 impl Proc {
     /// Starts the process described by `spec`.
     pub fn spawn(name: String, spec: Spec) -> std::io::Result<Self> {
+        Self::spawn_in(name, spec, None)
+    }
+
+    /// Starts the process described by `spec` in network namespace `netns`
+    /// (`None`: this process's); a restart goes back into it.
+    pub fn spawn_in(name: String, spec: Spec, netns: Option<String>) -> std::io::Result<Self> {
         let mut p = Self {
             name,
             spec,
+            netns,
             child: None,
         };
         p.start()?;
@@ -54,7 +67,15 @@ impl Proc {
             .create(true)
             .append(true)
             .open(&self.spec.log)?;
-        let mut cmd = Command::new(&self.spec.program);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let ip = super::netns::ip_program().map_err(std::io::Error::other)?;
+                let mut c = Command::new(ip);
+                c.args(["netns", "exec", ns]).arg(&self.spec.program);
+                c
+            }
+            None => Command::new(&self.spec.program),
+        };
         cmd.args(&self.spec.args)
             .current_dir(&self.spec.cwd)
             .stdin(Stdio::null())

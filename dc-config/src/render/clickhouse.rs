@@ -143,12 +143,18 @@ fn cluster_xml(
 }
 
 /// `users.xml`, the same on every server: the writer and the query user may
-/// connect from loopback and from the servers of the topology only.
+/// connect from loopback, from the servers of the topology and from its
+/// `client_hosts` only.
 pub fn users_config(topology: &Topology) -> String {
     let mut networks = String::from("<ip>::1</ip><ip>127.0.0.1</ip>");
     let mut seen = std::collections::BTreeSet::new();
-    for r in topology.replicas() {
-        let h = &r.replica.host;
+    let clients = topology.client_hosts.iter().map(|a| a.to_string());
+    for h in topology
+        .replicas()
+        .map(|r| r.replica.host.clone())
+        .chain(clients)
+    {
+        let h = &h;
         if !seen.insert(h.clone()) || h == "127.0.0.1" || h == "::1" {
             continue;
         }
