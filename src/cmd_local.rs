@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
-use dc_config::local::{LaunchOptions, LocalCluster, INTERRUPTED};
+use clap::{Args, Subcommand, ValueEnum};
+use dc_config::local::{LaunchOptions, LocalCluster, Network, INTERRUPTED};
 use dc_config::Declared;
 
 /// Arguments of `spoolhouse local`.
@@ -20,8 +20,9 @@ pub struct LocalArgs {
 
 #[derive(Debug, Subcommand)]
 enum LocalCommand {
-    /// Start every server of the topology on free loopback ports, apply the
-    /// schema, print where each listens, and run until Ctrl-C.
+    /// Start every server of the topology on free ports (each datacenter in
+    /// a network namespace of its own, or all on loopback: see --network),
+    /// apply the schema, print where each listens, and run until Ctrl-C.
     Up {
         #[command(flatten)]
         files: Files,
@@ -41,6 +42,30 @@ pub(crate) struct LinkArgs {
     /// 0: servers dial each other directly.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=5_000))]
     cross_dc_delay_ms: u64,
+    /// Where the datacenters run: `namespaces` puts each in a Linux network
+    /// namespace of its own, a host with its own address on a bridge (needs
+    /// root and iproute2); `loopback` runs every server on 127.0.0.1; `auto`
+    /// takes namespaces when they can be made and says why not otherwise.
+    #[arg(long, value_enum, default_value_t = NetworkArg::Auto)]
+    network: NetworkArg,
+}
+
+/// `--network`, as clap reads it.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NetworkArg {
+    Auto,
+    Namespaces,
+    Loopback,
+}
+
+impl From<NetworkArg> for Network {
+    fn from(n: NetworkArg) -> Self {
+        match n {
+            NetworkArg::Auto => Network::Auto,
+            NetworkArg::Namespaces => Network::Namespaces,
+            NetworkArg::Loopback => Network::Loopback,
+        }
+    }
 }
 
 impl LinkArgs {
@@ -74,9 +99,11 @@ pub(crate) fn launch(
     let opts = LaunchOptions {
         state_dir: state,
         cross_dc_delay: link.delay(),
+        network: link.network.into(),
         ..LaunchOptions::default()
     };
     let cluster = LocalCluster::start(&declared, opts).context("starting the local servers")?;
+    println!("network: {}", cluster.placement());
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         state_dir = %cluster.state_dir().display(),
@@ -147,7 +174,7 @@ pub(crate) fn start_services(
     dc_name: &str,
     shipper_limits: dc_config::services::ShipperLimits,
 ) -> anyhow::Result<Services> {
-    use dc_config::local::process::{Proc, Spec};
+    use dc_config::local::process::Spec;
     use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
     let t = cluster.topology();
     let dc = t.dc(dc_name).expect("a DC of this topology");
@@ -173,7 +200,8 @@ pub(crate) fn start_services(
             log: dir.join(format!("{name}.log")),
         };
         procs.push(
-            Proc::spawn(format!("{dc_name} {name}"), spec)
+            cluster
+                .spawn_in(dc_name, format!("{dc_name} {name}"), spec)
                 .with_context(|| format!("starting the {name} of {dc_name}"))?,
         );
     }

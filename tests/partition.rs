@@ -1,6 +1,9 @@
-//! A partition between two datacenters under load, as processes: each DC's
-//! collector, shipper and query service run from rendered configs; the
-//! launcher puts a 100 ms relay on every cross-DC path. Cutting dc2 leaves
+//! A partition between two datacenters under load, as processes: each DC is
+//! a host of its own, a network namespace the launcher makes, in which its
+//! servers and its collector, shipper and query service (from rendered
+//! configs) run; the launcher puts a 100 ms relay on every cross-DC path,
+//! in the host's namespace. The test needs root to make the namespaces
+//! (as CI runs it) and fails saying so without it. Cutting dc2 leaves
 //! both DCs collecting, shipping and answering local reads; global reads
 //! answer within their timeout, partial, naming the DC that did not answer;
 //! after the heal they are whole again, and every acknowledged event of
@@ -8,10 +11,11 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use common::{count, get_json, now_ms, start_dc, wait_for, Load, LIMIT};
-use dc_config::local::{LaunchOptions, LocalCluster};
+use dc_config::local::{LaunchOptions, LocalCluster, Network, Placement};
 
 fn series_path(scope: &str) -> String {
     let to = (now_ms() / 1000 / 60 + 1) * 60;
@@ -27,16 +31,30 @@ fn a_cut_datacenter_keeps_working_locally_and_global_reads_turn_partial() {
         &dc_config::examples::declared(),
         LaunchOptions {
             cross_dc_delay: Some(Duration::from_millis(100)),
+            network: Network::Namespaces,
             ..LaunchOptions::default()
         },
     )
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
-    let _dc1 = start_dc(&cluster, "dc1", &dir.path().join("dc1"));
-    let _dc2 = start_dc(&cluster, "dc2", &dir.path().join("dc2"));
+    let dc1 = start_dc(&cluster, "dc1", &dir.path().join("dc1"));
+    let dc2 = start_dc(&cluster, "dc2", &dir.path().join("dc2"));
     let t = cluster.topology().clone();
     let q1 = t.dc("dc1").unwrap().query.listen;
     let q2 = t.dc("dc2").unwrap().query.listen;
+    // Each DC's services run inside its namespace and serve on its address.
+    let Placement::Namespaces(fabric) = cluster.placement() else {
+        panic!("launched on {}", cluster.placement());
+    };
+    for (name, procs, query) in [("dc1", &dc1, q1), ("dc2", &dc2, q2)] {
+        let place = fabric.dc(name).unwrap();
+        assert_eq!(query.ip(), place.addr);
+        let ns = std::fs::metadata(format!("/run/netns/{}", place.netns)).unwrap();
+        for p in procs.iter() {
+            let inside = std::fs::metadata(format!("/proc/{}/ns/net", p.pid().unwrap())).unwrap();
+            assert_eq!(inside.ino(), ns.ino(), "{}", p.name);
+        }
+    }
 
     let mut load = Load::start(vec![
         t.dc("dc1").unwrap().collector.socket.clone(),

@@ -21,18 +21,21 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
-/// Runs `spoolhouse ARGS` as a child process, its output into `log`: the
-/// launcher's own process type, so it dies with the test (and on drop) and
-/// can be stopped with SIGTERM and started again.
-pub fn spawn(args: &[&str], log: &std::path::Path) -> dc_config::local::process::Proc {
-    use dc_config::local::process::{Proc, Spec};
-    let spec = Spec {
+/// How to run `spoolhouse ARGS`, its output into `log`.
+fn spoolhouse(args: &[&str], log: &std::path::Path) -> dc_config::local::process::Spec {
+    dc_config::local::process::Spec {
         program: env!("CARGO_BIN_EXE_spoolhouse").into(),
         args: args.iter().map(|a| a.to_string()).collect(),
         cwd: log.parent().unwrap().to_path_buf(),
         log: log.to_path_buf(),
-    };
-    Proc::spawn(args.join(" "), spec).unwrap()
+    }
+}
+
+/// Runs `spoolhouse ARGS` as a child process, its output into `log`: the
+/// launcher's own process type, so it dies with the test (and on drop) and
+/// can be stopped with SIGTERM and started again.
+pub fn spawn(args: &[&str], log: &std::path::Path) -> dc_config::local::process::Proc {
+    dc_config::local::process::Proc::spawn(args.join(" "), spoolhouse(args, log)).unwrap()
 }
 
 /// Polls `ok` every 100 ms until it holds; fails the test after `limit`.
@@ -102,10 +105,11 @@ pub fn start_dc_with(
     for (service, text) in configs {
         let path = dir.join(format!("{service}.toml"));
         std::fs::write(&path, text).unwrap();
-        procs.push(spawn(
-            &[service, "--config", path.to_str().unwrap()],
-            &dir.join(format!("{service}.log")),
-        ));
+        // In the DC's network namespace, when the cluster has them.
+        let args = [service, "--config", path.to_str().unwrap()];
+        let log = dir.join(format!("{service}.log"));
+        let spec = spoolhouse(&args, &log);
+        procs.push(cluster.spawn_in(dc_name, args.join(" "), spec).unwrap());
     }
     wait_serving(cluster, dc_name);
     procs
