@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what Spoolhouse needs on Debian 12, as root; does nothing that is
 # already done, so running it twice is harmless. The packaged services are
-# never started: Spoolhouse starts its own servers on loopback ports.
+# never started: Spoolhouse starts its own servers, each datacenter in a
+# network namespace of its own (iproute2's `ip`) or on loopback ports.
 set -euo pipefail
 
-packages=(clickhouse-server clickhouse-client zookeeper redis-server)
+packages=(clickhouse-server clickhouse-client zookeeper redis-server iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
