@@ -172,31 +172,40 @@ fn list_objects(program: &Path) -> Result<Vec<(u8, Object)>, NetnsError> {
     Ok(found)
 }
 
-/// Removes every object of `slot` (whose lock the caller holds): namespaces
-/// first (their servers are gone), then the veths, the bridge last.
-fn clean_slot(program: &Path, slot: u8, objects: &[(u8, Object)]) -> Result<(), NetnsError> {
-    let mine = objects.iter().filter(|(s, _)| *s == slot).map(|(_, o)| o);
-    let (mut ordered, mut links): (Vec<&Object>, Vec<&Object>) =
+/// Removes every object of `slot`, whose lock the caller holds: namespaces
+/// first (their servers are gone), then the veths, the bridge last. Lists
+/// them afresh, under the lock: a listing taken before it may name objects
+/// another launch has removed since. Returns their names.
+fn clean_slot(program: &Path, slot: u8) -> Result<Vec<String>, NetnsError> {
+    let mine = list_objects(program)?
+        .into_iter()
+        .filter(|(s, _)| *s == slot)
+        .map(|(_, o)| o);
+    let (mut ordered, mut links): (Vec<Object>, Vec<Object>) =
         mine.partition(|o| matches!(o, Object::Netns(_)));
     // The bridge sorts before its veths by name; it goes last.
     links.sort_by_key(|o| matches!(o, Object::Link(n) if *n == bridge_name(slot)));
     ordered.append(&mut links);
+    let mut removed = Vec::new();
+    // Goes on past a failure, so one stuck object does not keep the rest.
     let mut first_error = None;
     for o in ordered {
-        let r = match o {
-            Object::Netns(n) => ip(program, &["netns", "delete", n]),
-            Object::Link(n) => ip(program, &["link", "delete", n]),
+        let (r, name) = match o {
+            Object::Netns(n) => (ip(program, &["netns", "delete", &n]), n),
+            Object::Link(n) => (ip(program, &["link", "delete", &n]), n),
         };
         match r {
             // Deleting a namespace may take its veth along before we get to it.
             Err(NetnsError::Command { output, .. }) if output.contains("Cannot find device") => {}
             Err(e) => {
                 first_error.get_or_insert(e);
+                continue;
             }
             Ok(_) => {}
         }
+        removed.push(name);
     }
-    first_error.map_or(Ok(()), Err)
+    first_error.map_or(Ok(removed), Err)
 }
 
 /// The lock of `slot`, if no one else holds it.
@@ -231,22 +240,16 @@ pub fn remove_leftovers() -> Result<Vec<String>, NetnsError> {
         path: LOCK_DIR.into(),
         source,
     })?;
-    let objects = list_objects(&program)?;
-    let mut slots: Vec<u8> = objects.iter().map(|(s, _)| *s).collect();
+    let mut slots: Vec<u8> = list_objects(&program)?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     slots.sort_unstable();
     slots.dedup();
     let mut removed = Vec::new();
     for slot in slots {
         if let Some(_lock) = try_lock(slot)? {
-            clean_slot(&program, slot, &objects)?;
-            removed.extend(
-                objects
-                    .iter()
-                    .filter(|(s, _)| *s == slot)
-                    .map(|(_, o)| match o {
-                        Object::Netns(n) | Object::Link(n) => n.clone(),
-                    }),
-            );
+            removed.extend(clean_slot(&program, slot)?);
         }
     }
     Ok(removed)
@@ -267,7 +270,7 @@ impl Fabric {
                 continue;
             };
             // A launch may have died on this slot since the sweep above.
-            clean_slot(&program, slot, &list_objects(&program)?)?;
+            clean_slot(&program, slot)?;
             let subnet = format!("{}/24", subnet_addr(slot, 0));
             if !ip(&program, &["-o", "-4", "route", "show", "root", &subnet])?
                 .trim()
@@ -351,8 +354,7 @@ impl Fabric {
 impl Drop for Fabric {
     fn drop(&mut self) {
         // The same removal a later launch would do, while the slot is still ours.
-        let r = list_objects(&self.ip).and_then(|o| clean_slot(&self.ip, self.slot, &o));
-        if let Err(e) = r {
+        if let Err(e) = clean_slot(&self.ip, self.slot) {
             eprintln!(
                 "spoolhouse: removing the network namespaces of slot {} failed: {e}; the next launch removes them",
                 self.slot
