@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check and every test: formatting, lints, then unit and integration
 # tests (these start their own ZooKeeper, ClickHouse and Redis servers on
-# free loopback ports, and stop them, also on failure).
+# free loopback ports, or each datacenter in a network namespace the test
+# makes, which needs root; and stop them, also on failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -127,6 +127,9 @@ fn each_datacenter_serves_from_its_own_namespace_and_links_through_the_relay() {
         let inside = netns_inode(&format!("/proc/{pid}/ns/net"));
         assert_eq!(inside, netns_inode(&format!("/run/netns/{ns}")), "{name}");
         assert_ne!(inside, host_ns, "{name}");
+        // `ip netns exec` exec'd the server: the pid the launcher signals is its.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_ne!(comm.trim(), "ip", "{name}");
     }
 
     // dc1 reaches dc2 only through the relay on the bridge: a global read
@@ -153,7 +156,16 @@ fn each_datacenter_serves_from_its_own_namespace_and_links_through_the_relay() {
     cluster.restart("dc2-redis1").unwrap();
     assert!(probe::redis_ready(t.dc("dc2").unwrap().redis.nodes[0]));
 
+    // Dropped, nothing of the launch is left: no server (killed through
+    // `ip netns exec`, which execs), no namespace, veth or bridge.
+    let pids = cluster.pids();
     drop(cluster);
+    // SAFETY: signal 0 only checks that the process exists.
+    let alive: Vec<_> = pids
+        .iter()
+        .filter(|p| unsafe { libc::kill(**p as libc::pid_t, 0) } == 0)
+        .collect();
+    assert!(alive.is_empty(), "still running: {alive:?}");
     let left: Vec<_> = launcher_objects().intersection(&made).cloned().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
