@@ -211,3 +211,26 @@ fn auto_takes_namespaces_where_they_can_be_made() {
     // Without relays the DCs dial each other directly, across the bridge.
     assert_eq!(dcs_answering(&cluster), ["dc1", "dc2"]);
 }
+
+#[test]
+fn concurrent_launches_get_distinct_namespaces_and_subnets() {
+    use dc_config::local::netns::Fabric;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dcs = ["dc1".to_string(), "dc2".to_string()];
+    let fabrics: Vec<Fabric> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..4).map(|_| s.spawn(|| Fabric::create(&dcs))).collect();
+        started
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect()
+    });
+    let bridges: BTreeSet<_> = fabrics.iter().map(|f| f.bridge_addr()).collect();
+    let netns: BTreeSet<_> = fabrics
+        .iter()
+        .flat_map(|f| f.datacenters().iter().map(|d| d.netns.clone()))
+        .collect();
+    assert_eq!((bridges.len(), netns.len()), (4, 8), "{fabrics:?}");
+    assert!(launcher_objects().is_superset(&netns));
+    drop(fabrics);
+    assert!(launcher_objects().is_disjoint(&netns));
+}
