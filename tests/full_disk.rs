@@ -1,10 +1,14 @@
 //! A full spool on one datacenter's collector, as processes, both DCs under
-//! load: dc2's collector runs with a 1 MiB spool quota and its shipper is
-//! stopped, so nothing drains the spool. dc2's collector then refuses with
-//! a clear "spool full … retry later" and reports it on `/healthz` and
-//! `/metrics`, while dc1 goes on unaffected; when the shipper comes back it
-//! ships the spool, retention frees the space and dc2 accepts again; every
-//! event either DC acknowledged is in ClickHouse exactly once.
+//! load, twice: dc2's collector with a 1 MiB spool quota, and with its
+//! spool on a real 1 MiB disk (a tmpfs; the quota far above it). Its
+//! shipper is stopped, so nothing drains the spool. dc2's collector then
+//! refuses with a clear "spool full … retry later" and reports it on
+//! `/healthz` and `/metrics`, while dc1 goes on unaffected; when the shipper
+//! comes back it ships the spool (checkpointing on the full disk),
+//! retention frees the space and dc2 accepts again; every event either DC
+//! acknowledged is in ClickHouse exactly once.
+//!
+//! Mounting the tmpfs needs root, as the README's test command runs.
 
 mod common;
 
@@ -19,14 +23,61 @@ use dc_config::local::{LaunchOptions, LocalCluster};
 const QUOTA: u64 = 1 << 20;
 const SEGMENT: u64 = 128 << 10;
 
+/// What fills up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Limit {
+    /// The collector's spool quota.
+    Quota,
+    /// The disk the spool is on.
+    Disk,
+}
+
+// One test, the cases in turn: two clusters starting at once in one test
+// binary could pick the same free port for a service of one and a server
+// of the other (services bind theirs only when they start).
 #[test]
-fn a_full_spool_refuses_clearly_loses_nothing_and_recovers_when_space_returns() {
+fn a_full_spool_refuses_clearly_loses_nothing_and_recovers() {
+    run(Limit::Quota);
+    run(Limit::Disk);
+}
+
+/// A tmpfs mounted on `dir`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn mount_tmpfs(dir: &std::path::Path, bytes: u64) -> Tmpfs {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .expect("running mount");
+    assert!(
+        out.status.success(),
+        "mounting a tmpfs on {} failed (this test needs root, as the README's test command runs): {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Tmpfs(dir.to_path_buf())
+}
+
+fn run(limit: Limit) {
     let cluster =
         LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _dc1 = start_dc(&cluster, "dc1", &dir.path().join("dc1"));
+    // Declared before dc2's services, so it is unmounted after they stop.
+    let _disk = (limit == Limit::Disk)
+        .then(|| mount_tmpfs(&cluster.topology().dc("dc2").unwrap().spool.dir, QUOTA));
     let mut dc2 = start_dc_with(&cluster, "dc2", &dir.path().join("dc2"), |c| {
-        c.spool_quota_bytes = QUOTA;
+        if limit == Limit::Quota {
+            c.spool_quota_bytes = QUOTA;
+        }
         c.limits.spool_segment_bytes = SEGMENT;
         // Uncompressed, so the quota fills at the rate events arrive.
         c.limits.spool_zstd_level = 0;
@@ -58,19 +109,26 @@ fn a_full_spool_refuses_clearly_loses_nothing_and_recovers_when_space_returns() 
     wait_for("dc2's collector refusing", LIMIT, || load.unsent(1).0 > 0);
     let (_, reason) = load.unsent(1);
     let reason = reason.unwrap();
+    let expected_end = match limit {
+        Limit::Quota => format!(" of {QUOTA} bytes, retry later"),
+        Limit::Disk => "no space left on the spool's disk, retry later".to_string(),
+    };
     assert!(
-        reason.starts_with("spool full: ")
-            && reason.ends_with(&format!(" of {QUOTA} bytes, retry later")),
+        reason.starts_with("spool full: ") && reason.ends_with(&expected_end),
         "{reason}"
     );
     let (status, health) = get_json(admin2, "/healthz");
     assert_eq!(status, 503, "{health}");
     assert_eq!(health["spool_full"], true, "{health}");
     let metrics = http_get(admin2, "/metrics");
+    let counter = match limit {
+        Limit::Quota => "spoolhouse_collector_quota_refusals_total ",
+        Limit::Disk => "spoolhouse_collector_events_refused_total{reason=\"disk_full\"} ",
+    };
     assert!(
-        metrics.lines().any(
-            |l| l.starts_with("spoolhouse_collector_quota_refusals_total ") && !l.ends_with(" 0")
-        ),
+        metrics
+            .lines()
+            .any(|l| l.starts_with(counter) && !l.ends_with(" 0")),
         "{metrics}"
     );
     // dc1 is not affected: it keeps acknowledging everything.
@@ -86,9 +144,16 @@ fn a_full_spool_refuses_clearly_loses_nothing_and_recovers_when_space_returns() 
     let shipper2 = &mut dc2[1];
     shipper2.start().unwrap();
     let dc2_before = load.acked(1);
-    wait_for("dc2 acknowledging again", LIMIT, || {
-        load.acked(1) > dc2_before + 2_000
-    });
+    let until = std::time::Instant::now() + LIMIT;
+    while load.acked(1) <= dc2_before + 2_000 {
+        assert!(
+            std::time::Instant::now() < until,
+            "dc2 did not acknowledge again within {LIMIT:?}; collector log:\n{}\nshipper log:\n{}",
+            dc2[0].log_tail(30),
+            dc2[1].log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     wait_for("dc2's collector healthy again", LIMIT, || {
         get_json(admin2, "/healthz").1["ok"] == true
     });
@@ -102,7 +167,7 @@ fn a_full_spool_refuses_clearly_loses_nothing_and_recovers_when_space_returns() 
         assert_eq!(count(&cluster, server), (acked, acked), "{server}");
     }
     eprintln!(
-        "full disk: dc1 acked {} (0 refused); dc2 acked {}, {} lines refused while full (\"{reason}\"), {} in all",
+        "full {limit:?}: dc1 acked {} (0 refused); dc2 acked {}, {} lines refused while full (\"{reason}\"), {} in all",
         load.acked(0),
         load.acked(1),
         refused_while_full,

@@ -238,6 +238,14 @@ impl Ingest {
                     "spool full: {used_bytes} of {quota_bytes} bytes, retry later"
                 )))
             }
+            Err(e) if e.is_disk_full() => {
+                tracing::error!(error = %e, events = n, "the spool's disk is full; batch refused");
+                self.refused(n, "disk_full");
+                self.health.spool_state(true, None);
+                Ok(Outcome::Refused(
+                    "spool full: no space left on the spool's disk, retry later".to_string(),
+                ))
+            }
             Err(e) => {
                 tracing::error!(error = %e, events = n, "spool append failed; batch refused");
                 self.refused(n, e.code());

@@ -92,6 +92,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is the disk (or a disk quota) being full: nothing was
+    /// written, the spool works on, and the same append succeeds once
+    /// space returns.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if crate::files::is_disk_full(source))
+    }
+
     /// A short stable code for metric labels and logs; never changes once
     /// published.
     pub fn code(&self) -> &'static str {

@@ -260,21 +260,54 @@ pub(crate) fn read_checkpoint(path: &Path) -> Result<CheckpointRead> {
 
 /// Writes a checkpoint durably: temp file, fsync, rename, fsync directory. A
 /// crash leaves either the old or the new checkpoint, never a torn one.
+///
+/// On a full disk the temp file cannot be written, yet a checkpoint is what
+/// lets retention free space: without it a spool that filled its disk
+/// could never drain. So then the existing checkpoint is overwritten in
+/// place, which needs no new block. A crash during that 32-byte write could
+/// at worst tear it; a torn checkpoint fails its CRC and reads as "read
+/// nothing", so nothing is lost, only read again.
 pub(crate) fn write_checkpoint(layout: &Layout, name: &str, pos: Position) -> Result<()> {
     let path = layout.checkpoint(name);
     let tmp = layout.checkpoint_tmp(name);
+    let bytes = encode_checkpoint(pos);
     let write = || -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)?;
-        f.write_all(&encode_checkpoint(pos))?;
+        f.write_all(&bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, &path)
     };
-    write().map_err(|e| Error::io("write checkpoint", &path, e))?;
-    fsync_dir(&layout.readers)
+    match write() {
+        Ok(()) => fsync_dir(&layout.readers),
+        Err(e) if is_disk_full(&e) => {
+            let _ = fs::remove_file(&tmp);
+            overwrite_in_place(&path, &bytes).map_err(|_| Error::io("write checkpoint", &path, e))
+        }
+        Err(e) => Err(Error::io("write checkpoint", &path, e)),
+    }
+}
+
+/// Whether `e` says the disk (or the user's disk quota) is full.
+pub(crate) fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Rewrites an existing file of exactly `bytes.len()` bytes in place.
+fn overwrite_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new().write(true).open(path)?;
+    if f.metadata()?.len() != bytes.len() as u64 {
+        return Err(io::Error::other("not a complete checkpoint"));
+    }
+    f.write_all_at(bytes, 0)?;
+    f.sync_data()
 }
 
 /// Every reader with a checkpoint file.

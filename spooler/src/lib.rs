@@ -94,9 +94,10 @@
 //!
 //! Before an append that would push the active segment past `segment_bytes`,
 //! or once it is older than `segment_age_ms` (checked on append and by a
-//! housekeeping thread), the writer fdatasyncs it, renames `.open` → `.seg`,
-//! fsyncs the directory and creates the next `.open` (header written,
-//! fsynced, directory fsynced). Sealing then compresses in the background:
+//! housekeeping thread), the writer fdatasyncs it, creates the next `.open`
+//! (header written, fsynced, directory fsynced), then renames the old
+//! `.open` → `.seg` and fsyncs the directory (a crash in between leaves two
+//! `.open` files; recovery seals all but the newest). Sealing then compresses in the background:
 //! write `.seg.zst.tmp` (zstd, checksum, content size), fsync, read it back
 //! and compare length and CRC with the raw one, rename to `.seg.zst`, fsync
 //! the directory, and only then delete the `.seg` and fsync again. At every
@@ -141,6 +142,15 @@
 //! checkpoint holds everything. An append that would take the segment files
 //! past `quota_bytes` first runs retention, then fails with [`Error::Full`]
 //! without writing anything.
+//!
+//! The disk can fill before the quota does. An append that finds it full
+//! (`ENOSPC`/`EDQUOT`, [`Error::is_disk_full`]) cuts off what it wrote, runs
+//! retention and tries once more; rotation creates the next segment before
+//! sealing the current one, so a full disk leaves the current one active
+//! instead of stopping the spool; and a checkpoint that cannot be written
+//! beside the old one overwrites it in place, since only checkpoints let
+//! retention free anything. A full disk is thus refused batch by batch and
+//! drains by itself as readers catch up.
 
 #![warn(missing_docs)]
 

@@ -713,8 +713,31 @@ impl Inner {
     }
 
     /// Writes a batch and, with `sync_now`, fdatasyncs it under the writer
-    /// lock (the `Always` policy: one sync per append, no sharing).
+    /// lock (the `Always` policy: one sync per append, no sharing). When the
+    /// disk is full, retention runs and the batch is tried once more: the
+    /// quota alone triggers retention, and a disk smaller than the quota
+    /// would otherwise stay full of segments every reader is done with.
     fn write_batch_then<P: AsRef<[u8]>>(
+        &self,
+        payloads: &[P],
+        sync_now: bool,
+    ) -> Result<(Vec<Position>, Position)> {
+        match self.write_batch_once(payloads, sync_now) {
+            Err(e) if e.is_disk_full() => {
+                let freed = {
+                    let mut w = self.lock_writer();
+                    self.retain_locked(&mut w)?
+                };
+                if freed == 0 {
+                    return Err(e);
+                }
+                self.write_batch_once(payloads, sync_now)
+            }
+            other => other,
+        }
+    }
+
+    fn write_batch_once<P: AsRef<[u8]>>(
         &self,
         payloads: &[P],
         sync_now: bool,
@@ -872,6 +895,21 @@ impl Inner {
             return Err(Error::io("fsync", &old, e));
         }
         self.shared.publish_durable(Position::new(w.seq, w.len));
+        // The next segment first: if the disk is full it cannot be created,
+        // and the current one stays active, intact, for the next try. A
+        // crash between the two steps leaves two active segments, which
+        // recovery resolves by sealing the older.
+        let seq = w.seq + 1;
+        let (file, created) = match create_segment(&self.layout, seq) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = fs::remove_file(self.layout.segment(seq, SegmentState::Active));
+                if !e.is_disk_full() {
+                    self.poison(w);
+                }
+                return Err(e);
+            }
+        };
         let sealed = self.layout.segment(w.seq, SegmentState::Sealed);
         let step = fs::rename(&old, &sealed)
             .map_err(|e| Error::io("seal", &old, e))
@@ -883,14 +921,6 @@ impl Inner {
         if let Some(m) = w.catalog.get_mut(&w.seq) {
             m.state = SegmentState::Sealed;
         }
-        let seq = w.seq + 1;
-        let (file, created) = match create_segment(&self.layout, seq) {
-            Ok(x) => x,
-            Err(e) => {
-                self.poison(w);
-                return Err(e);
-            }
-        };
         w.file = Arc::new(file);
         w.seq = seq;
         w.len = SEGMENT_HEADER_LEN as u64;
