@@ -307,14 +307,17 @@ impl Shipper {
                 return;
             }
         };
+        // The end of the last frame handed over: what the watermark waits
+        // to see committed.
+        let mut handed = committed;
         while !self.stopping() {
             let started = Instant::now();
             let next = match replay.take() {
                 Some(i) => self.read_exact(reader, i).and_then(|r| match r {
                     Some(records) => Ok(Some((records, true))),
-                    None => Ok(self.plan(reader)?.map(|r| (r, false))),
+                    None => Ok(self.plan(reader, handed)?.map(|r| (r, false))),
                 }),
-                None => self.plan(reader).map(|r| r.map(|r| (r, false))),
+                None => self.plan(reader, handed).map(|r| r.map(|r| (r, false))),
             };
             let item = match next {
                 Ok(None) => continue,
@@ -324,6 +327,7 @@ impl Shipper {
                         end: records.last().expect("non-empty").next,
                         frames: records.len() as u32,
                     };
+                    handed = intent.end;
                     let built = self.build(intent, &records).map(|b| (b, is_replay));
                     self.metrics
                         .prepare_seconds
@@ -343,7 +347,12 @@ impl Shipper {
     /// within `batch_age_ms` of its first frame. `None`: nothing came (or
     /// shutdown). The reader is locked per step, never across a wait longer
     /// than [`WAIT_SLICE`], so the commit of the batch in flight is not held up.
-    fn plan(&self, reader: &Mutex<Reader>) -> Result<Option<Vec<spooler::Record>>> {
+    /// `handed` is the end of the last frame handed over before this batch.
+    fn plan(
+        &self,
+        reader: &Mutex<Reader>,
+        handed: Position,
+    ) -> Result<Option<Vec<spooler::Record>>> {
         let l = &self.config.limits;
         let age = Duration::from_millis(l.batch_age_ms);
         let mut out: Vec<spooler::Record> = Vec::new();
@@ -363,7 +372,11 @@ impl Shipper {
                 }
                 continue;
             }
-            let drained_at = reader.lock().expect("reader lock").position();
+            // Drained up to the end of the last frame read, not to the
+            // reader's cursor: past the last frame of a sealed segment the
+            // cursor moves on to the next one, a position no commit reaches
+            // until new frames come, and the watermark would wait for them.
+            let drained_at = out.last().map_or(handed, |r| r.next);
             *self.progress.drained.lock().expect("progress lock") = Some((now_ms(), drained_at));
             let wait = match first_at {
                 None if self.stopping() => return Ok(None),

@@ -478,6 +478,28 @@ fn minutes_are_aggregated_once_closed_and_again_after_a_late_event() {
     running.stop();
 }
 
+/// Regression: the reader had moved on to the next, empty segment after the
+/// last frames of a sealed one, the checkpoint stayed at the end of those
+/// frames, and the watermark waited for a commit that only new events
+/// would bring: the last minute before a quiet spell was never aggregated.
+#[test]
+fn a_minute_is_aggregated_when_the_spool_rolled_on_to_an_empty_segment() {
+    let cluster = launch();
+    let mut cfg = config(&cluster, "dc1");
+    cfg.limits.aggregation_grace_ms = 0;
+    let spool = open_spool(&cfg);
+    spool
+        .append(&(0..100u64).map(vote).collect::<Vec<_>>())
+        .unwrap();
+    spool.rotate().unwrap();
+    let running = Running::start(cfg, Guards::default());
+    wait_for("the minute aggregated", Duration::from_secs(60), || {
+        running.metrics.minutes_aggregated.get() >= 1
+    });
+    assert_eq!(counts(&cluster, "dc1-app1"), (100, 100));
+    running.stop();
+}
+
 #[test]
 fn an_operator_can_reaggregate_a_range() {
     let cluster = launch();
