@@ -347,7 +347,7 @@ impl Member {
         match &self.kind {
             Kind::ZooKeeper(a) => probe::zookeeper_serving(*a),
             Kind::Redis(a) => probe::redis_ready(*a),
-            Kind::ClickHouse(c) => c.ready(),
+            Kind::ClickHouse(c) => c.ready() && c.replicas_writable(),
         }
     }
 }
@@ -862,7 +862,16 @@ impl LocalCluster {
             let log = m.proc.spec.log.clone();
             m.proc.start().map_err(io_err(&log))?;
         }
-        self.wait_ready(&[i])
+        self.wait_ready(&[i])?;
+        // The ClickHouse servers using a restarted ZooKeeper keep their
+        // replicated tables read-only until they have a session again.
+        if matches!(self.members[i].kind, Kind::ZooKeeper(_)) {
+            let clickhouse: Vec<usize> = (0..self.members.len())
+                .filter(|&j| matches!(self.members[j].kind, Kind::ClickHouse(_)))
+                .collect();
+            self.wait_ready(&clickhouse)?;
+        }
+        Ok(())
     }
 
     /// The datacenters a global read from ClickHouse server `server`

@@ -193,4 +193,12 @@ impl ClickHouseHttp {
     pub fn ready(&self) -> bool {
         self.query("SELECT 1").is_ok_and(|b| b.trim() == "1")
     }
+
+    /// True when no replicated table of the server is read-only (no
+    /// ZooKeeper session yet, or an expired one): after a restart of the
+    /// server or of its ZooKeeper, inserts fail until this holds.
+    pub fn replicas_writable(&self) -> bool {
+        self.query("SELECT count() FROM system.replicas WHERE is_readonly OR is_session_expired")
+            .is_ok_and(|b| b.trim() == "0")
+    }
 }
