@@ -236,6 +236,12 @@ pub struct QueryDatacenter {
     /// Shards of its ClickHouse cluster: a global read is whole only when
     /// every one of them answered.
     pub shards: usize,
+    /// Its collector's admin address (`/metrics`), as this DC reaches it.
+    pub collector_admin: SocketAddr,
+    /// Its shipper's admin address (`/metrics`), as this DC reaches it.
+    pub shipper_admin: SocketAddr,
+    /// Its query service's address (`/metrics`), as this DC reaches it.
+    pub query: SocketAddr,
 }
 
 /// The query service of one DC.
@@ -579,9 +585,24 @@ impl QueryConfig {
             datacenters: topology
                 .datacenter
                 .iter()
-                .map(|d| QueryDatacenter {
-                    name: d.name.clone(),
-                    shards: d.clickhouse.shard.len(),
+                .map(|d| {
+                    // Another DC's services are reached the way its
+                    // ClickHouse is: through the launcher's relay when
+                    // there is one, so a cut DC stops answering here too.
+                    let via = |addr: SocketAddr| match topology
+                        .cross_dc_routes
+                        .get(&(dc.name.clone(), addr.to_string()))
+                    {
+                        Some(route) if d.name != dc.name => *route,
+                        _ => addr,
+                    };
+                    QueryDatacenter {
+                        name: d.name.clone(),
+                        shards: d.clickhouse.shard.len(),
+                        collector_admin: via(d.collector.admin),
+                        shipper_admin: via(d.shipper.admin),
+                        query: via(d.query.listen),
+                    }
                 })
                 .collect(),
             redis: dc.redis.clone(),
@@ -616,6 +637,25 @@ impl crate::check::Declaration for QueryConfig {
             &root.key("datacenters"),
             "must include this DC (`dc`)",
         );
+        for (i, d) in self.datacenters.iter().enumerate() {
+            let at = root.key("datacenters").index(i);
+            c.require(
+                self.datacenters.iter().filter(|o| o.name == d.name).count() == 1,
+                &at.key("name"),
+                "must name each datacenter once",
+            );
+            for (key, addr) in [
+                ("collector_admin", d.collector_admin),
+                ("shipper_admin", d.shipper_admin),
+                ("query", d.query),
+            ] {
+                c.require(
+                    addr.port() != 0 && !addr.ip().is_unspecified(),
+                    &at.key(key),
+                    "must be an address to connect to (no port 0, no 0.0.0.0 or ::): GET /v1/pipeline reads /metrics there; declare the service's address in the topology as other DCs reach it",
+                );
+            }
+        }
         for (i, r) in self.rule.iter().enumerate() {
             let at = root.key("rule").index(i);
             c.require(
@@ -748,5 +788,25 @@ mod tests {
         );
         assert!(problems[1].contains("has no metric sum(user_id)"));
         assert!(problems[2].contains("`city` is not a dimension"));
+    }
+
+    #[test]
+    fn every_datacenter_has_addresses_to_scrape() {
+        let mut c = config(vec![]);
+        assert_ne!(c.datacenters[1].query, c.datacenters[0].query);
+        c.datacenters[1].shipper_admin = "0.0.0.0:7203".parse().unwrap();
+        c.datacenters[0].collector_admin = "127.0.0.1:0".parse().unwrap();
+        let mut ch = Checker::default();
+        c.check(&mut ch);
+        let errors = ch.into_errors(std::path::Path::new("query.toml"), "");
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "datacenters[0].collector_admin",
+                "datacenters[1].shipper_admin"
+            ],
+            "{errors:?}"
+        );
     }
 }

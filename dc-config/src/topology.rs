@@ -51,11 +51,11 @@ pub struct Topology {
     pub global_cluster: String,
     /// The datacenters, in declaration order.
     pub datacenter: Vec<Datacenter>,
-    /// How one DC's ClickHouse servers reach another DC's when not
-    /// directly: `(viewing DC, remote server's host:tcp_port)` → the address
-    /// to dial instead. Never declared (empty in a topology file); the local
-    /// launcher fills it to put a delaying, cuttable relay on every cross-DC
-    /// path.
+    /// How one DC reaches another DC's servers when not directly:
+    /// `(viewing DC, remote ClickHouse's host:tcp_port or remote service's
+    /// address)` → the address to dial instead. Never declared (empty in a
+    /// topology file); the local launcher fills it to put a delaying,
+    /// cuttable relay on every cross-DC path.
     #[serde(skip)]
     pub cross_dc_routes: std::collections::BTreeMap<(String, String), SocketAddr>,
     /// Addresses besides loopback and the topology's own servers that

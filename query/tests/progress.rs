@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{get, load as insert, Harness};
+use common::{get, Harness};
 use dc_config::event::{ValidEvent, Value};
 use dc_config::local::{LaunchOptions, LocalCluster};
 
@@ -31,16 +31,19 @@ fn progress_reads_redis_then_clickhouse_then_every_dc() {
     let cluster =
         LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
     // dc1 knows (7, 42) twice, out of order; only dc2 knows (8, 99).
-    insert(
-        &cluster,
-        "dc1-s1-r1",
-        "dc1",
-        &[
-            progress(7, 42, T + 2_000, 200),
-            progress(7, 42, T + 1_000, 100),
-        ],
-    );
-    insert(&cluster, "dc2-s1-r1", "dc2", &[progress(8, 99, T, 55)]);
+    cluster
+        .load_events(
+            "dc1-s1-r1",
+            "dc1",
+            &[
+                progress(7, 42, T + 2_000, 200),
+                progress(7, 42, T + 1_000, 100),
+            ],
+        )
+        .unwrap();
+    cluster
+        .load_events("dc2-s1-r1", "dc2", &[progress(8, 99, T, 55)])
+        .unwrap();
 
     let mut h = Harness::serve(cluster, Duration::from_secs(5), |_| {});
     let base = h.base.clone();
@@ -145,7 +148,9 @@ fn progress_misses_are_bounded_and_cached_without_hiding_writes() {
         },
     )
     .unwrap();
-    insert(&cluster, "dc1-s1-r1", "dc1", &[progress(7, 42, T, 300)]);
+    cluster
+        .load_events("dc1-s1-r1", "dc1", &[progress(7, 42, T, 300)])
+        .unwrap();
     let h = Harness::serve(cluster, Duration::from_secs(15), |c| {
         c.progress_lookups_max = 1;
     });

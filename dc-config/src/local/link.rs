@@ -1,9 +1,11 @@
 //! The link between two local datacenters: a TCP relay on every cross-DC
 //! path that delays each direction and can be cut and healed.
 //!
-//! Only ClickHouse's cross-DC traffic (the Distributed tables' reads of the
-//! other DC's servers) crosses a datacenter boundary, so a relay per remote
-//! server, per viewing DC, is the whole link. The kernels this runs on have no
+//! Two kinds of traffic cross a datacenter boundary: ClickHouse's (the
+//! Distributed tables' reads of the other DC's servers) and the query
+//! service's scrapes of the other DCs' service `/metrics` (`GET
+//! /v1/pipeline`), so a relay per remote server and remote service
+//! address, per viewing DC, is the whole link. The kernels this runs on have no
 //! `sch_netem`, so the delay is added here: every chunk read is forwarded
 //! `delay` after it arrived, which keeps the byte stream's order and costs
 //! no throughput (chunks in flight overlap), exactly like a long wire.

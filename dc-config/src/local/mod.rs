@@ -145,6 +145,15 @@ pub enum LaunchError {
         /// The error.
         source: HttpError,
     },
+    /// ClickHouse refused events or their aggregation loaded by
+    /// [`LocalCluster::load_events`] or [`LocalCluster::aggregate_minutes`].
+    #[error("loading events into {server} failed: {source}")]
+    Load {
+        /// The server.
+        server: String,
+        /// The error.
+        source: HttpError,
+    },
     /// The topology with local ports and paths broke a rule: a launcher bug.
     #[error("the localized topology is invalid (a launcher bug): {0}")]
     Localize(ConfigErrors),
@@ -533,6 +542,24 @@ impl LocalCluster {
                     routes.push(((viewer.name.clone(), direct), relay.listen()));
                     links.push(relay);
                 }
+                // The other DCs' service addresses too: the query
+                // service reads their /metrics (GET /v1/pipeline) across
+                // the same link, so a cut DC stops answering there as well.
+                for d in topology.datacenter.iter().filter(|d| d.name != viewer.name) {
+                    for target in [d.collector.admin, d.shipper.admin, d.query.listen] {
+                        let relay = link::Relay::start(
+                            &viewer.name,
+                            &d.name,
+                            placement.host_addr(),
+                            target,
+                            delay,
+                            &links_dir,
+                        )
+                        .map_err(io_err(&links_dir))?;
+                        routes.push(((viewer.name.clone(), target.to_string()), relay.listen()));
+                        links.push(relay);
+                    }
+                }
             }
         }
         topology.cross_dc_routes.extend(routes);
@@ -835,6 +862,73 @@ impl LocalCluster {
                 _ => None,
             })
             .ok_or_else(|| LaunchError::UnknownServer(name.to_string()))
+    }
+
+    /// Inserts `events` of datacenter `dc` straight into ClickHouse server
+    /// `name`'s `events_local`, as a shipper of host `h` would (spool
+    /// positions segment 1, offsets 0…): history for tests without a
+    /// collector and days of waiting.
+    pub fn load_events(
+        &self,
+        name: &str,
+        dc: &str,
+        events: &[crate::event::ValidEvent],
+    ) -> Result<(), LaunchError> {
+        use crate::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
+        let ch = self.clickhouse(name)?;
+        let load = |source| LaunchError::Load {
+            server: name.to_string(),
+            source,
+        };
+        let mut body = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let at = SpoolPosition {
+                segment: 1,
+                offset: i as u64,
+            };
+            EventRow::new(e, dc, "h", at).write_row_binary(&mut body);
+        }
+        let db = &self.declared.topology.database;
+        ch.insert(
+            &format!("INSERT INTO {db}.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
+            &body,
+        )
+        .map(|_| ())
+        .map_err(load)
+    }
+
+    /// Aggregates, once for datacenter `dc` (on ClickHouse server `name`,
+    /// reading the whole DC), every minute `events` fall in, as its shipper
+    /// would after [`Self::load_events`].
+    pub fn aggregate_minutes(
+        &self,
+        name: &str,
+        dc: &str,
+        events: &[crate::event::ValidEvent],
+    ) -> Result<(), LaunchError> {
+        let ch = self.clickhouse(name)?;
+        let load = |source| LaunchError::Load {
+            server: name.to_string(),
+            source,
+        };
+        let reg = &self.declared.registry;
+        let minutes: std::collections::BTreeSet<(&str, u32)> = events
+            .iter()
+            .map(|e| (e.event.as_str(), (e.time_ms / 60_000 * 60) as u32))
+            .collect();
+        for (event, minute) in minutes {
+            for sql in crate::series::aggregate_minute_sql(
+                &self.declared.topology.database,
+                dc,
+                event,
+                &reg.event[event],
+                minute,
+                1,
+            ) {
+                ch.query(&sql).map_err(load)?;
+            }
+        }
+        Ok(())
     }
 
     /// Stops server `name` gracefully (SIGTERM, then SIGKILL after a grace period).

@@ -8,13 +8,11 @@
 
 pub mod openapi;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dc_config::event::{ValidEvent, Value};
 use dc_config::local::{LaunchOptions, LocalCluster};
-use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
 use dc_config::services::QueryConfig;
 
 /// A vote at `time_s` (plus `n` ms, so times stay distinct) by user `user`.
@@ -106,30 +104,13 @@ impl Harness {
 
     /// Inserts `events` of datacenter `dc` into `server`'s `events_local`.
     pub fn load(&self, server: &str, dc: &str, events: &[ValidEvent]) {
-        load(&self.cluster, server, dc, events);
+        self.cluster.load_events(server, dc, events).unwrap();
     }
 
     /// Aggregates, once for datacenter `dc` (on `server`, reading the whole
     /// DC), every minute `events` fall in, as its shipper would.
     pub fn aggregate(&self, server: &str, dc: &str, events: &[ValidEvent]) {
-        let ch = self.cluster.clickhouse(server).unwrap();
-        let reg = &self.cluster.declared().registry;
-        let minutes: BTreeSet<(String, u32)> = events
-            .iter()
-            .map(|e| (e.event.clone(), (e.time_ms / 60_000 * 60) as u32))
-            .collect();
-        for (event, minute) in minutes {
-            for sql in dc_config::series::aggregate_minute_sql(
-                "spoolhouse",
-                dc,
-                &event,
-                &reg.event[&event],
-                minute,
-                1,
-            ) {
-                ch.query(&sql).unwrap();
-            }
-        }
+        self.cluster.aggregate_minutes(server, dc, events).unwrap();
     }
 
     /// Runs `f` on the harness's runtime (the one serving the API).
@@ -158,31 +139,6 @@ impl Harness {
             .parse()
             .unwrap()
     }
-}
-
-/// Inserts `events` of datacenter `dc` into `server`'s `events_local`.
-pub fn load(cluster: &LocalCluster, server: &str, dc: &str, events: &[ValidEvent]) {
-    let mut body = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        EventRow::new(
-            e,
-            dc,
-            "h",
-            SpoolPosition {
-                segment: 1,
-                offset: i as u64,
-            },
-        )
-        .write_row_binary(&mut body);
-    }
-    cluster
-        .clickhouse(server)
-        .unwrap()
-        .insert(
-            &format!("INSERT INTO spoolhouse.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
-            &body,
-        )
-        .unwrap();
 }
 
 /// GETs `base` + `path`; the status and the JSON body (`/metrics` text as
