@@ -9,6 +9,9 @@
 //! - `GET /v1/anomalies?event=NAME|metric=NAME&window=6h&step=5min|hour`
 //! - `GET /v1/report?event=NAME&metric=KIND(FIELD)&group_by=DIM,DIM&from=SECS&to=SECS&scope=global|dc`
 //! - `POST /v1/sql` (body: one SELECT statement, at most [`MAX_BODY_BYTES`])
+//! - `GET /v1/registry` (the event types, metrics and dimensions to ask for)
+//! - `GET /v1/pipeline` (every DC's services' figures, from their `/metrics`)
+//! - `GET /console/`, `GET /console/{asset}` (the web console, [`crate::console`])
 //! - `GET /metrics`, `GET /healthz`
 //!
 //! [`ROUTES`] lists them once; the router accepts only what it lists, the
@@ -56,6 +59,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/drops"),
     ("GET", "/v1/anomalies"),
     ("POST", "/v1/sql"),
+    ("GET", "/v1/registry"),
+    ("GET", "/v1/pipeline"),
+    ("GET", "/console/"),
+    ("GET", "/console/{asset}"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
 ];
@@ -153,6 +160,8 @@ pub struct QueryService {
     progress: Option<ProgressService>,
     ch: Arc<ClickHouse>,
     rules: Vec<dc_config::services::ThresholdRule>,
+    dc: String,
+    datacenters: Vec<dc_config::services::QueryDatacenter>,
     metrics: Metrics,
     prom: prometheus_client::registry::Registry,
 }
@@ -181,6 +190,8 @@ impl QueryService {
             progress,
             ch,
             rules: config.rule.clone(),
+            dc: config.dc.clone(),
+            datacenters: config.datacenters.clone(),
             metrics,
             prom,
         }
@@ -231,12 +242,47 @@ impl QueryService {
         }
     }
 
-    async fn route(
-        &self,
-        path: &str,
-        query: &str,
-        body: &[u8],
-    ) -> Result<(u16, String, &'static str)> {
+    /// What a client may ask for: each event type with metrics, its
+    /// metrics as series names with their dimensions (and an enum
+    /// dimension's values), its keyed state; and the datacenters.
+    fn registry_json(&self) -> serde_json::Value {
+        let events: Vec<serde_json::Value> = self
+            .registry
+            .event
+            .iter()
+            .map(|(name, e)| {
+                let metrics: Vec<serde_json::Value> = e
+                    .metric
+                    .iter()
+                    .map(|m| {
+                        let dims: Vec<serde_json::Value> = m
+                            .dimensions
+                            .iter()
+                            .map(|d| {
+                                let values = e.fields.get(d).map(|f| f.values.clone());
+                                serde_json::json!({"name": d, "values": values.unwrap_or_default()})
+                            })
+                            .collect();
+                        serde_json::json!({
+                            "name": m.base_name(name),
+                            "kind": m.kind.name(),
+                            "dimensions": dims,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": name,
+                    "description": e.description,
+                    "metrics": metrics,
+                    "state": e.state.as_ref().map(|s| serde_json::json!({"key": s.key, "value": s.value})),
+                })
+            })
+            .collect();
+        let dcs: Vec<&str> = self.datacenters.iter().map(|d| d.name.as_str()).collect();
+        serde_json::json!({"dc": self.dc, "datacenters": dcs, "events": events})
+    }
+
+    async fn route(&self, path: &str, query: &str, body: &[u8]) -> Result<Reply> {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match parts.as_slice() {
             ["metrics"] => {
@@ -248,11 +294,12 @@ impl QueryService {
                 let mut text = String::new();
                 prometheus_client::encoding::text::encode(&mut text, &self.prom)
                     .map_err(|e| Error::ClickHouse(e.to_string()))?;
-                Ok((
-                    200,
-                    text,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ))
+                Ok(Reply {
+                    status: 200,
+                    body: Bytes::from(text),
+                    content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    headers: Vec::new(),
+                })
             }
             ["healthz"] => {
                 // Proves the read path: the schema is there and readable as the query user.
@@ -270,22 +317,22 @@ impl QueryService {
                     Err(e) => (false, e.to_string()),
                 };
                 let body = serde_json::json!({"ok": ok, "clickhouse": detail}).to_string();
-                Ok((if ok { 200 } else { 503 }, body, "application/json"))
+                Ok(Reply::json(if ok { 200 } else { 503 }, body))
             }
             ["v1", "series"] => {
                 let req = crate::series::SeriesRequest::parse(&self.registry, query)?;
                 let v = crate::series::read(&self.ch, &req).await?;
-                Ok((200, v.to_string(), "application/json"))
+                Ok(Reply::json(200, v.to_string()))
             }
             ["v1", "drops"] => {
                 let req = crate::drops::DropsRequest::parse(&self.registry, query, now_s())?;
                 let v = crate::drops::detect(&self.ch, &self.registry, &req).await?;
-                Ok((200, v.to_string(), "application/json"))
+                Ok(Reply::json(200, v.to_string()))
             }
             ["v1", "report"] => {
                 let req = crate::report::ReportRequest::parse(&self.registry, query)?;
                 let v = crate::report::read(&self.registry, &self.ch, &req).await?;
-                Ok((200, v.to_string(), "application/json"))
+                Ok(Reply::json(200, v.to_string()))
             }
             ["v1", "sql"] => {
                 let text = std::str::from_utf8(body).map_err(|_| {
@@ -294,18 +341,47 @@ impl QueryService {
                 let statement = crate::sql::check(text)?;
                 let v =
                     crate::sql::run(&self.ch, &self.sql_limits, self.timeout, &statement).await?;
-                Ok((200, v, "application/json"))
+                Ok(Reply::json(200, v))
             }
             ["v1", "anomalies"] => {
                 let req =
                     crate::anomalies::AnomaliesRequest::parse(&self.registry, query, now_s())?;
                 let v =
                     crate::anomalies::detect(&self.ch, &self.registry, &self.rules, &req).await?;
-                Ok((200, v.to_string(), "application/json"))
+                Ok(Reply::json(200, v.to_string()))
+            }
+            ["console"] | ["console", _] => {
+                let name = parts.get(1).copied().unwrap_or("");
+                let a = crate::console::asset(name).ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "no console file `{name}`; the console starts at /console/"
+                    ))
+                })?;
+                let mut headers = vec![
+                    ("cache-control", a.cache_control),
+                    ("x-content-type-options", "nosniff"),
+                ];
+                if a.content_type.starts_with("text/html") {
+                    headers.push((
+                        "content-security-policy",
+                        crate::console::CONTENT_SECURITY_POLICY,
+                    ));
+                }
+                Ok(Reply {
+                    status: 200,
+                    body: Bytes::from_static(a.body.as_bytes()),
+                    content_type: a.content_type,
+                    headers,
+                })
+            }
+            ["v1", "registry"] => Ok(Reply::json(200, self.registry_json().to_string())),
+            ["v1", "pipeline"] => {
+                let v = crate::pipeline::read(&self.datacenters).await;
+                Ok(Reply::json(200, v.to_string()))
             }
             ["v1", "progress", user, video] => {
                 let v = self.one_progress(user, video).await?;
-                Ok((200, v.to_string(), "application/json"))
+                Ok(Reply::json(200, v.to_string()))
             }
             ["v1", "progress", user] => {
                 let videos = query
@@ -332,10 +408,9 @@ impl QueryService {
                         Err(e) => return Err(e),
                     }
                 }
-                Ok((
+                Ok(Reply::json(
                     200,
                     serde_json::json!({"items": items}).to_string(),
-                    "application/json",
                 ))
             }
             _ => Err(Error::NoRoute(path.to_string())),
@@ -380,7 +455,7 @@ impl QueryService {
             Ok(_) => self.route(&path, head.uri.query().unwrap_or(""), &[]).await,
             Err(e) => Err(e),
         };
-        let (status, body, ctype) = match answer {
+        let reply = match answer {
             Ok(ok) => ok,
             Err(e) => {
                 self.metrics
@@ -390,9 +465,10 @@ impl QueryService {
                         ("kind".into(), e.kind().into()),
                     ])
                     .inc();
-                (e.status(), e.to_json().to_string(), "application/json")
+                Reply::json(e.status(), e.to_json().to_string())
             }
         };
+        let status = reply.status;
         self.metrics
             .requests
             .get_or_create(&vec![
@@ -404,11 +480,34 @@ impl QueryService {
             .seconds
             .get_or_create(&vec![("endpoint".into(), endpoint)])
             .observe(started.elapsed().as_secs_f64());
-        Response::builder()
+        let mut resp = Response::builder()
             .status(status)
-            .header("content-type", ctype)
-            .body(Full::new(Bytes::from(body)))
+            .header("content-type", reply.content_type);
+        for (name, value) in reply.headers {
+            resp = resp.header(name, value);
+        }
+        resp.body(Full::new(reply.body))
             .expect("static response parts are valid")
+    }
+}
+
+/// One answer: status, body, content type and any further headers.
+struct Reply {
+    status: u16,
+    body: Bytes,
+    content_type: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+}
+
+impl Reply {
+    /// A JSON answer.
+    fn json(status: u16, body: String) -> Self {
+        Self {
+            status,
+            body: Bytes::from(body),
+            content_type: "application/json",
+            headers: Vec::new(),
+        }
     }
 }
 

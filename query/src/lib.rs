@@ -27,17 +27,24 @@
 //! run as the read-only user within the limits of
 //! [`dc_config::services::SqlLimits`].
 //!
+//! Pipeline health (`GET /v1/pipeline`, [`pipeline`]): every DC's
+//! collector, shipper and query service `/metrics`, reduced to the figures
+//! an operator watches, and which DCs answered.
+//!
+//! The web console (`GET /console/`, [`console`]): a page built into the
+//! binary that charts the API's answers in the browser.
+//!
 //! Every route is listed once, in [`api::ROUTES`]; `docs/openapi.yaml`
 //! documents the same set (a test holds them equal).
-//!
-//! Not yet built (see the "Query service" issue): anomaly detection.
 
 pub mod anomalies;
 pub mod api;
 pub mod buckets;
 pub mod ch;
+pub mod console;
 pub mod drops;
 pub mod error;
+pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod series;
