@@ -470,6 +470,14 @@ fn localize_on(
     Ok(t)
 }
 
+/// The error of a refused load on server `name`.
+fn load_failed(name: &str) -> impl Fn(HttpError) -> LaunchError + '_ {
+    move |source| LaunchError::Load {
+        server: name.to_string(),
+        source,
+    }
+}
+
 impl LocalCluster {
     /// Starts every server of `declared`'s topology, waits until each
     /// serves, and applies each DC's schema.
@@ -876,10 +884,7 @@ impl LocalCluster {
     ) -> Result<(), LaunchError> {
         use crate::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
         let ch = self.clickhouse(name)?;
-        let load = |source| LaunchError::Load {
-            server: name.to_string(),
-            source,
-        };
+        let load = load_failed(name);
         let mut body = Vec::new();
         for (i, e) in events.iter().enumerate() {
             let at = SpoolPosition {
@@ -907,10 +912,7 @@ impl LocalCluster {
         events: &[crate::event::ValidEvent],
     ) -> Result<(), LaunchError> {
         let ch = self.clickhouse(name)?;
-        let load = |source| LaunchError::Load {
-            server: name.to_string(),
-            source,
-        };
+        let load = load_failed(name);
         let reg = &self.declared.registry;
         let minutes: std::collections::BTreeSet<(&str, u32)> = events
             .iter()
@@ -925,7 +927,7 @@ impl LocalCluster {
                 minute,
                 1,
             ) {
-                ch.query(&sql).map_err(load)?;
+                ch.query(&sql).map_err(&load)?;
             }
         }
         Ok(())
