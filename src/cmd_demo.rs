@@ -3,9 +3,11 @@
 //! then global figures, the injected drop found, a global report, and the
 //! same report partial with one DC cut off.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use dc_config::local::{LocalCluster, INTERRUPTED};
 use dc_config::render::ddl::table;
 use rand::{Rng, SeedableRng};
 
@@ -23,6 +25,11 @@ pub struct DemoArgs {
     events_per_dc: u64,
     #[command(flatten)]
     link: LinkArgs,
+    /// After the report, bring the cut datacenter back and keep every
+    /// server and service running until Ctrl-C, printing the address of
+    /// each datacenter's web console.
+    #[arg(long)]
+    stay: bool,
 }
 
 /// Minutes (counted back from the current one) of the injected drop: iOS
@@ -317,14 +324,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         std::thread::sleep(dc_config::local::link::CUT_POLL * 3);
         format!("{last} cut off (its links dropped)")
     } else {
-        for server in cluster
-            .topology()
-            .dc(&last)
-            .expect("checked")
-            .replicas()
-            .map(|r| r.name())
-            .collect::<Vec<_>>()
-        {
+        for server in clickhouse_servers(&cluster, &last) {
             cluster.kill(&server)?;
         }
         format!("{last}'s ClickHouse down")
@@ -332,11 +332,39 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let v = query_get(q, &report)?;
     println!("\nWith {how}, asked again:");
     print_report(&v);
+    if args.stay {
+        if args.link.delay().is_some() {
+            cluster.heal(&last)?;
+        } else {
+            for server in clickhouse_servers(&cluster, &last) {
+                cluster.restart(&server)?;
+            }
+        }
+        println!("\n{last} is back. The web console of each datacenter:");
+        for s in &services {
+            println!("  http://{}/console/", s.query);
+        }
+        println!("running; Ctrl-C stops every service and server");
+        while !INTERRUPTED.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     println!(
         "\nDone in {:.1} s; stopping every service and server.",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The ClickHouse servers of datacenter `dc`, by launcher name.
+fn clickhouse_servers(cluster: &LocalCluster, dc: &str) -> Vec<String> {
+    cluster
+        .topology()
+        .dc(dc)
+        .expect("a DC of this topology")
+        .replicas()
+        .map(|r| r.name())
+        .collect()
 }
 
 /// A figure as text; counts and uniques are whole numbers, printed so.
