@@ -7,9 +7,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::wait_for;
+use common::{linked_cluster, wait_for};
 
-use dc_config::local::{LaunchOptions, LocalCluster};
+use dc_config::local::LocalCluster;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -31,14 +31,7 @@ fn dcs_answering(cluster: &LocalCluster) -> Vec<String> {
 
 #[test]
 fn cut_and_heal_a_datacenter_from_another_process() {
-    let cluster = LocalCluster::start(
-        &dc_config::examples::declared(),
-        LaunchOptions {
-            cross_dc_delay: Some(Duration::from_millis(20)),
-            ..LaunchOptions::default()
-        },
-    )
-    .unwrap();
+    let cluster = linked_cluster(Duration::from_millis(20));
     let state = cluster.state_dir().to_str().unwrap().to_string();
     assert_eq!(dcs_answering(&cluster), ["dc1", "dc2"]);
 

@@ -67,6 +67,19 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// The example topology's two DCs, every cross-DC path through a relay
+/// adding `delay` each way, so a DC can be cut (`LocalCluster::cut`).
+pub fn linked_cluster(delay: Duration) -> dc_config::local::LocalCluster {
+    dc_config::local::LocalCluster::start(
+        &dc_config::examples::declared(),
+        dc_config::local::LaunchOptions {
+            cross_dc_delay: Some(delay),
+            ..dc_config::local::LaunchOptions::default()
+        },
+    )
+    .unwrap()
+}
+
 /// Writes `dc`'s collector, shipper and query configs into `dir`, starts
 /// the three services (in that order) and waits until they serve.
 pub fn start_dc(
