@@ -26,7 +26,6 @@ use clap::Args;
 use collector::{Client, ClientConfig, Endpoint, LineOutcome};
 use dc_config::event::{ValidEvent, Value};
 use dc_config::local::{LaunchOptions, LocalCluster};
-use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
@@ -584,32 +583,16 @@ fn sessions(write_rate: u64) -> Vec<Vec<Session>> {
 /// 30-day Redis TTL.
 fn seed_expired(ch: &dc_config::local::probe::ClickHouseHttp, n: u64) -> anyhow::Result<()> {
     let old = now_ms() - 40 * 86_400_000;
-    let mut body = Vec::new();
-    for i in 0..n {
-        let e = ValidEvent {
-            event: "watch_progress".into(),
-            time_ms: old + i,
-            attrs: vec![
-                ("user_id".into(), Value::UInt(EXPIRED_USER_BASE + i)),
-                ("video_id".into(), Value::UInt(1 + i % VIDEOS)),
-                ("video_time".into(), Value::UInt(60 + i % 3_000)),
-            ],
-        };
-        EventRow::new(
-            &e,
-            "dc2",
-            "archive",
-            SpoolPosition {
-                segment: 1,
-                offset: i,
-            },
-        )
-        .write_row_binary(&mut body);
-    }
-    ch.insert(
-        &format!("INSERT INTO spoolhouse.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
-        &body,
-    )?;
+    let events = (0..n).map(|i| ValidEvent {
+        event: "watch_progress".into(),
+        time_ms: old + i,
+        attrs: vec![
+            ("user_id".into(), Value::UInt(EXPIRED_USER_BASE + i)),
+            ("video_id".into(), Value::UInt(1 + i % VIDEOS)),
+            ("video_time".into(), Value::UInt(60 + i % 3_000)),
+        ],
+    });
+    ch.insert_events("spoolhouse", "dc2", "archive", 0, events)?;
     Ok(())
 }
 

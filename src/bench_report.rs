@@ -12,7 +12,6 @@ use anyhow::Context;
 use clap::Args;
 use dc_config::event::{ValidEvent, Value};
 use dc_config::local::{LaunchOptions, LocalCluster};
-use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
 use dc_config::services::QueryConfig;
 
 /// Arguments of `spoolhouse bench report`.
@@ -57,26 +56,16 @@ fn load(cluster: &LocalCluster, args: &ReportBench) -> anyhow::Result<()> {
     for (d, dc) in t.datacenter.iter().enumerate() {
         let server = dc.replicas().next().context("a DC without servers")?.name();
         let ch = cluster.clickhouse(&server)?;
-        let mut body = Vec::new();
-        let mut offset = 0u64;
-        for minute in 0..args.minutes {
-            for i in 0..args.per_minute {
-                // Half the users of each DC are the other's too.
-                let user = u64::from(i) + (d as u64) * u64::from(args.per_minute / 2);
-                EventRow::new(
-                    &vote(user, minute, i),
-                    &dc.name,
-                    "bench",
-                    SpoolPosition { segment: 1, offset },
-                )
-                .write_row_binary(&mut body);
-                offset += 1;
-            }
-        }
-        ch.insert(
-            &format!("INSERT INTO spoolhouse.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
-            &body,
-        )?;
+        let votes: Vec<ValidEvent> = (0..args.minutes)
+            .flat_map(|minute| {
+                (0..args.per_minute).map(move |i| {
+                    // Half the users of each DC are the other's too.
+                    let user = u64::from(i) + (d as u64) * u64::from(args.per_minute / 2);
+                    vote(user, minute, i)
+                })
+            })
+            .collect();
+        ch.insert_events(&t.database, &dc.name, "bench", 0, &votes)?;
         for minute in 0..args.minutes {
             for sql in dc_config::series::aggregate_minute_sql(
                 &t.database,

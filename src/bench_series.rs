@@ -13,7 +13,6 @@ use dc_config::event::{ValidEvent, Value};
 use dc_config::local::probe::ClickHouseHttp;
 use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::registry::Registry;
-use dc_config::row::{write_row_binary, SpoolPosition, EVENT_COLUMNS};
 use dc_config::series::{aggregate_minute_sql, decode_points, rollups, series_points_sql};
 use rand::{Rng, SeedableRng};
 
@@ -155,54 +154,30 @@ fn write_test(ch: &ClickHouseHttp, args: &SeriesBench) -> anyhow::Result<()> {
     let genders = ["male", "female", "unknown"];
     let versions = ["1", "2", "3", "4"];
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let mut body = Vec::with_capacity(args.events as usize * 110);
-    for i in 0..args.events {
-        let e = ValidEvent {
-            event: "bench_view".into(),
-            time_ms: u64::from(T0) * 1000 + rng.random_range(0..u64::from(args.minutes) * 60_000),
-            attrs: vec![
-                ("user_id".into(), Value::UInt(rng.random_range(0..200_000))),
-                (
-                    "platform".into(),
-                    Value::Str(platforms[rng.random_range(0..3)].into()),
-                ),
-                (
-                    "country".into(),
-                    Value::Str(countries[rng.random_range(0..5)].into()),
-                ),
-                (
-                    "gender".into(),
-                    Value::Str(genders[rng.random_range(0..3)].into()),
-                ),
-                (
-                    "app_version".into(),
-                    Value::Str(versions[rng.random_range(0..4)].into()),
-                ),
-            ],
-        };
-        let attrs: Vec<_> = e
-            .attrs
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_ref()))
-            .collect();
-        write_row_binary(
-            &mut body,
-            &e.event,
-            e.time_ms,
-            "dc2",
-            "bench",
-            attrs.into_iter(),
-            SpoolPosition {
-                segment: 1,
-                offset: i,
-            },
-        );
-    }
-    ch.insert(
-        &format!("INSERT INTO spoolhouse.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
-        &body,
-    )?;
-    drop(body);
+    let events = (0..args.events).map(|_| ValidEvent {
+        event: "bench_view".into(),
+        time_ms: u64::from(T0) * 1000 + rng.random_range(0..u64::from(args.minutes) * 60_000),
+        attrs: vec![
+            ("user_id".into(), Value::UInt(rng.random_range(0..200_000))),
+            (
+                "platform".into(),
+                Value::Str(platforms[rng.random_range(0..3)].into()),
+            ),
+            (
+                "country".into(),
+                Value::Str(countries[rng.random_range(0..5)].into()),
+            ),
+            (
+                "gender".into(),
+                Value::Str(genders[rng.random_range(0..3)].into()),
+            ),
+            (
+                "app_version".into(),
+                Value::Str(versions[rng.random_range(0..4)].into()),
+            ),
+        ],
+    });
+    ch.insert_events("spoolhouse", "dc2", "bench", 0, events)?;
     ch.query("OPTIMIZE TABLE spoolhouse.events_local FINAL")?;
 
     // The aggregation, as the shipper runs it: every roll-up of both

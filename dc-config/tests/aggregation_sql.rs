@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashSet};
 
 use dc_config::event::{ValidEvent, Value};
 use dc_config::local::{LaunchOptions, LocalCluster};
-use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
 use dc_config::series::{aggregate_minute_sql, rollups, series_name};
 
 const MINUTE: u32 = 1_764_028_800; // 2025-11-25 00:00:00 UTC
@@ -45,20 +44,15 @@ fn insert(
     events: &[ValidEvent],
     first_offset: u64,
 ) {
-    let mut body = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        let pos = SpoolPosition {
-            segment: 1,
-            offset: first_offset + i as u64,
-        };
-        EventRow::new(e, dc, &format!("{dc}-app1"), pos).write_row_binary(&mut body);
-    }
     cluster
         .clickhouse(server)
         .unwrap()
-        .insert(
-            &format!("INSERT INTO spoolhouse.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
-            &body,
+        .insert_events(
+            "spoolhouse",
+            dc,
+            &format!("{dc}-app1"),
+            first_offset,
+            events,
         )
         .unwrap();
 }

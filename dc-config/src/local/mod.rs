@@ -882,24 +882,11 @@ impl LocalCluster {
         dc: &str,
         events: &[crate::event::ValidEvent],
     ) -> Result<(), LaunchError> {
-        use crate::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
-        let ch = self.clickhouse(name)?;
-        let load = load_failed(name);
-        let mut body = Vec::new();
-        for (i, e) in events.iter().enumerate() {
-            let at = SpoolPosition {
-                segment: 1,
-                offset: i as u64,
-            };
-            EventRow::new(e, dc, "h", at).write_row_binary(&mut body);
-        }
         let db = &self.declared.topology.database;
-        ch.insert(
-            &format!("INSERT INTO {db}.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
-            &body,
-        )
-        .map(|_| ())
-        .map_err(load)
+        self.clickhouse(name)?
+            .insert_events(db, dc, "h", 0, events)
+            .map(|_| ())
+            .map_err(load_failed(name))
     }
 
     /// Aggregates, once for datacenter `dc` (on ClickHouse server `name`,

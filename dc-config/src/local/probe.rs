@@ -144,6 +144,33 @@ impl ClickHouseHttp {
         self.finish(req.send(data))
     }
 
+    /// Inserts `events` of datacenter `dc`, as recorded by app host `host`,
+    /// into this server's `DATABASE.events_local` as RowBinary, at spool
+    /// positions (segment 1, `first_offset` + i): how tests and benchmarks
+    /// load events without a collector and shipper.
+    pub fn insert_events<E: std::borrow::Borrow<crate::event::ValidEvent>>(
+        &self,
+        database: &str,
+        dc: &str,
+        host: &str,
+        first_offset: u64,
+        events: impl IntoIterator<Item = E>,
+    ) -> Result<String, HttpError> {
+        use crate::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
+        let mut body = Vec::new();
+        for (i, e) in events.into_iter().enumerate() {
+            let position = SpoolPosition {
+                segment: 1,
+                offset: first_offset + i as u64,
+            };
+            EventRow::new(e.borrow(), dc, host, position).write_row_binary(&mut body);
+        }
+        self.insert(
+            &format!("INSERT INTO {database}.events_local ({EVENT_COLUMNS}) FORMAT RowBinary"),
+            &body,
+        )
+    }
+
     fn finish(
         &self,
         sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
