@@ -6,10 +6,11 @@
 //! into ClickHouse; live votes and a watch-progress event go through the
 //! collectors. Every page loads with no console error and no failed
 //! request; the series chart has one point per step of its range and the
-//! API's figures; the injected drop is the first drop and the first
-//! anomaly; the progress lookup finds what was sent; health shows both
-//! DCs flowing. Then dc2 is cut off: health marks it missing and a global
-//! chart says it is without it.
+//! API's figures; a per-DC chart has a line per DC; the injected drop is
+//! the first drop and the first anomaly; the progress lookup finds what
+//! was sent; health shows both DCs flowing. Then dc2 is cut off: health
+//! marks it missing, a global chart says it is without it, and the per-DC
+//! chart names it as not answering.
 //!
 //! Screenshots are kept in `target/tmp/console-screenshots/` (printed).
 //! Chromium, Node.js and the npm packages come from `scripts/setup.sh`.
@@ -185,6 +186,9 @@ fn console_pages_chart_the_pipeline_and_show_a_cut_datacenter() {
         "series?event=registration&metric=registration.count()&d.gender=female&from={from}&to={to}&step=5min&compare=last_week"
     );
     let global_hash = "series?event=vote&metric=vote.count()&range=1h&step=minute";
+    let each_hash = format!(
+        "series?event=registration&metric=registration.count()&from={from}&to={to}&step=hour&scope=each"
+    );
     let drops_hash = format!(
         "drops?event=registration&window=1h&to={}&reference=previous&direction=down",
         E + 2 * HOUR
@@ -200,6 +204,7 @@ fn console_pages_chart_the_pipeline_and_show_a_cut_datacenter() {
         serde_json::json!([
             visit("series", &series_hash, "series", json!({})),
             visit("series-global", global_hash, "series", json!({})),
+            visit("series-each", &each_hash, "series", json!({})),
             visit("drops", &drops_hash, "drops", json!({})),
             visit(
                 "anomalies",
@@ -226,7 +231,7 @@ fn console_pages_chart_the_pipeline_and_show_a_cut_datacenter() {
     let api_points = api["series"][0]["points"].as_array().unwrap().len();
     assert!(api_points >= 3, "{api}");
     assert_eq!(s["points"], (to - from) / 300, "{s}");
-    assert_eq!(s["non_null"], api_points, "{s}");
+    assert_eq!(s["non_null"][0], api_points, "{s}");
     assert_eq!(s["series"], INJECTED, "{s}");
     assert_eq!(
         s["dims"],
@@ -235,11 +240,13 @@ fn console_pages_chart_the_pipeline_and_show_a_cut_datacenter() {
     );
     assert_eq!(s["missing"], "", "{s}");
     assert!(s["canvases"].as_u64().unwrap() >= 1, "{s}");
-    assert_eq!(
-        pages["series-global"]["missing"], "",
-        "{}",
-        pages["series-global"]
-    );
+    let global = &pages["series-global"];
+    assert_eq!(global["missing"], "", "{global}");
+    assert_eq!(global["lines"], json!(["vote.count()"]), "{global}");
+    // Each DC its own line, from one read split by DC.
+    let each = &pages["series-each"];
+    assert_eq!(each["lines"], json!(["dc1", "dc2"]), "{each}");
+    assert_eq!(each["non_null"], json!([3, 3]), "{each}");
 
     // The injected drop leads both lists, and opens into its hierarchy.
     assert_eq!(pages["drops"]["series"][0], INJECTED, "{}", pages["drops"]);
@@ -272,6 +279,7 @@ fn console_pages_chart_the_pipeline_and_show_a_cut_datacenter() {
         serde_json::json!([
             visit("health-cut", "health", "health", json!({"polls": 2})),
             visit("series-global-cut", global_hash, "series", json!({})),
+            visit("series-each-cut", &each_hash, "series", json!({})),
         ]),
     );
     let health = &cut["health-cut"];
@@ -283,11 +291,16 @@ fn console_pages_chart_the_pipeline_and_show_a_cut_datacenter() {
         .map(|r| (r["dc"].as_str().unwrap(), r["state"].as_str().unwrap()))
         .collect();
     assert_eq!(states, [("dc1", "ok"), ("dc2", "missing")], "{health}");
+    let global = &cut["series-global-cut"];
+    assert_eq!(global["missing"], "dc2", "{global}");
+    let each = &cut["series-each-cut"];
+    assert_eq!(each["missing"], "dc2", "{each}");
     assert_eq!(
-        cut["series-global-cut"]["missing"], "dc2",
-        "{}",
-        cut["series-global-cut"]
+        each["lines"],
+        json!(["dc1", "dc2 (did not answer)"]),
+        "{each}"
     );
+    assert_eq!(each["non_null"], json!([3, 0]), "{each}");
 }
 
 /// One watch-progress event (user 7, video 42 at 300 s) through `socket`.

@@ -3,7 +3,8 @@
 // page draws the same way: times in UTC seconds, gaps where a step has no
 // figure, drag to zoom and double-click to reset (uPlot's own cursor).
 
-const COLORS = ['#1f6feb', '#d97706', '#059669', '#9333ea', '#dc2626', '#0891b2'];
+/** Line colours, in order. */
+export const COLORS = ['#1f6feb', '#d97706', '#059669', '#9333ea', '#dc2626', '#0891b2'];
 
 /** Every chart on the page, so a page change can free them. */
 const live = new Set();
@@ -73,7 +74,8 @@ export function timeChart(el, data, { lines, band, height = 260, title } = {}) {
   }
   const u = new uPlot(opts, data, el);
   live.add(u);
+  el.dataset.lines = lines.map((l) => l.label).join('|');
   el.dataset.points = String(data[0].length);
-  el.dataset.nonNull = String(data[1].filter((v) => v !== null).length);
+  el.dataset.nonNull = data.slice(1).map((col) => col.filter((v) => v !== null).length).join(',');
   return u;
 }

@@ -5,7 +5,7 @@
 // `data-error` if the API refused, so a reader (or a test) knows when the
 // page is complete.
 
-import { alignSteps, destroyAll, timeChart } from '/console/charts.js';
+import { alignSteps, COLORS, destroyAll, timeChart } from '/console/charts.js';
 
 const STEPS = { minute: 60, '5min': 300, hour: 3600, day: 86400 };
 const RANGES = { '1h': 3600, '6h': 21600, '24h': 86400, '7d': 604800, '30d': 2592000 };
@@ -252,18 +252,28 @@ async function seriesPage(main, params) {
         ? [input('from', from, 'from (unix s)', { size: 11 }), input('to', to, 'to', { size: 11 })]
         : select('range', Object.keys(RANGES), params.get('range') || '6h', 'last'),
       select('step', Object.keys(STEPS), step),
-      select('scope', [['global', 'every DC'], ['dc', `this DC (${registry.dc})`]], scope),
+      select('scope', [['global', 'every DC, merged'], ['each', 'each DC'], ['dc', `this DC (${registry.dc})`]], scope),
       select('compare', [['none', 'no comparison'], ['yesterday', 'vs yesterday'], ['last_week', 'vs last week']], compare),
     ]),
   );
-  const query = { step, scope };
+  // `each`: every DC's own line, from one global read split by DC.
+  const query = scope === 'each' ? { step, scope: 'global', split: 'dc' } : { step, scope };
   const shift = COMPARE[compare] || 0;
   const [now, before] = await Promise.all([
     api('/v1/series', { ...query, metric: name, from, to }),
     shift ? api('/v1/series', { ...query, metric: name, from: from - shift, to: to - shift }) : null,
   ]);
-  const lines = [{ label: name, points: now.series[0].points }];
-  if (before) lines.push({ label: `${compare.replace('_', ' ')}`, points: before.series[0].points, shift, dash: [6, 4], color: '#888' });
+  const label = (s) => (s.dc ? `${s.dc}${now.missing.includes(s.dc) ? ' (did not answer)' : ''}` : name);
+  const lines = now.series.map((s, i) => ({ label: label(s), points: s.points, color: COLORS[i % COLORS.length] }));
+  if (before) {
+    before.series.forEach((s, i) => lines.push({
+      label: `${s.dc ? `${s.dc}, ` : ''}${compare.replace('_', ' ')}`,
+      points: s.points,
+      shift,
+      dash: [6, 4],
+      color: before.series.length > 1 ? COLORS[i % COLORS.length] : '#888',
+    }));
+  }
   const data = alignSteps(now.from, now.to, STEPS[now.step], lines);
   const chart = h('div', { id: 'series-chart', class: 'chart', data: { series: name, step: now.step, from: now.from, to: now.to } });
   main.append(

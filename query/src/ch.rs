@@ -118,6 +118,16 @@ impl ClickHouse {
         }
     }
 
+    /// This DC's name.
+    pub fn dc(&self) -> &str {
+        &self.dc
+    }
+
+    /// Every datacenter's name, in the config's order.
+    pub fn datacenter_names(&self) -> impl Iterator<Item = &str> {
+        self.datacenters.iter().map(|d| d.name.as_str())
+    }
+
     /// The database holding Spoolhouse's tables.
     pub fn database(&self) -> &str {
         &self.database

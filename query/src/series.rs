@@ -6,7 +6,7 @@
 
 use dc_config::registry::{MetricKind, Registry};
 use dc_config::render::ddl::table;
-use dc_config::series::{merged_states_sql, parse_name};
+use dc_config::series::{merged_states_by_dc_sql, merged_states_sql, parse_name};
 use dc_config::sql::quote_str;
 
 use crate::ch::{ClickHouse, Coverage};
@@ -145,15 +145,20 @@ pub struct SeriesRequest {
     pub step: Step,
     /// Scope.
     pub scope: Scope,
+    /// Each series once per datacenter (`split=dc`) instead of merged
+    /// across them.
+    pub split_dc: bool,
 }
 
 impl SeriesRequest {
     /// Parses and checks a query string:
     /// `metric=NAME` (1 to 50, repeatable), `from`, `to` (unix seconds),
-    /// `step` (minute, 5min, hour, day; default minute), `scope` (global or dc; default global).
+    /// `step` (minute, 5min, hour, day; default minute), `scope` (global or dc; default global),
+    /// `split` (none or dc; default none).
     pub fn parse(registry: &Registry, query: &str) -> Result<Self> {
         let mut series = Vec::new();
         let (mut from, mut to, mut step, mut scope) = (None, None, Step::Minute, Scope::Global);
+        let mut split_dc = false;
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             match k.as_ref() {
                 "metric" => {
@@ -165,10 +170,17 @@ impl SeriesRequest {
                 "to" => to = Some(unix_seconds("to", &v)?),
                 "step" => step = Step::parse(&v)?,
                 "scope" => scope = Scope::parse(&v)?,
+                "split" => {
+                    split_dc = match v.as_ref() {
+                        "none" => false,
+                        "dc" => true,
+                        _ => return Err(bad("split", "none or dc")),
+                    }
+                }
                 other => {
                     return Err(bad(
                         other,
-                        "not a parameter of /v1/series (metric, from, to, step, scope)",
+                        "not a parameter of /v1/series (metric, from, to, step, scope, split)",
                     ))
                 }
             }
@@ -188,12 +200,19 @@ impl SeriesRequest {
         if (to - from).div_ceil(step.seconds()) > MAX_POINTS {
             return Err(bad("to", &format!("at most {MAX_POINTS} points per series: narrow the range or take a coarser step")));
         }
+        if split_dc && scope == Scope::Dc {
+            return Err(bad(
+                "split",
+                "split=dc reads every datacenter: use it with scope=global",
+            ));
+        }
         Ok(Self {
             series,
             from,
             to,
             step,
             scope,
+            split_dc,
         })
     }
 
@@ -219,7 +238,12 @@ impl SeriesRequest {
             if names.is_empty() {
                 continue;
             }
-            selects.push(merged_states_sql(
+            let merged = if self.split_dc {
+                merged_states_by_dc_sql
+            } else {
+                merged_states_sql
+            };
+            selects.push(merged(
                 database,
                 table_name,
                 kind,
@@ -253,34 +277,55 @@ pub(crate) fn tsv_unescape(s: &str) -> String {
     out
 }
 
+/// A series of an answer: its name, and its datacenter with `split=dc`.
+type SeriesKey = (String, Option<String>);
+
 /// Runs `req`; the JSON answer.
 pub async fn read(ch: &ClickHouse, req: &SeriesRequest) -> Result<serde_json::Value> {
     let (body, coverage) = fetch_scoped(ch, req.scope, |s| req.sql(ch.database(), s)).await?;
     let text = String::from_utf8_lossy(&body);
-    let mut points: std::collections::BTreeMap<String, Vec<(u32, f64)>> = req
+    // One line per series, or per series and datacenter with `split=dc`
+    // (every DC of the config, so one that did not answer has no points).
+    let dcs: Vec<Option<&str>> = if req.split_dc {
+        ch.datacenter_names().map(Some).collect()
+    } else {
+        vec![None]
+    };
+    let mut points: std::collections::BTreeMap<SeriesKey, Vec<(u32, f64)>> = req
         .series
         .iter()
-        .map(|(n, _)| (n.clone(), Vec::new()))
+        .flat_map(|(n, _)| {
+            dcs.iter()
+                .map(|dc| ((n.clone(), dc.map(str::to_string)), Vec::new()))
+        })
         .collect();
     for line in text.lines() {
         let mut f = line.split('\t');
+        let dc = if req.split_dc { f.next() } else { None };
         let (Some(name), Some(t), Some(v)) = (f.next(), f.next(), f.next()) else {
             continue;
         };
         let (Ok(t), Ok(v)) = (t.parse::<u32>(), v.parse::<f64>()) else {
             continue;
         };
-        if let Some(p) = points.get_mut(&tsv_unescape(name)) {
+        let key = (tsv_unescape(name), dc.map(tsv_unescape));
+        if let Some(p) = points.get_mut(&key) {
             p.push((t, v));
         }
     }
     let series: Vec<serde_json::Value> = req
         .series
         .iter()
-        .map(|(n, _)| {
-            let mut p = points.remove(n).unwrap_or_default();
+        .flat_map(|(n, _)| dcs.iter().map(move |dc| (n, dc)))
+        .map(|(n, dc)| {
+            let mut p = points
+                .remove(&(n.clone(), dc.map(str::to_string)))
+                .unwrap_or_default();
             p.sort_by_key(|(t, _)| *t);
-            serde_json::json!({"metric": n, "points": p})
+            match dc {
+                Some(dc) => serde_json::json!({"metric": n, "dc": dc, "points": p}),
+                None => serde_json::json!({"metric": n, "points": p}),
+            }
         })
         .collect();
     Ok(serde_json::json!({
@@ -288,6 +333,7 @@ pub async fn read(ch: &ClickHouse, req: &SeriesRequest) -> Result<serde_json::Va
         "to": req.to,
         "step": req.step.name(),
         "scope": req.scope.name(),
+        "split": if req.split_dc { "dc" } else { "none" },
         "partial": coverage.partial,
         "missing": coverage.missing,
         "series": series,
@@ -330,6 +376,18 @@ mod tests {
             "metric"
         );
         assert_eq!(err("metric=vote.count()&from=0&to=60&limit=5"), "limit");
+        assert_eq!(err("metric=vote.count()&from=0&to=60&split=host"), "split");
+        assert_eq!(
+            err("metric=vote.count()&from=0&to=60&split=dc&scope=dc"),
+            "split"
+        );
+        let by_dc = SeriesRequest::parse(&r, "metric=vote.count()&from=0&to=60&split=dc").unwrap();
+        assert!(by_dc.split_dc);
+        let sql = by_dc.sql("spoolhouse", Scope::Global);
+        assert!(
+            sql.contains("SELECT dc, metric") && sql.contains("GROUP BY dc, metric, t"),
+            "{sql}"
+        );
     }
 
     #[test]

@@ -22,9 +22,10 @@ const READERS = {
     const c = document.getElementById('series-chart');
     const cov = document.getElementById('coverage');
     return {
-      points: Number(c?.dataset.points), non_null: Number(c?.dataset.nonNull),
+      points: Number(c?.dataset.points), non_null: c ? c.dataset.nonNull.split(',').map(Number) : [],
       from: Number(c?.dataset.from), to: Number(c?.dataset.to), step: c?.dataset.step,
       series: c?.dataset.series, missing: cov?.dataset.missing ?? null,
+      lines: c ? c.dataset.lines.split('|') : [],
       canvases: c ? c.querySelectorAll('canvas').length : 0,
       dims: [...document.querySelectorAll('.controls input[name^="d."]')].map((i) => [i.name, i.value]),
     };
