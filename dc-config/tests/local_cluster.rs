@@ -249,6 +249,32 @@ fn a_kept_state_directory_survives_a_stop_and_start() {
     assert_eq!(count_by_dc(&cluster, "dc1-s1-r1", &[]).unwrap(), "dc2\t2\n");
 }
 
+/// A ClickHouse server that cannot start says why: its own error log (where
+/// ClickHouse writes the reason, not to its output) is in the error.
+#[test]
+fn a_server_that_cannot_start_says_why() {
+    use dc_config::local::LaunchError;
+    let mut cluster =
+        LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
+    let port = cluster
+        .topology()
+        .replicas()
+        .find(|r| r.name() == "dc2-s1-r1")
+        .unwrap()
+        .replica
+        .tcp_port;
+    cluster.kill("dc2-s1-r1").unwrap();
+    // Its port taken meanwhile (by this test, on every address it may use).
+    let _taken = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+    match cluster.restart("dc2-s1-r1") {
+        Err(LaunchError::Exited { tail, .. }) => assert!(
+            tail.contains("Address already in use"),
+            "the reason is missing from:\n{tail}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// One DC with a three-node ZooKeeper ensemble and a three-master Redis
 /// Cluster: the launcher forms both and the schema still applies.
 #[test]

@@ -352,6 +352,21 @@ struct Member {
 }
 
 impl Member {
+    /// The end of the server's output and, where it says it logs errors to
+    /// a file of its own (ClickHouse does), the end of that file: the reason
+    /// a server exited (e.g. "Address already in use") is only there.
+    fn log_tail(&self) -> String {
+        let out = self.proc.log_tail(20);
+        let errors = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Logging errors to "))
+            .map(|path| process::tail(Path::new(path.trim()), 20));
+        match errors {
+            Some(e) if !e.trim().is_empty() => format!("{out}\n{e}"),
+            _ => out,
+        }
+    }
+
     fn ready(&self) -> bool {
         match &self.kind {
             Kind::ZooKeeper(a) => probe::zookeeper_serving(*a),
@@ -760,7 +775,7 @@ impl LocalCluster {
                         name: m.proc.name.clone(),
                         status: status.to_string(),
                         log: m.proc.spec.log.clone(),
-                        tail: m.proc.log_tail(20),
+                        tail: m.log_tail(),
                     });
                 }
                 if !m.ready() {
@@ -777,7 +792,7 @@ impl LocalCluster {
                     name: m.proc.name.clone(),
                     secs: self.opts.ready_timeout.as_secs(),
                     log: m.proc.spec.log.clone(),
-                    tail: m.proc.log_tail(20),
+                    tail: m.log_tail(),
                 });
             }
             std::thread::sleep(Duration::from_millis(50));
