@@ -14,6 +14,8 @@ use dc_config::event::{ValidEvent, Value};
 use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::services::QueryConfig;
 
+use crate::cmd_local::NetworkArg;
+
 /// Arguments of `spoolhouse bench report`.
 #[derive(Debug, Args)]
 pub struct ReportBench {
@@ -29,6 +31,10 @@ pub struct ReportBench {
     /// Reports timed per scope and link.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(5..=10_000))]
     reads: u32,
+    /// Where the datacenters run (as `spoolhouse local up --network`):
+    /// each in a network namespace of its own, or all on loopback.
+    #[arg(long, value_enum, default_value_t = NetworkArg::Auto)]
+    network: NetworkArg,
 }
 
 const M0: u32 = 1_764_028_800; // a minute start
@@ -151,13 +157,17 @@ pub fn run(args: ReportBench) -> anyhow::Result<()> {
     for delay in [None, Some(Duration::from_millis(args.delay_ms))] {
         let opts = LaunchOptions {
             cross_dc_delay: delay,
+            network: args.network.into(),
             ..LaunchOptions::default()
         };
         let cluster = LocalCluster::start(&dc_config::examples::declared(), opts)
             .context("starting the two local datacenters")?;
+        if delay.is_none() {
+            println!("network: {}", cluster.placement());
+        }
         load(&cluster, &args)?;
         let link = match delay {
-            None => "direct (loopback)".to_string(),
+            None => "direct".to_string(),
             Some(d) => format!("relay, {} ms each way", d.as_millis()),
         };
         for (scope, took) in time_reports(&cluster, &args)? {

@@ -52,7 +52,7 @@ pub(crate) struct LinkArgs {
 
 /// `--network`, as clap reads it.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum NetworkArg {
+pub(crate) enum NetworkArg {
     Auto,
     Namespaces,
     Loopback,
