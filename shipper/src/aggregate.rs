@@ -20,7 +20,7 @@
 //! touched, after their own watermark; the last round of a minute sees
 //! every event shipped by then, and its version wins.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -83,25 +83,58 @@ impl Pending {
     }
 }
 
+/// Most drain samples kept. The ClickHouse pipeline is at most two batches
+/// (one shipping, one preparing) ahead of its checkpoint, with a handful of
+/// samples per batch; should more pile up, the oldest go, which only makes
+/// the watermark wait for a newer sample.
+const DRAINED_SAMPLES_MAX: usize = 64;
+
 /// What the aggregator shares with the ClickHouse pipeline.
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Pending minutes, saved before each checkpoint commit.
     pub pending: Mutex<Pending>,
-    /// (wall-clock ms, read position) when the reader last found the spool
-    /// drained: every frame appended before that moment was read by then.
-    pub drained: Mutex<Option<(u64, Position)>>,
+    /// Moments (wall-clock ms) the reader found the spool drained, oldest
+    /// first, each with the end of the last frame read by then: every frame
+    /// appended before that moment lies before that position. Several, not
+    /// only the newest: under steady load the newest is always in a batch
+    /// not yet committed, and the watermark would never move.
+    drained: Mutex<VecDeque<(u64, Position)>>,
     /// The committed position of the ClickHouse reader.
     pub committed: Mutex<Position>,
+    /// The newest watermark found so far.
+    watermark: Mutex<Option<u64>>,
 }
 
 impl Progress {
+    /// Records that the spool was found drained at `t_ms`, read up to `pos`.
+    pub fn record_drained(&self, t_ms: u64, pos: Position) {
+        let mut d = self.drained.lock().expect("progress lock");
+        match d.back_mut() {
+            // Same position, a later moment: the later sample says more.
+            Some(last) if last.1 == pos => last.0 = last.0.max(t_ms),
+            _ => d.push_back((t_ms, pos)),
+        }
+        if d.len() > DRAINED_SAMPLES_MAX {
+            d.pop_front();
+        }
+    }
+
     /// The watermark: a moment (ms) before which every appended frame is in
-    /// ClickHouse, if the pipeline has been caught up since it started.
+    /// ClickHouse, if the pipeline has been caught up since it started: the
+    /// newest drain sample whose position is committed.
     pub fn watermark_ms(&self) -> Option<u64> {
-        let drained = *self.drained.lock().expect("progress lock");
         let committed = *self.committed.lock().expect("progress lock");
-        drained.and_then(|(t, pos)| (committed >= pos).then_some(t))
+        let mut d = self.drained.lock().expect("progress lock");
+        let mut wm = self.watermark.lock().expect("progress lock");
+        while let Some(&(t, pos)) = d.front() {
+            if pos > committed {
+                break;
+            }
+            *wm = Some(wm.map_or(t, |w| w.max(t)));
+            d.pop_front();
+        }
+        *wm
     }
 
     /// Records `minutes` as pending and saves, if any is new. Called after
@@ -219,6 +252,41 @@ mod tests {
         assert_eq!(closed(&p, 125_000, 5_000), vec![(60, 1)]);
         assert_eq!(closed(&p, 185_000, 5_000), vec![(60, 1), (120, 2)]);
         assert!(closed(&p, 0, 5_000).is_empty());
+    }
+
+    #[test]
+    fn the_watermark_moves_under_steady_load() {
+        let p = Progress::default();
+        let at = |offset| Position::new(1, offset);
+        assert_eq!(p.watermark_ms(), None, "never drained yet");
+        // Batch 1 (to 10) shipping while batch 2 (to 20) is read: the
+        // newest sample is always past the checkpoint.
+        p.record_drained(100, at(10));
+        p.record_drained(150, at(10));
+        p.record_drained(200, at(20));
+        assert_eq!(p.watermark_ms(), None);
+        *p.committed.lock().unwrap() = at(10);
+        assert_eq!(p.watermark_ms(), Some(150));
+        p.record_drained(300, at(30));
+        assert_eq!(p.watermark_ms(), Some(150), "kept while batch 2 ships");
+        *p.committed.lock().unwrap() = at(20);
+        assert_eq!(p.watermark_ms(), Some(200));
+        *p.committed.lock().unwrap() = at(30);
+        assert_eq!(p.watermark_ms(), Some(300));
+        // Caught up: each new sample at the committed position counts at once.
+        p.record_drained(400, at(30));
+        assert_eq!(p.watermark_ms(), Some(400));
+    }
+
+    #[test]
+    fn drain_samples_are_bounded() {
+        let p = Progress::default();
+        for i in 0..1_000u64 {
+            p.record_drained(i, Position::new(1, i + 1));
+        }
+        assert_eq!(p.drained.lock().unwrap().len(), DRAINED_SAMPLES_MAX);
+        *p.committed.lock().unwrap() = Position::new(1, 1_000);
+        assert_eq!(p.watermark_ms(), Some(999));
     }
 
     #[test]

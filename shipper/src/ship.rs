@@ -377,7 +377,7 @@ impl Shipper {
             // cursor moves on to the next one, a position no commit reaches
             // until new frames come, and the watermark would wait for them.
             let drained_at = out.last().map_or(handed, |r| r.next);
-            *self.progress.drained.lock().expect("progress lock") = Some((now_ms(), drained_at));
+            self.progress.record_drained(now_ms(), drained_at);
             let wait = match first_at {
                 None if self.stopping() => return Ok(None),
                 None => WAIT_SLICE,
