@@ -267,6 +267,34 @@ fn console_pages_chart_the_pipeline_and_show_a_cut_datacenter() {
     }
     assert_eq!(health["rows"].as_array().unwrap().len(), 2, "{health}");
 
+    // The figures health reads: every service of both DCs answered;
+    // dc1's progress reads counted, dc2's none yet (0, not unknown).
+    let (_, p) = get_json(q1, "/v1/pipeline");
+    assert_eq!(
+        (&p["partial"], &p["missing"]),
+        (&json!(false), &json!([])),
+        "{p}"
+    );
+    for (dc, reads) in p["datacenters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip([true, false])
+    {
+        for service in ["collector", "shipper", "query"] {
+            assert_eq!(dc["services"][service]["up"], true, "{dc}");
+        }
+        assert!(dc["events_in_total"].as_f64().unwrap() > 0.0, "{dc}");
+        assert!(dc["spool_bytes"].as_f64().unwrap() > 0.0, "{dc}");
+        assert!(dc["clickhouse_rows_total"].as_f64().is_some(), "{dc}");
+        assert!(
+            dc["shipper_lag_seconds"]["clickhouse"].as_f64().is_some(),
+            "{dc}"
+        );
+        let n = dc["progress_reads_total"].as_f64().unwrap();
+        assert_eq!(n > 0.0, reads, "{dc}");
+    }
+
     // Cut dc2 off: health marks it missing, and the global chart says so.
     cluster.cut("dc2").unwrap();
     wait_for("dc1's query service to lose dc2", LIMIT, || {

@@ -163,21 +163,28 @@ pub async fn datacenter(dc: &QueryDatacenter) -> serde_json::Value {
     let figure = |service: &str, name: &str, label: &str| {
         parsed.get(service).and_then(|s| sum(s, name, label))
     };
+    // A counter family shows no sample until its first count: a service
+    // that answered without one has counted 0, not an unknown figure.
+    let total = |service: &str, name: &str, label: &str| {
+        parsed
+            .get(service)
+            .map(|s| sum(s, name, label).unwrap_or(0.0))
+    };
     serde_json::json!({
         "name": dc.name,
         "answered": !answered.is_empty(),
         "partial": answered.len() < 3,
         "scraped_at_ms": started,
         "services": services,
-        "events_in_total": figure("collector", "spoolhouse_collector_events_accepted_total", ""),
+        "events_in_total": total("collector", "spoolhouse_collector_events_accepted_total", ""),
         "spool_bytes": figure("collector", "spoolhouse_collector_spool_bytes", ""),
         "shipper_lag_seconds": {
             "clickhouse": figure("shipper", "spoolhouse_shipper_lag_seconds", "sink=\"clickhouse\""),
             "redis": figure("shipper", "spoolhouse_shipper_lag_seconds", "sink=\"redis\""),
         },
-        "clickhouse_rows_total": figure("shipper", "spoolhouse_shipper_rows_total", ""),
-        "redis_hits_total": figure("query", "spoolhouse_query_progress_source_total", "source=\"redis\""),
-        "progress_reads_total": figure("query", "spoolhouse_query_progress_source_total", ""),
+        "clickhouse_rows_total": total("shipper", "spoolhouse_shipper_rows_total", ""),
+        "redis_hits_total": total("query", "spoolhouse_query_progress_source_total", "source=\"redis\""),
+        "progress_reads_total": total("query", "spoolhouse_query_progress_source_total", ""),
     })
 }
 
