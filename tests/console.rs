@@ -202,7 +202,7 @@ fn console_pages_chart_the_pipeline_and_show_a_cut_datacenter() {
         &base,
         &shots,
         serde_json::json!([
-            visit("series", &series_hash, "series", json!({})),
+            visit("series", &series_hash, "series", json!({"zoom": true})),
             visit("series-global", global_hash, "series", json!({})),
             visit("series-each", &each_hash, "series", json!({})),
             visit("drops", &drops_hash, "drops", json!({})),
@@ -240,6 +240,12 @@ fn console_pages_chart_the_pipeline_and_show_a_cut_datacenter() {
     );
     assert_eq!(s["missing"], "", "{s}");
     assert!(s["canvases"].as_u64().unwrap() >= 1, "{s}");
+    // Zoomed into the middle two hours: read again by the minute.
+    let zoom = s["zoom_link"].as_str().unwrap();
+    assert!(
+        zoom.starts_with("#series?") && zoom.contains("step=minute"),
+        "{s}"
+    );
     let global = &pages["series-global"];
     assert_eq!(global["missing"], "", "{global}");
     assert_eq!(global["lines"], json!(["vote.count()"]), "{global}");
@@ -254,6 +260,23 @@ fn console_pages_chart_the_pipeline_and_show_a_cut_datacenter() {
     let a = &pages["anomalies"];
     assert_eq!(a["series"][0], INJECTED, "{a}");
     assert!(a["charts"].as_u64().unwrap() >= 1, "{a}");
+    // Its hierarchy: the event total it explains above it, itself, and
+    // the gender × country series it spreads over.
+    let tree: Vec<&str> = a["hierarchy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert_eq!(tree[0], "registration.count()", "{a}");
+    assert!(
+        tree.contains(&"registration.count(){gender=female} (the alert)"),
+        "{a}"
+    );
+    assert!(
+        tree.contains(&"registration.count(){gender=female,country_id=47}"),
+        "{a}"
+    );
 
     assert_eq!(
         pages["progress"]["rows"],

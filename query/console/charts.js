@@ -45,8 +45,10 @@ export function alignSteps(from, to, step, lines) {
 /** A time chart of `data` (`[xs, ys…]`) in `el`: `lines` give each y
  * column's label and style (`dash`, `color`, `points`), `band` the indexes
  * of a low and a high column to fill between in grey (drawn without
- * lines), `height` in pixels. Returns the uPlot instance. */
-export function timeChart(el, data, { lines, band, height = 260, title } = {}) {
+ * lines), `height` in pixels, `onZoom(from, to)` called with the x range
+ * shown after each zoom (the whole range again after a double-click).
+ * Returns the uPlot instance. */
+export function timeChart(el, data, { lines, band, height = 260, title, onZoom } = {}) {
   const series = [{ label: 'time (UTC)' }];
   lines.forEach((l, i) => {
     const hidden = band && (i + 1 === band[0] || i + 1 === band[1]);
@@ -68,6 +70,7 @@ export function timeChart(el, data, { lines, band, height = 260, title } = {}) {
     scales: { x: { time: true } },
     cursor: { drag: { x: true, y: false } },
     legend: { live: true },
+    hooks: onZoom ? { setScale: [(u, key) => { if (key === 'x') onZoom(u.scales.x.min, u.scales.x.max); }] } : {},
   };
   if (band) {
     opts.bands = [{ series: band.slice().reverse(), fill: 'rgba(120,120,120,0.22)' }];

@@ -69,7 +69,7 @@ function bytes(v) {
 }
 
 function utc(t) {
-  return new Date(t * 1000).toISOString().replace('T', ' ').replace(':00.000Z', ' UTC');
+  return `${new Date(t * 1000).toISOString().slice(0, 16).replace('T', ' ')} UTC`;
 }
 
 /** The finest step giving at most `max` points over `seconds`. */
@@ -281,7 +281,20 @@ async function seriesPage(main, params) {
     h('p', { class: 'hint' }, `${name}, ${utc(now.from)} – ${utc(now.to)}, one point per ${now.step}; drag across the chart to zoom, double-click to zoom out.`),
     chart,
   );
-  timeChart(chart, data, { lines, height: 340 });
+  // Zooming shows the same points; for a long history the link reads the
+  // zoomed range again at the finest step that keeps the chart readable.
+  const zoom = h('p', { id: 'zoom', hidden: true });
+  main.append(zoom);
+  const onZoom = (lo, hi) => {
+    const z = { from: Math.floor(lo / 60) * 60, to: Math.ceil(hi / 60) * 60 };
+    const finer = stepFor(z.to - z.from);
+    zoom.hidden = z.from <= now.from && z.to >= now.to - STEPS[now.step];
+    const link = { ...Object.fromEntries(params), series: name, ...z, step: finer };
+    delete link.range;
+    zoom.replaceChildren(h('a', { href: `#series?${new URLSearchParams(link)}` },
+      `Read ${utc(z.from)} – ${utc(z.to)} again by ${finer}`));
+  };
+  timeChart(chart, data, { lines, height: 340, onZoom });
 }
 
 // ---- drops -------------------------------------------------------------

@@ -60,20 +60,33 @@ async function visit(browser, v) {
   page.on('pageerror', (e) => out.page_errors.push(String(e)));
   page.on('requestfailed', (r) => out.failed_requests.push(`${r.url()}: ${r.failure()?.errorText}`));
   page.on('response', (r) => { if (r.status() >= 400) out.failed_requests.push(`${r.url()}: HTTP ${r.status()}`); });
+  const seen = {};
   try {
     await page.goto(out.url, { timeout: PAGE_MS });
     await page.waitForSelector(`body[data-ready="${v.read}"]`, { timeout: PAGE_MS });
     if (v.polls) {
       await page.waitForFunction((n) => Number(document.body.dataset.polls || 0) >= n, v.polls, { timeout: PAGE_MS });
     }
+    if (v.zoom) {
+      // Drag across the middle half of the chart: uPlot zooms in, and the
+      // page offers to read that range again at a finer step.
+      const box = await page.locator('#series-chart .u-over').boundingBox();
+      const y = box.y + box.height / 2;
+      await page.mouse.move(box.x + box.width * 0.25, y);
+      await page.mouse.down();
+      await page.mouse.move(box.x + box.width * 0.75, y, { steps: 5 });
+      await page.mouse.up();
+      await page.waitForSelector('#zoom:not([hidden]) a', { timeout: PAGE_MS });
+      seen.zoom_link = await page.getAttribute('#zoom a', 'href');
+    }
     if (v.open_first) {
       // Into the roll-up hierarchy of the first alert.
       await page.click('#anomalies > li:first-child .card-head');
       await page.waitForSelector('#anomalies > li:first-child .hierarchy canvas', { timeout: PAGE_MS });
-      out.hierarchy = await page.$$eval('#anomalies > li:first-child .hierarchy li', (li) => li.map((x) => x.textContent));
+      seen.hierarchy = await page.$$eval('#anomalies > li:first-child .hierarchy li', (li) => li.map((x) => x.textContent));
     }
     out.error = await page.evaluate(() => document.body.dataset.error ?? null);
-    out.data = await page.evaluate(READERS[v.read]);
+    out.data = { ...(await page.evaluate(READERS[v.read])), ...seen };
     out.screenshot = `${plan.shots}/${v.name}.png`;
     await page.screenshot({ path: out.screenshot, fullPage: true });
   } catch (e) {

@@ -147,6 +147,28 @@ pub fn get(base: &str, path: &str) -> (u16, serde_json::Value) {
     answer(agent().get(&format!("{base}{path}")).call())
 }
 
+/// GETs `base` + `path`: the status, the headers (names lower-case) and
+/// the body as text, for answers that are not JSON.
+pub fn get_text(
+    base: &str,
+    path: &str,
+) -> (u16, std::collections::BTreeMap<String, String>, String) {
+    let mut resp = agent().get(&format!("{base}{path}")).call().unwrap();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .unwrap();
+    (status, headers, text)
+}
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
