@@ -1,81 +1,304 @@
 //! `spoolhouse demo`, the main job: two datacenters from the launcher, each
-//! with its collector, shipper and query service, sample traffic into each,
-//! then global figures, the injected drop found, a global report, and the
-//! same report partial with one DC cut off.
+//! with its collector, shipper and query service; four days of history and
+//! about a minute of live traffic through each DC's collector, with a live
+//! progress line; then, once everything acknowledged is shipped and
+//! aggregated, what the query service makes of it: a daily curve, the
+//! injected drop and anomaly found first, a global report, the same report
+//! partial with one DC cut off, and the URLs to try.
 
-use std::sync::atomic::Ordering;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Args;
+use collector::{Client, ClientConfig, Endpoint, LineOutcome};
 use dc_config::local::{LocalCluster, INTERRUPTED};
 use dc_config::render::ddl::table;
-use rand::{Rng, SeedableRng};
 
+use crate::bench_progress::now_ms;
 use crate::cmd_local::{
-    install_ctrlc, launch, query_get, start_services, wait_until, Files, LinkArgs, Services,
+    http_get, install_ctrlc, launch, query_get, start_services, wait_until, Files, LinkArgs,
+    Services,
 };
+use crate::demo_traffic::{self as traffic, Mix, Plan};
 
 /// Arguments of `spoolhouse demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     #[command(flatten)]
     files: Files,
-    /// Events sent to each datacenter's collector.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    events_per_dc: u64,
+    /// Seconds of live traffic, after the history is sent.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    seconds: u64,
+    /// Live events per second sent to each datacenter's collector.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    rate: u64,
     #[command(flatten)]
     link: LinkArgs,
-    /// After the report, bring the cut datacenter back and keep every
-    /// server and service running until Ctrl-C, printing the address of
-    /// each datacenter's web console.
+    /// After the summary, with the cut datacenter back, keep every server
+    /// and service running until Ctrl-C, so the printed URLs and each
+    /// datacenter's web console can be tried.
     #[arg(long)]
     stay: bool,
 }
 
-/// Minutes (counted back from the current one) of the injected drop: iOS
-/// screen views fall by 80 % in minutes now-4, now-3 and now-2, for the
-/// drop detection to find.
-const DROP_MINUTES: std::ops::Range<u64> = 2..5;
+/// Lines per collector batch: large enough to pipeline, small enough that
+/// one batch's acknowledgement comes back within milliseconds.
+const BATCH_LINES: usize = 1_000;
+/// How often the live load sends what is due.
+const LIVE_TICK: Duration = Duration::from_millis(50);
+/// Most lines one live tick sends: a collector that fell behind is caught
+/// up on in bounded steps, never with one huge batch.
+const LIVE_BATCH_MAX: u64 = 5_000;
+/// Longest wait for shipping or aggregation after the load: the backfill
+/// ships in seconds on an idle machine; a shared one is slower.
+const DRAIN_LIMIT: Duration = Duration::from_secs(300);
+/// How often the progress line is redrawn on a terminal, and how often a
+/// new one is printed when stdout is not a terminal (a log, a test).
+const PROGRESS_TTY: Duration = Duration::from_secs(1);
+const PROGRESS_LOG: Duration = Duration::from_secs(5);
 
-/// Sample traffic of the registry's demo types as wire lines: registrations,
-/// votes, screen views and watch progress over the last `minutes` minutes,
-/// users drawn from a range both datacenters share.
-fn sample_lines(n: usize, seed: u64, now_ms: u64, minutes: u64) -> Vec<String> {
-    let now_minute = now_ms / 60_000;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let genders = ["male", "female", "unknown"];
-    let platforms = ["web", "ios", "android"];
-    let screens = ["home", "search", "profile", "chat", "settings"];
-    (0..n)
-        .map(|_| {
-            let time = now_ms - rng.random_range(60_000..minutes * 60_000);
-            let user = rng.random_range(1..5_000u64);
-            let line = match rng.random_range(0..4) {
-                0 => serde_json::json!({"event": "registration", "time": time, "attrs": {
-                    "user_id": user, "gender": genders[rng.random_range(0..3)],
-                    "country_id": rng.random_range(1..60u16)}}),
-                1 => serde_json::json!({"event": "watch_progress", "time": time, "attrs": {
-                    "user_id": user, "video_id": rng.random_range(1..300u64),
-                    "video_time": rng.random_range(0..7200u32)}}),
-                2 => serde_json::json!({"event": "vote", "time": time, "attrs": {
-                    "user_id": user, "target_user_id": rng.random_range(1..5_000u64),
-                    "vote": if rng.random_bool(0.6) { "yes" } else { "no" },
-                    "country_id": rng.random_range(1..60u16)}}),
-                _ => {
-                    let mut platform = platforms[rng.random_range(0..3)];
-                    let ago = now_minute - time / 60_000;
-                    if platform == "ios" && DROP_MINUTES.contains(&ago) && rng.random_bool(0.8) {
-                        platform = "android";
-                    }
-                    serde_json::json!({"event": "screen_view", "time": time, "attrs": {
-                        "user_id": user, "screen": screens[rng.random_range(0..5)],
-                        "platform": platform,
-                        "load_ms": rng.random_range(20..2_000u32)}})
-                }
-            };
-            line.to_string()
-        })
-        .collect()
+/// What the load did in one datacenter, shared with the progress line.
+#[derive(Debug, Default)]
+struct Load {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    /// Acknowledged events of the history and recent minutes.
+    backfill_acked: AtomicU64,
+    /// Rejected by the collector, or not stored after every retry.
+    refused: AtomicU64,
+    /// Why the first refused event was refused.
+    first_refusal: Mutex<Option<String>>,
+    /// The newest acknowledged watch progress (user, video), to read back.
+    last_watch: Mutex<Option<(u64, u64)>>,
+}
+
+impl Load {
+    fn record(&self, lines: &[String], outcomes: &[LineOutcome]) -> u64 {
+        let acked = outcomes
+            .iter()
+            .filter(|o| matches!(o, LineOutcome::Acked))
+            .count() as u64;
+        self.sent.fetch_add(lines.len() as u64, Ordering::Relaxed);
+        self.acked.fetch_add(acked, Ordering::Relaxed);
+        self.refused
+            .fetch_add(lines.len() as u64 - acked, Ordering::Relaxed);
+        let refusal = outcomes.iter().find_map(|o| match o {
+            LineOutcome::Acked => None,
+            LineOutcome::Rejected { error, .. } => Some(format!("rejected: {error}")),
+            LineOutcome::Unsent { reason } => Some(format!("not stored: {reason}")),
+        });
+        if let Some(r) = refusal {
+            self.first_refusal
+                .lock()
+                .expect("load lock")
+                .get_or_insert(r);
+        }
+        let watch = lines
+            .iter()
+            .zip(outcomes)
+            .rev()
+            .find(|(l, o)| matches!(o, LineOutcome::Acked) && l.contains("\"watch_progress\""));
+        if let Some(v) = watch.and_then(|(l, _)| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            let key = (
+                v["attrs"]["user_id"].as_u64(),
+                v["attrs"]["video_id"].as_u64(),
+            );
+            if let (Some(u), Some(v)) = key {
+                *self.last_watch.lock().expect("load lock") = Some((u, v));
+            }
+        }
+        acked
+    }
+}
+
+async fn connect(socket: &std::path::Path) -> anyhow::Result<Client> {
+    Client::connect(
+        Endpoint::Unix(socket.to_path_buf()),
+        ClientConfig::default(),
+    )
+    .await
+    .with_context(|| format!("connecting to the collector at {}", socket.display()))
+}
+
+/// Sends the history and recent minutes through the collector.
+async fn send_backfill(
+    socket: std::path::PathBuf,
+    lines: Vec<String>,
+    load: Arc<Load>,
+) -> anyhow::Result<()> {
+    let mut client = connect(&socket).await?;
+    for chunk in lines.chunks(BATCH_LINES) {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            break;
+        }
+        let outcomes = client.send_batch(chunk).await?;
+        let acked = load.record(chunk, &outcomes);
+        load.backfill_acked.fetch_add(acked, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Sends `rate` events a second, stamped with the current time, for
+/// `seconds` (or until Ctrl-C).
+async fn send_live(
+    socket: std::path::PathBuf,
+    load: Arc<Load>,
+    rate: u64,
+    seconds: u64,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let mut client = connect(&socket).await?;
+    let mut mix = Mix::new(seed);
+    let mut tick = tokio::time::interval(LIVE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let start = Instant::now();
+    let until = start + Duration::from_secs(seconds);
+    let mut done = 0u64;
+    while Instant::now() < until && !INTERRUPTED.load(Ordering::SeqCst) {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        let n = due.saturating_sub(done).min(LIVE_BATCH_MAX);
+        if n == 0 {
+            continue;
+        }
+        done += n;
+        let t = now_ms();
+        let lines: Vec<String> = (0..n).filter_map(|_| mix.event(t, 1.0)).collect();
+        let outcomes = client.send_batch(&lines).await?;
+        load.record(&lines, &outcomes);
+    }
+    Ok(())
+}
+
+/// One datacenter as the demo watches it.
+struct Dc {
+    name: String,
+    services: Services,
+    collector_admin: SocketAddr,
+    shipper_admin: SocketAddr,
+    load: Arc<Load>,
+}
+
+/// The shipper's own view, from its `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+struct ShipperView {
+    rows: u64,
+    /// Minute aggregation rounds done; the pending gauge moves only
+    /// between rounds, and one round can take all the history's minutes.
+    minutes_aggregated: u64,
+}
+
+fn shipper_view(admin: SocketAddr) -> Option<ShipperView> {
+    let (status, text) = http_get(admin, "/metrics").ok()?;
+    if status != 200 {
+        return None;
+    }
+    let value = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    Some(ShipperView {
+        rows: value("spoolhouse_shipper_rows_total")?,
+        minutes_aggregated: value("spoolhouse_shipper_minutes_aggregated_total")?,
+    })
+}
+
+/// The live progress line: redrawn in place on a terminal, a new line now
+/// and then otherwise.
+struct ProgressLine {
+    tty: bool,
+    started: Instant,
+    printed: Option<Instant>,
+    /// (when, sent, acked) at the last rate sample.
+    sample: (Instant, u64, u64),
+    rates: (f64, f64),
+}
+
+impl ProgressLine {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            tty: std::io::stdout().is_terminal(),
+            started: now,
+            printed: None,
+            sample: (now, 0, 0),
+            rates: (0.0, 0.0),
+        }
+    }
+
+    fn restart(&mut self, dcs: &[Dc]) {
+        let (sent, acked) = totals(dcs);
+        self.started = Instant::now();
+        self.sample = (self.started, sent, acked);
+        self.rates = (0.0, 0.0);
+    }
+
+    /// Prints the line if it is due; `phase` says what is going on.
+    fn tick(&mut self, phase: &str, dcs: &[Dc]) {
+        let every = if self.tty { PROGRESS_TTY } else { PROGRESS_LOG };
+        if self.printed.is_some_and(|p| p.elapsed() < every) {
+            return;
+        }
+        self.printed = Some(Instant::now());
+        let (sent, acked) = totals(dcs);
+        let (at, s0, a0) = self.sample;
+        let dt = at.elapsed().as_secs_f64();
+        if dt >= 0.5 {
+            self.rates = ((sent - s0) as f64 / dt, (acked - a0) as f64 / dt);
+            self.sample = (Instant::now(), sent, acked);
+        }
+        let per_dc: Vec<String> = dcs
+            .iter()
+            .map(|d| match shipper_view(d.shipper_admin) {
+                Some(v) => format!(
+                    "{}: {} not yet shipped, {} min aggregated",
+                    d.name,
+                    d.load.acked.load(Ordering::Relaxed).saturating_sub(v.rows),
+                    v.minutes_aggregated
+                ),
+                None => format!("{} shipper not answering", d.name),
+            })
+            .collect();
+        let line = format!(
+            "{phase:<11} {:>3} s | both DCs: {:>5.0} ev/s sent, {:>5.0} ev/s acked, {acked} acked in all | {}",
+            self.started.elapsed().as_secs(),
+            self.rates.0,
+            self.rates.1,
+            per_dc.join(" | ")
+        );
+        let mut out = std::io::stdout().lock();
+        let _ = if self.tty {
+            write!(out, "\r\x1b[2K{line}")
+        } else {
+            writeln!(out, "{line}")
+        };
+        let _ = out.flush();
+    }
+
+    /// Ends the line in place, so what follows starts on a new one.
+    fn finish(&mut self) {
+        if self.tty && self.printed.is_some() {
+            println!();
+        }
+        self.printed = None;
+    }
+}
+
+fn totals(dcs: &[Dc]) -> (u64, u64) {
+    dcs.iter().fold((0, 0), |(s, a), d| {
+        (
+            s + d.load.sent.load(Ordering::Relaxed),
+            a + d.load.acked.load(Ordering::Relaxed),
+        )
+    })
 }
 
 fn pending_minutes(state_dir: &std::path::Path) -> usize {
@@ -86,8 +309,7 @@ fn pending_minutes(state_dir: &std::path::Path) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// Runs the main job: two DCs, each with its collector, shipper and query
-/// service; sample traffic into each DC's collector; then a global report.
+/// Runs the main job.
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     install_ctrlc()?;
     let started = Instant::now();
@@ -102,59 +324,83 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             None => "datacenters linked directly".to_string(),
         }
     );
-    let names: Vec<String> = cluster
-        .topology()
-        .datacenter
-        .iter()
-        .map(|d| d.name.clone())
-        .collect();
-    // Short waits: the demo's minutes are in the past, and it wants them aggregated now.
+    // Short waits: the history's minutes are long closed, and the demo
+    // wants them aggregated now.
     let shipper_limits = dc_config::services::ShipperLimits {
         batch_age_ms: 200,
         aggregation_grace_ms: 500,
         ..Default::default()
     };
-    let services: Vec<Services> = names
-        .iter()
-        .map(|n| start_services(&cluster, n, shipper_limits.clone()))
-        .collect::<anyhow::Result<_>>()?;
-    for (n, s) in names.iter().zip(&services) {
-        s.wait_ready(n)?;
+    let mut dcs = Vec::new();
+    for dc in cluster.topology().datacenter.clone() {
+        let services = start_services(&cluster, &dc.name, shipper_limits.clone())?;
+        dcs.push(Dc {
+            name: dc.name.clone(),
+            services,
+            collector_admin: dc.collector.admin,
+            shipper_admin: dc.shipper.admin,
+            load: Arc::default(),
+        });
+    }
+    for d in &dcs {
+        d.services.wait_ready(&d.name)?;
     }
     println!("collector, shipper and query service running in each datacenter");
 
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64;
-    let minutes = 10;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let plan = Plan::new((now_ms() / 1000) as u32);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut acked_total = 0u64;
-    for (d, (n, s)) in names.iter().zip(&services).enumerate() {
-        let lines = sample_lines(args.events_per_dc as usize, d as u64 + 1, now_ms, minutes);
-        let sending = Instant::now();
-        let outcomes = rt.block_on(async {
-            let endpoint = collector::Endpoint::Unix(s.socket.clone());
-            let mut client =
-                collector::Client::connect(endpoint, collector::ClientConfig::default()).await?;
-            let mut all = Vec::with_capacity(lines.len());
-            for chunk in lines.chunks(1_000) {
-                all.extend(client.send_batch(chunk).await?);
-            }
-            Ok::<_, collector::ClientError>(all)
-        })?;
-        let acked = outcomes
-            .iter()
-            .filter(|o| matches!(o, collector::LineOutcome::Acked))
-            .count();
-        acked_total += acked as u64;
+    let sending = Instant::now();
+    let mut progress = ProgressLine::new();
+    let sends: Vec<_> = dcs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let lines = traffic::backfill(&plan, i);
+            rt.spawn(send_backfill(
+                d.services.socket.clone(),
+                lines,
+                d.load.clone(),
+            ))
+        })
+        .collect();
+    run_with_progress(&rt, sends, &mut progress, "history", &dcs).context("sending the history")?;
+    for d in &dcs {
         println!(
-            "{n}: {} events sent to the collector over its Unix socket, {acked} acknowledged, in {:.2} s",
-            lines.len(),
+            "{}: {} events of history sent to the collector over its Unix socket, {} acknowledged ({} h of a daily curve, one minute per hour, then the last {} minutes minute by minute), in {:.1} s",
+            d.name,
+            d.load.sent.load(Ordering::Relaxed),
+            d.load.backfill_acked.load(Ordering::Relaxed),
+            traffic::HISTORY_HOURS,
+            traffic::RECENT_MINUTES,
             sending.elapsed().as_secs_f64()
         );
     }
+    println!(
+        "live traffic: {} events/s into each collector for {} s (registrations, votes, screen views, watch progress)",
+        args.rate, args.seconds
+    );
+    progress.restart(&dcs);
+    let live: Vec<_> = dcs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            rt.spawn(send_live(
+                d.services.socket.clone(),
+                d.load.clone(),
+                args.rate,
+                args.seconds,
+                0x11fe + i as u64,
+            ))
+        })
+        .collect();
+    run_with_progress(&rt, live, &mut progress, "live", &dcs).context("sending live traffic")?;
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        anyhow::bail!("interrupted");
+    }
+
     let db = cluster.topology().database.clone();
     let first = cluster.topology().datacenter[0]
         .replicas()
@@ -162,35 +408,67 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .expect("checked")
         .name();
     let ch = cluster.clickhouse(&first)?;
-    let shipped = || -> u64 {
-        ch.query(&format!("SELECT count() FROM {db}.{}", table::EVENTS_ALL))
-            .ok()
-            .and_then(|b| b.trim().parse().ok())
-            .unwrap_or(0)
+    let per_dc = |sql: &str| -> BTreeMap<String, Vec<u64>> {
+        ch.query(sql)
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| {
+                        let mut f = l.split('\t');
+                        let dc = f.next()?.to_string();
+                        Some((dc, f.filter_map(|x| x.parse().ok()).collect()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    wait_until(
-        "shipping every acknowledged event",
-        Duration::from_secs(120),
-        || shipped() >= acked_total,
-    )?;
-    wait_until("aggregating every minute", Duration::from_secs(120), || {
-        services
-            .iter()
-            .all(|s| pending_minutes(&s.shipper_state) == 0)
+    let count_sql = format!(
+        "SELECT dc, count(), uniqExact(host, spool_segment, spool_offset) FROM {db}.{} GROUP BY dc FORMAT TSV",
+        table::EVENTS_ALL
+    );
+    progress.restart(&dcs);
+    wait_until("shipping every acknowledged event", DRAIN_LIMIT, || {
+        progress.tick("shipping", &dcs);
+        let shipped = per_dc(&count_sql);
+        dcs.iter().all(|d| {
+            shipped
+                .get(&d.name)
+                .and_then(|v| v.first())
+                .copied()
+                .unwrap_or(0)
+                >= d.load.acked.load(Ordering::Relaxed)
+        })
     })?;
-    println!(
-        "all {acked_total} acknowledged events shipped (exactly once: {}), every minute aggregated",
-        {
-            let r = ch.query(&format!(
-                "SELECT count() = uniqExact(dc, host, spool_segment, spool_offset) FROM {db}.{}",
-                table::EVENTS_ALL
-            ))?;
-            if r.trim() == "1" {
-                "yes"
-            } else {
-                "NO"
-            }
+    wait_until("aggregating every minute", DRAIN_LIMIT, || {
+        progress.tick("aggregating", &dcs);
+        dcs.iter()
+            .all(|d| pending_minutes(&d.services.shipper_state) == 0)
+    })?;
+    progress.finish();
+    let shipped = per_dc(&count_sql);
+    let mut all_once = true;
+    for d in &dcs {
+        let acked = d.load.acked.load(Ordering::Relaxed);
+        let backfill = d.load.backfill_acked.load(Ordering::Relaxed);
+        let (rows, distinct) = match shipped.get(&d.name).map(Vec::as_slice) {
+            Some([rows, distinct, ..]) => (*rows, *distinct),
+            _ => (0, 0),
+        };
+        let once = rows == acked && distinct == rows;
+        all_once &= once;
+        println!(
+            "{}: {acked} acknowledged ({backfill} history, {} live; {} refused), {rows} in ClickHouse, {distinct} distinct spool positions: exactly once: {}",
+            d.name,
+            acked - backfill,
+            d.load.refused.load(Ordering::Relaxed),
+            if once { "yes" } else { "NO" }
+        );
+        if let Some(why) = d.load.first_refusal.lock().expect("load lock").as_ref() {
+            println!("  the first refused event was {why}");
         }
+    }
+    println!(
+        "every acknowledged event shipped exactly once: {}; every minute aggregated",
+        if all_once { "yes" } else { "NO" }
     );
 
     let report = format!(
@@ -205,119 +483,43 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     print!("{}", ch.query(&report)?);
 
-    let q = services[0].query;
-    let from = (now_ms / 1000 - minutes * 60) as u32;
-    let from = from - from % 3600;
-    let to = (now_ms / 1000) as u32 + 60;
-    println!("\nGlobal figures from the query service of {} (aggregate states merged across datacenters):", names[0]);
-    for (metric, label) in [
-        ("registration.uniq(user_id)", "distinct registering users"),
-        (
-            "registration.count(){gender=female}",
-            "registrations, female",
-        ),
-        ("vote.count(){vote=yes}", "yes votes"),
-        (
-            "screen_view.max(load_ms){platform=ios}",
-            "slowest iOS screen load, ms",
-        ),
-    ] {
-        // Per hour: a sum or a maximum over several hours would be wrong
-        // for uniques and maxima, so each hour is shown.
-        let path = format!(
-            "/v1/series?metric={}&from={from}&to={to}&step=hour",
-            encode(metric)
-        );
-        let v = query_get(q, &path)?;
-        println!(
-            "  {label:<30} {:<30} ({metric}, partial: {})",
-            hourly(&v),
-            v["partial"]
-        );
-    }
-    let v = query_get(
-        q,
-        &format!(
-            "/v1/series?metric={}&from={}&to={to}&step=minute",
-            encode("vote.count()"),
-            to - 60 * (minutes as u32 + 1)
-        ),
-    )?;
-    let points = v["series"][0]["points"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    println!(
-        "  votes per minute, both datacenters: {}",
-        points
-            .iter()
-            .map(|p| p[1].to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-
-    // The injected drop, drawn and then found.
-    let now_minute = (now_ms / 60_000) as u32;
-    let (drop_from, drop_to) = (
-        (now_minute - DROP_MINUTES.end as u32 + 1) * 60,
-        (now_minute - DROP_MINUTES.start as u32 + 1) * 60,
-    );
-    let ios = "screen_view.count(){platform=ios}";
-    let v = query_get(
-        q,
-        &format!(
-            "/v1/series?metric={}&from={}&to={drop_to}&step=minute",
-            encode(ios),
-            drop_to - 60 * (minutes as u32 - 1)
-        ),
-    )?;
-    let values: Vec<f64> = v["series"][0]["points"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p[1].as_f64())
-        .collect();
-    println!(
-        "\n{ios} per minute: {}  ({})",
-        sparkline(&values),
-        values
-            .iter()
-            .map(|v| format!("{v:.0}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let path = format!(
-        "/v1/drops?event=screen_view&from={drop_from}&to={drop_to}&reference=previous&direction=down&limit=3"
-    );
-    let v = query_get(q, &path)?;
-    println!(
-        "Top drops of screen_view, its last 3 closed minutes against the 3 before (GET {path}):"
-    );
-    for c in v["changes"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<50} {:>6} -> {:<6} {:>+4.0} %  score {:.1}",
-            c["series"].as_str().unwrap_or(""),
-            number(&c["reference"]),
-            number(&c["current"]),
-            c["change"].as_f64().unwrap_or(0.0) * 100.0,
-            c["score"].as_f64().unwrap_or(0.0)
-        );
-    }
+    let q = dcs[0].services.query;
+    let end_s = (now_ms() / 60_000 + 1) as u32 * 60;
+    print_daily_curve(q, &plan)?;
+    print_drops(q, &plan)?;
+    print_anomalies(q, &plan)?;
 
     let report = format!(
-        "/v1/report?event=registration&group_by=gender&from={from}&to={}",
-        to - to % 60
+        "/v1/report?event=registration&group_by=gender&from={}&to={end_s}",
+        plan.history_from_s
     );
     let started_report = Instant::now();
     let v = query_get(q, &report)?;
     println!(
-        "\nGlobal report, registrations by gender over the range (GET {report}, {:.0} ms):",
+        "\nGlobal report, registrations by gender, history and live (GET {report}, {:.0} ms):",
         started_report.elapsed().as_secs_f64() * 1000.0
     );
     print_report(&v);
 
+    // Watch progress written in the last DC, read in the first: Redis there
+    // has never seen it, so the answer comes from across the link.
+    let watched = dcs
+        .last()
+        .and_then(|d| *d.load.last_watch.lock().expect("load lock"));
+    if let Some((user, video)) = watched {
+        let path = format!("/v1/progress/{user}/{video}");
+        let v = query_get(q, &path)?;
+        println!(
+            "\nWatch progress written in {}, read in {} (GET {path}): {} s into video {video}, from {}",
+            dcs.last().expect("checked").name,
+            dcs[0].name,
+            v["value"],
+            v["source"].as_str().unwrap_or("?")
+        );
+    }
+
     // A datacenter cut off: global answers go on, and say what they miss.
-    let last = names.last().expect("checked").clone();
+    let last = dcs.last().expect("checked").name.clone();
     let how = if args.link.delay().is_some() {
         cluster.cut(&last)?;
         // The relays look at the cut flag every few tens of milliseconds.
@@ -332,6 +534,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let v = query_get(q, &report)?;
     println!("\nWith {how}, asked again:");
     print_report(&v);
+
+    print_urls(&dcs, &plan, end_s, watched);
     if args.stay {
         if args.link.delay().is_some() {
             cluster.heal(&last)?;
@@ -340,11 +544,10 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 cluster.restart(&server)?;
             }
         }
-        println!("\n{last} is back. The web console of each datacenter:");
-        for s in &services {
-            println!("  http://{}/console/", s.query);
-        }
-        println!("running; Ctrl-C stops every service and server");
+        println!(
+            "\n{last} is back; everything keeps running (state under {}); Ctrl-C stops every service and server.",
+            cluster.state_dir().display()
+        );
         while !INTERRUPTED.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -353,7 +556,224 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "\nDone in {:.1} s; stopping every service and server.",
         started.elapsed().as_secs_f64()
     );
+    if !all_once {
+        anyhow::bail!(
+            "some acknowledged events are not in ClickHouse exactly once (see above); the services' logs are under {}",
+            cluster.state_dir().display()
+        );
+    }
     Ok(())
+}
+
+/// Waits for `tasks` (each bounded in time), the progress line ticking.
+fn run_with_progress(
+    rt: &tokio::runtime::Runtime,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    progress: &mut ProgressLine,
+    phase: &str,
+    dcs: &[Dc],
+) -> anyhow::Result<()> {
+    while !tasks.iter().all(|t| t.is_finished()) {
+        progress.tick(phase, dcs);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    progress.finish();
+    for t in tasks {
+        rt.block_on(t)??;
+    }
+    Ok(())
+}
+
+/// The daily curve of the busiest series over the last three days of
+/// history, drawn as a terminal chart.
+fn print_daily_curve(q: SocketAddr, plan: &Plan) -> anyhow::Result<()> {
+    let metric = "screen_view.count()";
+    let from = plan.history_to_s - 3 * 86_400;
+    let path = format!(
+        "/v1/series?metric={}&from={from}&to={}&step=hour",
+        encode(metric),
+        plan.history_to_s - 1
+    );
+    let v = query_get(q, &path)?;
+    let values = values_by_step(&v, from, plan.history_to_s, 3600);
+    let max = values.iter().copied().fold(0.0, f64::max);
+    println!(
+        "\n{metric} per hour, both datacenters, the last 3 days of history (GET {path}; peak {max:.0}):"
+    );
+    for row in chart(&values, 6) {
+        println!("  {row}");
+    }
+    let axis: String = (0..values.len() as u32)
+        .map(|i| match (from + i * 3600) % 86_400 {
+            0 => '|',
+            s if s % (6 * 3600) == 0 => '\'',
+            _ => ' ',
+        })
+        .collect();
+    println!("  {axis}  (| 00:00 UTC, ' every 6 h)");
+    Ok(())
+}
+
+/// The injected drop, drawn minute by minute, then the top drops found.
+fn print_drops(q: SocketAddr, plan: &Plan) -> anyhow::Result<()> {
+    let ios = "screen_view.count(){platform=ios}";
+    let path = format!(
+        "/v1/series?metric={}&from={}&to={}&step=minute",
+        encode(ios),
+        plan.recent_from_s,
+        plan.start_s - 1
+    );
+    let v = query_get(q, &path)?;
+    let values = values_by_step(&v, plan.recent_from_s, plan.start_s, 60);
+    println!(
+        "\n{ios} per minute, the {} minutes before the live traffic: {}  ({})",
+        traffic::RECENT_MINUTES,
+        chart(&values, 1).concat(),
+        values
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let path = format!(
+        "/v1/drops?event=screen_view&from={}&to={}&reference=previous&direction=down&limit=3",
+        plan.drop_from_s, plan.drop_to_s
+    );
+    let v = query_get(q, &path)?;
+    println!(
+        "Top drops of screen_view, 3 minutes against the 3 before (GET {path}; injected: iOS -80 %):"
+    );
+    for c in v["changes"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<50} {:>6} -> {:<6} {:>+4.0} %  score {:.1}",
+            c["series"].as_str().unwrap_or(""),
+            number(&c["reference"]),
+            number(&c["current"]),
+            c["change"].as_f64().unwrap_or(0.0) * 100.0,
+            c["score"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+/// The top anomalies of the votes over the last hours of history, where
+/// one hour carries the injected vote farm.
+fn print_anomalies(q: SocketAddr, plan: &Plan) -> anyhow::Result<()> {
+    let from = plan.history_to_s - traffic::ANOMALY_WINDOW_HOURS * 3600;
+    let path = format!(
+        "/v1/anomalies?event=vote&from={from}&to={}&step=hour&limit=3",
+        plan.history_to_s
+    );
+    let v = query_get(q, &path)?;
+    println!(
+        "\nTop anomalies of vote, the last {} hours of history against the same hours of the days before (GET {path}; injected: yes-votes from {} accounts in country {} at {:02}:00 UTC, in dc1):",
+        traffic::ANOMALY_WINDOW_HOURS,
+        traffic::SPIKE_ACCOUNTS,
+        traffic::SPIKE_COUNTRY,
+        plan.spike_hour_s % 86_400 / 3600
+    );
+    let found = v["anomalies"].as_array().cloned().unwrap_or_default();
+    if found.is_empty() {
+        println!("  none found ({} series evaluated)", v["series_evaluated"]);
+    }
+    for a in &found {
+        let t = a["time"].as_u64().unwrap_or(0);
+        println!(
+            "  {:<40} {:02}:00 UTC: {:>5} against {} predicted ({}, band {}..{}), weight {:.0}, stands for {} more series{}",
+            a["series"].as_str().unwrap_or(""),
+            t % 86_400 / 3600,
+            number(&a["actual"]),
+            number(&a["prediction"]),
+            a["method"].as_str().unwrap_or("?"),
+            number_rounded(&a["low"]),
+            number_rounded(&a["high"]),
+            a["weight"].as_f64().unwrap_or(0.0),
+            a["suppressed"].as_array().map_or(0, Vec::len),
+            if a["series"] == traffic::SPIKE_SERIES && t == u64::from(plan.spike_hour_s) {
+                "  <- the injected one"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// How to try it: each DC's query service and a few routes.
+fn print_urls(dcs: &[Dc], plan: &Plan, end_s: u32, watched: Option<(u64, u64)>) {
+    println!("\nTry it (with --stay, while it runs):");
+    for d in dcs {
+        println!(
+            "  {}: Q=http://{}   web console http://{}/console/   collector admin http://{}/metrics   shipper admin http://{}/metrics",
+            d.name,
+            d.services.query,
+            d.services.query,
+            d.collector_admin,
+            d.shipper_admin
+        );
+    }
+    let (u, v) = watched.unwrap_or((7, 42));
+    for route in [
+        format!(
+            "/v1/report?event=vote&group_by=vote&from={}&to={end_s}",
+            plan.history_from_s
+        ),
+        format!(
+            "/v1/series?metric={}&from={}&to={}&step=hour",
+            encode("screen_view.count(){platform=ios}"),
+            plan.history_to_s - 86_400,
+            plan.history_to_s
+        ),
+        format!(
+            "/v1/drops?event=screen_view&from={}&to={}&direction=down&limit=5",
+            plan.drop_from_s, plan.drop_to_s
+        ),
+        format!(
+            "/v1/anomalies?event=vote&from={}&to={}&step=hour",
+            plan.history_to_s - traffic::ANOMALY_WINDOW_HOURS * 3600,
+            plan.history_to_s
+        ),
+        format!("/v1/progress/{u}/{v}"),
+        "/healthz".to_string(),
+    ] {
+        println!("  curl -s \"$Q{route}\"");
+    }
+    println!(
+        "  curl -s \"$Q/v1/sql\" --data-binary 'SELECT dc, event, count() FROM spoolhouse.events_all GROUP BY dc, event ORDER BY dc, event'"
+    );
+    println!("  (add &scope=dc for one datacenter's own figures; docs/api.md has every route)");
+}
+
+/// The first series of a `/v1/series` answer as one value per step from
+/// `from` to `to`, 0 where it has no point.
+fn values_by_step(v: &serde_json::Value, from: u32, to: u32, step: u32) -> Vec<f64> {
+    let mut values = vec![0.0; ((to - from) / step) as usize];
+    for p in v["series"][0]["points"].as_array().into_iter().flatten() {
+        let (Some(t), Some(x)) = (p[0].as_u64(), p[1].as_f64()) else {
+            continue;
+        };
+        if let Some(slot) = (t as u32)
+            .checked_sub(from)
+            .map(|d| (d / step) as usize)
+            .and_then(|i| values.get_mut(i))
+        {
+            *slot = x;
+        }
+    }
+    values
+}
+
+/// A figure as text; counts and uniques are whole numbers, printed so.
+fn number(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{}", x as i64),
+        _ => v.to_string(),
+    }
+}
+
+fn number_rounded(v: &serde_json::Value) -> String {
+    v.as_f64()
+        .map_or_else(|| v.to_string(), |x| format!("{x:.0}"))
 }
 
 /// The ClickHouse servers of datacenter `dc`, by launcher name.
@@ -367,26 +787,25 @@ fn clickhouse_servers(cluster: &LocalCluster, dc: &str) -> Vec<String> {
         .collect()
 }
 
-/// A figure as text; counts and uniques are whole numbers, printed so.
-fn number(v: &serde_json::Value) -> String {
-    match v.as_f64() {
-        Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{}", x as i64),
-        _ => v.to_string(),
-    }
-}
-
-/// `values` as a one-line bar chart, scaled to their maximum.
-fn sparkline(values: &[f64]) -> String {
-    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+/// `values` as a bar chart `rows` characters high, one column per value,
+/// scaled to their maximum, top row first.
+fn chart(values: &[f64], rows: usize) -> Vec<String> {
+    const EIGHTHS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let max = values.iter().copied().fold(0.0_f64, f64::max);
-    values
-        .iter()
-        .map(|v| {
-            if max <= 0.0 {
-                BARS[0]
-            } else {
-                BARS[((v / max) * 7.0).round().clamp(0.0, 7.0) as usize]
-            }
+    (0..rows)
+        .rev()
+        .map(|row| {
+            values
+                .iter()
+                .map(|v| {
+                    let level = if max > 0.0 {
+                        v / max * (rows * 8) as f64
+                    } else {
+                        0.0
+                    };
+                    EIGHTHS[(level - (row * 8) as f64).round().clamp(0.0, 8.0) as usize]
+                })
+                .collect()
         })
         .collect()
 }
@@ -424,25 +843,6 @@ fn print_report(v: &serde_json::Value) {
     println!("  partial: {}, missing: {}", v["partial"], v["missing"]);
 }
 
-/// The first series of a `/v1/series` answer as `HH:00 UTC: value` per hour.
-fn hourly(v: &serde_json::Value) -> String {
-    v["series"][0]["points"]
-        .as_array()
-        .map(|p| {
-            p.iter()
-                .map(|x| {
-                    format!(
-                        "{:02}:00 UTC: {}",
-                        (x[0].as_u64().unwrap_or(0) / 3600) % 24,
-                        x[1]
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
-}
-
 /// Percent-encodes a query value.
 fn encode(v: &str) -> String {
     v.bytes()
@@ -453,4 +853,25 @@ fn encode(v: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_scale_to_the_maximum() {
+        assert_eq!(chart(&[0.0, 4.0, 8.0], 1), vec![" ▄█".to_string()]);
+        assert_eq!(
+            chart(&[0.0, 8.0, 16.0], 2),
+            vec!["  █".to_string(), " ██".to_string()]
+        );
+        assert_eq!(chart(&[0.0, 0.0], 1), vec!["  ".to_string()]);
+    }
+
+    #[test]
+    fn series_points_land_in_their_steps() {
+        let v = serde_json::json!({"series": [{"points": [[120, 5.0], [240, 7.0], [9999, 1.0]]}]});
+        assert_eq!(values_by_step(&v, 60, 300, 60), vec![0.0, 5.0, 0.0, 7.0]);
+    }
 }

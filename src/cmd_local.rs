@@ -250,11 +250,9 @@ pub(crate) fn wait_until(
     Ok(())
 }
 
-/// A GET to a query service; the body as JSON.
-pub(crate) fn query_get(
-    addr: std::net::SocketAddr,
-    path: &str,
-) -> anyhow::Result<serde_json::Value> {
+/// A GET to a local HTTP service (a query service, an admin port): the
+/// status and the body.
+pub(crate) fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -264,6 +262,20 @@ pub(crate) fn query_get(
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    serde_json::from_str(body).with_context(|| format!("answer of {path}: {out}"))
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("answer of {path} without an HTTP status: {out}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// A GET to a query service; the body as JSON.
+pub(crate) fn query_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let (status, body) = http_get(addr, path)?;
+    serde_json::from_str(&body).with_context(|| format!("answer of {path} ({status}): {body}"))
 }

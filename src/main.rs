@@ -15,6 +15,7 @@ mod cmd_query;
 mod cmd_send;
 mod cmd_shipper;
 mod cmd_spool;
+mod demo_traffic;
 mod logging;
 
 use clap::{Parser, Subcommand};
@@ -41,7 +42,7 @@ enum Command {
     Config(cmd_config::ConfigArgs),
     /// Run real ZooKeeper, ClickHouse and Redis servers for a topology on this machine.
     Local(cmd_local::LocalArgs),
-    /// The main job: bring up two datacenters, write events into each, print a global report.
+    /// The main job: two datacenters, history and a minute of live traffic, then what the query services find.
     Demo(cmd_demo::DemoArgs),
     /// Serve a datacenter's HTTP API: watch progress (Redis, then ClickHouse).
     Query(cmd_query::QueryArgs),

@@ -1,13 +1,25 @@
-//! The main job, small: two DCs with 100 ms between them, each DC's services,
-//! sample traffic, every acknowledged event shipped once, the injected drop
-//! found first, a global report, and the same report partial with dc2 cut off.
+//! The main job, short: two DCs with 100 ms between them, each DC's
+//! services, the history and 10 s of live traffic; every acknowledged event
+//! shipped once, the injected drop and the injected anomaly found first, a
+//! global report, the same report partial with dc2 cut off, and the URLs to
+//! try. The demo bounds its own waits (the load by `--seconds`, shipping and
+//! aggregation by a limit it reports), so this test ends on its own.
 
 use std::process::Command;
+
+/// The line after the first one starting with `heading`, trimmed.
+fn first_after<'a>(text: &'a str, heading: &str) -> &'a str {
+    text.lines()
+        .skip_while(|l| !l.starts_with(heading))
+        .nth(1)
+        .unwrap_or("")
+        .trim_start()
+}
 
 #[test]
 fn the_main_job_runs_end_to_end() {
     let out = Command::new(env!("CARGO_BIN_EXE_spoolhouse"))
-        .args(["demo", "--events-per-dc", "2000"])
+        .args(["demo", "--seconds", "10", "--rate", "300"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
@@ -16,27 +28,55 @@ fn the_main_job_runs_end_to_end() {
     assert!(out.status.success(), "{text}");
     for expected in [
         "100 ms each way between datacenters",
-        "dc1: 2000 events sent to the collector over its Unix socket, 2000 acknowledged",
-        "dc2: 2000 events sent to the collector over its Unix socket, 2000 acknowledged",
-        "all 4000 acknowledged events shipped (exactly once: yes), every minute aggregated",
-        "Top drops of screen_view",
+        "live traffic: 300 events/s into each collector for 10 s",
+        "every acknowledged event shipped exactly once: yes; every minute aggregated",
         "Global report, registrations by gender",
         "partial: false, missing: []",
         "With dc2 cut off (its links dropped), asked again:",
         "partial: true, missing: [\"dc2\"]",
+        "Try it",
+        "curl -s \"$Q/v1/anomalies?event=vote",
     ] {
         assert!(text.contains(expected), "{expected:?} missing from\n{text}");
     }
-    // The injected drop (iOS screen views, -80 % in three minutes) ranks first.
-    let first_drop = text
-        .lines()
-        .skip_while(|l| !l.starts_with("Top drops of screen_view"))
-        .nth(1)
-        .unwrap_or("");
+    // Each DC: everything acknowledged is in ClickHouse once, live traffic
+    // included, nothing refused.
+    for dc in ["dc1", "dc2"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{dc}: ")) && l.contains("exactly once"))
+            .unwrap_or_else(|| panic!("no acknowledgement line of {dc} in\n{text}"));
+        let n = |after: &str| -> u64 {
+            line.split(after)
+                .next()
+                .and_then(|s| s.rsplit(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|d| d.parse().ok())
+                .unwrap_or_else(|| panic!("no figure before {after:?} in {line:?}"))
+        };
+        let acked = n(" acknowledged (");
+        assert!(n(" live;") > 0, "{line}");
+        assert_eq!(n(" refused)"), 0, "{line}");
+        assert_eq!(n(" in ClickHouse"), acked, "{line}");
+        assert_eq!(n(" distinct spool positions"), acked, "{line}");
+        assert!(line.ends_with("exactly once: yes"), "{line}");
+    }
+    // The injected drop (iOS screen views, -80 % for three minutes) and the
+    // injected anomaly (a vote farm in country 7, one hour) rank first.
     assert!(
-        first_drop
-            .trim_start()
+        first_after(&text, "Top drops of screen_view")
             .starts_with("screen_view.count(){platform=ios} "),
+        "{text}"
+    );
+    assert!(
+        first_after(&text, "Top anomalies of vote")
+            .starts_with("vote.count(){vote=yes,country_id=7} ")
+            && first_after(&text, "Top anomalies of vote").ends_with("<- the injected one"),
+        "{text}"
+    );
+    // The watch progress written in dc2 is found from dc1.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("Watch progress written in dc2, read in dc1")),
         "{text}"
     );
 }
