@@ -67,10 +67,20 @@ fn history(dc: u64) -> Vec<ValidEvent> {
 /// says how to get them.
 fn browser_tools() -> PathBuf {
     let console = Path::new(env!("CARGO_MANIFEST_DIR")).join("query/console");
+    // playwright-core needs Node.js 20 or later.
     let node = std::process::Command::new("node").arg("--version").output();
+    let major = node.ok().filter(|o| o.status.success()).and_then(|o| {
+        let v = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        v.trim_start_matches('v')
+            .split('.')
+            .next()?
+            .parse::<u32>()
+            .ok()
+    });
     assert!(
-        node.is_ok_and(|o| o.status.success()),
-        "node (Node.js) not found: run `bash scripts/setup.sh` (as root) to install what the console test needs"
+        major.is_some_and(|m| m >= 20),
+        "Node.js 20 or later not found (major version found: {}): run `bash scripts/setup.sh` (as root), which says what the console test needs",
+        major.map_or("none".to_string(), |m| m.to_string())
     );
     assert!(
         Path::new(CHROMIUM).exists(),

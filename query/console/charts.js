@@ -46,9 +46,10 @@ export function alignSteps(from, to, step, lines) {
  * column's label and style (`dash`, `color`, `points`), `band` the indexes
  * of a low and a high column to fill between in grey (drawn without
  * lines), `height` in pixels, `onZoom(from, to)` called with the x range
- * shown after each zoom (the whole range again after a double-click).
- * Returns the uPlot instance. */
-export function timeChart(el, data, { lines, band, height = 260, title, onZoom } = {}) {
+ * shown after each zoom (the whole range again after a double-click),
+ * `minSpan` the fewest seconds the x axis shows (a chart of a few readings
+ * would otherwise stretch them over years). Returns the uPlot instance. */
+export function timeChart(el, data, { lines, band, height = 260, title, onZoom, minSpan } = {}) {
   const series = [{ label: 'time (UTC)' }];
   lines.forEach((l, i) => {
     const hidden = band && (i + 1 === band[0] || i + 1 === band[1]);
@@ -67,7 +68,7 @@ export function timeChart(el, data, { lines, band, height = 260, title, onZoom }
     height,
     tzDate: utc,
     series,
-    scales: { x: { time: true } },
+    scales: { x: minSpan ? { time: true, range: (u, lo, hi) => [Math.min(lo, hi - minSpan), hi] } : { time: true } },
     cursor: { drag: { x: true, y: false } },
     legend: { live: true },
     hooks: onZoom ? { setScale: [(u, key) => { if (key === 'x') onZoom(u.scales.x.min, u.scales.x.max); }] } : {},

@@ -523,7 +523,8 @@ async function healthPage(main) {
         h('td', { class: 'services' }, services)));
       if (!healthHistory.has(dc.name)) healthHistory.set(dc.name, []);
       const hist = healthHistory.get(dc.name);
-      hist.push([Math.floor(dc.scraped_at_ms / 1000), evps]);
+      // A DC that does not answer has no rate: a gap in its line.
+      if (evps !== null || !dc.answered) hist.push([Math.floor(dc.scraped_at_ms / 1000), evps]);
       if (hist.length > HEALTH_HISTORY_MAX) hist.shift();
     }
     table.dataset.missing = p.missing.join(',');
@@ -534,7 +535,12 @@ async function healthPage(main) {
       const m = new Map(healthHistory.get(n));
       return xs.map((t) => (m.has(t) ? m.get(t) : null));
     })];
-    if (u) u.setData(data); else u = timeChart(chart, data, { lines: names.map((n) => ({ label: n })), height: 220 });
+    if (u) u.setData(data);
+    else if (xs.length) {
+      chart.replaceChildren();
+      u = timeChart(chart, data, { lines: names.map((n) => ({ label: n })), height: 220, minSpan: 120 });
+    }
+    else chart.replaceChildren(h('p', { class: 'hint' }, 'Rates appear with the next reading.'));
     document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
   };
   await poll();
