@@ -7,7 +7,7 @@
 //! partial with one DC cut off, and the URLs to try.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -215,6 +215,9 @@ fn shipper_view(admin: SocketAddr) -> Option<ShipperView> {
 /// and then otherwise.
 struct ProgressLine {
     tty: bool,
+    /// On a terminal, the line drawn in place and cut to the terminal's
+    /// width (a wrapped line could not be redrawn in place).
+    bar: Option<indicatif::ProgressBar>,
     started: Instant,
     printed: Option<Instant>,
     /// (when, sent, acked) at the last rate sample.
@@ -227,6 +230,7 @@ impl ProgressLine {
         let now = Instant::now();
         Self {
             tty: std::io::stdout().is_terminal(),
+            bar: None,
             started: now,
             printed: None,
             sample: (now, 0, 0),
@@ -259,7 +263,7 @@ impl ProgressLine {
             .iter()
             .map(|d| match shipper_view(d.shipper_admin) {
                 Some(v) => format!(
-                    "{}: {} not yet shipped, {} min aggregated",
+                    "{} lag {} ev, {} min aggregated",
                     d.name,
                     d.load.acked.load(Ordering::Relaxed).saturating_sub(v.rows),
                     v.minutes_aggregated
@@ -268,24 +272,36 @@ impl ProgressLine {
             })
             .collect();
         let line = format!(
-            "{phase:<11} {:>3} s | both DCs: {:>5.0} ev/s sent, {:>5.0} ev/s acked, {acked} acked in all | {}",
+            "{phase} {:>3} s | both DCs sent {:>4.0}/s, acked {:>4.0}/s | {}",
             self.started.elapsed().as_secs(),
             self.rates.0,
             self.rates.1,
             per_dc.join(" | ")
         );
-        let mut out = std::io::stdout().lock();
-        let _ = if self.tty {
-            write!(out, "\r\x1b[2K{line}")
+        if self.tty {
+            self.bar
+                .get_or_insert_with(|| {
+                    let bar = indicatif::ProgressBar::with_draw_target(
+                        None,
+                        indicatif::ProgressDrawTarget::stdout(),
+                    );
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template("{wide_msg}")
+                            .expect("static template"),
+                    );
+                    bar
+                })
+                .set_message(line);
         } else {
-            writeln!(out, "{line}")
-        };
-        let _ = out.flush();
+            println!("{line}");
+        }
     }
 
-    /// Ends the line in place, so what follows starts on a new one.
+    /// Leaves the line as it last was, so what follows starts on a new one.
     fn finish(&mut self) {
-        if self.tty && self.printed.is_some() {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+            // The bar leaves the cursor at the end of its line.
             println!();
         }
         self.printed = None;
@@ -400,6 +416,10 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         anyhow::bail!("interrupted");
     }
+    // A minute is aggregated once it is over (and the grace has passed):
+    // the last live minute keeps the demo waiting until then.
+    let last_minute_closes_ms =
+        (now_ms() / 60_000 + 1) * 60_000 + shipper_limits.aggregation_grace_ms;
 
     let db = cluster.topology().database.clone();
     let first = cluster.topology().datacenter[0]
@@ -439,7 +459,15 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         })
     })?;
     wait_until("aggregating every minute", DRAIN_LIMIT, || {
-        progress.tick("aggregating", &dcs);
+        let left_s = last_minute_closes_ms
+            .saturating_sub(now_ms())
+            .div_ceil(1000);
+        let phase = if left_s > 0 {
+            format!("aggregating, the last live minute ends in {left_s} s,")
+        } else {
+            "aggregating".to_string()
+        };
+        progress.tick(&phase, &dcs);
         dcs.iter()
             .all(|d| pending_minutes(&d.services.shipper_state) == 0)
     })?;
