@@ -159,14 +159,16 @@ pub fn get_text(
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
-    let status = resp.status().as_u16();
-    let text = resp
-        .body_mut()
+    (resp.status().as_u16(), headers, body_text(&mut resp))
+}
+
+/// The whole body as text (at most 64 MiB).
+fn body_text(resp: &mut ureq::http::Response<ureq::Body>) -> String {
+    resp.body_mut()
         .with_config()
         .limit(64 << 20)
         .read_to_string()
-        .unwrap();
-    (status, headers, text)
+        .unwrap()
 }
 
 fn agent() -> ureq::Agent {
@@ -180,12 +182,7 @@ fn agent() -> ureq::Agent {
 fn answer(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, serde_json::Value) {
     let mut resp = resp.unwrap();
     let status = resp.status().as_u16();
-    let text = resp
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_string()
-        .unwrap();
+    let text = body_text(&mut resp);
     // Everything but /metrics answers JSON; that text comes as a string.
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (status, json)
