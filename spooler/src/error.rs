@@ -96,7 +96,7 @@ impl Error {
     /// written, the spool works on, and the same append succeeds once
     /// space returns.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if crate::files::is_disk_full(source))
+        matches!(self, Error::Io { source, .. } if is_disk_full(source))
     }
 
     /// A short stable code for metric labels and logs; never changes once
@@ -127,3 +127,11 @@ impl Error {
 
 /// Shorthand for the spooler's results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether `e` says the disk (or the user's disk quota) is full.
+pub(crate) fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}

@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{is_disk_full, Error, Result};
 use crate::format::{decode_checkpoint, encode_checkpoint, Position, SEGMENT_BYTES_MAX};
 
 /// The lifecycle stage of a segment file, in the order a segment goes
@@ -289,14 +289,6 @@ pub(crate) fn write_checkpoint(layout: &Layout, name: &str, pos: Position) -> Re
         }
         Err(e) => Err(Error::io("write checkpoint", &path, e)),
     }
-}
-
-/// Whether `e` says the disk (or the user's disk quota) is full.
-pub(crate) fn is_disk_full(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    )
 }
 
 /// Rewrites an existing file of exactly `bytes.len()` bytes in place.
