@@ -247,6 +247,11 @@ impl ProgressLine {
 
     /// Prints the line if it is due; `phase` says what is going on.
     fn tick(&mut self, phase: &str, dcs: &[Dc]) {
+        self.tick_noting(phase, "", dcs);
+    }
+
+    /// As `tick`, with `note` after the phase's time.
+    fn tick_noting(&mut self, phase: &str, note: &str, dcs: &[Dc]) {
         let every = if self.tty { PROGRESS_TTY } else { PROGRESS_LOG };
         if self.printed.is_some_and(|p| p.elapsed() < every) {
             return;
@@ -272,7 +277,7 @@ impl ProgressLine {
             })
             .collect();
         let line = format!(
-            "{phase} {:>3} s | both DCs sent {:>4.0}/s, acked {:>4.0}/s | {}",
+            "{phase} {:>3} s{note} | both DCs sent {:>4.0}/s, acked {:>4.0}/s | {}",
             self.started.elapsed().as_secs(),
             self.rates.0,
             self.rates.1,
@@ -462,12 +467,12 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let left_s = last_minute_closes_ms
             .saturating_sub(now_ms())
             .div_ceil(1000);
-        let phase = if left_s > 0 {
-            format!("aggregating, the last live minute ends in {left_s} s,")
+        let note = if left_s > 0 {
+            format!(" (the last live minute ends in {left_s} s)")
         } else {
-            "aggregating".to_string()
+            String::new()
         };
-        progress.tick(&phase, &dcs);
+        progress.tick_noting("aggregating", &note, &dcs);
         dcs.iter()
             .all(|d| pending_minutes(&d.services.shipper_state) == 0)
     })?;
