@@ -519,8 +519,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let q = dcs[0].services.query;
     let end_s = (now_ms() / 60_000 + 1) as u32 * 60;
     print_daily_curve(q, &plan)?;
-    print_drops(q, &plan)?;
-    print_anomalies(q, &plan)?;
+    let drop_first = print_drops(q, &plan)?;
+    let anomaly_first = print_anomalies(q, &plan)?;
 
     let report = format!(
         "/v1/report?event=registration&group_by=gender&from={}&to={end_s}",
@@ -589,10 +589,18 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "\nDone in {:.1} s; stopping every service and server.",
         started.elapsed().as_secs_f64()
     );
-    if !all_once {
+    let failed: Vec<&str> = [
+        (!all_once).then_some("every acknowledged event in ClickHouse exactly once"),
+        (!drop_first).then_some("the injected drop ranked first"),
+        (!anomaly_first).then_some("the injected anomaly ranked first"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !failed.is_empty() {
         anyhow::bail!(
-            "some acknowledged events are not in ClickHouse exactly once (see above); the services' logs are under {}",
-            cluster.state_dir().display()
+            "the main job's checks failed: {} (see above); run it again with --stay to keep the servers, the services and their logs for a look",
+            failed.join(", ")
         );
     }
     Ok(())
@@ -648,7 +656,8 @@ fn print_daily_curve(q: SocketAddr, plan: &Plan) -> anyhow::Result<()> {
 }
 
 /// The injected drop, drawn minute by minute, then the top drops found.
-fn print_drops(q: SocketAddr, plan: &Plan) -> anyhow::Result<()> {
+/// Whether the injected drop ranks first.
+fn print_drops(q: SocketAddr, plan: &Plan) -> anyhow::Result<bool> {
     let ios = "screen_view.count(){platform=ios}";
     let path = format!(
         "/v1/series?metric={}&from={}&to={}&step=minute",
@@ -686,12 +695,18 @@ fn print_drops(q: SocketAddr, plan: &Plan) -> anyhow::Result<()> {
             c["score"].as_f64().unwrap_or(0.0)
         );
     }
-    Ok(())
+    let first = v["changes"][0]["series"] == ios;
+    println!(
+        "the injected drop ranks first: {}",
+        if first { "yes" } else { "NO" }
+    );
+    Ok(first)
 }
 
 /// The top anomalies of the votes over the last hours of history, where
 /// one hour carries the injected vote farm.
-fn print_anomalies(q: SocketAddr, plan: &Plan) -> anyhow::Result<()> {
+/// Whether the injected anomaly ranks first.
+fn print_anomalies(q: SocketAddr, plan: &Plan) -> anyhow::Result<bool> {
     let from = plan.history_to_s - traffic::ANOMALY_WINDOW_HOURS * 3600;
     let path = format!(
         "/v1/anomalies?event=vote&from={from}&to={}&step=hour&limit=3",
@@ -709,6 +724,9 @@ fn print_anomalies(q: SocketAddr, plan: &Plan) -> anyhow::Result<()> {
     if found.is_empty() {
         println!("  none found ({} series evaluated)", v["series_evaluated"]);
     }
+    let injected = |a: &serde_json::Value| {
+        a["series"] == traffic::SPIKE_SERIES && a["time"] == u64::from(plan.spike_hour_s)
+    };
     for a in &found {
         let t = a["time"].as_u64().unwrap_or(0);
         println!(
@@ -722,14 +740,19 @@ fn print_anomalies(q: SocketAddr, plan: &Plan) -> anyhow::Result<()> {
             number_rounded(&a["high"]),
             a["weight"].as_f64().unwrap_or(0.0),
             a["suppressed"].as_array().map_or(0, Vec::len),
-            if a["series"] == traffic::SPIKE_SERIES && t == u64::from(plan.spike_hour_s) {
+            if injected(a) {
                 "  <- the injected one"
             } else {
                 ""
             }
         );
     }
-    Ok(())
+    let first = found.first().is_some_and(injected);
+    println!(
+        "the injected anomaly ranks first: {}",
+        if first { "yes" } else { "NO" }
+    );
+    Ok(first)
 }
 
 /// How to try it: each DC's query service and a few routes.

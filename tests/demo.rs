@@ -36,6 +36,8 @@ fn the_main_job_runs_end_to_end() {
         "partial: true, missing: [\"dc2\"]",
         "Try it",
         "curl -s \"$Q/v1/anomalies?event=vote",
+        "the injected drop ranks first: yes",
+        "the injected anomaly ranks first: yes",
     ] {
         assert!(text.contains(expected), "{expected:?} missing from\n{text}");
     }
