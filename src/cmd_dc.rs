@@ -39,9 +39,85 @@ struct Target {
 #[derive(Debug, Args)]
 struct State {
     /// The local cluster's state directory (printed by `spoolhouse local up`
-    /// and by the demo as `state:`).
+    /// and by the demo as `state:`); by default the one cluster that a
+    /// running `spoolhouse local up` or `spoolhouse demo` on this machine runs.
     #[arg(long)]
-    state: PathBuf,
+    state: Option<PathBuf>,
+}
+
+impl State {
+    /// The state directory given, or else the one running cluster's.
+    fn dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.state {
+            return Ok(d.clone());
+        }
+        let mut found = running();
+        match found.len() {
+            1 => Ok(found.remove(0).1),
+            0 => bail!(
+                "no running `spoolhouse local up` or `spoolhouse demo` found on this machine; start one, or name a cluster's state directory with --state DIR"
+            ),
+            _ => bail!(
+                "several local clusters are running; name one with --state DIR:\n{}",
+                found
+                    .iter()
+                    .map(|(pid, d)| format!("  {} (process {pid})", d.display()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
+    }
+}
+
+/// Where `spoolhouse local up` and the demo note the state directory of
+/// the cluster they run, a file per process, so that `spoolhouse dc` finds
+/// it without `--state`. `SPOOLHOUSE_RUN_DIR` moves it (tests do).
+fn running_dir() -> PathBuf {
+    std::env::var_os("SPOOLHOUSE_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("spoolhouse-running"))
+}
+
+/// Notes that this process runs the local cluster whose state is in
+/// `state`. Best effort: without the note `--state` still works.
+pub(crate) fn note_running(state: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = running_dir();
+    let note = dir.join(std::process::id().to_string());
+    if let Err(e) = std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(&note, state.as_os_str().as_bytes()))
+    {
+        tracing::warn!(error = %e, note = %note.display(), "cannot note the running cluster; `spoolhouse dc` will need --state");
+    }
+}
+
+/// The running local clusters, (process, state directory); notes of
+/// processes that are gone (or are not Spoolhouse: a reused process id),
+/// or whose state is gone, are removed.
+fn running() -> Vec<(u32, PathBuf)> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(entries) = std::fs::read_dir(running_dir()) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let state = std::fs::read(e.path())
+            .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(&b)))
+            .ok();
+        let ours = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "spoolhouse");
+        match state {
+            Some(s) if ours && s.join(LINKS_DIR).is_dir() => found.push((pid, s)),
+            _ => {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// Datacenters of the local cluster in `state`, from its rendered service configs.
@@ -68,16 +144,17 @@ fn datacenters(state: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 fn checked(t: &Target) -> anyhow::Result<PathBuf> {
-    let dcs = datacenters(&t.state.state)?;
+    let state = t.state.dir()?;
+    let dcs = datacenters(&state)?;
     if !dcs.contains(&t.dc) {
         bail!(
             "no datacenter `{}` in {}; it has: {}",
             t.dc,
-            t.state.state.display(),
+            state.display(),
             dcs.join(", ")
         );
     }
-    Ok(t.state.state.join(LINKS_DIR))
+    Ok(state.join(LINKS_DIR))
 }
 
 /// Runs `spoolhouse dc …`.
@@ -98,8 +175,9 @@ pub fn run(args: DcArgs) -> anyhow::Result<()> {
             println!("{} healed", t.dc);
         }
         DcCommand::Status(s) => {
-            let dir = s.state.join(LINKS_DIR);
-            for dc in datacenters(&s.state)? {
+            let state = s.dir()?;
+            let dir = state.join(LINKS_DIR);
+            for dc in datacenters(&state)? {
                 let state = if link::is_cut(&dir, &dc) {
                     "cut"
                 } else {

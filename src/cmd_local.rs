@@ -103,6 +103,7 @@ pub(crate) fn launch(
         ..LaunchOptions::default()
     };
     let cluster = LocalCluster::start(&declared, opts).context("starting the local servers")?;
+    crate::cmd_dc::note_running(cluster.state_dir());
     println!("network: {}", cluster.placement());
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -142,9 +143,8 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
             print_endpoints(&cluster);
             if let Some(d) = link.delay() {
                 println!(
-                    "cross-DC links: {} ms each way; `spoolhouse dc cut DC --state {}` cuts one",
-                    d.as_millis(),
-                    cluster.state_dir().display()
+                    "cross-DC links: {} ms each way; `spoolhouse dc cut DC` cuts one (`spoolhouse dc heal DC` heals it)",
+                    d.as_millis()
                 );
             }
             println!("running; Ctrl-C stops every server");

@@ -1,7 +1,8 @@
 //! `spoolhouse local up --network …` as an operator meets it: without the
 //! capabilities namespaces need it runs on loopback and says why; a launcher
 //! killed with `kill -9` leaves its namespaces, veths and bridge behind, and
-//! the next launch removes them. Needs root, as CI runs it.
+//! the next launch removes them; `spoolhouse dc` finds the cluster a running
+//! `local up` runs without being told where. Needs root, as CI runs it.
 
 mod common;
 
@@ -118,4 +119,57 @@ fn a_launch_killed_with_sigkill_leaves_namespaces_that_the_next_launch_removes()
     for name in removed {
         assert!(!links.contains(&format!(": {name}")), "{name} in\n{links}");
     }
+}
+
+/// `spoolhouse dc cut|heal|status` without `--state` find the cluster a
+/// running `spoolhouse local up` runs; with none or several running they
+/// say so and what to do.
+#[test]
+fn dc_commands_find_the_running_local_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    // A note folder of this test's own: other launches on the machine are
+    // not counted.
+    let run_dir = dir.path().join("run");
+    let run_env = format!("SPOOLHOUSE_RUN_DIR={}", run_dir.display());
+    let dc = |args: &[&str]| -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_spoolhouse"))
+            .arg("dc")
+            .args(args)
+            .env("SPOOLHOUSE_RUN_DIR", &run_dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, out) = dc(&["status"]);
+    assert!(
+        !ok && out.contains("no running `spoolhouse local up`"),
+        "{out}"
+    );
+    assert!(out.contains("--state DIR"), "{out}");
+
+    let up_args = ["--network", "loopback", "--cross-dc-delay-ms", "20"];
+    let (mut first, _) = local_up(&["env", &run_env], &up_args, &dir.path().join("first.log"));
+    let (ok, out) = dc(&["cut", "dc2"]);
+    assert!(ok && out.starts_with("dc2 cut"), "{out}");
+    let (ok, out) = dc(&["status"]);
+    assert!(ok, "{out}");
+    assert_eq!(out, "dc1\tlinked\ndc2\tcut\n");
+    let (ok, out) = dc(&["heal", "dc2"]);
+    assert!(ok && out.starts_with("dc2 healed"), "{out}");
+
+    let (mut second, _) = local_up(&["env", &run_env], &up_args, &dir.path().join("second.log"));
+    let (ok, out) = dc(&["status"]);
+    assert!(
+        !ok && out.contains("several local clusters are running"),
+        "{out}"
+    );
+    second.stop();
+    let (ok, out) = dc(&["status"]);
+    assert!(ok, "{out}");
+    assert_eq!(out, "dc1\tlinked\ndc2\tlinked\n");
+    first.stop();
+    let (ok, out) = dc(&["status"]);
+    assert!(!ok && out.contains("no running"), "{out}");
 }
