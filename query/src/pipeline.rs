@@ -253,4 +253,21 @@ mod tests {
         );
         assert_eq!(sum(&s, "spoolhouse_shipper_rows_total", ""), None);
     }
+
+    proptest::proptest! {
+        // Another service's answer is input from the network: any text is
+        // read without a panic, and a well-formed sample always comes back.
+        #[test]
+        fn any_text_is_read_and_samples_come_back(
+            noise in "\\PC{0,200}",
+            name in "[a-z_]{1,20}",
+            label in "[a-z]{1,8}=\"[^\"\\n]{0,12}\"",
+            value in 0u32..1_000_000,
+        ) {
+            let _ = samples(&noise);
+            let text = format!("{noise}\n{name}{{{label}}} {value}\n");
+            let s = samples(&text);
+            proptest::prop_assert_eq!(s.last(), Some(&(name.as_str(), label.as_str(), f64::from(value))));
+        }
+    }
 }
