@@ -8,7 +8,9 @@
 //! retention frees the space and dc2 accepts again; every event either DC
 //! acknowledged is in ClickHouse exactly once.
 //!
-//! Mounting the tmpfs needs root, as the README's test command runs.
+//! Each DC runs in a network namespace of its own, 100 ms from the other.
+//! Mounting the tmpfs and making the namespaces need root, as the README's
+//! test command runs.
 
 mod common;
 
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use collector::client::ClientConfig;
 use common::{count, get_json, http_get, start_dc, start_dc_with, wait_for, Load, LIMIT};
-use dc_config::local::{LaunchOptions, LocalCluster};
+use dc_config::local::{LaunchOptions, LocalCluster, Network};
 
 /// Small enough that ≈ 1 000 votes/s fill it in seconds, twice the segment
 /// size as the collector requires (only sealed segments can be freed).
@@ -32,9 +34,8 @@ enum Limit {
     Disk,
 }
 
-// One test, the cases in turn: two clusters starting at once in one test
-// binary could pick the same free port for a service of one and a server
-// of the other (services bind theirs only when they start).
+// One test, the cases in turn: each starts two DCs of servers, and a
+// shared 2-core host runs one such pair at a time more evenly.
 #[test]
 fn a_full_spool_refuses_clearly_loses_nothing_and_recovers() {
     run(Limit::Quota);
@@ -67,8 +68,16 @@ fn mount_tmpfs(dir: &std::path::Path, bytes: u64) -> Tmpfs {
 }
 
 fn run(limit: Limit) {
-    let cluster =
-        LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
+    // The DCs as hosts, 100 ms apart, as the main job runs them.
+    let cluster = LocalCluster::start(
+        &dc_config::examples::declared(),
+        LaunchOptions {
+            cross_dc_delay: Some(Duration::from_millis(100)),
+            network: Network::Namespaces,
+            ..LaunchOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
     let _dc1 = start_dc(&cluster, "dc1", &dir.path().join("dc1"));
     // Declared before dc2's services, so it is unmounted after they stop.
