@@ -17,8 +17,10 @@ mod common;
 use std::time::Duration;
 
 use collector::client::ClientConfig;
-use common::{count, get_json, http_get, start_dc, start_dc_with, wait_for, Load, LIMIT};
-use dc_config::local::{LaunchOptions, LocalCluster, Network};
+use common::{
+    count, get_json, hosts_cluster, http_get, start_dc, start_dc_with, wait_for, wait_for_or_show,
+    Load, LIMIT,
+};
 
 /// Small enough that ≈ 1 000 votes/s fill it in seconds, twice the segment
 /// size as the collector requires (only sealed segments can be freed).
@@ -68,16 +70,7 @@ fn mount_tmpfs(dir: &std::path::Path, bytes: u64) -> Tmpfs {
 }
 
 fn run(limit: Limit) {
-    // The DCs as hosts, 100 ms apart, as the main job runs them.
-    let cluster = LocalCluster::start(
-        &dc_config::examples::declared(),
-        LaunchOptions {
-            cross_dc_delay: Some(Duration::from_millis(100)),
-            network: Network::Namespaces,
-            ..LaunchOptions::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let cluster = hosts_cluster();
     let dir = tempfile::tempdir().unwrap();
     let _dc1 = start_dc(&cluster, "dc1", &dir.path().join("dc1"));
     // Declared before dc2's services, so it is unmounted after they stop.
@@ -153,26 +146,36 @@ fn run(limit: Limit) {
     let shipper2 = &mut dc2[1];
     shipper2.start().unwrap();
     let dc2_before = load.acked(1);
-    let until = std::time::Instant::now() + LIMIT;
-    while load.acked(1) <= dc2_before + 2_000 {
-        assert!(
-            std::time::Instant::now() < until,
-            "dc2 did not acknowledge again within {LIMIT:?}; collector log:\n{}\nshipper log:\n{}",
+    // What dc2's services said, shown if a wait below runs out.
+    let logs = || {
+        format!(
+            "{limit:?} case; dc2 collector log:\n{}\ndc2 shipper log:\n{}",
             dc2[0].log_tail(30),
             dc2[1].log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    wait_for("dc2's collector healthy again", LIMIT, || {
-        get_json(admin2, "/healthz").1["ok"] == true
-    });
+        )
+    };
+    wait_for_or_show(
+        "dc2 acknowledging again",
+        LIMIT,
+        || load.acked(1) > dc2_before + 2_000,
+        logs,
+    );
+    wait_for_or_show(
+        "dc2's collector healthy again",
+        LIMIT,
+        || get_json(admin2, "/healthz").1["ok"] == true,
+        logs,
+    );
     load.stop();
 
     for (i, server) in ["dc1-s1-r1", "dc2-s1-r1"].iter().enumerate() {
         let acked = load.acked(i);
-        wait_for("every acknowledged event in ClickHouse", LIMIT, || {
-            count(&cluster, server).0 >= acked
-        });
+        wait_for_or_show(
+            "every acknowledged event in ClickHouse",
+            LIMIT,
+            || count(&cluster, server).0 >= acked,
+            logs,
+        );
         assert_eq!(count(&cluster, server), (acked, acked), "{server}");
     }
     eprintln!(

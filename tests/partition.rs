@@ -14,8 +14,8 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use common::{count, get_json, now_ms, start_dc, wait_for, Load, LIMIT};
-use dc_config::local::{LaunchOptions, LocalCluster, Network, Placement};
+use common::{count, get_json, hosts_cluster, now_ms, start_dc, wait_for, Load, LIMIT};
+use dc_config::local::Placement;
 
 fn series_path(scope: &str) -> String {
     let to = (now_ms() / 1000 / 60 + 1) * 60;
@@ -27,15 +27,7 @@ fn series_path(scope: &str) -> String {
 
 #[test]
 fn a_cut_datacenter_keeps_working_locally_and_global_reads_turn_partial() {
-    let cluster = LocalCluster::start(
-        &dc_config::examples::declared(),
-        LaunchOptions {
-            cross_dc_delay: Some(Duration::from_millis(100)),
-            network: Network::Namespaces,
-            ..LaunchOptions::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let cluster = hosts_cluster();
     let dir = tempfile::tempdir().unwrap();
     let dc1 = start_dc(&cluster, "dc1", &dir.path().join("dc1"));
     let dc2 = start_dc(&cluster, "dc2", &dir.path().join("dc2"));

@@ -10,8 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{count, start_dc, wait_for, wait_serving, Load, LIMIT};
-use dc_config::local::{LaunchOptions, LocalCluster, Network};
+use common::{count, hosts_cluster, start_dc, wait_for, wait_serving, Load, LIMIT};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -23,16 +22,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[test]
 fn a_rolling_restart_under_load_loses_and_doubles_nothing() {
-    // The DCs as hosts, 100 ms apart, as the main job runs them.
-    let mut cluster = LocalCluster::start(
-        &dc_config::examples::declared(),
-        LaunchOptions {
-            cross_dc_delay: Some(Duration::from_millis(100)),
-            network: Network::Namespaces,
-            ..LaunchOptions::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let mut cluster = hosts_cluster();
     let dir = tempfile::tempdir().unwrap();
     let names = ["dc1", "dc2"];
     let mut services: Vec<_> = names

@@ -39,12 +39,24 @@ pub fn spawn(args: &[&str], log: &std::path::Path) -> dc_config::local::process:
 }
 
 /// Polls `ok` every 100 ms until it holds; fails the test after `limit`.
-pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, limit: Duration, ok: impl FnMut() -> bool) {
+    wait_for_or_show(what, limit, ok, String::new);
+}
+
+/// [`wait_for`], whose failure also shows what `show` gives then (e.g. the
+/// services' log tails).
+pub fn wait_for_or_show(
+    what: &str,
+    limit: Duration,
+    mut ok: impl FnMut() -> bool,
+    show: impl Fn() -> String,
+) {
     let until = std::time::Instant::now() + limit;
     while !ok() {
         assert!(
             std::time::Instant::now() < until,
-            "timed out waiting for {what}"
+            "timed out waiting for {what}\n{}",
+            show()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -70,14 +82,32 @@ pub fn now_ms() -> u64 {
 /// The example topology's two DCs, every cross-DC path through a relay
 /// adding `delay` each way, so a DC can be cut (`LocalCluster::cut`).
 pub fn linked_cluster(delay: Duration) -> dc_config::local::LocalCluster {
+    start_linked(delay, dc_config::local::Network::Loopback)
+}
+
+/// The two DCs as hosts, as the main job runs them: each in a network
+/// namespace of its own, 100 ms apart through the relays. Needs root, as
+/// CI runs; fails saying why otherwise.
+pub fn hosts_cluster() -> dc_config::local::LocalCluster {
+    start_linked(
+        Duration::from_millis(100),
+        dc_config::local::Network::Namespaces,
+    )
+}
+
+fn start_linked(
+    delay: Duration,
+    network: dc_config::local::Network,
+) -> dc_config::local::LocalCluster {
     dc_config::local::LocalCluster::start(
         &dc_config::examples::declared(),
         dc_config::local::LaunchOptions {
             cross_dc_delay: Some(delay),
+            network,
             ..dc_config::local::LaunchOptions::default()
         },
     )
-    .unwrap()
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Writes `dc`'s collector, shipper and query configs into `dir`, starts
