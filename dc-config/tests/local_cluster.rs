@@ -18,6 +18,8 @@ const TABLES: &[&str] = &[
     "dc_marker_all",
     "events_all",
     "events_dc",
+    "events_ingest",
+    "events_ingest_mv",
     "events_local",
     "keyed_state_all",
     "keyed_state_dc",
@@ -30,6 +32,7 @@ const TABLES: &[&str] = &[
     "series_dc",
     "series_local",
     "series_mv",
+    "shipper_fences",
 ];
 
 fn insert_rows(cluster: &LocalCluster, server: &str, dc: &str, n: usize, first_offset: usize) {

@@ -21,7 +21,7 @@
 //! every event shipped by then, and its version wins.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -69,17 +69,8 @@ impl Pending {
 
     /// Saves durably.
     pub fn save(&self, state_dir: &Path) -> Result<()> {
-        let path: PathBuf = state_dir.join(FILE);
-        let tmp = state_dir.join(format!("{FILE}.tmp"));
         let bytes = serde_json::to_vec(self).expect("plain data serializes");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, &bytes)?;
-            f.sync_data()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(state_dir)?.sync_all()
-        };
-        write().map_err(state_err(&path))
+        crate::state::write_durably(state_dir, FILE, &bytes)
     }
 }
 

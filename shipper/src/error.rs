@@ -29,6 +29,9 @@ pub enum Error {
         retriable: bool,
         /// Stable label for metrics.
         kind: &'static str,
+        /// The request never reached a server (connection refused), so it
+        /// cannot land later.
+        unsent: bool,
     },
     /// Redis failed or timed out; always retried (the state is idempotent).
     #[error("{0}")]
@@ -36,6 +39,9 @@ pub enum Error {
     /// The config breaks a rule.
     #[error("{0}")]
     Config(String),
+    /// Shutdown came while waiting (for disk space): nothing was done.
+    #[error("shutting down")]
+    Stopping,
 }
 
 impl Error {
@@ -44,7 +50,7 @@ impl Error {
         match self {
             Error::ClickHouse { retriable, .. } => *retriable,
             Error::Redis(_) => true,
-            Error::Spool(_) | Error::State { .. } | Error::Config(_) => false,
+            Error::Spool(_) | Error::State { .. } | Error::Config(_) | Error::Stopping => false,
         }
     }
 
@@ -57,6 +63,7 @@ impl Error {
             Error::Redis(dc_config::state_store::Error::Redis(_)) => "redis",
             Error::Redis(dc_config::state_store::Error::Timeout(_)) => "redis_timeout",
             Error::Config(_) => "config",
+            Error::Stopping => "stopping",
         }
     }
 }

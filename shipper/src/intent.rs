@@ -4,26 +4,32 @@
 //! it, a batch cut short by its age limit would be replayed longer, as a
 //! different block, and escape ClickHouse's block deduplication.
 //!
+//! It also records which replicas an attempt of the batch may have
+//! reached: the replicas a replay must fence and ask before it sends again
+//! (docs/adr/0009-fenced-inserts.md).
+//!
 //! ```text
-//! struct Intent {          // STATE_DIR/<reader>.intent, 48 bytes, little-endian
-//!     magic: [u8; 8],      // "SHINTENT"
+//! struct Intent {          // STATE_DIR/<reader>.intent, 52 bytes, little-endian
+//!     magic: [u8; 8],      // "SHINTNT2" (48-byte "SHINTENT" files, without
+//!                          //  the replica set, read as "any replica")
 //!     start: (u64, u64),   // first frame's position (segment, offset)
 //!     end: (u64, u64),     // position after the last frame
 //!     frames: u32,         // frames in the range
-//!     crc32: u32,          // of the 44 bytes above
+//!     replicas: u32,       // bit r: replica r of the shard may hold the batch
+//!     crc32: u32,          // of the bytes above
 //! }
 //! ```
 
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use spooler::Position;
 
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 8] = b"SHINTENT";
-const LEN: usize = 48;
+const MAGIC: &[u8; 8] = b"SHINTNT2";
+const LEN: usize = 52;
+const MAGIC_V1: &[u8; 8] = b"SHINTENT";
+const LEN_V1: usize = 48;
 
 /// A planned batch: the spool range `[start, end)` holding `frames` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,17 +40,13 @@ pub struct Intent {
     pub end: Position,
     /// Number of frames.
     pub frames: u32,
+    /// Bit `r` set: an attempt may have sent the batch to replica `r` of its
+    /// shard (set before the attempt is made).
+    pub replicas: u32,
 }
 
-fn path(state_dir: &Path, reader: &str) -> PathBuf {
-    state_dir.join(format!("{reader}.intent"))
-}
-
-fn err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::State {
-        path: path.to_path_buf(),
-        source,
-    }
+fn file_name(reader: &str) -> String {
+    format!("{reader}.intent")
 }
 
 impl Intent {
@@ -56,39 +58,37 @@ impl Intent {
         b[24..32].copy_from_slice(&self.end.segment.to_le_bytes());
         b[32..40].copy_from_slice(&self.end.offset.to_le_bytes());
         b[40..44].copy_from_slice(&self.frames.to_le_bytes());
-        let crc = crc32fast::hash(&b[..44]);
-        b[44..].copy_from_slice(&crc.to_le_bytes());
+        b[44..48].copy_from_slice(&self.replicas.to_le_bytes());
+        let crc = crc32fast::hash(&b[..48]);
+        b[48..].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != LEN || &b[..8] != MAGIC {
+        let (len, replicas_at) = match b.get(..8)? {
+            m if m == MAGIC => (LEN, Some(44)),
+            m if m == MAGIC_V1 => (LEN_V1, None),
+            _ => return None,
+        };
+        if b.len() != len {
             return None;
         }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        let crc = u32::from_le_bytes(b[44..].try_into().expect("4 bytes"));
-        if crc != crc32fast::hash(&b[..44]) {
+        if u32_at(len - 4) != crc32fast::hash(&b[..len - 4]) {
             return None;
         }
         Some(Self {
             start: Position::new(u64_at(8), u64_at(16)),
             end: Position::new(u64_at(24), u64_at(32)),
-            frames: u32::from_le_bytes(b[40..44].try_into().expect("4 bytes")),
+            frames: u32_at(40),
+            replicas: replicas_at.map_or(u32::MAX, u32_at),
         })
     }
 
-    /// Durably records this intent for `reader` (temp file, fsync, rename, directory fsync).
+    /// Durably records this intent for `reader`.
     pub fn save(&self, state_dir: &Path, reader: &str) -> Result<()> {
-        let final_path = path(state_dir, reader);
-        let tmp = final_path.with_extension("intent.tmp");
-        let mut f = File::create(&tmp).map_err(err(&tmp))?;
-        f.write_all(&self.encode()).map_err(err(&tmp))?;
-        f.sync_data().map_err(err(&tmp))?;
-        std::fs::rename(&tmp, &final_path).map_err(err(&final_path))?;
-        File::open(state_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err(state_dir))?;
-        Ok(())
+        crate::state::write_durably(state_dir, &file_name(reader), &self.encode())
     }
 
     /// The recorded intent of `reader`, if there is a valid one. A damaged
@@ -96,7 +96,7 @@ impl Intent {
     /// so it is re-planned from the checkpoint, and the position check
     /// against ClickHouse still keeps it from being doubled.
     pub fn load(state_dir: &Path, reader: &str) -> Result<Option<Self>> {
-        let p = path(state_dir, reader);
+        let p = state_dir.join(file_name(reader));
         match std::fs::read(&p) {
             Ok(b) => {
                 let intent = Self::decode(&b);
@@ -106,7 +106,7 @@ impl Intent {
                 Ok(intent)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(err(&p)(e)),
+            Err(source) => Err(Error::State { path: p, source }),
         }
     }
 }
@@ -123,6 +123,7 @@ mod tests {
             start: Position::new(3, 32),
             end: Position::new(4, 100),
             frames: 17,
+            replicas: 0b10,
         };
         i.save(dir.path(), "ch").unwrap();
         assert_eq!(Intent::load(dir.path(), "ch").unwrap(), Some(i));
@@ -131,5 +132,14 @@ mod tests {
         b[20] ^= 1;
         std::fs::write(&p, &b).unwrap();
         assert_eq!(Intent::load(dir.path(), "ch").unwrap(), None);
+        // A file of the earlier format reads as reaching any replica.
+        let mut v1 = i.encode()[..44].to_vec();
+        v1[..8].copy_from_slice(MAGIC_V1);
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(&p, &v1).unwrap();
+        let old = Intent::load(dir.path(), "ch").unwrap().unwrap();
+        assert_eq!((old.start, old.end, old.frames), (i.start, i.end, i.frames));
+        assert_eq!(old.replicas, u32::MAX);
     }
 }

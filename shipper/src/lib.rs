@@ -2,7 +2,8 @@
 //! once in effect, and the latest keyed state into its Redis.
 //!
 //! Main types: [`Shipper`] runs two pipelines, each a named spool reader:
-//! `clickhouse` inserts deterministic batches into `events_local` on one
+//! `clickhouse` inserts deterministic batches into `events_local` (through
+//! `events_ingest`) on one
 //! replica of a shard chosen from the batch ([`sink::Sink`]), and `redis`
 //! keeps the newest value per key (`dc_config::state_store`).
 //!
@@ -11,9 +12,12 @@
 //!   ([`intent`]), so a replay after a crash sends the same rows in the same
 //!   order, as the same block;
 //! - ClickHouse's replicated block deduplication drops a repeated block;
-//! - before sending a batch again, the shipper asks ClickHouse which of its
-//!   spool positions it already holds, and sends only the rest — this guard
-//!   has no window, unlike deduplication's last 100 blocks;
+//! - before sending a batch again, the shipper fences its earlier inserts
+//!   ([`epoch`]: an insert of an older epoch that lands later stores
+//!   nothing), waits until none runs, asks the replicas the batch may have
+//!   reached which of its spool positions they hold, and sends only the
+//!   rest — this guard has no window, unlike deduplication's last 100
+//!   blocks, and holds under any timing (docs/adr/0009-fenced-inserts.md);
 //! - the checkpoint is committed only after ClickHouse acknowledged.
 //!
 //! Nothing is ever skipped: transient errors retry with capped, jittered
@@ -23,11 +27,13 @@
 //! event record goes to `STATE_DIR/dead-letter/`, counted and logged.
 
 pub mod aggregate;
+pub mod epoch;
 pub mod error;
 pub mod intent;
 pub mod metrics;
 pub mod ship;
 pub mod sink;
+pub mod state;
 
 pub use error::{Error, Result};
 pub use metrics::{Health, Metrics};

@@ -56,6 +56,13 @@ pub struct Metrics {
     pub series_points: Counter,
     /// Minutes waiting to be aggregated.
     pub pending_minutes: Gauge,
+    /// 1 while a write of the shipper's state or a checkpoint waits for
+    /// disk space.
+    pub state_disk_full: Gauge,
+    /// Tries of a state write that found the disk full.
+    pub state_disk_full_waits: Counter,
+    /// Position checks, each after fencing the earlier inserts of this host.
+    pub fences: Counter,
 }
 
 impl Metrics {
@@ -81,6 +88,9 @@ impl Metrics {
             watermark_delay_seconds: Gauge::default(),
             series_points: Counter::default(),
             pending_minutes: Gauge::default(),
+            state_disk_full: Gauge::default(),
+            state_disk_full_waits: Counter::default(),
+            fences: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("spoolhouse_shipper");
         r.register("batches", "Batches committed, by sink", m.batches.clone());
@@ -156,6 +166,21 @@ impl Metrics {
             "Minutes waiting to be aggregated",
             m.pending_minutes.clone(),
         );
+        r.register(
+            "state_disk_full",
+            "1 while a state write or checkpoint waits for disk space",
+            m.state_disk_full.clone(),
+        );
+        r.register(
+            "state_disk_full_waits",
+            "State writes or checkpoints that found the disk full and wait to be tried again",
+            m.state_disk_full_waits.clone(),
+        );
+        r.register(
+            "fences",
+            "Position checks, each after fencing this host's earlier inserts",
+            m.fences.clone(),
+        );
         m
     }
 }
@@ -185,16 +210,20 @@ pub struct Health {
     pub aggregation: Mutex<SinkHealth>,
     /// Schema problems found by the start-up check.
     pub schema_problems: Mutex<Vec<String>>,
+    /// What waits for disk space, while something does.
+    pub state_disk: Mutex<Option<String>>,
 }
 
 impl Health {
-    /// True when nothing is blocked and the schema matched.
+    /// True when nothing is blocked, the schema matched and no state write
+    /// waits for disk space.
     pub fn ok(&self) -> bool {
         let blocked = |m: &Mutex<SinkHealth>| {
             matches!(*m.lock().expect("health lock"), SinkHealth::Blocked(_))
         };
         !blocked(&self.clickhouse)
             && !blocked(&self.redis)
+            && self.state_disk.lock().expect("health lock").is_none()
             && self.schema_problems.lock().expect("health lock").is_empty()
     }
 
@@ -214,6 +243,10 @@ impl Health {
             "redis": sink(&self.redis.lock().expect("health lock")),
             "aggregation": sink(&self.aggregation.lock().expect("health lock")),
             "schema_problems": *self.schema_problems.lock().expect("health lock"),
+            "state_disk": match &*self.state_disk.lock().expect("health lock") {
+                None => serde_json::json!({"state": "ok"}),
+                Some(e) => serde_json::json!({"state": "full", "error": e}),
+            },
         })
     }
 }

@@ -5,10 +5,10 @@
 //! acknowledged. Neither waits for the other: Redis being down never holds
 //! up ClickHouse, and the spool keeps what the slower one still needs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,7 +25,7 @@ use crate::aggregate::{self, Pending, Progress};
 use crate::error::{Error, Result};
 use crate::intent::Intent;
 use crate::metrics::{label, Health, Metrics, SinkHealth};
-use crate::sink::Sink;
+use crate::sink::{IngestBody, Sink};
 use dc_config::state_store::{state_write, StateStore};
 
 /// Name of the spool reader feeding ClickHouse.
@@ -66,6 +66,8 @@ pub struct Shipper {
     guards: Guards,
     shutdown: Arc<AtomicBool>,
     progress: Progress,
+    /// The epoch rows carry now ([`crate::epoch`]); 0 until `run` took one.
+    epoch: AtomicU64,
 }
 
 /// One batch ready to insert: RowBinary rows and where each row's bytes are.
@@ -78,6 +80,24 @@ struct Batch {
     oldest_ms: u64,
     /// Minutes of events whose type has metrics: pending aggregation once inserted.
     minutes: BTreeSet<u32>,
+}
+
+/// The body of an insert into `events_ingest`: the batch's rows not in
+/// `held`, each followed by `epoch`; and the CRC32 of the rows without
+/// their epochs, as `events_local` gets them (the deduplication token's).
+fn ingest_body(batch: &Batch, held: Option<&HashSet<(u64, u64)>>, epoch: u64) -> (Vec<u8>, u32) {
+    let mut body = Vec::with_capacity(batch.body.len() + 8 * batch.rows.len());
+    let mut crc = crc32fast::Hasher::new();
+    for (pos, range) in &batch.rows {
+        if held.is_some_and(|h| h.contains(&(pos.segment, pos.offset))) {
+            continue;
+        }
+        let row = &batch.body[range.clone()];
+        crc.update(row);
+        body.extend_from_slice(row);
+        body.extend_from_slice(&epoch.to_le_bytes());
+    }
+    (body, crc.finalize())
 }
 
 fn now_ms() -> u64 {
@@ -106,6 +126,7 @@ impl Shipper {
             guards,
             shutdown,
             progress: Progress::default(),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -126,7 +147,11 @@ impl Shipper {
         *self.health.schema_problems.lock().expect("health lock") = problems;
         *self.progress.pending.lock().expect("progress lock") =
             Pending::load(&self.config.state_dir)?;
-        self.explain_registry_changes()?;
+        // A new epoch for this run, above every earlier run's.
+        if self.raise_epoch(0)?.is_none() {
+            return Ok(());
+        }
+        self.explain_registry_changes();
         let stateful = self.registry.event.values().any(|e| e.state.is_some());
         let aggregating = self.registry.event.values().any(|e| !e.metric.is_empty());
         // One thread per pipeline, each with its own handle on the runtime.
@@ -173,8 +198,9 @@ impl Shipper {
     }
 
     /// Logs what a registry change since the last run means for aggregation
-    /// and state, then remembers this registry.
-    fn explain_registry_changes(&self) -> Result<()> {
+    /// and state, then remembers this registry (best effort: failing to
+    /// remember it only loses the next run's explanation).
+    fn explain_registry_changes(&self) {
         let path = self.config.state_dir.join(aggregate::LAST_REGISTRY_FILE);
         let text = toml::to_string(&*self.registry).expect("a registry serializes");
         if let Ok(old_text) = std::fs::read_to_string(&path) {
@@ -189,7 +215,9 @@ impl Shipper {
                 }
             }
         }
-        std::fs::write(&path, text).map_err(|source| Error::State { path, source })
+        if let Err(e) = std::fs::write(&path, text) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot remember this registry; the next run will not explain changes to it");
+        }
     }
 
     /// Opens a named reader, waiting for the collector to create the spool
@@ -234,6 +262,57 @@ impl Shipper {
         Duration::from_millis((base as f64 * jitter) as u64)
     }
 
+    /// Runs a write of the shipper's state (or a spool checkpoint) until it
+    /// succeeds, waiting out a full disk: logged once per episode, shown in
+    /// `/metrics` and `/healthz`, over by itself when space returns
+    /// ([`crate::state`]). `None` on shutdown while waiting; other errors
+    /// are returned.
+    fn durably<T>(&self, what: &str, mut write: impl FnMut() -> Result<T>) -> Result<Option<T>> {
+        let mut attempt = 0u32;
+        loop {
+            match write() {
+                Ok(v) => {
+                    if attempt > 0 {
+                        tracing::info!(what, "the state disk has space again; going on");
+                        self.metrics.state_disk_full.set(0);
+                        *self.health.state_disk.lock().expect("health lock") = None;
+                    }
+                    return Ok(Some(v));
+                }
+                Err(e) if e.is_disk_full() => {
+                    if attempt == 0 {
+                        tracing::error!(error = %e, what, "no space left to write shipper state; waiting for space (nothing is lost, shipping resumes by itself)");
+                        self.metrics.state_disk_full.set(1);
+                        *self.health.state_disk.lock().expect("health lock") =
+                            Some(format!("{what}: {e}"));
+                    }
+                    self.metrics.state_disk_full_waits.inc();
+                    if !self.sleep(self.backoff(attempt.min(4))) {
+                        return Ok(None);
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes a new epoch above the current one and `floor`, saved before it
+    /// is used. `None` on shutdown while the disk is full.
+    fn raise_epoch(&self, floor: u64) -> Result<Option<u64>> {
+        let state = &self.config.state_dir;
+        let last = crate::epoch::load(state)?.max(self.epoch.load(Ordering::SeqCst));
+        let next = crate::epoch::next(last, floor, now_ms());
+        if self
+            .durably("epoch", || crate::epoch::save(state, next))?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        self.epoch.store(next, Ordering::SeqCst);
+        Ok(Some(next))
+    }
+
     // ---- ClickHouse ------------------------------------------------------
 
     /// Two stages overlap: this thread ships batch `k` while a preparing
@@ -259,24 +338,31 @@ impl Shipper {
                 .expect("spawning a thread");
             let result = (|| {
                 while let Ok(item) = rx.recv() {
-                    let (batch, is_replay) = item?;
-                    if !is_replay {
-                        batch.intent.save(&state, CLICKHOUSE_READER)?;
-                    }
+                    let (mut batch, verify) = item?;
                     self.metrics
                         .lag_frames
                         .get_or_create(&lag)
                         .set(i64::from(batch.intent.frames));
-                    if !self.ship(rt, &sink, &batch, is_replay)? {
+                    if !self.ship(rt, &sink, &mut batch, verify)? {
                         break;
                     }
                     // Pending minutes are saved before the checkpoint moves:
                     // a crash between the two replays the batch, never loses a minute.
-                    self.progress.add_minutes(&batch.minutes, &state)?;
-                    reader
-                        .lock()
-                        .expect("reader lock")
-                        .commit(batch.intent.end)?;
+                    let saved = self.durably("pending minutes", || {
+                        self.progress.add_minutes(&batch.minutes, &state)
+                    })?;
+                    let committed = saved.is_some()
+                        && self
+                            .durably("checkpoint", || {
+                                Ok(reader
+                                    .lock()
+                                    .expect("reader lock")
+                                    .commit(batch.intent.end)?)
+                            })?
+                            .is_some();
+                    if !committed {
+                        break;
+                    }
                     *self.progress.committed.lock().expect("progress lock") = batch.intent.end;
                     self.metrics.lag_frames.get_or_create(&lag).set(0);
                     self.metrics.lag_seconds.get_or_create(&lag).set(0.0);
@@ -297,7 +383,9 @@ impl Shipper {
 
     /// The preparing stage: plans batches (first the replay of a recorded
     /// intent, if one starts at the checkpoint), encodes them, and hands them
-    /// over; an error is handed over too, and ends the stage.
+    /// over with whether an earlier run may have sent them (then the
+    /// position check runs before they are sent); an error is handed over
+    /// too, and ends the stage.
     fn prepare(&self, reader: &Mutex<Reader>, tx: SyncSender<Result<(Batch, bool)>>) {
         let committed = reader.lock().expect("reader lock").committed();
         let mut replay = match Intent::load(&self.config.state_dir, CLICKHOUSE_READER) {
@@ -312,23 +400,32 @@ impl Shipper {
         let mut handed = committed;
         while !self.stopping() {
             let started = Instant::now();
+            // A recorded intent is replayed as it was; if the spool no longer
+            // holds its range, the batch planned instead starts at the same
+            // place and may overlap what was sent: it is checked on the
+            // replicas the intent names.
             let next = match replay.take() {
                 Some(i) => self.read_exact(reader, i).and_then(|r| match r {
-                    Some(records) => Ok(Some((records, true))),
-                    None => Ok(self.plan(reader, handed)?.map(|r| (r, false))),
+                    Some(records) => Ok(Some((records, Some(i.replicas)))),
+                    None => Ok(self.plan(reader, handed)?.map(|r| (r, Some(i.replicas)))),
                 }),
-                None => self.plan(reader, handed).map(|r| r.map(|r| (r, false))),
+                None => self.plan(reader, handed).map(|r| r.map(|r| (r, None))),
             };
             let item = match next {
                 Ok(None) => continue,
-                Ok(Some((records, is_replay))) => {
+                Ok(Some((records, earlier))) => {
                     let intent = Intent {
                         start: records[0].position,
                         end: records.last().expect("non-empty").next,
                         frames: records.len() as u32,
+                        replicas: earlier.unwrap_or(0),
                     };
                     handed = intent.end;
-                    let built = self.build(intent, &records).map(|b| (b, is_replay));
+                    let built = match self.build(intent, &records) {
+                        Ok(Some(b)) => Ok((b, earlier.is_some())),
+                        Ok(None) => return,
+                        Err(e) => Err(e),
+                    };
                     self.metrics
                         .prepare_seconds
                         .observe(started.elapsed().as_secs_f64());
@@ -428,7 +525,8 @@ impl Shipper {
 
     /// Decodes frames into rows; a frame that is not a record goes to the
     /// dead-letter folder (counted and logged), never silently away.
-    fn build(&self, intent: Intent, records: &[spooler::Record]) -> Result<Batch> {
+    /// `None` on shutdown while a dead letter waits for disk space.
+    fn build(&self, intent: Intent, records: &[spooler::Record]) -> Result<Option<Batch>> {
         let mut body = Vec::with_capacity(records.iter().map(|r| r.payload.len() + 32).sum());
         let mut rows = Vec::with_capacity(records.len());
         let mut events: Vec<String> = Vec::new();
@@ -469,10 +567,14 @@ impl Shipper {
                         minutes.insert(secs - secs % 60);
                     }
                 }
-                Err(e) => self.dead_letter(rec.position, &rec.payload, &e.to_string())?,
+                Err(e) => {
+                    if !self.dead_letter(rec.position, &rec.payload, &e.to_string())? {
+                        return Ok(None);
+                    }
+                }
             }
         }
-        Ok(Batch {
+        Ok(Some(Batch {
             intent,
             body,
             rows,
@@ -480,10 +582,12 @@ impl Shipper {
             time_range,
             oldest_ms,
             minutes,
-        })
+        }))
     }
 
-    fn dead_letter(&self, pos: Position, payload: &[u8], why: &str) -> Result<()> {
+    /// Keeps an undecodable frame in the dead-letter folder before its batch
+    /// can be committed. False on shutdown while the disk is full.
+    fn dead_letter(&self, pos: Position, payload: &[u8], why: &str) -> Result<bool> {
         let dir = self.config.state_dir.join("dead-letter");
         let path: PathBuf = dir.join(format!("{}-{}.bad", pos.segment, pos.offset));
         let write = || -> std::io::Result<()> {
@@ -492,51 +596,69 @@ impl Shipper {
             std::io::Write::write_all(&mut f, payload)?;
             f.sync_all()
         };
-        write().map_err(|source| Error::State {
-            path: path.clone(),
-            source,
+        let kept = self.durably("dead letter", || {
+            write().map_err(|source| Error::State {
+                path: path.clone(),
+                source,
+            })
         })?;
+        if kept.is_none() {
+            return Ok(false);
+        }
         self.metrics.dead_letters.inc();
         tracing::error!(segment = pos.segment, offset = pos.offset, reason = %why, file = %path.display(), "spool frame is not an event record; kept as a dead letter");
-        Ok(())
+        Ok(true)
     }
 
     /// Inserts `batch` until ClickHouse acknowledges it. Returns false on
-    /// shutdown before that (nothing is committed then). `replay`: the batch
-    /// may already be in ClickHouse.
+    /// shutdown before that (nothing is committed then). `verify`: an
+    /// earlier run may have sent the batch (a replay).
+    ///
+    /// Before each attempt the intent records the replica it goes to. Before
+    /// an attempt that may repeat an earlier one (a replay, or a retry after
+    /// an attempt that may have landed), and with the position check on,
+    /// [`Shipper::fence_and_check`] finds what the replicas already hold,
+    /// and only the rest is sent.
     fn ship(
         &self,
         rt: &tokio::runtime::Handle,
         sink: &Sink,
-        batch: &Batch,
-        replay: bool,
+        batch: &mut Batch,
+        verify: bool,
     ) -> Result<bool> {
-        if batch.rows.is_empty() {
-            return Ok(true);
-        }
+        let state = self.config.state_dir.clone();
         let shard = sink.shard_for(batch.intent.start);
-        let mut check = replay && self.guards.verify_positions;
+        let mut check = verify && self.guards.verify_positions;
         let lag = label("sink", "clickhouse");
+        let mut saved: Option<u32> = None;
         for attempt in 0u32.. {
+            let replica = attempt as usize % sink.replicas(shard);
+            let bit = 1u32 << replica.min(31);
+            let new_bit = batch.intent.replicas & bit == 0;
+            batch.intent.replicas |= bit;
+            // Saved before the first attempt (what a replay replays) and
+            // whenever an attempt may reach a replica not yet named.
+            if saved != Some(batch.intent.replicas) {
+                let intent = batch.intent;
+                if self
+                    .durably("batch intent", || intent.save(&state, CLICKHOUSE_READER))?
+                    .is_none()
+                {
+                    return Ok(false);
+                }
+                saved = Some(intent.replicas);
+            }
+            if batch.rows.is_empty() {
+                return Ok(true);
+            }
             self.metrics
                 .lag_seconds
                 .get_or_create(&lag)
                 .set(now_ms().saturating_sub(batch.oldest_ms) as f64 / 1000.0);
-            let replica = attempt as usize % sink.replicas(shard);
             let started = Instant::now();
             let result = rt.block_on(async {
-                let body = if check {
-                    let events: Vec<&str> = batch.events.iter().map(String::as_str).collect();
-                    let held = sink
-                        .held_positions(
-                            shard,
-                            replica,
-                            batch.intent.start,
-                            batch.intent.end,
-                            &events,
-                            batch.time_range,
-                        )
-                        .await?;
+                let held = if check {
+                    let held = self.fence_and_check(sink, shard, batch).await?;
                     self.metrics.replay_rows_skipped.inc_by(held.len() as u64);
                     if !held.is_empty() {
                         tracing::info!(
@@ -545,28 +667,24 @@ impl Shipper {
                             "ClickHouse already holds part of this batch; sending only the rest"
                         );
                     }
-                    let mut b = Vec::with_capacity(batch.body.len());
-                    for (pos, range) in &batch.rows {
-                        if !held.contains(&(pos.segment, pos.offset)) {
-                            b.extend_from_slice(&batch.body[range.clone()]);
-                        }
-                    }
-                    b
+                    Some(held)
                 } else {
-                    batch.body.clone()
+                    None
                 };
+                let epoch = self.epoch.load(Ordering::SeqCst);
+                let (body, rows_crc) = ingest_body(batch, held.as_ref(), epoch);
                 if body.is_empty() {
                     return Ok(0);
                 }
                 let n = body.len();
-                sink.insert(
-                    shard,
-                    replica,
-                    (batch.intent.start, batch.intent.end),
-                    Bytes::from(body),
-                    self.guards.deduplicate,
-                )
-                .await?;
+                let body = IngestBody {
+                    range: (batch.intent.start, batch.intent.end),
+                    epoch,
+                    rows: Bytes::from(body),
+                    rows_crc,
+                };
+                sink.insert(shard, replica, body, self.guards.deduplicate)
+                    .await?;
                 Ok::<usize, Error>(n)
             });
             match result {
@@ -580,14 +698,23 @@ impl Shipper {
                     *self.health.clickhouse.lock().expect("health lock") = SinkHealth::Ok;
                     return Ok(true);
                 }
+                Err(Error::Stopping) => return Ok(false),
                 Err(e) => {
                     self.metrics
                         .errors
                         .get_or_create(&label("kind", e.kind()))
                         .inc();
-                    // An attempt that failed may still have landed (an answer
-                    // lost on the way back): look before sending again.
-                    check = self.guards.verify_positions;
+                    // A refused connection sent nothing: that replica need
+                    // not be fenced for it (the saved intent may still name
+                    // it, which only costs a look). Any other failed attempt
+                    // may still land: look before sending again.
+                    if matches!(e, Error::ClickHouse { unsent: true, .. }) {
+                        if new_bit {
+                            batch.intent.replicas &= !bit;
+                        }
+                    } else {
+                        check = self.guards.verify_positions;
+                    }
                     let delay = if e.retriable() {
                         tracing::warn!(error = %e, attempt, shard = shard + 1, "insert failed; retrying");
                         *self.health.clickhouse.lock().expect("health lock") =
@@ -607,6 +734,80 @@ impl Shipper {
             }
         }
         unreachable!("the attempt counter does not run out")
+    }
+
+    /// The position check, exact under any timing of earlier attempts
+    /// (docs/adr/0009-fenced-inserts.md). On every replica the intent
+    /// names: raise this host's fence to a new epoch (an insert of an older
+    /// epoch reaching the replica from then on stores nothing), wait until
+    /// none of this host's inserts runs there (those that started before
+    /// the fence have landed or failed), then read which of the batch's
+    /// positions it holds. Returns the union.
+    async fn fence_and_check(
+        &self,
+        sink: &Sink,
+        shard: usize,
+        batch: &Batch,
+    ) -> Result<HashSet<(u64, u64)>> {
+        let replicas: Vec<usize> = (0..sink.replicas(shard))
+            .filter(|r| batch.intent.replicas & (1u32 << (*r).min(31)) != 0)
+            .collect();
+        let mut floor = 0;
+        let epoch = loop {
+            let Some(epoch) = self.raise_epoch(floor)? else {
+                return Err(Error::Stopping);
+            };
+            let mut above = 0;
+            for &r in &replicas {
+                above = above.max(sink.fence(shard, r, epoch).await?);
+            }
+            if above <= epoch {
+                break epoch;
+            }
+            tracing::warn!(epoch, fence = above, "a replica fences this host above the new epoch (state folder lost and the clock set back?); taking a higher one");
+            floor = above;
+        };
+        self.metrics.fences.inc();
+        let timeout = Duration::from_millis(self.config.limits.clickhouse_timeout_ms);
+        let mut held = HashSet::new();
+        for &r in &replicas {
+            let since = Instant::now();
+            loop {
+                let running = sink.inserts_running(shard, r).await?;
+                if running == 0 {
+                    break;
+                }
+                if since.elapsed() > timeout || self.stopping() {
+                    return Err(Error::ClickHouse {
+                        url: sink.url(shard, r).to_string(),
+                        message: format!("{running} earlier insert(s) of this host still running after {timeout:?}; the position check waits for them"),
+                        retriable: true,
+                        kind: "fence",
+                        unsent: true,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let events: Vec<&str> = batch.events.iter().map(String::as_str).collect();
+            held.extend(
+                sink.held_positions(
+                    shard,
+                    r,
+                    batch.intent.start,
+                    batch.intent.end,
+                    &events,
+                    batch.time_range,
+                )
+                .await?,
+            );
+        }
+        tracing::debug!(
+            epoch,
+            ?replicas,
+            held = held.len(),
+            "fenced earlier inserts and checked positions"
+        );
+        Ok(held)
     }
 
     // ---- Aggregation --------------------------------------------------------
@@ -641,7 +842,14 @@ impl Shipper {
                 if !self.aggregate_minute(rt, &sink, &weights, minute)? {
                     return Ok(());
                 }
-                self.progress.done(minute, touches, state)?;
+                if self
+                    .durably("pending minutes", || {
+                        self.progress.done(minute, touches, state)
+                    })?
+                    .is_none()
+                {
+                    return Ok(());
+                }
             }
         }
         Ok(())
@@ -659,7 +867,12 @@ impl Shipper {
     ) -> Result<bool> {
         let shard = aggregate::shard_for_minute(weights, minute);
         for attempt in 0u32.. {
-            let version = self.progress.reserve_version(&self.config.state_dir)?;
+            let Some(version) = self.durably("aggregation version", || {
+                self.progress.reserve_version(&self.config.state_dir)
+            })?
+            else {
+                return Ok(false);
+            };
             let statements =
                 aggregate::minute_statements(&self.config, &self.registry, minute, version);
             let replica = attempt as usize % sink.replicas(shard);
@@ -729,7 +942,12 @@ impl Shipper {
         while !self.stopping() {
             if let Some(p) = done {
                 if last_commit.elapsed() >= REDIS_COMMIT_INTERVAL {
-                    reader.commit(p)?;
+                    if self
+                        .durably("checkpoint", || Ok(reader.commit(p)?))?
+                        .is_none()
+                    {
+                        return Ok(());
+                    }
                     done = None;
                     last_commit = Instant::now();
                 }
@@ -812,7 +1030,13 @@ impl Shipper {
                 .inc();
         }
         if let Some(p) = done {
-            reader.commit(p)?;
+            // At shutdown a full disk only means this stretch is redone.
+            match reader.commit(p) {
+                Err(e) if e.is_disk_full() => {
+                    tracing::warn!(error = %e, "no space for the Redis checkpoint at shutdown; the last second of state writes will be redone")
+                }
+                other => other?,
+            }
         }
         Ok(())
     }

@@ -8,15 +8,22 @@
 //! `replicated_deduplication_window` blocks (100 on 18.16).
 //! Guard 2, position check: before a batch is sent again (a replay after a
 //! restart, or a retry after an answer that never came), the shipper asks
-//! the replica which of the batch's spool positions it already holds and
-//! sends only the others — this one needs no window.
+//! the replicas the batch may have reached which of its spool positions they
+//! already hold and sends only the others — this one needs no window. It is
+//! exact only if no earlier attempt can still land after the question, and a
+//! killed shipper's insert can: ClickHouse finishes it (18.16 even commits a
+//! body cut short at a row boundary), possibly after the answer. So rows go
+//! through `events_ingest`, whose view drops rows of an epoch below the
+//! host's fence; before the question the shipper raises the fence on those
+//! replicas and waits until none of its inserts runs there
+//! (docs/adr/0009-fenced-inserts.md).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dc_config::render::ddl::table;
-use dc_config::row::EVENT_COLUMNS;
+use dc_config::row::{EVENT_COLUMNS, INGEST_COLUMNS};
 use dc_config::services::{InsertCompression, ShipperConfig};
 use dc_config::sql::quote_str;
 
@@ -55,6 +62,7 @@ pub fn error_code(text: &str) -> Option<u32> {
 fn classify(url: &str, e: clickhouse::error::Error) -> Error {
     use clickhouse::error::Error as E;
     let message = e.to_string();
+    let unsent = matches!(&e, E::Network(inner) if refused(inner.as_ref()));
     let (retriable, kind) = match &e {
         E::Network(_) => (true, "network"),
         E::TimedOut => (true, "timeout"),
@@ -71,7 +79,23 @@ fn classify(url: &str, e: clickhouse::error::Error) -> Error {
         message,
         retriable,
         kind,
+        unsent,
     }
+}
+
+/// Whether a network error is a refused connection: the request never
+/// reached a server, so it cannot land later.
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 struct Shard {
@@ -89,23 +113,32 @@ pub fn parse_version(v: &str) -> Option<(u32, u32)> {
 }
 
 /// The deduplication token of a batch body: its spool range and a checksum
-/// of the exact rows sent, so a replay of the same rows is dropped and a
-/// replay of fewer rows (after the position check) is not.
+/// (`rows_crc`, CRC32 of the rows' `events_local` bytes, epochs left out) of
+/// the exact rows sent, so a replay of the same rows is dropped and a replay
+/// of fewer rows (after the position check) is not.
 pub fn dedup_token(
     dc: &str,
     host: &str,
     start: spooler::Position,
     end: spooler::Position,
-    rows: &[u8],
+    rows_crc: u32,
 ) -> String {
     format!(
         "{dc}/{host}/{}:{}-{}:{}/{:08x}",
-        start.segment,
-        start.offset,
-        end.segment,
-        end.offset,
-        crc32fast::hash(rows)
+        start.segment, start.offset, end.segment, end.offset, rows_crc
     )
+}
+
+/// What one insert sends.
+pub struct IngestBody {
+    /// The batch's spool range.
+    pub range: (spooler::Position, spooler::Position),
+    /// The epoch after every row.
+    pub epoch: u64,
+    /// RowBinary rows in [`INGEST_COLUMNS`].
+    pub rows: Bytes,
+    /// CRC32 of the rows without their epochs (the deduplication token's).
+    pub rows_crc: u32,
 }
 
 /// This datacenter's shards, as the shipper writes to them.
@@ -243,6 +276,7 @@ impl Sink {
             message: format!("expected a number, got {body:?}"),
             retriable: true,
             kind: "server",
+            unsent: false,
         })
     }
 
@@ -260,35 +294,96 @@ impl Sink {
         &self.shards[shard].replicas[replica].1
     }
 
-    /// Inserts RowBinary `rows` (columns as [`EVENT_COLUMNS`]) into
-    /// `events_local` on one replica. `deduplicate` is on in service; tests
-    /// turn it off to show the position check alone keeps replays single.
+    /// The `query_id` prefix of every insert of this shipper: what
+    /// [`Sink::inserts_running`] looks for. `/` cannot occur in a DC or host
+    /// name, so no other host's prefix starts with this one.
+    fn insert_id_prefix(&self) -> String {
+        format!("spoolhouse/insert/{}/{}/", self.dc, self.host)
+    }
+
+    /// Inserts RowBinary `rows` (columns as [`INGEST_COLUMNS`]: each row
+    /// ends in the shipper's epoch) into `events_ingest` on one replica,
+    /// whose view passes them on to `events_local` unless the host is fenced
+    /// above `epoch`. `deduplicate` is on in service; tests turn it off to
+    /// show the position check alone keeps replays single.
     pub async fn insert(
         &self,
         shard: usize,
         replica: usize,
-        range: (spooler::Position, spooler::Position),
-        rows: Bytes,
+        body: IngestBody,
         deduplicate: bool,
     ) -> Result<()> {
+        let IngestBody {
+            range,
+            epoch,
+            rows,
+            rows_crc,
+        } = body;
         let url = self.url(shard, replica).to_string();
         let sql = format!(
-            "INSERT INTO {}.{} ({EVENT_COLUMNS}) FORMAT RowBinary",
+            "INSERT INTO {}.{} ({INGEST_COLUMNS}) FORMAT RowBinary",
             self.database,
-            table::EVENTS_LOCAL
+            table::EVENTS_INGEST
+        );
+        let query_id = format!(
+            "{}{epoch}/{}:{}",
+            self.insert_id_prefix(),
+            range.0.segment,
+            range.0.offset
         );
         let mut insert = self
             .client(shard, replica)
             .insert_formatted_with(sql)
+            .with_setting("query_id", query_id)
             .with_setting("insert_deduplicate", if deduplicate { "1" } else { "0" })
             .with_timeouts(Some(self.timeout), Some(self.timeout));
-        // Newer servers take an explicit token; 18.16 hashes the block.
+        // Newer servers take an explicit token; 18.16 hashes the block. The
+        // token covers the rows without their epoch, as the block the view
+        // writes does.
         if deduplicate && self.supports_token(shard, replica).await {
-            let token = dedup_token(&self.dc, &self.host, range.0, range.1, &rows);
+            let token = dedup_token(&self.dc, &self.host, range.0, range.1, rows_crc);
             insert = insert.with_setting("insert_deduplication_token", token);
         }
         insert.send(rows).await.map_err(|e| classify(&url, e))?;
         insert.end().await.map_err(|e| classify(&url, e))
+    }
+
+    /// Raises this host's fence on one replica to `below`: from the moment
+    /// this returns, an insert of an epoch under `below` that reaches the
+    /// replica stores nothing. Returns the replica's fence for this host,
+    /// which is above `below` only if some shipper of this host used a
+    /// higher epoch (state lost and the clock set back): the caller then
+    /// raises its epoch above it.
+    pub async fn fence(&self, shard: usize, replica: usize, below: u64) -> Result<u64> {
+        let (dc, host) = (quote_str(&self.dc), quote_str(&self.host));
+        let db = &self.database;
+        let fences = table::SHIPPER_FENCES;
+        self.execute(
+            shard,
+            replica,
+            &format!("INSERT INTO {db}.{fences} (dc, host, below) VALUES ({dc}, {host}, {below})"),
+        )
+        .await?;
+        self.query_u64(
+            shard,
+            replica,
+            &format!("SELECT max(below) FROM {db}.{fences} WHERE dc = {dc} AND host = {host}"),
+        )
+        .await
+    }
+
+    /// How many inserts of this shipper (of any epoch, from any of its
+    /// runs) the replica is executing right now.
+    pub async fn inserts_running(&self, shard: usize, replica: usize) -> Result<u64> {
+        self.query_u64(
+            shard,
+            replica,
+            &format!(
+                "SELECT count() FROM system.processes WHERE startsWith(query_id, {})",
+                quote_str(&self.insert_id_prefix())
+            ),
+        )
+        .await
     }
 
     /// Which spool positions in `[start, end)` of this DC's host the replica
@@ -346,14 +441,25 @@ impl Sink {
     }
 
     /// Proves the insert path of every replica, not merely that a server
-    /// answers: `events_local` exists with exactly the columns the shipper
-    /// writes, in order. Returns the problems found.
+    /// answers: `events_ingest` exists with exactly the columns the shipper
+    /// writes, in order, and so do its view into `events_local`, that table
+    /// and the fence table (without the view an insert would succeed and
+    /// store nothing). Returns the problems found.
     pub async fn check_schema(&self) -> Vec<String> {
-        let want: Vec<&str> = EVENT_COLUMNS.split(", ").collect();
+        let want_ingest: Vec<&str> = INGEST_COLUMNS.split(", ").collect();
+        let want_local: Vec<&str> = EVENT_COLUMNS.split(", ").collect();
+        let needed = [
+            table::EVENTS_INGEST_MV,
+            table::SHIPPER_FENCES,
+            table::EVENTS_LOCAL,
+        ];
         let sql = format!(
-            "SELECT name FROM system.columns WHERE database = {} AND table = {} FORMAT TSV",
-            quote_str(&self.database),
-            quote_str(table::EVENTS_LOCAL)
+            "SELECT table, name FROM system.columns WHERE database = {db} AND table IN ({}, {}) \
+             UNION ALL SELECT name, '' FROM system.tables WHERE database = {db} AND name IN ({}) FORMAT TSV",
+            quote_str(table::EVENTS_INGEST),
+            quote_str(table::EVENTS_LOCAL),
+            needed.map(quote_str).join(", "),
+            db = quote_str(&self.database),
         );
         let mut problems = Vec::new();
         for (s, shard) in self.shards.iter().enumerate() {
@@ -362,32 +468,68 @@ impl Sink {
                     let mut c = client.query(&sql).fetch_bytes("TSV")?;
                     c.collect().await
                 };
-                match tokio::time::timeout(self.timeout, got).await {
-                    Ok(Ok(body)) => {
-                        let text = String::from_utf8_lossy(&body);
-                        let cols: Vec<&str> = text.lines().collect();
-                        if cols != want {
-                            problems.push(format!(
-                                "shard {} replica {url}: {}.{} has columns [{}], the shipper writes [{}]; apply the schema from `spoolhouse config render`",
-                                s + 1,
-                                self.database,
-                                table::EVENTS_LOCAL,
-                                cols.join(", "),
-                                want.join(", ")
-                            ));
-                        }
+                let at = format!("shard {} replica {url}", s + 1);
+                let body = match tokio::time::timeout(self.timeout, got).await {
+                    Ok(Ok(body)) => body,
+                    Ok(Err(e)) => {
+                        problems.push(format!("{at}: {e}"));
+                        continue;
                     }
-                    Ok(Err(e)) => problems.push(format!("shard {} replica {url}: {e}", s + 1)),
-                    Err(_) => problems.push(format!(
-                        "shard {} replica {url}: no answer within {:?}",
-                        s + 1,
-                        self.timeout
-                    )),
-                }
+                    Err(_) => {
+                        problems.push(format!("{at}: no answer within {:?}", self.timeout));
+                        continue;
+                    }
+                };
+                problems.extend(schema_problems(
+                    &at,
+                    &self.database,
+                    &String::from_utf8_lossy(&body),
+                    &needed,
+                    &[
+                        (table::EVENTS_INGEST, &want_ingest),
+                        (table::EVENTS_LOCAL, &want_local),
+                    ],
+                ));
             }
         }
         problems
     }
+}
+
+/// The problems in one replica's answer to the schema question: `(table,
+/// column)` lines for the tables in `columns`, `(name, "")` for each table
+/// of `needed` that exists.
+fn schema_problems(
+    at: &str,
+    db: &str,
+    answer: &str,
+    needed: &[&str],
+    columns: &[(&str, &[&str])],
+) -> Vec<String> {
+    let lines: Vec<(&str, &str)> = answer.lines().filter_map(|l| l.split_once('\t')).collect();
+    let mut problems = Vec::new();
+    for name in needed {
+        if !lines.iter().any(|(t, c)| t == name && c.is_empty()) {
+            problems.push(format!(
+                "{at}: {db}.{name} is missing; apply the schema from `spoolhouse config render`"
+            ));
+        }
+    }
+    for (table, want) in columns {
+        let got: Vec<&str> = lines
+            .iter()
+            .filter(|(t, c)| t == table && !c.is_empty())
+            .map(|(_, c)| *c)
+            .collect();
+        if got != *want {
+            problems.push(format!(
+                "{at}: {db}.{table} has columns [{}], the shipper needs [{}]; apply the schema from `spoolhouse config render`",
+                got.join(", "),
+                want.join(", ")
+            ));
+        }
+    }
+    problems
 }
 
 #[cfg(test)]
@@ -405,10 +547,24 @@ mod tests {
             spooler::Position::new(3, 32),
             spooler::Position::new(3, 900),
         );
-        let t = dedup_token("dc1", "h", a, b, b"rows");
-        assert_eq!(t, dedup_token("dc1", "h", a, b, b"rows"));
-        assert_ne!(t, dedup_token("dc1", "h", a, b, b"row"));
+        let t = dedup_token("dc1", "h", a, b, 7);
+        assert_eq!(t, dedup_token("dc1", "h", a, b, 7));
+        assert_ne!(t, dedup_token("dc1", "h", a, b, 8));
         assert!(t.starts_with("dc1/h/3:32-3:900/"));
+    }
+
+    #[test]
+    fn schema_answers_are_read() {
+        let cols = [("t", &["a", "b"][..])];
+        let ok = "t\ta\nt\tb\nmv\t\n";
+        assert!(schema_problems("r", "db", ok, &["mv"], &cols).is_empty());
+        let p = schema_problems("r", "db", "t\ta\n", &["mv"], &cols);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("db.mv is missing"), "{p:?}");
+        assert!(
+            p[1].contains("has columns [a], the shipper needs [a, b]"),
+            "{p:?}"
+        );
     }
 
     #[test]

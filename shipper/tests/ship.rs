@@ -620,3 +620,206 @@ fn state_goes_to_a_redis_cluster_split_by_slot() {
     });
     running.stop();
 }
+
+/// An insert a killed shipper left behind, played by the test over raw
+/// HTTP: the request as the shipper sends it (`events_ingest`, chunked
+/// RowBinary, an older epoch), held at a chosen point.
+struct Orphan {
+    stream: std::net::TcpStream,
+    body: Vec<u8>,
+}
+
+impl Orphan {
+    /// Sends the request head; with `with_body`, also the whole body except
+    /// the chunked encoding's last chunk, so the server runs the insert and
+    /// waits for the rest. (ClickHouse 18.16 starts an insert once it has
+    /// read 1 MiB of the body, or all of it: a smaller body of a killed
+    /// shipper starts only when the connection closes.)
+    fn start(replica_url: &str, rows: &[u8], query_id: &str, with_body: bool) -> Self {
+        use std::io::Write;
+        let addr = replica_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let query = format!(
+            "INSERT INTO spoolhouse.events_ingest ({}) FORMAT RowBinary",
+            dc_config::row::INGEST_COLUMNS
+        );
+        let enc: String = query
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        write!(
+            stream,
+            "POST /?query={enc}&insert_deduplicate=0&query_id={query_id} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .unwrap();
+        let body = format!("{:x}\r\n", rows.len()).into_bytes();
+        let mut o = Self {
+            stream,
+            body: [body, rows.to_vec(), b"\r\n".to_vec()].concat(),
+        };
+        if with_body {
+            o.stream.write_all(&o.body).unwrap();
+            o.body.clear();
+        }
+        o
+    }
+
+    /// Sends the rest and the end of the body; returns the status line.
+    fn finish(mut self) -> String {
+        use std::io::{Read, Write};
+        self.stream.write_all(&self.body).unwrap();
+        self.stream.write_all(b"0\r\n\r\n").unwrap();
+        let mut buf = [0u8; 4096];
+        let n = self.stream.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// The spool of `cfg` with `n` votes, and the state a shipper killed
+/// while inserting all of them as one batch leaves: its intent (replica 1 of
+/// the batch's shard), no checkpoint. Returns the replica's URL and the
+/// batch's rows with `epoch` after each, as that shipper sent them.
+fn killed_mid_insert(cfg: &ShipperConfig, epoch: u64, n: u64) -> (String, Vec<u8>) {
+    let spool = open_spool(cfg);
+    let frames: Vec<Vec<u8>> = (0..n).map(vote).collect();
+    spool.append(&frames).unwrap();
+    let mut reader = spooler::Reader::open(&cfg.spool_dir, "test-probe").unwrap();
+    let mut records = Vec::new();
+    while (records.len() as u64) < n {
+        records.extend(reader.next(n as usize, usize::MAX).unwrap());
+    }
+    let intent = shipper::intent::Intent {
+        start: records[0].position,
+        end: records.last().unwrap().next,
+        frames: n as u32,
+        replicas: 1,
+    };
+    std::fs::create_dir_all(&cfg.state_dir).unwrap();
+    intent
+        .save(&cfg.state_dir, shipper::ship::CLICKHOUSE_READER)
+        .unwrap();
+    let mut rows = Vec::new();
+    for r in &records {
+        let ev = Record::decode(&r.payload).unwrap().event;
+        let pos = dc_config::row::SpoolPosition {
+            segment: r.position.segment,
+            offset: r.position.offset,
+        };
+        dc_config::row::EventRow::new(&ev, &cfg.dc, &cfg.host, pos).write_row_binary(&mut rows);
+        rows.extend_from_slice(&epoch.to_le_bytes());
+    }
+    let sink = shipper::sink::Sink::new(cfg);
+    let shard = sink.shard_for(intent.start);
+    (sink.url(shard, 0).to_string(), rows)
+}
+
+/// The root of the duplicates the crash campaign found with the position
+/// check alone: a killed shipper's insert that ClickHouse runs after the
+/// restarted shipper asked which positions it holds. Both timings: the
+/// insert reaches the server only after the replay (a request still in
+/// flight), and the insert is running on the server while the replay starts.
+#[test]
+fn an_insert_of_a_killed_shipper_never_lands_beside_its_replay() {
+    let cluster = launch();
+    let only_positions = Guards {
+        verify_positions: true,
+        deduplicate: false,
+    };
+    let host_config = |host: &str| {
+        let mut cfg = config(&cluster, "dc1");
+        cfg.host = host.to_string();
+        cfg.spool_dir = cfg.spool_dir.with_file_name(format!("spool-{host}"));
+        cfg.state_dir = cfg.state_dir.with_file_name(format!("shipper-{host}"));
+        cfg.limits.clickhouse_timeout_ms = 3_000;
+        cfg
+    };
+    let old_epoch = 1;
+
+    // Arrives late: only the request head is on the server when the
+    // restarted shipper replays the batch; the body comes after.
+    let cfg = host_config("h-orphan-late");
+    let (url, rows) = killed_mid_insert(&cfg, old_epoch, 1_000);
+    let orphan = Orphan::start(
+        &url,
+        &rows,
+        "spoolhouse/insert/dc1/h-orphan-late/1/x",
+        false,
+    );
+    let running = Running::start(cfg.clone(), only_positions.clone());
+    wait_for("the replay", Duration::from_secs(30), || {
+        counts(&cluster, "h-orphan-late").0 >= 1_000
+    });
+    running.stop();
+    let status = orphan.finish();
+    assert!(
+        status.contains("200"),
+        "the late insert was taken: {status}"
+    );
+    assert_eq!(counts(&cluster, "h-orphan-late"), (1_000, 1_000));
+    // Control: the same late insert with the epoch the shipper now has
+    // would have doubled every row — the fence is what dropped it.
+    let epoch: u64 = std::fs::read_to_string(cfg.state_dir.join("clickhouse.epoch"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (_, current) = {
+        let mut c = cfg.clone();
+        c.spool_dir = c.spool_dir.with_file_name("spool-h-orphan-late-control");
+        c.state_dir = c.state_dir.with_file_name("shipper-h-orphan-late-control");
+        killed_mid_insert(&c, epoch, 1_000)
+    };
+    let control = Orphan::start(&url, &current, "control", true).finish();
+    assert!(control.contains("200"), "{control}");
+    assert_eq!(counts(&cluster, "h-orphan-late").0, 2_000);
+
+    // Running: a body over 1 MiB is on the server, the insert runs and
+    // waits for the end of it while the restarted shipper starts; it ends a
+    // second later.
+    let cfg = host_config("h-orphan-running");
+    let (url, rows) = killed_mid_insert(&cfg, old_epoch, 15_000);
+    assert!(rows.len() > 1 << 20);
+    let orphan = Orphan::start(
+        &url,
+        &rows,
+        "spoolhouse/insert/dc1/h-orphan-running/1/x",
+        true,
+    );
+    let server = dc_config::local::probe::ClickHouseHttp::new(url.clone(), Duration::from_secs(5));
+    wait_for("the insert to run", Duration::from_secs(10), || {
+        server
+            .query("SELECT count() FROM system.processes WHERE query_id LIKE '%h-orphan-running%' FORMAT TSV")
+            .unwrap()
+            .trim()
+            == "1"
+    });
+    let running = Running::start(cfg.clone(), only_positions);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        counts(&cluster, "h-orphan-running").0,
+        0,
+        "the replay waits while an earlier insert runs"
+    );
+    let status = orphan.finish();
+    assert!(status.contains("200"), "{status}");
+    wait_for("the replay", Duration::from_secs(30), || {
+        running
+            .metrics
+            .batches
+            .get_or_create(&shipper::metrics::label("sink", "clickhouse"))
+            .get()
+            >= 1
+    });
+    assert!(running.metrics.fences.get() >= 1);
+    running.stop();
+    assert_eq!(counts(&cluster, "h-orphan-running"), (15_000, 15_000));
+}

@@ -128,8 +128,9 @@ impl Error {
 /// Shorthand for the spooler's results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Whether `e` says the disk (or the user's disk quota) is full.
-pub(crate) fn is_disk_full(e: &io::Error) -> bool {
+/// Whether `e` says the disk (or the user's disk quota) is full: the one
+/// test of it, for the spool and for every service writing state beside it.
+pub fn is_disk_full(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded

@@ -6,12 +6,21 @@
 //! - `events_local`: the generic events table (ReplicatedMergeTree, so a
 //!   replayed insert block is deduplicated); `events_dc` over this DC's
 //!   cluster and `events_all` over every DC (Distributed).
+//! - `events_ingest` (Null) and `events_ingest_mv`: the shipper's door into
+//!   `events_local`. Each row carries its shipper's epoch; the view passes
+//!   only rows whose epoch is at least the host's fence in `shipper_fences`
+//!   (a plain MergeTree on each server, not replicated: a fence holds on the
+//!   server it was written to). A restarted shipper raises the fence before
+//!   it asks which positions a replica holds, so an insert of a killed
+//!   shipper that reaches the server after that question stores nothing
+//!   (docs/adr/0009-fenced-inserts.md).
 //! - `metric_states_local`: per-minute aggregate states, one row per
 //!   (metric series, minute, DC, aggregation round); the highest `version`
 //!   of a minute replaces earlier rounds, so late events re-aggregate it.
 //! - `series_local`: (date, metric hash, time, value) fed by `series_mv`.
 
 use crate::registry::Registry;
+use crate::row::{EVENT_COLUMNS, SHIPPER_EPOCH};
 use crate::sql::quote_str;
 use crate::topology::{Datacenter, Topology};
 
@@ -19,6 +28,14 @@ use crate::topology::{Datacenter, Topology};
 pub mod table {
     /// The generic events table on each server.
     pub const EVENTS_LOCAL: &str = "events_local";
+    /// What the shipper inserts into: a Null table whose view passes the
+    /// rows of unfenced epochs on to [`EVENTS_LOCAL`].
+    pub const EVENTS_INGEST: &str = "events_ingest";
+    /// The view from [`EVENTS_INGEST`] to [`EVENTS_LOCAL`].
+    pub const EVENTS_INGEST_MV: &str = "events_ingest_mv";
+    /// Per server: `(dc, host, below)`, rows of epochs below `below` from
+    /// that host are dropped by [`EVENTS_INGEST_MV`].
+    pub const SHIPPER_FENCES: &str = "shipper_fences";
     /// Distributed over this DC's cluster.
     pub const EVENTS_DC: &str = "events_dc";
     /// Distributed over every DC.
@@ -128,6 +145,19 @@ fn keyed_state_statements(
     ]
 }
 
+/// The columns of `events_local` with their types, one per line, in
+/// [`EVENT_COLUMNS`] order (`events_ingest` has them too, and one more).
+const EVENT_COLUMN_TYPES: &str = "    event String,
+    date Date,
+    time DateTime,
+    time_ms UInt64,
+    dc String,
+    host String,
+    attr_names Array(String),
+    attr_values Array(String),
+    spool_segment UInt64,
+    spool_offset UInt64";
+
 /// Every statement, in the order to run them, for the servers of `dc`.
 pub fn statements(topology: &Topology, dc: &Datacenter, registry: &Registry) -> Vec<String> {
     use table::*;
@@ -144,21 +174,32 @@ pub fn statements(topology: &Topology, dc: &Datacenter, registry: &Registry) -> 
     let mut out = vec![
         format!("CREATE DATABASE IF NOT EXISTS {db}"),
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.{EVENTS_LOCAL} (\n\
-             \x20   event String,\n\
-             \x20   date Date,\n\
-             \x20   time DateTime,\n\
-             \x20   time_ms UInt64,\n\
-             \x20   dc String,\n\
-             \x20   host String,\n\
-             \x20   attr_names Array(String),\n\
-             \x20   attr_values Array(String),\n\
-             \x20   spool_segment UInt64,\n\
-             \x20   spool_offset UInt64\n\
+            "CREATE TABLE IF NOT EXISTS {db}.{EVENTS_LOCAL} (\n{EVENT_COLUMN_TYPES}\n\
              ) ENGINE = ReplicatedMergeTree({})\n\
              PARTITION BY toYYYYMM(date)\n\
              ORDER BY (event, time, host, spool_segment, spool_offset)",
             zk(EVENTS_LOCAL)
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{SHIPPER_FENCES} (\n\
+             \x20   dc String,\n\
+             \x20   host String,\n\
+             \x20   below UInt64,\n\
+             \x20   at DateTime DEFAULT now()\n\
+             ) ENGINE = MergeTree\n\
+             ORDER BY (dc, host, below)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{EVENTS_INGEST} (\n{EVENT_COLUMN_TYPES},\n\
+             \x20   {SHIPPER_EPOCH} UInt64\n\
+             ) ENGINE = Null"
+        ),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{EVENTS_INGEST_MV} TO {db}.{EVENTS_LOCAL} AS\n\
+             SELECT {EVENT_COLUMNS}\n\
+             FROM {db}.{EVENTS_INGEST}\n\
+             ANY LEFT JOIN (SELECT dc, host, max(below) AS fence_below FROM {db}.{SHIPPER_FENCES} GROUP BY dc, host) USING (dc, host)\n\
+             WHERE {SHIPPER_EPOCH} >= fence_below"
         ),
         distributed(EVENTS_DC, cluster, EVENTS_LOCAL),
         distributed(EVENTS_ALL, global, EVENTS_LOCAL),
