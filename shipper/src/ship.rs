@@ -226,7 +226,11 @@ impl Shipper {
         let mut waited = false;
         loop {
             if Reader::spool_exists(&self.config.spool_dir) {
-                return Ok(Some(Reader::open(&self.config.spool_dir, name)?));
+                // A new reader writes its first checkpoint: on a full disk,
+                // that waits for space like every other state write.
+                return self.durably("checkpoint", || {
+                    Ok(Reader::open(&self.config.spool_dir, name)?)
+                });
             }
             if !waited {
                 tracing::info!(spool = %self.config.spool_dir.display(), "waiting for the collector to create the spool");

@@ -823,3 +823,101 @@ fn an_insert_of_a_killed_shipper_never_lands_beside_its_replay() {
     running.stop();
     assert_eq!(counts(&cluster, "h-orphan-running"), (15_000, 15_000));
 }
+
+/// A tmpfs of `bytes` mounted on `dir` (root only), unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, bytes: u64) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs on {} failed (this test needs root, as the README's test command runs): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system of `dir` with `dir/filler` until it is full.
+fn fill(dir: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![0u8; 4096];
+    loop {
+        match f.write_all(&block).and_then(|_| f.sync_all()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return,
+            Err(e) => panic!("filling {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// A full disk under the shipper's state and checkpoints is weather: the
+/// shipper waits (log, metric, `/healthz`), never exits, and ships
+/// everything exactly once when space returns.
+#[test]
+fn a_full_state_disk_makes_the_shipper_wait_not_exit() {
+    let cluster = launch();
+    let host = "h-full-disk";
+    let root = tempfile::tempdir().unwrap();
+    let disk = root.path().join("disk");
+    let _tmpfs = Tmpfs::mount(&disk, 512 << 10);
+    let mut cfg = config(&cluster, "dc1");
+    cfg.host = host.into();
+    cfg.spool_dir = disk.join("spool");
+    cfg.state_dir = disk.join("shipper");
+    let spool = Spool::open(
+        &cfg.spool_dir,
+        Config {
+            durability: Durability::Always,
+            segment_bytes: 128 << 10,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let frames: Vec<Vec<u8>> = (0..500u64).map(vote).collect();
+    spool.append(&frames).unwrap();
+    fill(&disk);
+    let running = Running::start(cfg.clone(), Guards::default());
+    wait_for(
+        "the shipper to report the full disk",
+        Duration::from_secs(30),
+        || running.health.state_disk.lock().unwrap().is_some(),
+    );
+    assert_eq!(running.metrics.state_disk_full.get(), 1);
+    let health = running.health.to_json();
+    assert_eq!(health["state_disk"]["state"], "full", "{health}");
+    assert_eq!(health["ok"], false, "{health}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !running.thread.as_ref().unwrap().is_finished(),
+        "the shipper must not exit on a full disk"
+    );
+    assert_eq!(counts(&cluster, host).0, 0);
+    std::fs::remove_file(disk.join("filler")).unwrap();
+    wait_for(
+        "everything shipped once space returned",
+        Duration::from_secs(60),
+        || counts(&cluster, host).0 >= 500,
+    );
+    wait_for("the shipper healthy again", Duration::from_secs(30), || {
+        running.health.state_disk.lock().unwrap().is_none()
+    });
+    assert_eq!(running.metrics.state_disk_full.get(), 0);
+    assert!(running.metrics.state_disk_full_waits.get() >= 1);
+    running.stop();
+    assert_eq!(counts(&cluster, host), (500, 500));
+}
