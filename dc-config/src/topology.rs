@@ -138,6 +138,9 @@ pub struct Replica {
     pub data_path: PathBuf,
 }
 
+/// A Redis Cluster node also listens on its port + this (its cluster bus).
+pub const REDIS_CLUSTER_BUS_OFFSET: u16 = 10000;
+
 /// How a DC's Redis is deployed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -353,9 +356,23 @@ impl check::Declaration for Topology {
                 &at.key("zookeeper"),
                 "declare at least one ZooKeeper node: replicated tables need one",
             );
+            let ensemble = dc.zookeeper.len() > 1;
             for (z, node) in dc.zookeeper.iter().enumerate() {
                 let zp = at.key("zookeeper").index(z);
                 claim(c, &node.host, node.port, zp.key("port"));
+                // An ensemble member also listens on its quorum and election ports.
+                if ensemble {
+                    let off = crate::render::zookeeper::PEER_PORT_OFFSET;
+                    for (k, name) in [(1, "port + 1000 (quorum)"), (2, "port + 2000 (election)")] {
+                        match node.port.checked_add(k * off) {
+                            Some(p) => claim(c, &node.host, p, zp.key(name)),
+                            None => c.fail(
+                                &zp.key("port"),
+                                format!("{name} is above 65535; choose a lower port"),
+                            ),
+                        }
+                    }
+                }
                 require_absolute(c, &node.data_path, &zp.key("data_path"));
             }
             let ch = at.key("clickhouse");
@@ -404,6 +421,13 @@ impl check::Declaration for Topology {
             }
             for (n, node) in dc.redis.nodes.iter().enumerate() {
                 claim(c, &node.ip().to_string(), node.port(), rp.index(n));
+                if dc.redis.mode == RedisMode::Cluster {
+                    let bus = rp.index(n).key("port + 10000 (cluster bus)");
+                    match node.port().checked_add(REDIS_CLUSTER_BUS_OFFSET) {
+                        Some(p) => claim(c, &node.ip().to_string(), p, bus),
+                        None => c.fail(&rp.index(n), "its cluster bus port (port + 10000) is above 65535; choose a port below 55536"),
+                    }
+                }
             }
             let col = at.key("collector");
             claim(

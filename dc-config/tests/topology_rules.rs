@@ -216,3 +216,28 @@ fn empty_file_says_what_is_missing() {
     let got = errors("");
     assert_eq!(got, ["t.toml:1: missing field `datacenter`"]);
 }
+
+#[test]
+fn derived_ports_are_claimed_too() {
+    // A Redis Cluster node's bus (port + 10000) on the collector's port.
+    let src = BASE.replace(
+        "redis = { mode = \"single\", nodes = [\"127.0.0.1:16379\"] }",
+        "redis = { mode = \"cluster\", nodes = [\"127.0.0.1:7101\"] }",
+    );
+    let got = errors(&src);
+    assert!(
+        got.iter().any(|e| e.contains("duplicate port: 127.0.0.1:17101")
+            && e.contains("cluster bus")),
+        "{got:?}"
+    );
+    // An ensemble member's quorum port (port + 1000) on another's client port.
+    let src = BASE.replace(
+        "zookeeper = [{ host = \"127.0.0.1\", port = 21810, data_path = \"/var/lib/spoolhouse/dc1/zk1\" }]",
+        "zookeeper = [{ host = \"127.0.0.1\", port = 21810, data_path = \"/var/lib/spoolhouse/dc1/zk1\" }, { host = \"127.0.0.1\", port = 22810, data_path = \"/var/lib/spoolhouse/dc1/zk2\" }]",
+    );
+    let got = errors(&src);
+    assert!(
+        got.iter().any(|e| e.contains("duplicate port: 127.0.0.1:22810")),
+        "{got:?}"
+    );
+}

@@ -30,10 +30,11 @@
 
 pub mod link;
 pub mod netns;
+pub mod ports;
 pub mod probe;
 pub mod process;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -43,6 +44,7 @@ use crate::declared::Declared;
 use crate::error::ConfigErrors;
 use crate::render;
 use crate::topology::{RedisMode, Topology};
+use ports::PortBook;
 use probe::{ClickHouseHttp, HttpError};
 use process::{Proc, Spec};
 
@@ -387,6 +389,8 @@ pub struct LocalCluster {
     binaries: Binaries,
     /// Declared after `members`, so relays outlive the servers using them.
     links: Vec<link::Relay>,
+    /// The launch's ports stay reserved until its servers are stopped.
+    _ports: PortBook,
     /// Declared last: namespaces go once every process in them is stopped.
     placement: Placement,
 }
@@ -398,91 +402,66 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LaunchError + '_ {
     }
 }
 
-/// Ports that are free right now, distinct from each other: all are held
-/// open until every one is chosen.
-fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
-
-/// A free client port for a ZooKeeper ensemble member whose quorum and
-/// election ports (client port + 1000, + 2000) are free too.
-fn free_zk_port() -> std::io::Result<u16> {
-    let off = render::zookeeper::PEER_PORT_OFFSET;
-    for _ in 0..64 {
-        let port = free_ports(1)?[0];
-        let Some(top) = port.checked_add(2 * off) else {
-            continue;
-        };
-        if [port + off, top]
-            .iter()
-            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        {
-            return Ok(port);
-        }
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::AddrInUse,
-        "no ZooKeeper client port with free quorum and election ports after 64 tries",
-    ))
-}
-
 /// `topology` with every server on a free loopback port and every path
 /// inside `state`: what the launcher runs, and what the Ansible test
 /// (`tests/ansible.rs`) deploys into a prefix.
 pub fn localize(topology: &Topology, state: &Path) -> std::io::Result<Topology> {
-    localize_on(topology, state, |_| Ipv4Addr::LOCALHOST.into())
+    localize_on(topology, state, |_| Ipv4Addr::LOCALHOST.into()).map(|(t, _)| t)
 }
 
-/// [`localize`], each datacenter's servers on `addr(dc)`. The collector's
-/// TCP listener stays on loopback, inside its datacenter, as the topology's
-/// rules want it.
+/// [`localize`], each datacenter's servers on `addr(dc)`, every port from
+/// one [`PortBook`] (returned: its reservations hold while it lives). The
+/// collector's TCP listener stays on loopback, inside its datacenter, as the
+/// topology's rules want it.
 fn localize_on(
     topology: &Topology,
     state: &Path,
     addr: impl Fn(&str) -> IpAddr,
-) -> std::io::Result<Topology> {
+) -> std::io::Result<(Topology, PortBook)> {
     let mut t = topology.clone();
-    let per_dc: usize = t
-        .datacenter
-        .iter()
-        .map(|d| d.zookeeper.len() + d.redis.nodes.len() + 3 * d.replicas().count() + 4)
-        .sum();
-    let mut ports = free_ports(per_dc)?.into_iter();
-    let mut next = || ports.next().expect("counted above");
+    let mut book = PortBook::new();
     for dc in &mut t.datacenter {
         let ip = addr(&dc.name);
         let at = |p: u16| SocketAddr::new(ip, p);
         let dir = state.join(&dc.name);
-        let ensemble = dc.zookeeper.len() > 1;
+        // An ensemble's members also listen on their quorum and election
+        // ports; a Redis Cluster node on its bus port.
+        let off = render::zookeeper::PEER_PORT_OFFSET;
+        let zk_offsets: &[u16] = if dc.zookeeper.len() > 1 {
+            &[off, 2 * off]
+        } else {
+            &[]
+        };
+        let redis_offsets: &[u16] = match dc.redis.mode {
+            crate::topology::RedisMode::Cluster => &[crate::topology::REDIS_CLUSTER_BUS_OFFSET],
+            crate::topology::RedisMode::Single => &[],
+        };
         for (i, z) in dc.zookeeper.iter_mut().enumerate() {
             z.host = ip.to_string();
-            z.port = if ensemble { free_zk_port()? } else { next() };
+            z.port = book.take(zk_offsets)?;
             z.data_path = dir.join(format!("zk{}", i + 1));
         }
         for n in &mut dc.redis.nodes {
-            *n = at(next());
+            *n = at(book.take(redis_offsets)?);
         }
         for (s, shard) in dc.clickhouse.shard.iter_mut().enumerate() {
             for (r, rep) in shard.replica.iter_mut().enumerate() {
                 rep.host = ip.to_string();
-                rep.tcp_port = next();
-                rep.http_port = next();
-                rep.interserver_port = next();
+                rep.tcp_port = book.take(&[])?;
+                rep.http_port = book.take(&[])?;
+                rep.interserver_port = book.take(&[])?;
                 rep.data_path = dir.join(format!("ch-s{}-r{}", s + 1, r + 1));
             }
         }
-        dc.collector.tcp = SocketAddr::from((Ipv4Addr::LOCALHOST, next()));
-        dc.collector.admin = at(next());
-        dc.shipper.admin = at(next());
-        dc.query.listen = at(next());
+        dc.collector.tcp = SocketAddr::from((Ipv4Addr::LOCALHOST, book.take(&[])?));
+        dc.collector.admin = at(book.take(&[])?);
+        dc.shipper.admin = at(book.take(&[])?);
+        dc.query.listen = at(book.take(&[])?);
         dc.collector.socket = dir.join("collector.sock");
         dc.collector.inbox = dir.join("inbox");
         dc.spool.dir = dir.join("spool");
     }
-    Ok(t)
+    Ok((t, book))
 }
 
 /// The error of a refused load on server `name`.
@@ -533,8 +512,9 @@ impl LocalCluster {
             .map(|d| d.name.clone())
             .collect();
         let placement = Placement::new(opts.network, &names)?;
-        let mut topology = localize_on(&declared.topology, &state_dir, |dc| placement.addr(dc))
-            .map_err(io_err(&state_dir))?;
+        let (mut topology, ports) =
+            localize_on(&declared.topology, &state_dir, |dc| placement.addr(dc))
+                .map_err(io_err(&state_dir))?;
         if let Placement::Namespaces(f) = &placement {
             topology.client_hosts.push(f.bridge_addr().into());
         }
@@ -605,6 +585,7 @@ impl LocalCluster {
             opts,
             binaries,
             links,
+            _ports: ports,
             placement,
         };
         cluster.spawn_all()?;
