@@ -226,8 +226,8 @@ fn derived_ports_are_claimed_too() {
     );
     let got = errors(&src);
     assert!(
-        got.iter().any(|e| e.contains("duplicate port: 127.0.0.1:17101")
-            && e.contains("cluster bus")),
+        got.iter()
+            .any(|e| e.contains("duplicate port: 127.0.0.1:17101") && e.contains("cluster bus")),
         "{got:?}"
     );
     // An ensemble member's quorum port (port + 1000) on another's client port.
@@ -237,7 +237,8 @@ fn derived_ports_are_claimed_too() {
     );
     let got = errors(&src);
     assert!(
-        got.iter().any(|e| e.contains("duplicate port: 127.0.0.1:22810")),
+        got.iter()
+            .any(|e| e.contains("duplicate port: 127.0.0.1:22810")),
         "{got:?}"
     );
 }

@@ -636,7 +636,7 @@ impl Shipper {
         let lag = label("sink", "clickhouse");
         let mut saved: Option<u32> = None;
         for attempt in 0u32.. {
-            let replica = attempt as usize % sink.replicas(shard);
+            let replica = sink.replica_for(shard, batch.intent.start, attempt);
             let bit = 1u32 << replica.min(31);
             let new_bit = batch.intent.replicas & bit == 0;
             batch.intent.replicas |= bit;

@@ -251,6 +251,16 @@ impl Sink {
         unreachable!("pick < total weight")
     }
 
+    /// The replica of `shard` that attempt `attempt` of the batch starting
+    /// at `start` goes to: the first attempts of batches spread over the
+    /// replicas (a pure function of the batch, so a replay starts where the
+    /// original did), the next ones go round the others.
+    pub fn replica_for(&self, shard: usize, start: spooler::Position, attempt: u32) -> usize {
+        let n = self.replicas(shard) as u64;
+        let first = mix(mix(start.segment ^ start.offset.rotate_left(32)) ^ 0x5bd1_e995) % n;
+        ((first + u64::from(attempt)) % n) as usize
+    }
+
     /// The shards' weights, in order.
     pub fn weights(&self) -> Vec<u32> {
         self.shards.iter().map(|s| s.weight).collect()
@@ -613,6 +623,22 @@ mod tests {
             })
             .collect();
         Sink::new(&cfg)
+    }
+
+    #[test]
+    fn first_attempts_spread_over_replicas() {
+        let mut s = sink(&[1]);
+        s.shards[0].replicas.push(s.shards[0].replicas[0].clone());
+        let mut firsts = [0u32; 2];
+        for off in (32..64_000u64).step_by(320) {
+            let p = spooler::Position::new(3, off);
+            let r = s.replica_for(0, p, 0);
+            assert_eq!(r, s.replica_for(0, p, 0));
+            assert_ne!(r, s.replica_for(0, p, 1), "a retry tries the other replica");
+            assert_eq!(r, s.replica_for(0, p, 2));
+            firsts[r] += 1;
+        }
+        assert!(firsts[0] > 50 && firsts[1] > 50, "{firsts:?}");
     }
 
     #[test]
