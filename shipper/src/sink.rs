@@ -628,7 +628,8 @@ mod tests {
     #[test]
     fn first_attempts_spread_over_replicas() {
         let mut s = sink(&[1]);
-        s.shards[0].replicas.push(s.shards[0].replicas[0].clone());
+        let twin = s.shards[0].replicas[0].clone();
+        s.shards[0].replicas.push(twin);
         let mut firsts = [0u32; 2];
         for off in (32..64_000u64).step_by(320) {
             let p = spooler::Position::new(3, off);
