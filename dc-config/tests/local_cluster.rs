@@ -23,6 +23,7 @@ const TABLES: &[&str] = &[
     "events_local",
     "keyed_state_all",
     "keyed_state_dc",
+    "keyed_state_ingest_mv",
     "keyed_state_local",
     "keyed_state_mv",
     "metric_states_all",

@@ -227,6 +227,19 @@ fn ships_every_event_once_and_keeps_the_newest_state() {
         .query("SELECT count() FROM spoolhouse.events_local")
         .unwrap();
     assert_eq!(dc2.trim(), "0");
+    // The keyed-state table, what a Redis miss reads, has the newest state
+    // of each key too (fed from what the shipper inserts).
+    let key = dc_config::render::ddl::keyed_state_key(&["7", "42"]);
+    let keyed = cluster
+        .clickhouse("dc1-s1-r1")
+        .unwrap()
+        .query(&format!(
+            "SELECT argMax(value, time_ms), max(time_ms) FROM spoolhouse.keyed_state_dc \
+             WHERE event = 'watch_progress' AND key = {} FORMAT TSV",
+            dc_config::sql::quote_str(&key)
+        ))
+        .unwrap();
+    assert_eq!(keyed.trim(), format!("300\t{}", T0 + 3_000));
     let health = running.health.to_json();
     assert_eq!(health["ok"], true, "{health}");
     assert_eq!(health["clickhouse"]["state"], "ok", "{health}");

@@ -67,8 +67,13 @@ pub mod table {
     pub const KEYED_STATE_DC: &str = "keyed_state_dc";
     /// Keyed states over every DC.
     pub const KEYED_STATE_ALL: &str = "keyed_state_all";
-    /// The materialized view feeding the keyed-state table from the events.
+    /// The materialized view feeding the keyed-state table from the events
+    /// inserted into [`EVENTS_LOCAL`] directly (loads of history).
     pub const KEYED_STATE_MV: &str = "keyed_state_mv";
+    /// The materialized view feeding the keyed-state table from what the
+    /// shipper inserts into [`EVENTS_INGEST`]: on 18.16 rows a view writes
+    /// into a table do not reach that table's own views.
+    pub const KEYED_STATE_INGEST_MV: &str = "keyed_state_ingest_mv";
 }
 
 /// Separates the key fields' values in the keyed-state table's `key`
@@ -88,6 +93,7 @@ pub fn keyed_state_key<S: AsRef<str>>(key_values: &[S]) -> String {
 /// The keyed-state table and its view from the events, when the registry
 /// declares any state. The view is created once:
 /// a state added to the registry later needs `DROP TABLE <db>.keyed_state_mv`
+/// and `DROP TABLE <db>.keyed_state_ingest_mv`
 /// before the schema is applied again (the table and its data stay).
 fn keyed_state_statements(
     topology: &Topology,
@@ -125,6 +131,14 @@ fn keyed_state_statements(
     key.push_str("'')");
     value.push_str("'')");
     let events: Vec<String> = states.iter().map(|(e, _)| quote_str(e)).collect();
+    let keyed_view = |view: &str, from: &str| {
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view} TO {db}.{KEYED_STATE_LOCAL} AS\n\
+             SELECT event, {key} AS key, time_ms, {value} AS value\n\
+             FROM {db}.{from} WHERE event IN ({})",
+            events.join(", ")
+        )
+    };
     vec![
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.{KEYED_STATE_LOCAL} (\n\
@@ -136,12 +150,12 @@ fn keyed_state_statements(
              ORDER BY (event, key)",
             zk(KEYED_STATE_LOCAL)
         ),
-        format!(
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{KEYED_STATE_MV} TO {db}.{KEYED_STATE_LOCAL} AS\n\
-             SELECT event, {key} AS key, time_ms, {value} AS value\n\
-             FROM {db}.{EVENTS_LOCAL} WHERE event IN ({})",
-            events.join(", ")
-        ),
+        keyed_view(KEYED_STATE_MV, EVENTS_LOCAL),
+        // Keyed state keeps the newest value per key, so it needs no fence:
+        // a fenced row is an event that arrives anyway, and where a server
+        // does pass view-written rows on (newer releases) a state written
+        // twice is the same state.
+        keyed_view(KEYED_STATE_INGEST_MV, EVENTS_INGEST),
     ]
 }
 
