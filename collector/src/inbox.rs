@@ -47,6 +47,15 @@ pub const STATE_FILE: &str = ".spoolhouse-inbox-state";
 const DEPTH_MAX: usize = 4;
 /// Frames per reader call while deriving offsets.
 const READ_FRAMES_MAX: usize = 10_000;
+/// How long a tracked file missing from the directory reads is remembered.
+/// A file renamed while the directory is read can be in neither its old
+/// nor its new place in that read; forgetting it then meant meeting it
+/// again at the offset of the resume state (only as far as the shipper
+/// committed) and spooling it twice.
+const MISSING_GRACE: Duration = Duration::from_secs(60);
+/// Bytes before a file's offset read again with each chunk to tell a
+/// rewritten file from a grown one.
+const TAIL_BYTES: usize = 64;
 /// Wait before retrying after the spool refused a batch.
 const REFUSED_RETRY: Duration = Duration::from_millis(500);
 const ENDPOINT: &str = "inbox";
@@ -214,9 +223,21 @@ fn write_state(path: &Path, map: &HashMap<u64, u64>) -> Result<(), Error> {
 /// One file being tailed.
 struct Tracked {
     path: PathBuf,
+    /// Since when the file has been missing from every directory read, if
+    /// it is: it is read again, at its offset, if it shows up within
+    /// [`MISSING_GRACE`] (a rename racing a directory read hides a file from
+    /// that read).
+    missing_since: Option<Instant>,
     offset: u64,
     /// Inside a line already rejected as too long.
     discarding: bool,
+    /// Whether "cannot tell if a writer holds it" was logged for this file.
+    undecided_logged: bool,
+    /// The last bytes read, up to [`TAIL_BYTES`], ending at `offset` (empty
+    /// after a restart or inside a discarded line): read again before each
+    /// chunk, they tell a file truncated and written past the old offset
+    /// (`copytruncate`) from one that only grew.
+    tail: Vec<u8>,
     rotated: bool,
     len: u64,
 }
@@ -272,30 +293,67 @@ fn scan(dir: &Path) -> Vec<(u64, PathBuf, u64, bool)> {
     out
 }
 
-/// Whether any process has `path` open (a writer not yet reopened after
-/// rotation). Scans `/proc/*/fd`, which only rotated files pay for. The
-/// collector's own process counts too: it never keeps inbox files open
-/// between reads, so a hit there is an in-process writer.
-fn held_open(path: &Path) -> bool {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    for p in procs.flatten() {
-        let name = p.file_name();
-        let Some(pid) = name.to_str() else { continue };
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
+/// The files processes hold open, by (device, inode), read from
+/// `/proc/*/fd` once per pass that has rotated files to delete. By inode,
+/// not by path: an inbox reached through a symlinked directory, or a file
+/// renamed since it was opened, has another path in `/proc`.
+#[derive(Debug, Default)]
+struct OpenFiles {
+    held: HashSet<(u64, u64)>,
+    /// Owners (uids) of processes whose open files could not be read (a
+    /// collector running as another user than the app).
+    unreadable_uids: HashSet<u32>,
+}
+
+impl OpenFiles {
+    fn read() -> Self {
+        let mut out = Self::default();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return out;
         };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|t| t == path) {
-                return true;
+        for p in procs.flatten() {
+            let name = p.file_name();
+            let Some(pid) = name.to_str() else { continue };
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let fds = match std::fs::read_dir(p.path().join("fd")) {
+                Ok(fds) => fds,
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    if let Ok(m) = p.metadata() {
+                        out.unreadable_uids.insert(m.uid());
+                    }
+                    continue;
+                }
+                // The process ended meanwhile.
+                Err(_) => continue,
+            };
+            for fd in fds.flatten() {
+                if let Ok(m) = std::fs::metadata(fd.path()) {
+                    if m.is_file() {
+                        out.held.insert((m.dev(), m.ino()));
+                    }
+                }
             }
         }
+        out
     }
-    false
+
+    /// Whether some process may hold `meta`'s file: `Err` with the reason
+    /// when that cannot be told (a process of the file's owner whose open
+    /// files this process may not read).
+    fn holds(&self, meta: &Metadata) -> Result<bool, String> {
+        if self.held.contains(&(meta.dev(), meta.ino())) {
+            return Ok(true);
+        }
+        if self.unreadable_uids.contains(&meta.uid()) {
+            return Err(format!(
+                "cannot see which files the processes of uid {} hold open (run the collector as that user, or with CAP_SYS_PTRACE)",
+                meta.uid()
+            ));
+        }
+        Ok(false)
+    }
 }
 
 /// Reads up to `max` bytes of the file at `path` from `offset`, provided
@@ -355,6 +413,7 @@ pub(crate) fn start(
             limits,
             files: HashMap::new(),
             resume: Some(resume),
+            waiting: 0,
         }
         .run(wake, stopped)
         .await
@@ -367,6 +426,8 @@ struct Tailer {
     limits: Arc<CollectorLimits>,
     files: HashMap<u64, Tracked>,
     resume: Option<Resume>,
+    /// Files waiting at the last scan (over `inbox_files_max`).
+    waiting: usize,
 }
 
 impl Tailer {
@@ -424,17 +485,18 @@ impl Tailer {
             .await
             .map_err(|e| Error::Task(e.to_string()))?;
         let mut seen = HashSet::new();
+        let mut waiting = 0usize;
         for (id, path, len, rotated) in found {
             seen.insert(id);
             if let Some(t) = self.files.get_mut(&id) {
                 t.path = path;
                 t.len = len;
                 t.rotated = rotated;
+                t.missing_since = None;
                 continue;
             }
             if self.files.len() >= self.limits.inbox_files_max {
-                self.error("too_many_files");
-                tracing::error!(path = %path.display(), max = self.limits.inbox_files_max, "inbox holds more files than limits.inbox_files_max; this one waits");
+                waiting += 1;
                 continue;
             }
             let offset = self
@@ -446,17 +508,47 @@ impl Tailer {
                 id,
                 Tracked {
                     path,
+                    missing_since: None,
                     offset,
                     discarding: false,
+                    undecided_logged: false,
+                    tail: Vec::new(),
                     rotated,
                     len,
                 },
             );
         }
-        // Files gone from the directory (deleted by someone else) are forgotten.
-        self.files.retain(|id, _| seen.contains(id));
+        // A file missing from this read may only be hidden by a rename in
+        // progress: it keeps its offset for a while; a file deleted by
+        // someone else is forgotten after that.
+        let now = Instant::now();
+        self.files.retain(|id, t| {
+            if seen.contains(id) {
+                return true;
+            }
+            let since = *t.missing_since.get_or_insert(now);
+            now.duration_since(since) < MISSING_GRACE
+        });
         self.ingest.metrics.inbox_files.set(self.files.len() as i64);
-        let ids: Vec<u64> = self.files.keys().copied().collect();
+        // One log line when files start and stop waiting, not one per file
+        // per scan.
+        self.ingest.metrics.inbox_files_waiting.set(waiting as i64);
+        if (waiting > 0) != (self.waiting > 0) {
+            if waiting > 0 {
+                self.error("too_many_files");
+                tracing::error!(waiting, max = self.limits.inbox_files_max, "the inbox holds more files than limits.inbox_files_max; the others wait until tracked files are deleted (gauge spoolhouse_collector_inbox_files_waiting)");
+            } else {
+                tracing::info!("no inbox file waits any more");
+            }
+        }
+        self.waiting = waiting;
+        let ids: Vec<u64> = self
+            .files
+            .iter()
+            .filter(|(_, t)| t.missing_since.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut rotated = Vec::new();
         for id in ids {
             loop {
                 if *stopped.borrow() {
@@ -468,37 +560,70 @@ impl Tailer {
                     Step::Refused => return Ok(true),
                 }
             }
-            self.maybe_delete(id).await;
+            if self.files[&id].rotated {
+                rotated.push(id);
+            }
         }
+        self.delete_rotated(rotated).await;
         Ok(false)
     }
 
     /// Reads and spools one chunk of file `id`.
     async fn read_some(&mut self, id: u64) -> Result<Step, Error> {
         let t = &self.files[&id];
+        if t.len < t.offset {
+            self.truncated(id, "shorter than what was read of it");
+            return Ok(Step::More);
+        }
         if t.offset >= t.len {
             return Ok(Step::Done);
         }
-        let (path, offset, max) = (t.path.clone(), t.offset, self.limits.read_buffer_bytes);
-        let p = path.clone();
-        let chunk = match tokio::task::spawn_blocking(move || read_chunk(&p, id, offset, max))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?
-        {
-            Ok(Some(c)) => c,
-            // Renamed or replaced since the scan: the next scan sees it.
-            Ok(None) => return Ok(Step::Done),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Step::Done),
-            Err(e) => {
-                self.error("read");
-                tracing::error!(path = %path.display(), error = %e, "cannot read inbox file");
-                return Ok(Step::Done);
+        let (path, offset, discarding) = (t.path.clone(), t.offset, t.discarding);
+        // Outside a discarded line, the bytes before the offset are the end
+        // of the last line read (at least its newline); anything else means
+        // the file was truncated and written again past that offset.
+        let expected: Vec<u8> = match (discarding, t.tail.is_empty()) {
+            (true, _) => Vec::new(),
+            (false, false) => t.tail.clone(),
+            (false, true) if offset > 0 => b"\n".to_vec(),
+            (false, true) => Vec::new(),
+        };
+        let line_max = self.limits.line_bytes_max;
+        // A line may be longer than the read buffer, up to the line limit:
+        // a chunk without a newline is read again that long.
+        let mut max = self.limits.read_buffer_bytes;
+        let chunk = loop {
+            let back = expected.len();
+            let from = offset - back as u64;
+            let p = path.clone();
+            let got = tokio::task::spawn_blocking(move || read_chunk(&p, id, from, max + back))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?;
+            let mut chunk = match got {
+                Ok(Some(c)) => c,
+                // Renamed or replaced since the scan: the next scan sees it.
+                Ok(None) => return Ok(Step::Done),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Step::Done),
+                Err(e) => {
+                    self.error("read");
+                    tracing::error!(path = %path.display(), error = %e, "cannot read inbox file");
+                    return Ok(Step::Done);
+                }
+            };
+            if chunk.get(..back) != Some(&expected[..]) {
+                self.truncated(id, "rewritten: the bytes before the offset changed");
+                return Ok(Step::More);
             }
+            chunk.drain(..back);
+            if !discarding && chunk.len() == max && max <= line_max && !chunk.contains(&b'\n') {
+                max = line_max + 1;
+                continue;
+            }
+            break chunk;
         };
         if chunk.is_empty() {
             return Ok(Step::Done);
         }
-        let line_max = self.limits.line_bytes_max;
         let t = self.files.get_mut(&id).expect("tracked");
         let mut from = 0usize;
         if t.discarding {
@@ -509,6 +634,7 @@ impl Tailer {
                 }
                 None => {
                     t.offset += chunk.len() as u64;
+                    t.tail.clear();
                     return Ok(Step::More);
                 }
             }
@@ -560,6 +686,15 @@ impl Tailer {
                 if too_long {
                     t.discarding = true;
                 }
+                if t.discarding {
+                    t.tail.clear();
+                } else {
+                    let consumed = &chunk[..(new_offset - offset) as usize];
+                    t.tail
+                        .extend_from_slice(&consumed[consumed.len().saturating_sub(TAIL_BYTES)..]);
+                    let excess = t.tail.len().saturating_sub(TAIL_BYTES);
+                    t.tail.drain(..excess);
+                }
                 Ok(if new_offset > offset && chunk.len() == max {
                     Step::More
                 } else {
@@ -573,45 +708,82 @@ impl Tailer {
         }
     }
 
-    /// Deletes a rotated file once everything in it is spooled and no
-    /// writer holds it; an unterminated last line in it can never complete,
-    /// so it is reported and dropped with the file.
-    async fn maybe_delete(&mut self, id: u64) {
-        let t = &self.files[&id];
-        if !t.rotated {
+    /// Deletes each of the rotated files `ids` that is fully spooled and
+    /// that no process holds (a writer not yet reopened after rotation). An
+    /// unterminated last line can never complete once no writer is left, so
+    /// it is reported and dropped with the file; a file with a complete line
+    /// still unread is never deleted. Which files are open is read once for
+    /// all of them.
+    async fn delete_rotated(&mut self, ids: Vec<u64>) {
+        let candidates: Vec<(u64, PathBuf, u64, u64, bool)> = ids
+            .into_iter()
+            .map(|id| {
+                let t = &self.files[&id];
+                (id, t.path.clone(), t.offset, t.len, t.discarding)
+            })
+            .collect();
+        if candidates.is_empty() {
+            self.ingest.metrics.inbox_files_undecided.set(0);
             return;
         }
-        let path = t.path.clone();
-        let (offset, len) = (t.offset, t.len);
-        let p = path.clone();
-        let deletable = tokio::task::spawn_blocking(move || {
-            // Re-check the length: a writer may have appended since the scan.
-            let now = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(len);
-            now == len && !held_open(&p)
+        let line_max = self.limits.line_bytes_max;
+        let decisions = tokio::task::spawn_blocking(move || {
+            let open = OpenFiles::read();
+            candidates
+                .into_iter()
+                .map(|(id, path, offset, len, discarding)| {
+                    let d = decide(&open, &path, id, offset, len, discarding, line_max);
+                    (id, path, offset, len, d)
+                })
+                .collect::<Vec<_>>()
         })
         .await
-        .unwrap_or(false);
-        if !deletable {
-            return;
-        }
-        if offset < len {
-            let all_complete = self.files[&id].discarding;
-            if !all_complete {
-                self.error("unterminated_line");
-                tracing::error!(path = %path.display(), bytes = len - offset, "rotated inbox file ends with a line that has no newline and no writer left; dropping that line");
+        .unwrap_or_default();
+        let mut undecided = 0;
+        for (id, path, offset, len, decision) in decisions {
+            match decision {
+                Deletion::Keep => {}
+                Deletion::Undecided(reason) => {
+                    undecided += 1;
+                    let t = self.files.get_mut(&id).expect("tracked");
+                    if !t.undecided_logged {
+                        t.undecided_logged = true;
+                        tracing::warn!(path = %path.display(), reason = %reason, "rotated inbox file fully spooled but kept: whether a writer still holds it cannot be told");
+                    }
+                }
+                Deletion::Delete { dropped_tail } => {
+                    if dropped_tail {
+                        self.error("unterminated_line");
+                        tracing::error!(path = %path.display(), bytes = len - offset, "rotated inbox file ends with a line that has no newline and no writer left; dropping that line");
+                    }
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {
+                            self.files.remove(&id);
+                            self.ingest.metrics.inbox_files_deleted.inc();
+                            tracing::info!(path = %path.display(), "rotated inbox file fully spooled; deleted");
+                        }
+                        Err(e) => {
+                            self.error("delete");
+                            tracing::error!(path = %path.display(), error = %e, "cannot delete rotated inbox file");
+                        }
+                    }
+                }
             }
         }
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                self.files.remove(&id);
-                self.ingest.metrics.inbox_files_deleted.inc();
-                tracing::info!(path = %path.display(), "rotated inbox file fully spooled; deleted");
-            }
-            Err(e) => {
-                self.error("delete");
-                tracing::error!(path = %path.display(), error = %e, "cannot delete rotated inbox file");
-            }
-        }
+        self.ingest.metrics.inbox_files_undecided.set(undecided);
+    }
+
+    /// File `id` was truncated in place (logrotate's `copytruncate`) or
+    /// rewritten: it is read again from its start. Lines written before the
+    /// truncation and not read by then are gone with it; that is counted and
+    /// logged, never silent.
+    fn truncated(&mut self, id: u64, how: &str) {
+        let t = self.files.get_mut(&id).expect("tracked");
+        tracing::warn!(path = %t.path.display(), read = t.offset, size = t.len, how, "inbox file truncated in place; reading it again from the start (lines written before the truncation and not read by then are lost; rotate by renaming instead)");
+        t.offset = 0;
+        t.discarding = false;
+        t.tail.clear();
+        self.ingest.metrics.inbox_truncations.inc();
     }
 
     fn error(&self, kind: &str) {
@@ -627,4 +799,58 @@ enum Step {
     More,
     Done,
     Refused,
+}
+
+/// What to do with a rotated file.
+#[derive(Debug, PartialEq)]
+enum Deletion {
+    /// Not yet: it grew, was replaced, or holds a complete line not read.
+    Keep,
+    /// Fully spooled and no writer holds it; `dropped_tail`: it ends in an
+    /// unterminated line, dropped with it.
+    Delete { dropped_tail: bool },
+    /// Fully spooled, but whether a writer holds it cannot be told.
+    Undecided(String),
+}
+
+/// The decision for rotated file `id` at `path`, read up to `offset` of
+/// `len` bytes at the last scan.
+fn decide(
+    open: &OpenFiles,
+    path: &Path,
+    id: u64,
+    offset: u64,
+    len: u64,
+    discarding: bool,
+    line_max: usize,
+) -> Deletion {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Deletion::Keep;
+    };
+    // A writer may have appended since the scan, or the name may now be
+    // another file's.
+    if file_id(&meta) != id || meta.len() != len {
+        return Deletion::Keep;
+    }
+    let mut dropped_tail = false;
+    if offset < len {
+        // What is left must be one unterminated line (or the rest of one
+        // too long, being discarded): never a complete line not yet read.
+        if discarding {
+            dropped_tail = false;
+        } else {
+            let Ok(Some(tail)) = read_chunk(path, id, offset, line_max + 1) else {
+                return Deletion::Keep;
+            };
+            if tail.contains(&b'\n') || (tail.len() as u64) < len - offset {
+                return Deletion::Keep;
+            }
+            dropped_tail = true;
+        }
+    }
+    match open.holds(&meta) {
+        Ok(true) => Deletion::Keep,
+        Ok(false) => Deletion::Delete { dropped_tail },
+        Err(reason) => Deletion::Undecided(reason),
+    }
 }

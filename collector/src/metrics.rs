@@ -47,6 +47,14 @@ pub struct Metrics {
     pub inbox_files_deleted: Counter,
     /// Scans of the inbox directory (woken by notify or the poll interval).
     pub inbox_scans: Counter,
+    /// Rotated inbox files fully spooled but kept because whether a writer
+    /// still holds them cannot be told (see the log for why).
+    pub inbox_files_undecided: Gauge,
+    /// Inbox files found but not tracked yet: over `inbox_files_max`.
+    pub inbox_files_waiting: Gauge,
+    /// Inbox files found shorter than what was read of them (truncated in
+    /// place, e.g. logrotate's `copytruncate`): read again from the start.
+    pub inbox_truncations: Counter,
     /// Inbox errors (unreadable files, unterminated last lines of finished
     /// files, files over `inbox_files_max`), by kind.
     pub inbox_errors: Family<Labels, Counter>,
@@ -72,6 +80,9 @@ impl Metrics {
             inbox_files: Gauge::default(),
             inbox_files_deleted: Counter::default(),
             inbox_scans: Counter::default(),
+            inbox_files_undecided: Gauge::default(),
+            inbox_files_waiting: Gauge::default(),
+            inbox_truncations: Counter::default(),
             inbox_errors: Family::default(),
         };
         let r = registry;
@@ -155,6 +166,21 @@ impl Metrics {
             "spoolhouse_collector_inbox_scans",
             "Scans of the inbox directory",
             m.inbox_scans.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_inbox_files_undecided",
+            "Rotated inbox files fully spooled but kept: whether a writer holds them cannot be told",
+            m.inbox_files_undecided.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_inbox_files_waiting",
+            "Inbox files over limits.inbox_files_max, waiting to be tracked",
+            m.inbox_files_waiting.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_inbox_truncations",
+            "Inbox files found truncated in place and read again from the start",
+            m.inbox_truncations.clone(),
         );
         r.register(
             "spoolhouse_collector_inbox_errors",

@@ -156,3 +156,266 @@ async fn an_idle_inbox_is_not_rescanned_in_a_loop_and_new_lines_still_wake_it() 
     );
     running.shutdown().await.unwrap();
 }
+
+/// Inbox votes the collector accepted so far (cheaper to poll than reading
+/// the spool back).
+fn accepted(h: &Harness) -> u64 {
+    h.metrics
+        .events_accepted
+        .get_or_create(&vec![
+            ("event", "vote".to_string()),
+            ("endpoint", "inbox".to_string()),
+        ])
+        .get()
+}
+
+fn counter(h: &Harness, name: &str) -> u64 {
+    h.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Ids spooled more than once, and ids of `want` never spooled.
+fn duplicates_and_losses(spool: &spooler::Spool, want: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let mut seen = std::collections::HashMap::new();
+    for id in user_ids(&read_all(spool)) {
+        *seen.entry(id).or_insert(0u32) += 1;
+    }
+    let dups = seen
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(&id, _)| id)
+        .collect();
+    let lost = want
+        .iter()
+        .filter(|id| !seen.contains_key(id))
+        .copied()
+        .collect();
+    (dups, lost)
+}
+
+/// Regression: every file of a large inbox renamed to `.old` at once. A
+/// directory read that raced the renames missed some files; the tailer
+/// forgot them and met them again at the offset of its resume state (as
+/// far as a shipper had committed, 0 here), and spooled them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_storm_spools_every_line_once() {
+    let h = Harness::new(fast(), 1 << 30);
+    std::fs::create_dir_all(h.inbox()).unwrap();
+    let (running, spool) = h.start().await;
+    let (files, per_file) = (2_000u64, 50u64);
+    for round in 0..3u64 {
+        let base = round * files * per_file;
+        for f in 0..files {
+            let first = base + f * per_file + 1;
+            append(
+                &h.inbox().join(format!("app-{f}.log")),
+                &lines(first..=first + per_file - 1),
+            );
+        }
+        let want: Vec<u64> = (1..=base + files * per_file).collect();
+        assert!(
+            eventually(Duration::from_secs(60), || accepted(&h)
+                >= base + files * per_file)
+            .await,
+            "round {round}: lines before the storm"
+        );
+        // The storm: every file renamed while the tailer scans.
+        for f in 0..files {
+            let p = h.inbox().join(format!("app-{f}.log"));
+            std::fs::rename(&p, p.with_extension("log.old")).unwrap();
+        }
+        assert!(
+            eventually(Duration::from_secs(60), || std::fs::read_dir(h.inbox())
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().ends_with(".old")))
+            .await,
+            "round {round}: rotated files deleted"
+        );
+        let (dups, lost) = duplicates_and_losses(&spool, &want);
+        assert!(
+            dups.is_empty() && lost.is_empty(),
+            "round {round}: {} lines twice, {} lost",
+            dups.len(),
+            lost.len()
+        );
+    }
+    running.shutdown().await.unwrap();
+}
+
+/// Regression: logrotate's `copytruncate` (the file truncated in place while
+/// its writer keeps appending) lost every line written after it until the
+/// file outgrew the old offset, then cut a line in half. Now: read again
+/// from the start, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_truncated_in_place_is_read_again_from_its_start() {
+    let h = Harness::new(fast(), 1 << 30);
+    std::fs::create_dir_all(h.inbox()).unwrap();
+    let (running, spool) = h.start().await;
+    let log = h.inbox().join("app.log");
+    let mut writer = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    writer.write_all(lines(1..=100).as_bytes()).unwrap();
+    assert!(eventually(Duration::from_secs(10), || accepted(&h) == 100).await);
+    // Shorter than before.
+    writer.set_len(0).unwrap();
+    writer.write_all(lines(101..=150).as_bytes()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || accepted(&h) == 150).await,
+        "{} of 150",
+        accepted(&h)
+    );
+    // Longer than before by the next read.
+    writer.set_len(0).unwrap();
+    writer.write_all(lines(151..=450).as_bytes()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || accepted(&h) == 450).await,
+        "{} of 450",
+        accepted(&h)
+    );
+    running.shutdown().await.unwrap();
+    let (dups, lost) = duplicates_and_losses(&spool, &(1..=450).collect::<Vec<_>>());
+    assert!(dups.is_empty() && lost.is_empty(), "{dups:?} {lost:?}");
+    assert_eq!(
+        counter(&h, "spoolhouse_collector_inbox_truncations_total"),
+        2
+    );
+    let m = h.metrics_text();
+    assert!(!m.contains("reason=\"not_json\""), "no half line: {m}");
+}
+
+/// Regression: a line longer than the read buffer (256 KiB) but within the
+/// line limit (1 MiB) held back its file for good, and rotating that file
+/// deleted the lines after it. Now it is read whole; a line over the limit
+/// is rejected and counted; the lines after either arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_longer_than_the_read_buffer_arrive_and_longer_than_the_limit_are_skipped() {
+    let limits = CollectorLimits {
+        read_buffer_bytes: 4096,
+        line_bytes_max: 64 << 10,
+        ..fast()
+    };
+    let h = Harness::new(limits, 1 << 30);
+    std::fs::create_dir_all(h.inbox()).unwrap();
+    let (running, spool) = h.start().await;
+    let log = h.inbox().join("a.log");
+    // A valid line of 20 KiB (spaces are JSON whitespace), one of 100 KiB.
+    let long_valid = format!("{}{}", " ".repeat(20 << 10), vote(2));
+    let too_long = "z".repeat(100 << 10);
+    append(
+        &log,
+        &format!(
+            "{}{long_valid}\n{}{too_long}\n{}",
+            lines(1..=1),
+            lines(3..=3),
+            lines(4..=5)
+        ),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || accepted(&h) == 5).await,
+        "{} of 5",
+        accepted(&h)
+    );
+    std::fs::rename(&log, log.with_extension("log.old")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || !log
+            .with_extension("log.old")
+            .exists())
+        .await,
+        "the rotated file is deleted once read"
+    );
+    running.shutdown().await.unwrap();
+    let mut ids = user_ids(&read_all(&spool));
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    let m = h.metrics_text();
+    assert!(
+        m.contains("spoolhouse_collector_lines_too_long_total{endpoint=\"inbox\"} 1"),
+        "{m}"
+    );
+}
+
+/// Regression: with the inbox reached through a symlinked directory, a
+/// rotated file still open for writing looked closed (its path in /proc is
+/// the real one) and was deleted under its writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_file_is_kept_through_a_symlinked_inbox() {
+    let mut h = Harness::new(fast(), 1 << 30);
+    let real = h.dir.path().join("real-inbox");
+    std::fs::create_dir_all(&real).unwrap();
+    let link = h.dir.path().join("inbox-link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    h.config.inbox = link.clone();
+    let (running, spool) = h.start().await;
+    let log = link.join("a.log");
+    let mut writer = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    writer.write_all(lines(1..=3).as_bytes()).unwrap();
+    assert!(eventually(Duration::from_secs(10), || accepted(&h) == 3).await);
+    let old = link.join("a.log.old");
+    std::fs::rename(&log, &old).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(old.exists(), "a rotated file its writer holds is kept");
+    writer.write_all(lines(4..=5).as_bytes()).unwrap();
+    drop(writer);
+    assert!(eventually(Duration::from_secs(10), || !old.exists()).await);
+    running.shutdown().await.unwrap();
+    let mut ids = user_ids(&read_all(&spool));
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+}
+
+/// More files than `inbox_files_max`: the others wait (a gauge says how
+/// many), and once the app rotates them all, every line arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_over_the_limit_wait_and_then_arrive_once() {
+    let limits = CollectorLimits {
+        inbox_files_max: 10,
+        ..fast()
+    };
+    let h = Harness::new(limits, 1 << 30);
+    std::fs::create_dir_all(h.inbox()).unwrap();
+    for f in 0..30u64 {
+        append(
+            &h.inbox().join(format!("f{f}.log")),
+            &lines(f * 10 + 1..=f * 10 + 10),
+        );
+    }
+    let (running, spool) = h.start().await;
+    assert!(eventually(Duration::from_secs(10), || accepted(&h) == 100).await);
+    assert!(
+        eventually(Duration::from_secs(10), || h
+            .metrics
+            .inbox_files_waiting
+            .get()
+            == 20)
+        .await,
+        "{}",
+        h.metrics.inbox_files_waiting.get()
+    );
+    for f in 0..30u64 {
+        let p = h.inbox().join(format!("f{f}.log"));
+        std::fs::rename(&p, p.with_extension("log.old")).unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read_dir(h.inbox())
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().ends_with(".old")))
+        .await,
+        "every rotated file read and deleted"
+    );
+    assert_eq!(h.metrics.inbox_files_waiting.get(), 0);
+    running.shutdown().await.unwrap();
+    let (dups, lost) = duplicates_and_losses(&spool, &(1..=300).collect::<Vec<_>>());
+    assert!(dups.is_empty() && lost.is_empty(), "{dups:?} {lost:?}");
+}
