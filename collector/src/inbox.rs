@@ -8,7 +8,7 @@
 //! [`InboxSource`] (file identity, end offset of its line) inside the same
 //! durable batch, so the spool itself says how far every file got. On start
 //! the collector rebuilds those offsets from its state file
-//! (`<inbox>/.spoolhouse-inbox-state`, offsets as of a spool position) plus
+//! (`<spool>/inbox-state`, offsets as of a spool position) plus
 //! the records after that position, read with the spool reader
 //! `collector-inbox`; a line is spooled again only if its batch never became
 //! durable, and then it was never acknowledged to anyone. The state file is
@@ -41,8 +41,14 @@ use crate::Error;
 
 /// Name of the spool reader that derives inbox offsets from the spool.
 pub const READER_NAME: &str = "collector-inbox";
-/// The resume state file, inside the inbox directory (hidden, not a `.log`).
-pub const STATE_FILE: &str = ".spoolhouse-inbox-state";
+/// The resume state file, in the spool directory: a directory only the
+/// collector writes. (It lived in the inbox, where any app that may write
+/// there could plant a symlink in its place and have the collector
+/// overwrite the file it points to.)
+pub const STATE_FILE: &str = "inbox-state";
+/// Where earlier releases kept it, inside the inbox: read once (never
+/// through a symlink) if the new one does not exist yet, then removed.
+pub const LEGACY_STATE_FILE: &str = ".spoolhouse-inbox-state";
 /// Deepest sub-directory level scanned: bounds a scan of a deep tree.
 const DEPTH_MAX: usize = 4;
 /// Frames per reader call while deriving offsets.
@@ -53,6 +59,8 @@ const READ_FRAMES_MAX: usize = 10_000;
 /// again at the offset of the resume state (only as far as the shipper
 /// committed) and spooling it twice.
 const MISSING_GRACE: Duration = Duration::from_secs(60);
+/// Wait between tries to start an inbox tailer that could not start.
+const START_RETRY: Duration = Duration::from_secs(5);
 /// Bytes before a file's offset read again with each chunk to tell a
 /// rewritten file from a grown one.
 const TAIL_BYTES: usize = 64;
@@ -88,8 +96,20 @@ struct Resume {
 
 impl Resume {
     fn open(ingest: &Ingest, dir: &Path) -> Result<Self, Error> {
-        let state_path = dir.join(STATE_FILE);
-        let persisted = read_state(&state_path)?;
+        let state_path = ingest.spool.dir().join(STATE_FILE);
+        let legacy = dir.join(LEGACY_STATE_FILE);
+        // Only a regular file is taken: a symlink there is not ours.
+        let legacy_file = std::fs::symlink_metadata(&legacy).is_ok_and(|m| m.is_file());
+        let persisted = if state_path.exists() || !legacy_file {
+            read_state(&state_path)?
+        } else {
+            let p = read_state(&legacy)?;
+            write_state(&state_path, &p)?;
+            let _ = std::fs::remove_file(&legacy);
+            let _ = std::fs::remove_file(legacy.with_extension("tmp"));
+            tracing::info!(from = %legacy.display(), to = %state_path.display(), "moved the inbox resume state out of the inbox");
+            p
+        };
         let reader = ingest.spool.reader(READER_NAME)?;
         let mut r = Self {
             spool: ingest.spool.clone(),
@@ -156,8 +176,22 @@ impl Resume {
     }
 }
 
+/// Opens `path` for reading, refusing a symlink in its place.
+fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 fn read_state(path: &Path) -> Result<HashMap<u64, u64>, Error> {
-    let text = match std::fs::read_to_string(path) {
+    let read = || -> std::io::Result<String> {
+        let mut text = String::new();
+        open_nofollow(path)?.read_to_string(&mut text)?;
+        Ok(text)
+    };
+    let text = match read() {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
         Err(source) => {
@@ -210,7 +244,17 @@ fn write_state(path: &Path, map: &HashMap<u64, u64>) -> Result<(), Error> {
     }
     text.push_str("end\n");
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io)?;
+    // A fresh temp file, never through a symlink planted in its place.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        File::options()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io)?
+    };
     f.write_all(text.as_bytes()).map_err(io)?;
     f.sync_data().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
@@ -403,10 +447,29 @@ pub(crate) fn start(
         })?;
     Ok(tokio::spawn(async move {
         let _watcher = watcher;
-        let (ing, d) = (ingest.clone(), dir.clone());
-        let resume = tokio::task::spawn_blocking(move || Resume::open(&ing, &d))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+        // A tailer that cannot start (say, a damaged resume state) says why
+        // on /healthz and tries again until it can or the collector stops.
+        let mut stopped = stopped;
+        let resume = loop {
+            let (ing, d) = (ingest.clone(), dir.clone());
+            let opened = tokio::task::spawn_blocking(move || Resume::open(&ing, &d))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?;
+            match opened {
+                Ok(r) => {
+                    ingest.health.inbox_state(None);
+                    break r;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in_s = START_RETRY.as_secs(), "the inbox tailer cannot start; inbox files wait (see /healthz)");
+                    ingest.health.inbox_state(Some(e.to_string()));
+                    tokio::select! {
+                        _ = crate::until_stopped(&mut stopped) => return Ok(()),
+                        _ = tokio::time::sleep(START_RETRY) => {}
+                    }
+                }
+            }
+        };
         Tailer {
             ingest,
             dir,

@@ -203,6 +203,8 @@ pub struct Health {
     spool_failed: AtomicBool,
     spool_full: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// Why the inbox tailer is not running, while it is not.
+    inbox_failed: Mutex<Option<String>>,
     accepted: AtomicU64,
     rejected: AtomicU64,
     refused: AtomicU64,
@@ -225,9 +227,17 @@ impl Health {
         }
     }
 
-    /// Whether ingest works: the spool neither full nor failing.
+    /// Records why the inbox tailer cannot run (`None` once it runs).
+    pub(crate) fn inbox_state(&self, failed: Option<String>) {
+        *self.inbox_failed.lock().expect("health lock") = failed;
+    }
+
+    /// Whether ingest works: the spool neither full nor failing, and the
+    /// inbox tailer running.
     pub fn ok(&self) -> bool {
-        !self.spool_failed.load(Ordering::Relaxed) && !self.spool_full.load(Ordering::Relaxed)
+        !self.spool_failed.load(Ordering::Relaxed)
+            && !self.spool_full.load(Ordering::Relaxed)
+            && self.inbox_failed.lock().expect("health lock").is_none()
     }
 
     /// The `/healthz` body.
@@ -237,6 +247,7 @@ impl Health {
             "spool_full": self.spool_full.load(Ordering::Relaxed),
             "spool_failed": self.spool_failed.load(Ordering::Relaxed),
             "last_spool_error": *self.last_error.lock().expect("health lock"),
+            "inbox_failed": *self.inbox_failed.lock().expect("health lock"),
             "events_accepted": self.accepted.load(Ordering::Relaxed),
             "lines_rejected": self.rejected.load(Ordering::Relaxed),
             "events_refused": self.refused.load(Ordering::Relaxed),

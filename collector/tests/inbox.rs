@@ -112,7 +112,7 @@ async fn a_restart_resumes_every_file_from_the_spool_without_duplicates() {
     }
     append(&log, &lines(101..=150));
     // Lose the state file: offsets must come from the spool records alone.
-    std::fs::remove_file(h.inbox().join(collector::inbox::STATE_FILE)).unwrap();
+    std::fs::remove_file(h.config.spool_dir.join(collector::inbox::STATE_FILE)).unwrap();
     std::fs::remove_file(h.config.spool_dir.join("readers/collector-inbox.ckpt")).unwrap();
     let (running, spool) = h.start().await;
     assert!(eventually(Duration::from_secs(10), || read_all(&spool).len() >= 150).await);
@@ -418,4 +418,70 @@ async fn files_over_the_limit_wait_and_then_arrive_once() {
     running.shutdown().await.unwrap();
     let (dups, lost) = duplicates_and_losses(&spool, &(1..=300).collect::<Vec<_>>());
     assert!(dups.is_empty() && lost.is_empty(), "{dups:?} {lost:?}");
+}
+
+/// Regression: the resume state lived in the inbox, where an app could plant
+/// a symlink in place of its temp file and have the collector overwrite any
+/// file it may write. It lives in the spool directory now; symlinks in the
+/// inbox under the old names are not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resume_state_cannot_be_pointed_at_another_file() {
+    let h = Harness::new(fast(), 1 << 30);
+    std::fs::create_dir_all(h.inbox()).unwrap();
+    let victim = h.dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    for name in [
+        collector::inbox::LEGACY_STATE_FILE,
+        ".spoolhouse-inbox-state.tmp",
+    ] {
+        std::os::unix::fs::symlink(&victim, h.inbox().join(name)).unwrap();
+    }
+    let (running, _spool) = h.start().await;
+    append(&h.inbox().join("a.log"), &lines(1..=3));
+    assert!(eventually(Duration::from_secs(10), || accepted(&h) == 3).await);
+    // Several checkpoints of the resume state.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.shutdown().await.unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(h
+        .config
+        .spool_dir
+        .join(collector::inbox::STATE_FILE)
+        .is_file());
+}
+
+/// Regression: a resume state that did not load ended the tailer silently
+/// (`/healthz` said ok, nothing was spooled). Now /healthz says why, and the
+/// tailer starts once the state is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tailer_that_cannot_start_fails_healthz_with_the_reason() {
+    let h = Harness::new(fast(), 1 << 30);
+    std::fs::create_dir_all(h.inbox()).unwrap();
+    std::fs::create_dir_all(&h.config.spool_dir).unwrap();
+    let state = h.config.spool_dir.join(collector::inbox::STATE_FILE);
+    std::fs::write(&state, "not a state file\n").unwrap();
+    append(&h.inbox().join("a.log"), &lines(1..=2));
+    let (running, _spool) = h.start().await;
+    assert!(
+        eventually(Duration::from_secs(10), || !h.health.ok()).await,
+        "{}",
+        h.health.to_json()
+    );
+    let body = h.health.to_json();
+    let reason = body["inbox_failed"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("is damaged") && reason.contains("delete it"),
+        "{body}"
+    );
+    assert_eq!(accepted(&h), 0);
+    std::fs::remove_file(&state).unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || accepted(&h) == 2).await,
+        "the tailer starts once the state is gone"
+    );
+    assert!(h.health.ok(), "{}", h.health.to_json());
+    running.shutdown().await.unwrap();
 }

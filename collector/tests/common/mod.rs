@@ -14,6 +14,7 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub config: CollectorConfig,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     pub prom: prometheus_client::registry::Registry,
 }
 
@@ -34,6 +35,7 @@ impl Harness {
             dir,
             config,
             metrics,
+            health: Arc::new(Health::default()),
             prom,
         }
     }
@@ -49,7 +51,7 @@ impl Harness {
             self.config.clone(),
             d.registry,
             self.metrics.clone(),
-            Arc::new(Health::default()),
+            self.health.clone(),
         )
         .unwrap();
         let spool = c.spool();
