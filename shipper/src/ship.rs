@@ -392,34 +392,44 @@ impl Shipper {
     /// too, and ends the stage.
     fn prepare(&self, reader: &Mutex<Reader>, tx: SyncSender<Result<(Batch, bool)>>) {
         let committed = reader.lock().expect("reader lock").committed();
+        // The recorded batch was sent, or about to be, and not committed if
+        // it ends past the checkpoint. (It starts at the checkpoint or, when
+        // the checkpoint is the end of a sealed segment, at the first frame
+        // of the next one: comparing starts missed those, and such a batch
+        // went out again unchecked.)
         let mut replay = match Intent::load(&self.config.state_dir, CLICKHOUSE_READER) {
-            Ok(i) => i.filter(|i| i.start == committed),
+            Ok(i) => i.filter(|i| i.end > committed),
             Err(e) => {
                 let _ = tx.send(Err(e));
                 return;
             }
         };
+        // Every batch starting before the recorded one's end may overlap
+        // what an earlier run sent (the recorded range itself, or batches
+        // planned afresh when the spool no longer holds it): each is checked
+        // on the replicas the record names.
+        let horizon = replay.map(|i| (i.end, i.replicas));
         // The end of the last frame handed over: what the watermark waits
         // to see committed.
         let mut handed = committed;
         while !self.stopping() {
             let started = Instant::now();
-            // A recorded intent is replayed as it was; if the spool no longer
-            // holds its range, the batch planned instead starts at the same
-            // place and may overlap what was sent: it is checked on the
-            // replicas the intent names.
             let next = match replay.take() {
                 Some(i) => self.read_exact(reader, i).and_then(|r| match r {
-                    Some(records) => Ok(Some((records, Some(i.replicas)))),
-                    None => Ok(self.plan(reader, handed)?.map(|r| (r, Some(i.replicas)))),
+                    Some(records) => Ok(Some(records)),
+                    None => self.plan(reader, handed),
                 }),
-                None => self.plan(reader, handed).map(|r| r.map(|r| (r, None))),
+                None => self.plan(reader, handed),
             };
             let item = match next {
                 Ok(None) => continue,
-                Ok(Some((records, earlier))) => {
+                Ok(Some(records)) => {
+                    let start = records[0].position;
+                    let earlier = horizon
+                        .filter(|(end, _)| start < *end)
+                        .map(|(_, replicas)| replicas);
                     let intent = Intent {
-                        start: records[0].position,
+                        start,
                         end: records.last().expect("non-empty").next,
                         frames: records.len() as u32,
                         replicas: earlier.unwrap_or(0),
@@ -514,7 +524,10 @@ impl Shipper {
             }
             out.extend(got);
         }
-        if out.len() == intent.frames as usize && out.last().map(|r| r.next) == Some(intent.end) {
+        if out.len() == intent.frames as usize
+            && out.first().map(|r| r.position) == Some(intent.start)
+            && out.last().map(|r| r.next) == Some(intent.end)
+        {
             tracing::info!(start = ?intent.start, frames = intent.frames, "replaying the batch in flight at the last stop");
             return Ok(Some(out));
         }

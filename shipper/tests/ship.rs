@@ -934,3 +934,99 @@ fn a_full_state_disk_makes_the_shipper_wait_not_exit() {
     running.stop();
     assert_eq!(counts(&cluster, host), (500, 500));
 }
+
+/// Regression (1 000 rounds of the crash campaign, position check alone:
+/// 1 200 rows twice): when the checkpoint is the end of a sealed segment,
+/// the batch in flight starts at the first frame of the next segment, not
+/// at the checkpoint; the replay looked for a recorded batch starting at the
+/// checkpoint, found none, and sent that range again unchecked.
+#[test]
+fn a_batch_in_flight_across_a_segment_boundary_is_checked_before_it_is_sent_again() {
+    let cluster = launch();
+    let host = "h-boundary";
+    let mut cfg = config(&cluster, "dc1");
+    cfg.host = host.into();
+    cfg.spool_dir = cfg.spool_dir.with_file_name(format!("spool-{host}"));
+    cfg.state_dir = cfg.state_dir.with_file_name(format!("shipper-{host}"));
+    let spool = Spool::open(
+        &cfg.spool_dir,
+        Config {
+            durability: Durability::Always,
+            segment_bytes: 4096,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    for i in 0..100u64 {
+        spool.append(&[vote(i)]).unwrap();
+    }
+    // Everything of the first segment is shipped and committed.
+    let mut reader =
+        spooler::Reader::open(&cfg.spool_dir, shipper::ship::CLICKHOUSE_READER).unwrap();
+    let mut records = Vec::new();
+    while records.len() < 100 {
+        records.extend(reader.next(100, usize::MAX).unwrap());
+    }
+    let first_segment = records[0].position.segment;
+    let split = records
+        .iter()
+        .position(|r| r.position.segment != first_segment)
+        .expect("more than one segment");
+    let sink = shipper::sink::Sink::new(&cfg);
+    let row_bytes = |recs: &[spooler::Record], epoch: u64| {
+        let mut rows = Vec::new();
+        for r in recs {
+            let ev = Record::decode(&r.payload).unwrap().event;
+            let pos = dc_config::row::SpoolPosition {
+                segment: r.position.segment,
+                offset: r.position.offset,
+            };
+            dc_config::row::EventRow::new(&ev, &cfg.dc, &cfg.host, pos).write_row_binary(&mut rows);
+            rows.extend_from_slice(&epoch.to_le_bytes());
+        }
+        rows
+    };
+    // Rows as a shipper of an earlier epoch inserted them.
+    let insert = |recs: &[spooler::Record]| {
+        let shard = sink.shard_for(recs[0].position);
+        let rows = row_bytes(recs, 1);
+        dc_config::local::probe::ClickHouseHttp::new(sink.url(shard, 0), Duration::from_secs(10))
+            .insert(
+                &format!(
+                    "INSERT INTO spoolhouse.events_ingest ({}) FORMAT RowBinary",
+                    dc_config::row::INGEST_COLUMNS
+                ),
+                &rows,
+            )
+            .unwrap();
+    };
+    insert(&records[..split]);
+    reader.commit(records[split - 1].next).unwrap();
+    drop(reader);
+    // The next batch, the first 20 frames of the next segment, was sent by
+    // a shipper killed before it committed: its rows landed.
+    let batch = &records[split..split + 20];
+    assert_ne!(batch[0].position, records[split - 1].next);
+    insert(batch);
+    std::fs::create_dir_all(&cfg.state_dir).unwrap();
+    shipper::intent::Intent {
+        start: batch[0].position,
+        end: batch[19].next,
+        frames: 20,
+        replicas: 1,
+    }
+    .save(&cfg.state_dir, shipper::ship::CLICKHOUSE_READER)
+    .unwrap();
+    let running = Running::start(
+        cfg.clone(),
+        Guards {
+            verify_positions: true,
+            deduplicate: false,
+        },
+    );
+    wait_for("the rest shipped", Duration::from_secs(30), || {
+        counts(&cluster, host).1 >= 100
+    });
+    running.stop();
+    assert_eq!(counts(&cluster, host), (100, 100));
+}
