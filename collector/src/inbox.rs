@@ -282,6 +282,8 @@ struct Tracked {
     /// chunk, they tell a file truncated and written past the old offset
     /// (`copytruncate`) from one that only grew.
     tail: Vec<u8>,
+    /// Last modification time at the last scan.
+    modified: std::time::SystemTime,
     rotated: bool,
     len: u64,
 }
@@ -310,8 +312,17 @@ fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
-/// Lists inbox files as (id, path, length, rotated), depth-bounded.
-fn scan(dir: &Path) -> Vec<(u64, PathBuf, u64, bool)> {
+/// One inbox file as a directory read found it.
+struct Found {
+    id: u64,
+    path: PathBuf,
+    len: u64,
+    rotated: bool,
+    modified: std::time::SystemTime,
+}
+
+/// Lists inbox files, depth-bounded.
+fn scan(dir: &Path) -> Vec<Found> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), 0usize)];
     while let Some((d, depth)) = stack.pop() {
@@ -330,7 +341,13 @@ fn scan(dir: &Path) -> Vec<(u64, PathBuf, u64, bool)> {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
             if meta.is_file() && is_inbox_file(name) {
-                out.push((file_id(&meta), path, meta.len(), name.ends_with(".old")));
+                out.push(Found {
+                    id: file_id(&meta),
+                    path,
+                    len: meta.len(),
+                    rotated: name.ends_with(".old"),
+                    modified: meta.modified().unwrap_or(UNIX_EPOCH),
+                });
             }
         }
     }
@@ -549,12 +566,20 @@ impl Tailer {
             .map_err(|e| Error::Task(e.to_string()))?;
         let mut seen = HashSet::new();
         let mut waiting = 0usize;
-        for (id, path, len, rotated) in found {
+        for Found {
+            id,
+            path,
+            len,
+            rotated,
+            modified,
+        } in found
+        {
             seen.insert(id);
             if let Some(t) = self.files.get_mut(&id) {
                 t.path = path;
                 t.len = len;
                 t.rotated = rotated;
+                t.modified = modified;
                 t.missing_since = None;
                 continue;
             }
@@ -576,6 +601,7 @@ impl Tailer {
                     discarding: false,
                     undecided_logged: false,
                     tail: Vec::new(),
+                    modified,
                     rotated,
                     len,
                 },
@@ -612,6 +638,7 @@ impl Tailer {
             .map(|(id, _)| *id)
             .collect();
         let mut rotated = Vec::new();
+        let mut idle = Vec::new();
         for id in ids {
             loop {
                 if *stopped.borrow() {
@@ -623,12 +650,83 @@ impl Tailer {
                     Step::Refused => return Ok(true),
                 }
             }
-            if self.files[&id].rotated {
+            let t = &self.files[&id];
+            if t.rotated {
                 rotated.push(id);
+            } else if self.idle_enough(t) {
+                idle.push(id);
             }
         }
+        self.rotate_idle(idle).await;
         self.delete_rotated(rotated).await;
         Ok(false)
+    }
+
+    /// Whether `.log` file `t` is fully read and old and large enough for
+    /// the collector to rotate it (`inbox_rotate_idle_ms`).
+    fn idle_enough(&self, t: &Tracked) -> bool {
+        let l = &self.limits;
+        l.inbox_rotate_idle_ms > 0
+            && t.offset == t.len
+            && t.len >= l.inbox_rotate_min_bytes.max(1)
+            && t.modified
+                .elapsed()
+                .is_ok_and(|age| age >= Duration::from_millis(l.inbox_rotate_idle_ms))
+    }
+
+    /// Renames each idle, fully read `.log` file of `ids` that no process
+    /// holds to `NAME.log.TIMESTAMP.old`, as LSD does, so a file its app
+    /// never rotates does not grow the inbox for ever; it is then deleted as
+    /// any rotated file. A writer that opens it in between appends to the
+    /// rotated file, which is read to its end before it goes.
+    async fn rotate_idle(&mut self, ids: Vec<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        let candidates: Vec<(u64, PathBuf, u64)> = ids
+            .into_iter()
+            .map(|id| (id, self.files[&id].path.clone(), self.files[&id].len))
+            .collect();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let renamed = tokio::task::spawn_blocking(move || {
+            let open = OpenFiles::read();
+            candidates
+                .into_iter()
+                .filter_map(|(id, path, len)| {
+                    let meta = std::fs::metadata(&path).ok()?;
+                    if file_id(&meta) != id || meta.len() != len || open.holds(&meta) != Ok(false) {
+                        return None;
+                    }
+                    let mut to = path.clone().into_os_string();
+                    to.push(format!(".{stamp}.old"));
+                    let to = PathBuf::from(to);
+                    match std::fs::rename(&path, &to) {
+                        Ok(()) => Some(Ok((id, path, to))),
+                        Err(e) => Some(Err((path, e))),
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for r in renamed {
+            match r {
+                Ok((id, from, to)) => {
+                    tracing::info!(from = %from.display(), to = %to.display(), "idle inbox file fully spooled; rotated");
+                    self.ingest.metrics.inbox_files_rotated.inc();
+                    if let Some(t) = self.files.get_mut(&id) {
+                        t.path = to;
+                        t.rotated = true;
+                    }
+                }
+                Err((path, e)) => {
+                    self.error("rotate");
+                    tracing::error!(path = %path.display(), error = %e, "cannot rotate idle inbox file");
+                }
+            }
+        }
     }
 
     /// Reads and spools one chunk of file `id`.

@@ -50,6 +50,8 @@ pub struct Metrics {
     /// Rotated inbox files fully spooled but kept because whether a writer
     /// still holds them cannot be told (see the log for why).
     pub inbox_files_undecided: Gauge,
+    /// Idle `.log` inbox files the collector rotated itself.
+    pub inbox_files_rotated: Counter,
     /// Inbox files found but not tracked yet: over `inbox_files_max`.
     pub inbox_files_waiting: Gauge,
     /// Inbox files found shorter than what was read of them (truncated in
@@ -81,6 +83,7 @@ impl Metrics {
             inbox_files_deleted: Counter::default(),
             inbox_scans: Counter::default(),
             inbox_files_undecided: Gauge::default(),
+            inbox_files_rotated: Counter::default(),
             inbox_files_waiting: Gauge::default(),
             inbox_truncations: Counter::default(),
             inbox_errors: Family::default(),
@@ -171,6 +174,11 @@ impl Metrics {
             "spoolhouse_collector_inbox_files_undecided",
             "Rotated inbox files fully spooled but kept: whether a writer holds them cannot be told",
             m.inbox_files_undecided.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_inbox_files_rotated",
+            "Idle .log inbox files the collector rotated itself",
+            m.inbox_files_rotated.clone(),
         );
         r.register(
             "spoolhouse_collector_inbox_files_waiting",

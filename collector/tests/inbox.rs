@@ -485,3 +485,48 @@ async fn a_tailer_that_cannot_start_fails_healthz_with_the_reason() {
     assert!(h.health.ok(), "{}", h.health.to_json());
     running.shutdown().await.unwrap();
 }
+
+/// Regression: `.log` files were never rotated or deleted by the collector,
+/// so an inbox of apps that never rotate grew without bound. An idle file no
+/// one holds is rotated (then deleted once read); a file a writer holds is
+/// left alone however idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_log_files_no_one_holds_are_rotated_and_deleted() {
+    let limits = CollectorLimits {
+        inbox_rotate_idle_ms: 300,
+        ..fast()
+    };
+    let h = Harness::new(limits, 1 << 30);
+    std::fs::create_dir_all(h.inbox()).unwrap();
+    let (running, spool) = h.start().await;
+    let closed = h.inbox().join("closed.log");
+    append(&closed, &lines(1..=3));
+    let held = h.inbox().join("held.log");
+    let mut writer = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&held)
+        .unwrap();
+    writer.write_all(lines(4..=5).as_bytes()).unwrap();
+    assert!(eventually(Duration::from_secs(10), || accepted(&h) == 5).await);
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_dir(h.inbox())
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with("closed")))
+        .await,
+        "the idle file is rotated and deleted"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(held.exists(), "a file its writer holds is never rotated");
+    writer.write_all(lines(6..=6).as_bytes()).unwrap();
+    assert!(eventually(Duration::from_secs(10), || accepted(&h) == 6).await);
+    running.shutdown().await.unwrap();
+    let mut ids = user_ids(&read_all(&spool));
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        counter(&h, "spoolhouse_collector_inbox_files_rotated_total"),
+        1
+    );
+}

@@ -95,9 +95,17 @@ pub struct CollectorLimits {
     /// How often the inbox resume state is checkpointed (default 5 000 ms):
     /// a restart re-reads the spool only from the last checkpoint.
     pub inbox_checkpoint_ms: u64,
-    /// Most inbox files tracked at once (default 10 000); more are skipped
-    /// with an error until some are rotated away.
+    /// Most inbox files tracked at once (default 10 000); more wait, with
+    /// one log line and a gauge, until some are rotated away.
     pub inbox_files_max: usize,
+    /// A `.log` inbox file fully spooled, held open by no process and not
+    /// modified for this long is rotated by the collector itself (renamed
+    /// to `NAME.log.TIMESTAMP.old`, then deleted as any rotated file), as
+    /// LSD does, so the inbox never grows without bound (default 300 000 ms;
+    /// 0 never rotates: the app must).
+    pub inbox_rotate_idle_ms: u64,
+    /// Only files at least this large are rotated that way (default 0: any).
+    pub inbox_rotate_min_bytes: u64,
     /// Spool segment size at which the active segment rotates (default
     /// 64 MiB, the spooler's own default); the quota must be at least twice this.
     pub spool_segment_bytes: u64,
@@ -120,6 +128,8 @@ impl Default for CollectorLimits {
             inbox_poll_ms: 1_000,
             inbox_checkpoint_ms: 5_000,
             inbox_files_max: 10_000,
+            inbox_rotate_idle_ms: 300_000,
+            inbox_rotate_min_bytes: 0,
             spool_segment_bytes: 64 << 20,
             spool_zstd_level: 3,
         }
