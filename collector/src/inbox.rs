@@ -90,8 +90,20 @@ fn mix(mut z: u64) -> u64 {
 struct Resume {
     spool: Arc<spooler::Spool>,
     reader: Reader,
-    persisted: HashMap<u64, u64>,
+    persisted: HashMap<u64, Resumed>,
     state_path: PathBuf,
+}
+
+/// Where a file resumes: `offset`, as of spool position `since`, records at
+/// or after which move it on (records before it are already counted, or of
+/// content the file no longer has: it was truncated then); `tail`: the
+/// last bytes before `offset` as the tailer read them (empty if a record
+/// moved the offset since), checked again before reading on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Resumed {
+    offset: u64,
+    since: spooler::Position,
+    tail: Vec<u8>,
 }
 
 impl Resume {
@@ -121,6 +133,19 @@ impl Resume {
         Ok(r)
     }
 
+    /// Records that file `id` starts again from 0, as of now in the spool.
+    fn truncated(&mut self, id: u64) -> Result<(), Error> {
+        self.persisted.insert(
+            id,
+            Resumed {
+                offset: 0,
+                since: self.spool.durable(),
+                tail: Vec::new(),
+            },
+        );
+        write_state(&self.state_path, &self.persisted)
+    }
+
     /// Reads the spool, merges the inbox offsets found, writes the state
     /// file and only then commits the reader. At start (`live` is `None`) it
     /// reads to the durable end: the resume needs every inbox record. At run
@@ -130,7 +155,7 @@ impl Resume {
     /// reader must never be the one that lets unshipped data go. With no
     /// other reader it reads nothing (a restart then re-reads more; offsets
     /// merge by maximum). Both loops end at a position fixed on entry.
-    fn checkpoint(&mut self, live: Option<&HashSet<u64>>) -> Result<(), Error> {
+    fn checkpoint(&mut self, snapshot: Option<&HashMap<u64, (u64, Vec<u8>)>>) -> Result<(), Error> {
         let lowest_other = self
             .spool
             .stats()?
@@ -139,10 +164,13 @@ impl Resume {
             .filter(|r| r.name != READER_NAME)
             .map(|r| r.committed.unwrap_or_default())
             .min();
-        let target = match (live, lowest_other) {
-            (None, _) => self.spool.durable(),
+        // Every inbox record of the snapshot lies before this: the tailer
+        // waits for the checkpoint, and nothing else spools inbox lines.
+        let now = self.spool.durable();
+        let target = match (snapshot, lowest_other) {
+            (None, _) => now,
             (Some(_), Some(p)) => p,
-            (Some(_), None) => return Ok(()),
+            (Some(_), None) => self.reader.position(),
         };
         while self.reader.position() < target {
             let records = self.reader.next(READ_FRAMES_MAX, 64 << 20)?;
@@ -156,14 +184,33 @@ impl Resume {
                         inbox: Some(src), ..
                     }) = Record::decode(&r.payload)
                     {
-                        let e = self.persisted.entry(src.file).or_insert(0);
-                        *e = (*e).max(src.end_offset);
+                        // Records of one file come in offset order, but
+                        // for a truncation: the last one at or after the
+                        // truncation wins.
+                        let e = self.persisted.entry(src.file).or_default();
+                        if r.position >= e.since {
+                            e.offset = src.end_offset;
+                            e.tail.clear();
+                        }
                     }
                 }
             }
         }
-        if let Some(live) = live {
-            self.persisted.retain(|id, _| live.contains(id));
+        if let Some(snapshot) = snapshot {
+            // The tailer's offsets are authoritative, and they come with the
+            // bytes before them, which tell after a restart whether the file
+            // was truncated and written past the offset meanwhile.
+            self.persisted.retain(|id, _| snapshot.contains_key(id));
+            for (id, (offset, tail)) in snapshot {
+                self.persisted.insert(
+                    *id,
+                    Resumed {
+                        offset: *offset,
+                        since: now,
+                        tail: tail.clone(),
+                    },
+                );
+            }
         }
         write_state(&self.state_path, &self.persisted)?;
         if let Some(lowest) = lowest_other {
@@ -185,7 +232,11 @@ fn open_nofollow(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-fn read_state(path: &Path) -> Result<HashMap<u64, u64>, Error> {
+/// The resume state: a header, then per file `ID OFFSET SEGMENT OFFSET
+/// TAIL` (the spool position records count from, then the bytes before
+/// the offset in hex, `-` for none), then `end`. Version 1 files (`ID
+/// OFFSET`) count from the spool's start.
+fn read_state(path: &Path) -> Result<HashMap<u64, Resumed>, Error> {
     let read = || -> std::io::Result<String> {
         let mut text = String::new();
         open_nofollow(path)?.read_to_string(&mut text)?;
@@ -206,9 +257,11 @@ fn read_state(path: &Path) -> Result<HashMap<u64, u64>, Error> {
         reason: reason.into(),
     };
     let mut lines = text.lines();
-    if lines.next() != Some("spoolhouse-inbox-state 1") {
-        return Err(bad("missing header `spoolhouse-inbox-state 1`"));
-    }
+    let fields = match lines.next() {
+        Some("spoolhouse-inbox-state 1") => 2,
+        Some("spoolhouse-inbox-state 2") => 5,
+        _ => return Err(bad("missing header `spoolhouse-inbox-state 2`")),
+    };
     let mut map = HashMap::new();
     let mut ended = false;
     for line in lines {
@@ -216,12 +269,32 @@ fn read_state(path: &Path) -> Result<HashMap<u64, u64>, Error> {
             ended = true;
             break;
         }
-        let (id, off) = line
-            .split_once(' ')
-            .ok_or_else(|| bad("line without a space"))?;
-        let id = id.parse().map_err(|_| bad("file id is not a number"))?;
-        let off = off.parse().map_err(|_| bad("offset is not a number"))?;
-        map.insert(id, off);
+        let parts: Vec<&str> = line.split(' ').collect();
+        if parts.len() != fields {
+            return Err(bad("a line has the wrong number of fields"));
+        }
+        let nums: Vec<u64> = parts[..fields.min(4)]
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad("a field is not a number"))?;
+        let (since, tail) = if fields == 5 {
+            let tail = match parts[4] {
+                "-" => Vec::new(),
+                hex => from_hex(hex).ok_or_else(|| bad("the tail is not hex"))?,
+            };
+            (spooler::Position::new(nums[2], nums[3]), tail)
+        } else {
+            (spooler::Position::default(), Vec::new())
+        };
+        map.insert(
+            nums[0],
+            Resumed {
+                offset: nums[1],
+                since,
+                tail,
+            },
+        );
     }
     // The writer renames a fully synced file into place, so a missing end
     // marker means the file was damaged afterwards.
@@ -231,16 +304,34 @@ fn read_state(path: &Path) -> Result<HashMap<u64, u64>, Error> {
     Ok(map)
 }
 
-fn write_state(path: &Path, map: &HashMap<u64, u64>) -> Result<(), Error> {
+fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn write_state(path: &Path, map: &HashMap<u64, Resumed>) -> Result<(), Error> {
     let io = |source| Error::Inbox {
         path: path.into(),
         source,
     };
-    let mut text = String::from("spoolhouse-inbox-state 1\n");
+    let mut text = String::from("spoolhouse-inbox-state 2\n");
     let mut ids: Vec<_> = map.iter().collect();
-    ids.sort();
-    for (id, off) in ids {
-        text.push_str(&format!("{id} {off}\n"));
+    ids.sort_by_key(|(id, _)| **id);
+    for (id, r) in ids {
+        let tail = if r.tail.is_empty() {
+            "-".to_string()
+        } else {
+            r.tail.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        text.push_str(&format!(
+            "{id} {} {} {} {tail}\n",
+            r.offset, r.since.segment, r.since.offset
+        ));
     }
     text.push_str("end\n");
     let tmp = path.with_extension("tmp");
@@ -543,9 +634,13 @@ impl Tailer {
             .resume
             .take()
             .expect("resume is put back after each checkpoint");
-        let live: HashSet<u64> = self.files.keys().copied().collect();
+        let snapshot: HashMap<u64, (u64, Vec<u8>)> = self
+            .files
+            .iter()
+            .map(|(id, t)| (*id, (t.offset, t.tail.clone())))
+            .collect();
         let (resume, result) = tokio::task::spawn_blocking(move || {
-            let r = resume.checkpoint(Some(&live));
+            let r = resume.checkpoint(Some(&snapshot));
             (resume, r)
         })
         .await
@@ -587,11 +682,11 @@ impl Tailer {
                 waiting += 1;
                 continue;
             }
-            let offset = self
+            let (offset, tail) = self
                 .resume
                 .as_ref()
-                .and_then(|r| r.persisted.get(&id).copied())
-                .unwrap_or(0);
+                .and_then(|r| r.persisted.get(&id))
+                .map_or((0, Vec::new()), |p| (p.offset, p.tail.clone()));
             self.files.insert(
                 id,
                 Tracked {
@@ -600,7 +695,7 @@ impl Tailer {
                     offset,
                     discarding: false,
                     undecided_logged: false,
-                    tail: Vec::new(),
+                    tail,
                     modified,
                     rotated,
                     len,
@@ -945,6 +1040,15 @@ impl Tailer {
         t.discarding = false;
         t.tail.clear();
         self.ingest.metrics.inbox_truncations.inc();
+        // Recorded before any line of the new content is spooled: a restart
+        // must not resume at the old offset, which the records of the old
+        // content still say.
+        if let Some(r) = self.resume.as_mut() {
+            if let Err(e) = r.truncated(id) {
+                self.error("state");
+                tracing::error!(error = %e, "cannot record an inbox truncation in the resume state; a restart before the next checkpoint may skip the start of the new content");
+            }
+        }
     }
 
     fn error(&self, kind: &str) {

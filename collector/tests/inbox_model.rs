@@ -1,0 +1,239 @@
+//! A model-based property test of the inbox: random sequences of appends
+//! (some lines in two writes under `flock`, as a slow writer's), rotations,
+//! deletions of rotated files, truncations in place, re-creations under the
+//! same name and collector restarts, run against a real collector while it
+//! tails, and checked against an in-memory model of which lines must arrive
+//! (every line appended, unless its file was deleted, truncated or replaced
+//! before it was read: then it may arrive). Every line that must arrive
+//! arrives exactly once; no line arrives twice.
+//!
+//! Cases: 12 by default, `PROPTEST_CASES=N` for more.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use dc_config::services::CollectorLimits;
+use proptest::prelude::*;
+
+const FILES: usize = 3;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// `n` lines to file `k`; `split`: each line in two writes under `flock`.
+    Append { k: usize, n: u64, split: bool },
+    /// Rename `k.log` to a new `.old` name; the app reopens `k.log`.
+    Rotate { k: usize },
+    /// Delete the oldest rotated file of `k` (if the collector has not).
+    DeleteOld { k: usize },
+    /// Truncate `k.log` in place.
+    Truncate { k: usize },
+    /// Delete `k.log` and create it anew.
+    Recreate { k: usize },
+    /// Stop the collector and start it again.
+    Restart,
+    /// Let the tailer run a moment.
+    Pause { ms: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let k = 0..FILES;
+    prop_oneof![
+        6 => (k.clone(), 1..40u64, any::<bool>()).prop_map(|(k, n, split)| Op::Append { k, n, split }),
+        3 => k.clone().prop_map(|k| Op::Rotate { k }),
+        1 => k.clone().prop_map(|k| Op::DeleteOld { k }),
+        1 => k.clone().prop_map(|k| Op::Truncate { k }),
+        1 => k.prop_map(|k| Op::Recreate { k }),
+        1 => Just(Op::Restart),
+        2 => (0..60u64).prop_map(|ms| Op::Pause { ms }),
+    ]
+}
+
+/// Whether a line must arrive, or only may.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fate {
+    Must,
+    May,
+}
+
+struct Model {
+    fate: HashMap<u64, Fate>,
+    /// Lines in each live `.log`.
+    live: Vec<Vec<u64>>,
+    /// Rotated files of each `k`, oldest first, with their lines.
+    old: Vec<Vec<(PathBuf, Vec<u64>)>>,
+    generation: u64,
+    next_id: u64,
+}
+
+impl Model {
+    fn lose_may(&mut self, ids: &[u64]) {
+        for id in ids {
+            self.fate.insert(*id, Fate::May);
+        }
+    }
+}
+
+fn live_path(h: &Harness, k: usize) -> PathBuf {
+    h.inbox().join(format!("f{k}.log"))
+}
+
+fn append_lines(path: &std::path::Path, ids: &[u64], split: bool) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for id in ids {
+        let line = format!("{}\n", vote(*id));
+        if split {
+            // SAFETY: flock on a file this function holds open.
+            use std::os::fd::AsRawFd;
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            let (a, b) = line.split_at(line.len() / 2);
+            f.write_all(a.as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+            f.write_all(b.as_bytes()).unwrap();
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        } else {
+            f.write_all(line.as_bytes()).unwrap();
+        }
+    }
+}
+
+async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let h = Harness::new(
+        CollectorLimits {
+            inbox_poll_ms: 20,
+            inbox_checkpoint_ms: 50,
+            ..CollectorLimits::default()
+        },
+        1 << 30,
+    );
+    std::fs::create_dir_all(h.inbox()).unwrap();
+    let mut m = Model {
+        fate: HashMap::new(),
+        live: vec![Vec::new(); FILES],
+        old: vec![Vec::new(); FILES],
+        generation: 0,
+        next_id: 1,
+    };
+    let (mut running, mut spool) = h.start().await;
+    for op in ops {
+        match op {
+            Op::Append { k, n, split } => {
+                let ids: Vec<u64> = (m.next_id..m.next_id + n).collect();
+                m.next_id += n;
+                append_lines(&live_path(&h, k), &ids, split);
+                for id in &ids {
+                    m.fate.insert(*id, Fate::Must);
+                }
+                m.live[k].extend(ids);
+            }
+            Op::Rotate { k } => {
+                let from = live_path(&h, k);
+                if from.exists() {
+                    m.generation += 1;
+                    let to = h.inbox().join(format!("f{k}.log.{}.old", m.generation));
+                    std::fs::rename(&from, &to).unwrap();
+                    let ids = std::mem::take(&mut m.live[k]);
+                    m.old[k].push((to, ids));
+                }
+            }
+            Op::DeleteOld { k } => {
+                if !m.old[k].is_empty() {
+                    let (path, ids) = m.old[k].remove(0);
+                    // Gone already if the collector read it all and deleted it.
+                    if std::fs::remove_file(&path).is_ok() {
+                        m.lose_may(&ids);
+                    }
+                }
+            }
+            Op::Truncate { k } => {
+                let p = live_path(&h, k);
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
+                    f.set_len(0).unwrap();
+                    let ids = std::mem::take(&mut m.live[k]);
+                    m.lose_may(&ids);
+                }
+            }
+            Op::Recreate { k } => {
+                let p = live_path(&h, k);
+                if std::fs::remove_file(&p).is_ok() {
+                    std::fs::File::create(&p).unwrap();
+                    let ids = std::mem::take(&mut m.live[k]);
+                    m.lose_may(&ids);
+                }
+            }
+            Op::Restart => {
+                running.shutdown().await.unwrap();
+                drop(spool);
+                (running, spool) = h.start().await;
+            }
+            Op::Pause { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
+    }
+    let must: Vec<u64> = m
+        .fate
+        .iter()
+        .filter(|(_, f)| **f == Fate::Must)
+        .map(|(id, _)| *id)
+        .collect();
+    let arrived = |spool: &spooler::Spool| {
+        let mut seen: HashMap<u64, u32> = HashMap::new();
+        for id in user_ids(&read_all(spool)) {
+            *seen.entry(id).or_insert(0) += 1;
+        }
+        seen
+    };
+    let all_there = eventually(Duration::from_secs(30), || {
+        let seen = arrived(&spool);
+        must.iter().all(|id| seen.contains_key(id))
+    })
+    .await;
+    // A moment more for anything that would arrive twice.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.shutdown().await.unwrap();
+    let seen = arrived(&spool);
+    let missing: Vec<u64> = must
+        .iter()
+        .filter(|id| !seen.contains_key(id))
+        .copied()
+        .collect();
+    let twice: Vec<u64> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    let unknown: Vec<u64> = seen
+        .keys()
+        .filter(|id| !m.fate.contains_key(id))
+        .copied()
+        .collect();
+    prop_assert!(all_there && missing.is_empty(), "lines lost: {missing:?}");
+    prop_assert!(twice.is_empty(), "lines spooled twice: {twice:?}");
+    prop_assert!(unknown.is_empty(), "lines nobody wrote: {unknown:?}");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12),
+        max_shrink_iters: 20,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn every_line_arrives_once_whatever_the_app_does_to_its_files(ops in prop::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(run_case(ops))?;
+    }
+}
