@@ -59,6 +59,8 @@ const READ_FRAMES_MAX: usize = 10_000;
 /// again at the offset of the resume state (only as far as the shipper
 /// committed) and spooling it twice.
 const MISSING_GRACE: Duration = Duration::from_secs(60);
+/// The resume state is written in whole blocks of this size.
+const STATE_BLOCK: usize = 4096;
 /// Wait between tries to start an inbox tailer that could not start.
 const START_RETRY: Duration = Duration::from_secs(5);
 /// Bytes before a file's offset read again with each chunk to tell a
@@ -334,25 +336,55 @@ fn write_state(path: &Path, map: &HashMap<u64, Resumed>) -> Result<(), Error> {
         ));
     }
     text.push_str("end\n");
+    // Padded to whole blocks (read_state stops at `end`): on a full disk the
+    // state is then rewritten in place when it still fits, as the spool's
+    // checkpoints are (ADR 0008). Without it the inbox reader could not
+    // commit, and retention could not free the spool that filled the disk.
+    let padded = text.len().div_ceil(STATE_BLOCK) * STATE_BLOCK;
+    text.extend(std::iter::repeat_n('\n', padded - text.len()));
     let tmp = path.with_extension("tmp");
-    // A fresh temp file, never through a symlink planted in its place.
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = {
-        use std::os::unix::fs::OpenOptionsExt;
-        File::options()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io)?
+    let fresh = || -> std::io::Result<()> {
+        // A fresh temp file, never through a symlink planted in its place.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            File::options()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?
+        };
+        f.write_all(text.as_bytes())?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent() {
+            File::open(parent).and_then(|d| d.sync_all())?;
+        }
+        Ok(())
     };
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_data().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(parent) = path.parent() {
-        File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+    match fresh() {
+        Ok(()) => Ok(()),
+        Err(e) if spooler::error::is_disk_full(&e) => {
+            let _ = std::fs::remove_file(&tmp);
+            // In place: no new block. A crash during this write could tear
+            // the state; it then fails to load, and /healthz says to delete
+            // it (rebuilt from the spool).
+            let in_place = || -> std::io::Result<()> {
+                use std::os::unix::fs::{FileExt, OpenOptionsExt};
+                let f = File::options()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)?;
+                if f.metadata()?.len() < text.len() as u64 {
+                    return Err(e);
+                }
+                f.write_all_at(text.as_bytes(), 0)?;
+                f.sync_data()
+            };
+            in_place().map_err(io)
+        }
+        Err(e) => Err(io(e)),
     }
-    Ok(())
 }
 
 /// One file being tailed.

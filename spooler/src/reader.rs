@@ -59,6 +59,14 @@ pub struct Reader {
     cursor: Position,
     seg: Option<Loaded>,
     stats: ReaderStats,
+    /// Where in the active segment this reader met bytes it could not take
+    /// yet (an incomplete frame, or a first bad checksum), and how often it
+    /// met a bad checksum there. Without the writer's durable watermark a
+    /// reader in another process can see an append the writer then cuts off
+    /// (a full disk) and writes again differently: the bytes from here on
+    /// are read afresh, never from the cache, and a bad checksum counts as
+    /// damage only when it is still there after that.
+    recheck: Option<(Position, u32)>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -174,6 +182,7 @@ impl Reader {
             cursor: start,
             seg: None,
             stats,
+            recheck: None,
         };
         r.clamp_past_last_segment()?;
         Ok(r)
@@ -295,6 +304,13 @@ impl Reader {
             return Ok(());
         }
         let path = self.layout.segment(l.seq, SegmentState::Active);
+        // Bytes from the recheck point on may have been cut off and written
+        // again since they were cached: read them afresh.
+        if let Some((p, _)) = self.recheck {
+            if p.segment == l.seq && (p.offset as usize) < l.data.len() {
+                l.data.truncate(p.offset as usize);
+            }
+        }
         // Checked before reading: if the rename to sealed already happened,
         // the writer synced everything first, so reading to the end now
         // gets the whole segment.
@@ -404,6 +420,7 @@ impl Reader {
                 let mut corrupt = Vec::new();
                 let mut tail = None;
                 let mut full = false;
+                let mut refetch = false;
                 for item in Scanner::new(&l.data[..limit], start) {
                     match item {
                         Scanned::Frame { offset, payload } => {
@@ -424,14 +441,39 @@ impl Reader {
                             self.cursor.offset = next as u64;
                         }
                         Scanned::Corrupt { offset, len } => {
+                            // In a segment still being written, a bad
+                            // checksum may be an append that was cut off
+                            // and written again: read it afresh once more
+                            // before calling it damage.
+                            let at = Position::new(seq, offset as u64);
+                            let seen = match self.recheck {
+                                Some((p, n)) if p == at => n,
+                                _ => 0,
+                            };
+                            if !sealed && self.shared.is_none() && seen == 0 {
+                                self.recheck = Some((at, 1));
+                                tail = None;
+                                refetch = true;
+                                break;
+                            }
                             corrupt.push((offset, len));
                             self.cursor.offset = (offset + len) as u64;
                         }
                         Scanned::Tail { offset } => tail = Some(offset),
                     }
                 }
+                if refetch {
+                    for (offset, len) in corrupt {
+                        self.skip_corrupt(seq, offset, len)?;
+                    }
+                    return Ok(out);
+                }
                 for (offset, len) in corrupt {
                     self.skip_corrupt(seq, offset, len)?;
+                }
+                // Read past: nothing there to read afresh any more.
+                if self.recheck.is_some_and(|(p, _)| p < self.cursor) {
+                    self.recheck = None;
                 }
                 if full {
                     return Ok(out);
@@ -443,7 +485,9 @@ impl Reader {
                         self.cursor.offset = limit as u64;
                     } else {
                         // An append in progress (another process's reader)
-                        // or a torn tail the next recovery will cut.
+                        // or a torn tail the next recovery will cut: read
+                        // afresh from here next time.
+                        self.recheck = Some((Position::new(seq, offset as u64), 0));
                         return Ok(out);
                     }
                 }

@@ -41,7 +41,33 @@ pub trait SegmentIo: Send + Sync {
 pub struct StdIo;
 
 impl SegmentIo for StdIo {
+    /// Reserves the blocks first (`fallocate`, size unchanged), so a full
+    /// disk refuses the append before any byte of it is written: a reader in
+    /// another process, which sees bytes as they are written, never sees
+    /// part of an append that then fails and is cut off (it could take the
+    /// frames of a refused batch, or lose its place when the next append
+    /// writes other bytes there). File systems without `fallocate` write
+    /// directly, as before.
     fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        if !buf.is_empty() {
+            // SAFETY: fallocate on a file descriptor this call borrows.
+            let rc = unsafe {
+                libc::fallocate(
+                    file.as_raw_fd(),
+                    libc::FALLOC_FL_KEEP_SIZE,
+                    offset as libc::off_t,
+                    buf.len() as libc::off_t,
+                )
+            };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                if crate::error::is_disk_full(&e) {
+                    return Err(e);
+                }
+                // EOPNOTSUPP and the like: nothing reserved, write anyway.
+            }
+        }
         file.write_all_at(buf, offset)
     }
 
