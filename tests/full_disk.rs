@@ -52,38 +52,18 @@ fn a_full_spool_refuses_clearly_loses_nothing_and_recovers() {
     }
 }
 
-/// A tmpfs mounted on `dir`, unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn mount_tmpfs(dir: &std::path::Path, bytes: u64) -> Tmpfs {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-        .arg(dir)
-        .output()
-        .expect("running mount");
-    assert!(
-        out.status.success(),
-        "mounting a tmpfs on {} failed (this test needs root, as the README's test command runs): {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Tmpfs(dir.to_path_buf())
-}
-
 fn run(limit: Limit) {
     let cluster = hosts_cluster();
     let dir = tempfile::tempdir().unwrap();
     let _dc1 = start_dc(&cluster, "dc1", &dir.path().join("dc1"));
     // Declared before dc2's services, so it is unmounted after they stop.
-    let _disk = (limit == Limit::Disk)
-        .then(|| mount_tmpfs(&cluster.topology().dc("dc2").unwrap().spool.dir, QUOTA));
+    let _disk = (limit == Limit::Disk).then(|| {
+        dc_config::local::tmpfs::Tmpfs::mount(
+            &cluster.topology().dc("dc2").unwrap().spool.dir,
+            QUOTA,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    });
     let mut dc2 = start_dc_with(&cluster, "dc2", &dir.path().join("dc2"), |c| {
         if limit == Limit::Quota {
             c.spool_quota_bytes = QUOTA;

@@ -697,6 +697,22 @@ impl Orphan {
     }
 }
 
+/// `records` as a shipper of `cfg` with `epoch` sends them to
+/// `events_ingest` (RowBinary, the epoch after each row).
+fn ingest_rows(cfg: &ShipperConfig, records: &[spooler::Record], epoch: u64) -> Vec<u8> {
+    let mut rows = Vec::new();
+    for r in records {
+        let ev = Record::decode(&r.payload).unwrap().event;
+        let pos = dc_config::row::SpoolPosition {
+            segment: r.position.segment,
+            offset: r.position.offset,
+        };
+        dc_config::row::EventRow::new(&ev, &cfg.dc, &cfg.host, pos).write_row_binary(&mut rows);
+        rows.extend_from_slice(&epoch.to_le_bytes());
+    }
+    rows
+}
+
 /// The spool of `cfg` with `n` votes, and the state a shipper killed
 /// while inserting all of them as one batch leaves: its intent (replica 1 of
 /// the batch's shard), no checkpoint. Returns the replica's URL and the
@@ -720,16 +736,7 @@ fn killed_mid_insert(cfg: &ShipperConfig, epoch: u64, n: u64) -> (String, Vec<u8
     intent
         .save(&cfg.state_dir, shipper::ship::CLICKHOUSE_READER)
         .unwrap();
-    let mut rows = Vec::new();
-    for r in &records {
-        let ev = Record::decode(&r.payload).unwrap().event;
-        let pos = dc_config::row::SpoolPosition {
-            segment: r.position.segment,
-            offset: r.position.offset,
-        };
-        dc_config::row::EventRow::new(&ev, &cfg.dc, &cfg.host, pos).write_row_binary(&mut rows);
-        rows.extend_from_slice(&epoch.to_le_bytes());
-    }
+    let rows = ingest_rows(cfg, &records, epoch);
     let sink = shipper::sink::Sink::new(cfg);
     let shard = sink.shard_for(intent.start);
     (sink.url(shard, 0).to_string(), rows)
@@ -837,33 +844,6 @@ fn an_insert_of_a_killed_shipper_never_lands_beside_its_replay() {
     assert_eq!(counts(&cluster, "h-orphan-running"), (15_000, 15_000));
 }
 
-/// A tmpfs of `bytes` mounted on `dir` (root only), unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, bytes: u64) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs on {} failed (this test needs root, as the README's test command runs): {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// Fills the file system of `dir` with `dir/filler` until it is full.
 fn fill(dir: &std::path::Path) {
     use std::io::Write;
@@ -887,7 +867,7 @@ fn a_full_state_disk_makes_the_shipper_wait_not_exit() {
     let host = "h-full-disk";
     let root = tempfile::tempdir().unwrap();
     let disk = root.path().join("disk");
-    let _tmpfs = Tmpfs::mount(&disk, 512 << 10);
+    let _tmpfs = dc_config::local::tmpfs::Tmpfs::mount(&disk, 512 << 10).unwrap();
     let mut cfg = config(&cluster, "dc1");
     cfg.host = host.into();
     cfg.spool_dir = disk.join("spool");
@@ -973,23 +953,10 @@ fn a_batch_in_flight_across_a_segment_boundary_is_checked_before_it_is_sent_agai
         .position(|r| r.position.segment != first_segment)
         .expect("more than one segment");
     let sink = shipper::sink::Sink::new(&cfg);
-    let row_bytes = |recs: &[spooler::Record], epoch: u64| {
-        let mut rows = Vec::new();
-        for r in recs {
-            let ev = Record::decode(&r.payload).unwrap().event;
-            let pos = dc_config::row::SpoolPosition {
-                segment: r.position.segment,
-                offset: r.position.offset,
-            };
-            dc_config::row::EventRow::new(&ev, &cfg.dc, &cfg.host, pos).write_row_binary(&mut rows);
-            rows.extend_from_slice(&epoch.to_le_bytes());
-        }
-        rows
-    };
     // Rows as a shipper of an earlier epoch inserted them.
     let insert = |recs: &[spooler::Record]| {
         let shard = sink.shard_for(recs[0].position);
-        let rows = row_bytes(recs, 1);
+        let rows = ingest_rows(&cfg, recs, 1);
         dc_config::local::probe::ClickHouseHttp::new(sink.url(shard, 0), Duration::from_secs(10))
             .insert(
                 &format!(

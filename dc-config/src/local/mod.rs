@@ -33,6 +33,7 @@ pub mod netns;
 pub mod ports;
 pub mod probe;
 pub mod process;
+pub mod tmpfs;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
