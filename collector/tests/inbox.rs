@@ -206,7 +206,13 @@ async fn a_rotation_storm_spools_every_line_once() {
     std::fs::create_dir_all(h.inbox()).unwrap();
     let (running, spool) = h.start().await;
     let (files, per_file) = (2_000u64, 50u64);
-    for round in 0..3u64 {
+    // 3 storms in CI; `SPOOLHOUSE_STORM_ROUNDS=100` for the long run.
+    let storms: u64 = std::env::var("SPOOLHOUSE_STORM_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let started = std::time::Instant::now();
+    for round in 0..storms {
         let base = round * files * per_file;
         for f in 0..files {
             let first = base + f * per_file + 1;
@@ -243,6 +249,11 @@ async fn a_rotation_storm_spools_every_line_once() {
             lost.len()
         );
     }
+    eprintln!(
+        "rotation storms: {storms} of {files} files x {per_file} lines, {} lines, 0 twice, 0 lost, in {:.1} s",
+        storms * files * per_file,
+        started.elapsed().as_secs_f64()
+    );
     running.shutdown().await.unwrap();
 }
 
@@ -563,4 +574,57 @@ async fn a_file_truncated_and_rewritten_while_stopped_is_read_from_its_start() {
     running.shutdown().await.unwrap();
     let (dups, lost) = duplicates_and_losses(&spool, &(20..=60).collect::<Vec<_>>());
     assert!(dups.is_empty() && lost.is_empty(), "{dups:?} {lost:?}");
+}
+
+/// LSD's "lots of files" case, scaled: 50 000 small rotated files (one line
+/// each) in the inbox; the time until every line is spooled and every file
+/// deleted. On demand (`cargo test -p collector --test inbox
+/// fifty_thousand -- --ignored --nocapture`); the figure is in BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a figure, run on demand"]
+async fn fifty_thousand_small_files() {
+    let n = 50_000u64;
+    let h = Harness::new(
+        CollectorLimits {
+            inbox_checkpoint_ms: 1_000,
+            ..CollectorLimits::default()
+        },
+        1 << 30,
+    );
+    let dir = h.inbox().join("many");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 1..=n {
+        append(&dir.join(format!("f{i}.log.old")), &lines(i..=i));
+    }
+    let started = std::time::Instant::now();
+    let (running, spool) = h.start().await;
+    assert!(
+        eventually(Duration::from_secs(1_800), || accepted(&h) == n).await,
+        "{} of {n} lines",
+        accepted(&h)
+    );
+    let spooled = started.elapsed();
+    assert!(
+        eventually(Duration::from_secs(1_800), || std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .is_none())
+        .await,
+        "every file deleted"
+    );
+    let deleted = started.elapsed();
+    running.shutdown().await.unwrap();
+    let (dups, lost) = duplicates_and_losses(&spool, &(1..=n).collect::<Vec<_>>());
+    assert!(
+        dups.is_empty() && lost.is_empty(),
+        "{} twice, {} lost",
+        dups.len(),
+        lost.len()
+    );
+    eprintln!(
+        "{n} small files: every line spooled in {:.1} s ({:.0} files/s), every file deleted in {:.1} s",
+        spooled.as_secs_f64(),
+        n as f64 / spooled.as_secs_f64(),
+        deleted.as_secs_f64()
+    );
 }
