@@ -103,6 +103,14 @@ impl Running {
         }
     }
 
+    /// Batches the ClickHouse pipeline has committed.
+    fn clickhouse_batches(&self) -> u64 {
+        self.metrics
+            .batches
+            .get_or_create(&shipper::metrics::label("sink", "clickhouse"))
+            .get()
+    }
+
     fn stop(mut self) {
         self.shutdown.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap().unwrap();
@@ -268,12 +276,7 @@ fn replay_once(cluster: &LocalCluster, host: &str, guards: Guards) -> (u64, u64)
     std::fs::remove_file(cfg.spool_dir.join("readers/clickhouse.ckpt")).unwrap();
     let running = Running::start(cfg, guards);
     wait_for("the replay", Duration::from_secs(30), || {
-        running
-            .metrics
-            .batches
-            .get_or_create(&shipper::metrics::label("sink", "clickhouse"))
-            .get()
-            >= 1
+        running.clickhouse_batches() >= 1
     });
     let skipped = running.metrics.replay_rows_skipped.get();
     running.stop();
@@ -832,12 +835,7 @@ fn an_insert_of_a_killed_shipper_never_lands_beside_its_replay() {
     let status = orphan.finish();
     assert!(status.contains("200"), "{status}");
     wait_for("the replay", Duration::from_secs(30), || {
-        running
-            .metrics
-            .batches
-            .get_or_create(&shipper::metrics::label("sink", "clickhouse"))
-            .get()
-            >= 1
+        running.clickhouse_batches() >= 1
     });
     assert!(running.metrics.fences.get() >= 1);
     running.stop();
