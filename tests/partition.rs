@@ -95,7 +95,7 @@ fn a_cut_datacenter_keeps_working_locally_and_global_reads_turn_partial() {
         status == 200 && v["partial"] == false
     });
     load.stop();
-    common::assert_shipped_once(&cluster, &load);
+    common::assert_shipped_once(&cluster, &load, &[&dc1, &dc2]);
     eprintln!(
         "partition: dc1 acked {}, dc2 acked {}; the partial global read took {took:?}",
         load.acked(0),

@@ -369,18 +369,118 @@ impl Sender {
     }
 }
 
-/// Waits until each DC's ClickHouse holds as many events as its collector
-/// acknowledged under `load` (DC `i` is the `i`-th of the example topology),
-/// then asserts each is there exactly once. `events_dc` reads every shard.
-pub fn assert_shipped_once(cluster: &dc_config::local::LocalCluster, load: &Load) {
+/// Asserts each event a DC's collector acknowledged under `load` (DC `i`
+/// is the `i`-th of the example topology) is in its ClickHouse exactly once,
+/// in two steps so a failure says which guarantee broke:
+/// 1. within [`LIMIT`], every acknowledged position is on some replica of
+///    the DC (what the shipper owes: it reads every server's own rows);
+/// 2. once replication settled (`SYSTEM SYNC REPLICA` on each replica),
+///    `events_dc` holds each of them once. Settling is ClickHouse's work and
+///    is waited for apart: a replica whose fetches failed while its peer
+///    restarted backs off its queue for tens of seconds.
+///
+/// A failed wait shows every replica's own count and `services`' log tails
+/// (the shippers' say what they wait for).
+pub fn assert_shipped_once(
+    cluster: &dc_config::local::LocalCluster,
+    load: &Load,
+    services: &[&[dc_config::local::process::Proc]],
+) {
+    let show = || {
+        let mut out = replica_counts(cluster);
+        for p in services.iter().flat_map(|s| s.iter()) {
+            out += &format!("\n{}:\n{}", p.name, p.log_tail(20));
+        }
+        out
+    };
     for (i, dc) in cluster.topology().datacenter.iter().enumerate() {
-        let server = dc.replicas().next().unwrap().name();
         let sent = load.acked(i);
-        wait_for("every acknowledged event in ClickHouse", LIMIT, || {
-            count(cluster, &server).0 >= sent
-        });
-        assert_eq!(count(cluster, &server), (sent, sent), "{server}");
+        wait_for_or_show(
+            &format!(
+                "every acknowledged event of {} ({sent}) on some replica",
+                dc.name
+            ),
+            LIMIT,
+            || stored_positions(cluster, dc) >= sent,
+            show,
+        );
+        settle(cluster, dc, show);
+        let server = dc.replicas().next().unwrap().name();
+        assert_eq!(
+            count(cluster, &server),
+            (sent, sent),
+            "{server}\n{}",
+            show()
+        );
     }
+}
+
+/// Distinct spool positions stored on any of `dc`'s servers: each server's
+/// own `events_local`, so replication lag does not hide a row.
+pub fn stored_positions(
+    cluster: &dc_config::local::LocalCluster,
+    dc: &dc_config::topology::Datacenter,
+) -> u64 {
+    let all: Vec<String> = dc
+        .replicas()
+        .map(|r| format!("{}:{}", r.replica.host, r.replica.tcp_port))
+        .collect();
+    let sql = format!(
+        "SELECT uniqExact(dc, host, spool_segment, spool_offset) \
+         FROM remote('{}', spoolhouse.events_local) FORMAT TSV",
+        all.join(",")
+    );
+    let first = dc.replicas().next().unwrap().name();
+    match cluster.clickhouse(&first).unwrap().query(&sql) {
+        Ok(text) => text.trim().parse().unwrap_or(0),
+        // A server still starting: not there yet.
+        Err(_) => 0,
+    }
+}
+
+/// Waits (at most 3 × [`LIMIT`]) until every replica of `dc`'s shards has
+/// fetched what its peers hold.
+pub fn settle(
+    cluster: &dc_config::local::LocalCluster,
+    dc: &dc_config::topology::Datacenter,
+    show: impl Fn() -> String,
+) {
+    for r in dc.replicas() {
+        let name = r.name();
+        let ch = cluster.clickhouse(&name).unwrap();
+        wait_for_or_show(
+            &format!("{name} to catch up with its replicas"),
+            3 * LIMIT,
+            // Each try waits up to the client's timeout; one that runs out
+            // is tried again.
+            || {
+                ch.query("SYSTEM SYNC REPLICA spoolhouse.events_local")
+                    .is_ok()
+            },
+            &show,
+        );
+    }
+}
+
+/// Each ClickHouse server's own `events_local` rows and replication queue
+/// length, one line each (or what answered instead).
+pub fn replica_counts(cluster: &dc_config::local::LocalCluster) -> String {
+    let sql = "SELECT (SELECT count() FROM spoolhouse.events_local), \
+               (SELECT count() FROM system.replication_queue), \
+               (SELECT sum(is_readonly) FROM system.replicas) FORMAT TSV";
+    let mut out = String::from("server\tevents_local\treplication_queue\treadonly_tables");
+    for dc in &cluster.topology().datacenter {
+        for r in dc.replicas() {
+            let name = r.name();
+            let answer = match cluster.clickhouse(&name).map(|c| c.query(sql)) {
+                Ok(Ok(text)) => text.trim().to_string(),
+                Ok(Err(e)) => format!("{e}"),
+                Err(e) => format!("{e}"),
+            };
+            out += &format!("\n{name}\t{answer}");
+        }
+    }
+    out
 }
 
 /// A CPU hog beside a timing-sensitive test: one thread per core spinning
