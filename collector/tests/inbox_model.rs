@@ -1,24 +1,38 @@
 //! A model-based property test of the inbox: random sequences of appends
 //! (some lines in two writes under `flock`, as a slow writer's), rotations,
 //! deletions of rotated files, truncations in place, re-creations under the
-//! same name and collector restarts, run against a real collector while it
-//! tails, and checked against an in-memory model of which lines must arrive
+//! same name, collector restarts and kills (`SIGKILL`: no last checkpoint,
+//! appends the spool took but the inbox state does not know of), run against
+//! a real collector process while it tails, and checked against an
+//! in-memory model of which lines must arrive
 //! (every line appended, unless its file was deleted, truncated or replaced
 //! before it was read: then it may arrive). Every line that must arrive
 //! arrives exactly once; no line arrives twice.
 //!
-//! Cases: 12 by default, `PROPTEST_CASES=N` for more.
+//! Cases: 24 by default, `PROPTEST_CASES=N` for more.
+//!
+//! The collector runs as this test binary started again with
+//! [`CHILD_ENV`] set (the ignored test `collector_process`), so it can be
+//! killed as a crash would.
 
 mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::*;
 use dc_config::services::CollectorLimits;
 use proptest::prelude::*;
+
+/// Set in the collector process the model test starts: its directory.
+const CHILD_ENV: &str = "SPOOLHOUSE_INBOX_MODEL_COLLECTOR";
+/// The collector process stops gracefully once this file is in its directory.
+const STOP_FILE: &str = "stop";
+/// No collector process outlives this, whatever the test does.
+const CHILD_LIFETIME: Duration = Duration::from_secs(300);
 
 const FILES: usize = 3;
 
@@ -36,6 +50,8 @@ enum Op {
     Recreate { k: usize },
     /// Stop the collector and start it again.
     Restart,
+    /// Kill the collector (`SIGKILL`) and start it again.
+    Kill,
     /// Let the tailer run a moment.
     Pause { ms: u64 },
 }
@@ -49,6 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => k.clone().prop_map(|k| Op::Truncate { k }),
         1 => k.prop_map(|k| Op::Recreate { k }),
         1 => Just(Op::Restart),
+        1 => Just(Op::Kill),
         2 => (0..60u64).prop_map(|ms| Op::Pause { ms }),
     ]
 }
@@ -78,8 +95,105 @@ impl Model {
     }
 }
 
-fn live_path(h: &Harness, k: usize) -> PathBuf {
-    h.inbox().join(format!("f{k}.log"))
+fn limits() -> CollectorLimits {
+    CollectorLimits {
+        inbox_poll_ms: 20,
+        inbox_checkpoint_ms: 50,
+        ..CollectorLimits::default()
+    }
+}
+
+/// The collector as a process of its own, on `dir` ([`config_in`]).
+struct CollectorProcess {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl CollectorProcess {
+    fn start(dir: &Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("collector.log"))
+            .unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "collector_process", "--ignored", "--nocapture"])
+            .env(CHILD_ENV, dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Stops it gracefully; it must exit cleanly.
+    fn stop(mut self) {
+        let stop = self.dir.join(STOP_FILE);
+        std::fs::write(&stop, b"").unwrap();
+        let until = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < until, "the collector did not stop in 30 s");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        std::fs::remove_file(&stop).unwrap();
+        assert!(
+            status.success(),
+            "the collector failed: {status}; see collector.log"
+        );
+    }
+
+    /// `SIGKILL`, as a crash.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "the model test's collector process; the model test starts it with --ignored"]
+fn collector_process() {
+    let Some(dir) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut prom = prometheus_client::registry::Registry::default();
+        let metrics = std::sync::Arc::new(collector::Metrics::register(&mut prom));
+        let c = collector::Collector::open(
+            config_in(&dir, limits(), 1 << 30),
+            dc_config::examples::declared().registry,
+            metrics,
+            std::sync::Arc::new(collector::Health::default()),
+        )
+        .unwrap();
+        let running = c.start().await.unwrap();
+        let started = Instant::now();
+        while !dir.join(STOP_FILE).exists() && started.elapsed() < CHILD_LIFETIME {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        running.shutdown().await.unwrap();
+    });
+}
+
+fn live_path(dir: &Path, k: usize) -> PathBuf {
+    dir.join("inbox").join(format!("f{k}.log"))
 }
 
 fn append_lines(path: &std::path::Path, ids: &[u64], split: bool) {
@@ -105,16 +219,11 @@ fn append_lines(path: &std::path::Path, ids: &[u64], split: bool) {
     }
 }
 
-async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let h = Harness::new(
-        CollectorLimits {
-            inbox_poll_ms: 20,
-            inbox_checkpoint_ms: 50,
-            ..CollectorLimits::default()
-        },
-        1 << 30,
-    );
-    std::fs::create_dir_all(h.inbox()).unwrap();
+fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let inbox = dir.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
     let mut m = Model {
         fate: HashMap::new(),
         live: vec![Vec::new(); FILES],
@@ -122,23 +231,23 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
         generation: 0,
         next_id: 1,
     };
-    let (mut running, mut spool) = h.start().await;
+    let mut running = CollectorProcess::start(dir);
     for op in ops {
         match op {
             Op::Append { k, n, split } => {
                 let ids: Vec<u64> = (m.next_id..m.next_id + n).collect();
                 m.next_id += n;
-                append_lines(&live_path(&h, k), &ids, split);
+                append_lines(&live_path(dir, k), &ids, split);
                 for id in &ids {
                     m.fate.insert(*id, Fate::Must);
                 }
                 m.live[k].extend(ids);
             }
             Op::Rotate { k } => {
-                let from = live_path(&h, k);
+                let from = live_path(dir, k);
                 if from.exists() {
                     m.generation += 1;
-                    let to = h.inbox().join(format!("f{k}.log.{}.old", m.generation));
+                    let to = inbox.join(format!("f{k}.log.{}.old", m.generation));
                     std::fs::rename(&from, &to).unwrap();
                     let ids = std::mem::take(&mut m.live[k]);
                     m.old[k].push((to, ids));
@@ -154,7 +263,7 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Truncate { k } => {
-                let p = live_path(&h, k);
+                let p = live_path(dir, k);
                 if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
                     f.set_len(0).unwrap();
                     let ids = std::mem::take(&mut m.live[k]);
@@ -162,7 +271,7 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Recreate { k } => {
-                let p = live_path(&h, k);
+                let p = live_path(dir, k);
                 if std::fs::remove_file(&p).is_ok() {
                     std::fs::File::create(&p).unwrap();
                     let ids = std::mem::take(&mut m.live[k]);
@@ -170,11 +279,14 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Restart => {
-                running.shutdown().await.unwrap();
-                drop(spool);
-                (running, spool) = h.start().await;
+                running.stop();
+                running = CollectorProcess::start(dir);
             }
-            Op::Pause { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Op::Kill => {
+                running.kill();
+                running = CollectorProcess::start(dir);
+            }
+            Op::Pause { ms } => std::thread::sleep(Duration::from_millis(ms)),
         }
     }
     let must: Vec<u64> = m
@@ -183,22 +295,29 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .filter(|(_, f)| **f == Fate::Must)
         .map(|(id, _)| *id)
         .collect();
-    let arrived = |spool: &spooler::Spool| {
+    let spool = dir.join("spool");
+    let arrived = || {
         let mut seen: HashMap<u64, u32> = HashMap::new();
-        for id in user_ids(&read_all(spool)) {
+        for id in user_ids(&read_spool_of_other_process(&spool)) {
             *seen.entry(id).or_insert(0) += 1;
         }
         seen
     };
-    let all_there = eventually(Duration::from_secs(30), || {
-        let seen = arrived(&spool);
-        must.iter().all(|id| seen.contains_key(id))
-    })
-    .await;
+    let until = Instant::now() + Duration::from_secs(30);
+    let all_there = loop {
+        let seen = arrived();
+        if must.iter().all(|id| seen.contains_key(id)) {
+            break true;
+        }
+        if Instant::now() > until {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     // A moment more for anything that would arrive twice.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    running.shutdown().await.unwrap();
-    let seen = arrived(&spool);
+    std::thread::sleep(Duration::from_millis(200));
+    running.stop();
+    let seen = arrived();
     let missing: Vec<u64> = must
         .iter()
         .filter(|id| !seen.contains_key(id))
@@ -222,18 +341,13 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
         max_shrink_iters: 20,
         ..ProptestConfig::default()
     })]
 
     #[test]
     fn every_line_arrives_once_whatever_the_app_does_to_its_files(ops in prop::collection::vec(op(), 1..40)) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(run_case(ops))?;
+        run_case(ops)?;
     }
 }

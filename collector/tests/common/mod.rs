@@ -21,14 +21,7 @@ pub struct Harness {
 impl Harness {
     pub fn new(limits: CollectorLimits, quota_bytes: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let d = dc_config::examples::declared();
-        let mut config = CollectorConfig::for_dc(d.topology.dc("dc1").unwrap());
-        config.tcp = "127.0.0.1:0".parse().unwrap();
-        config.socket = dir.path().join("collector.sock");
-        config.inbox = dir.path().join("inbox");
-        config.spool_dir = dir.path().join("spool");
-        config.spool_quota_bytes = quota_bytes;
-        config.limits = limits;
+        let config = config_in(dir.path(), limits, quota_bytes);
         let mut prom = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(Metrics::register(&mut prom));
         Self {
@@ -69,14 +62,43 @@ impl Harness {
     }
 }
 
+/// dc1's collector config with everything under `dir`: its socket, inbox
+/// (`dir/inbox`) and spool (`dir/spool`).
+pub fn config_in(dir: &Path, limits: CollectorLimits, quota_bytes: u64) -> CollectorConfig {
+    let d = dc_config::examples::declared();
+    let mut config = CollectorConfig::for_dc(d.topology.dc("dc1").unwrap());
+    config.tcp = "127.0.0.1:0".parse().unwrap();
+    config.socket = dir.join("collector.sock");
+    config.inbox = dir.join("inbox");
+    config.spool_dir = dir.join("spool");
+    config.spool_quota_bytes = quota_bytes;
+    config.limits = limits;
+    config
+}
+
 /// Every record in the spool, read by a fresh reader.
 pub fn read_all(spool: &Spool) -> Vec<Record> {
+    read_with(spool.reader(&fresh_reader_name()).unwrap())
+}
+
+/// Every record in the spool at `dir` that a collector in another process
+/// writes, read by a fresh reader; empty while it has no spool yet.
+pub fn read_spool_of_other_process(dir: &Path) -> Vec<Record> {
+    if !spooler::Reader::spool_exists(dir) {
+        return Vec::new();
+    }
+    read_with(spooler::Reader::open(dir, &fresh_reader_name()).unwrap())
+}
+
+fn fresh_reader_name() -> String {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let name = format!(
+    format!(
         "verify{}",
         N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    );
-    let mut r = spool.reader(&name).unwrap();
+    )
+}
+
+fn read_with(mut r: spooler::Reader) -> Vec<Record> {
     let mut out = Vec::new();
     for _ in 0..100_000 {
         let batch = r.next(10_000, 64 << 20).unwrap();
