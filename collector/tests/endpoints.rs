@@ -187,10 +187,12 @@ async fn idle_connections_are_closed_with_a_reason() {
     };
     let h = Harness::new(limits, 1 << 30);
     let (running, _spool) = h.start().await;
+    // Before connecting: the collector's idle clock starts at its accept,
+    // which may run before this thread gets back from connect.
+    let t0 = std::time::Instant::now();
     let s = tokio::net::UnixStream::connect(&running.socket)
         .await
         .unwrap();
-    let t0 = std::time::Instant::now();
     let resp = responses(s, u64::MAX).await;
     assert!(t0.elapsed() >= Duration::from_millis(200));
     assert!(
