@@ -6,15 +6,14 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
+use common::process::{self, CollectorProcess};
 use common::*;
 use dc_config::services::CollectorLimits;
 
-fn fast() -> CollectorLimits {
-    CollectorLimits {
-        inbox_poll_ms: 20,
-        inbox_checkpoint_ms: 50,
-        ..CollectorLimits::default()
-    }
+#[test]
+#[ignore = "the collector process of the tests that need one; they start it with --ignored"]
+fn collector_process() {
+    process::child_main();
 }
 
 fn append(path: &std::path::Path, text: &str) {
@@ -32,7 +31,7 @@ fn lines(ids: std::ops::RangeInclusive<u64>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_lines_wait_rotation_is_followed_and_rotated_files_are_deleted() {
-    let h = Harness::new(fast(), 1 << 30);
+    let h = Harness::new(fast_limits(), 1 << 30);
     std::fs::create_dir_all(h.inbox().join("app")).unwrap();
     let (running, spool) = h.start().await;
     let log = h.inbox().join("app/events.log");
@@ -74,7 +73,7 @@ async fn bad_and_overlong_inbox_lines_are_counted_and_skipped() {
     let limits = CollectorLimits {
         line_bytes_max: 200,
         read_buffer_bytes: 4096,
-        ..fast()
+        ..fast_limits()
     };
     let h = Harness::new(limits, 1 << 30);
     let (running, spool) = h.start().await;
@@ -101,7 +100,7 @@ async fn bad_and_overlong_inbox_lines_are_counted_and_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_resumes_every_file_from_the_spool_without_duplicates() {
-    let h = Harness::new(fast(), 1 << 30);
+    let h = Harness::new(fast_limits(), 1 << 30);
     let log = h.inbox().join("a.log");
     std::fs::create_dir_all(h.inbox()).unwrap();
     append(&log, &lines(1..=100));
@@ -202,7 +201,7 @@ fn duplicates_and_losses(spool: &spooler::Spool, want: &[u64]) -> (Vec<u64>, Vec
 /// far as a shipper had committed, 0 here), and spooled them twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_storm_spools_every_line_once() {
-    let h = Harness::new(fast(), 1 << 30);
+    let h = Harness::new(fast_limits(), 1 << 30);
     std::fs::create_dir_all(h.inbox()).unwrap();
     let (running, spool) = h.start().await;
     let (files, per_file) = (2_000u64, 50u64);
@@ -263,7 +262,7 @@ async fn a_rotation_storm_spools_every_line_once() {
 /// from the start, counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_truncated_in_place_is_read_again_from_its_start() {
-    let h = Harness::new(fast(), 1 << 30);
+    let h = Harness::new(fast_limits(), 1 << 30);
     std::fs::create_dir_all(h.inbox()).unwrap();
     let (running, spool) = h.start().await;
     let log = h.inbox().join("app.log");
@@ -310,7 +309,7 @@ async fn lines_longer_than_the_read_buffer_arrive_and_longer_than_the_limit_are_
     let limits = CollectorLimits {
         read_buffer_bytes: 4096,
         line_bytes_max: 64 << 10,
-        ..fast()
+        ..fast_limits()
     };
     let h = Harness::new(limits, 1 << 30);
     std::fs::create_dir_all(h.inbox()).unwrap();
@@ -357,7 +356,7 @@ async fn lines_longer_than_the_read_buffer_arrive_and_longer_than_the_limit_are_
 /// the real one) and was deleted under its writer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_file_is_kept_through_a_symlinked_inbox() {
-    let mut h = Harness::new(fast(), 1 << 30);
+    let mut h = Harness::new(fast_limits(), 1 << 30);
     let real = h.dir.path().join("real-inbox");
     std::fs::create_dir_all(&real).unwrap();
     let link = h.dir.path().join("inbox-link");
@@ -391,7 +390,7 @@ async fn an_open_file_is_kept_through_a_symlinked_inbox() {
 async fn files_over_the_limit_wait_and_then_arrive_once() {
     let limits = CollectorLimits {
         inbox_files_max: 10,
-        ..fast()
+        ..fast_limits()
     };
     let h = Harness::new(limits, 1 << 30);
     std::fs::create_dir_all(h.inbox()).unwrap();
@@ -437,7 +436,7 @@ async fn files_over_the_limit_wait_and_then_arrive_once() {
 /// inbox under the old names are not followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_resume_state_cannot_be_pointed_at_another_file() {
-    let h = Harness::new(fast(), 1 << 30);
+    let h = Harness::new(fast_limits(), 1 << 30);
     std::fs::create_dir_all(h.inbox()).unwrap();
     let victim = h.dir.path().join("victim");
     std::fs::write(&victim, "precious\n").unwrap();
@@ -466,7 +465,7 @@ async fn the_resume_state_cannot_be_pointed_at_another_file() {
 /// tailer starts once the state is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tailer_that_cannot_start_fails_healthz_with_the_reason() {
-    let h = Harness::new(fast(), 1 << 30);
+    let h = Harness::new(fast_limits(), 1 << 30);
     std::fs::create_dir_all(h.inbox()).unwrap();
     std::fs::create_dir_all(&h.config.spool_dir).unwrap();
     let state = h.config.spool_dir.join(collector::inbox::STATE_FILE);
@@ -505,7 +504,7 @@ async fn a_tailer_that_cannot_start_fails_healthz_with_the_reason() {
 async fn idle_log_files_no_one_holds_are_rotated_and_deleted() {
     let limits = CollectorLimits {
         inbox_rotate_idle_ms: 300,
-        ..fast()
+        ..fast_limits()
     };
     let h = Harness::new(limits, 1 << 30);
     std::fs::create_dir_all(h.inbox()).unwrap();
@@ -549,7 +548,7 @@ async fn idle_log_files_no_one_holds_are_rotated_and_deleted() {
 /// keeps the last bytes read of each file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_truncated_and_rewritten_while_stopped_is_read_from_its_start() {
-    let h = Harness::new(fast(), 1 << 30);
+    let h = Harness::new(fast_limits(), 1 << 30);
     std::fs::create_dir_all(h.inbox()).unwrap();
     let log = h.inbox().join("a.log");
     append(&log, &lines(20..=32));
@@ -627,4 +626,69 @@ async fn fifty_thousand_small_files() {
         n as f64 / spooled.as_secs_f64(),
         deleted.as_secs_f64()
     );
+}
+
+/// A rotated file held open by a writer of another user than the
+/// collector's, whose open files the collector may not read: whether the
+/// writer still holds it cannot be told, so it is kept (never deleted
+/// under its writer), the reason logged and the file counted as undecided;
+/// what the writer appends later still arrives. Runs the collector as user
+/// `nobody` and the writer as root: needs root, as CI runs.
+#[test]
+fn a_file_whose_writer_the_collector_cannot_see_is_kept_with_the_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test runs the collector as user nobody: run it as root (CI does)"
+    );
+    const NOBODY: u32 = 65534;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("collector");
+    let inbox = dir.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    for d in [&dir, &inbox] {
+        std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    // The app, as root: writes, is rotated (renamed) and keeps the file open.
+    let live = inbox.join("app.log");
+    let mut writer = std::fs::File::create(&live).unwrap();
+    writer.write_all(lines(1..=3).as_bytes()).unwrap();
+    let rotated = inbox.join("app.log.1.old");
+    std::fs::rename(&live, &rotated).unwrap();
+
+    let c = CollectorProcess::start_as(&dir, NOBODY);
+    let spool = dir.join("spool");
+    let arrived = || user_ids(&read_spool_of_other_process(&spool));
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(
+                std::time::Instant::now() < until,
+                "timed out waiting for {what}; collector log:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("the rotated file's lines", &|| arrived() == [1, 2, 3]);
+    wait("the file counted as undecided", &|| {
+        c.metrics()
+            .contains("spoolhouse_collector_inbox_files_undecided 1\n")
+    });
+    let log = c.log();
+    assert!(
+        log.contains("cannot see which files the processes of uid 0 hold open"),
+        "{log}"
+    );
+    assert!(rotated.exists(), "deleted under its writer");
+    // The writer goes on: its next line arrives.
+    writer.write_all(lines(4..=4).as_bytes()).unwrap();
+    wait("the line written after the rotation", &|| {
+        arrived() == [1, 2, 3, 4]
+    });
+    assert!(rotated.exists(), "deleted under its writer");
+    c.stop();
 }

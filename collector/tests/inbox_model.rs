@@ -11,28 +11,19 @@
 //!
 //! Cases: 24 by default, `PROPTEST_CASES=N` for more.
 //!
-//! The collector runs as this test binary started again with
-//! [`CHILD_ENV`] set (the ignored test `collector_process`), so it can be
-//! killed as a crash would.
+//! The collector runs as a process of its own ([`common::process`]), so it
+//! can be killed as a crash would.
 
 mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::{self, CollectorProcess};
 use common::*;
-use dc_config::services::CollectorLimits;
 use proptest::prelude::*;
-
-/// Set in the collector process the model test starts: its directory.
-const CHILD_ENV: &str = "SPOOLHOUSE_INBOX_MODEL_COLLECTOR";
-/// The collector process stops gracefully once this file is in its directory.
-const STOP_FILE: &str = "stop";
-/// No collector process outlives this, whatever the test does.
-const CHILD_LIFETIME: Duration = Duration::from_secs(300);
 
 const FILES: usize = 3;
 
@@ -95,101 +86,10 @@ impl Model {
     }
 }
 
-fn limits() -> CollectorLimits {
-    CollectorLimits {
-        inbox_poll_ms: 20,
-        inbox_checkpoint_ms: 50,
-        ..CollectorLimits::default()
-    }
-}
-
-/// The collector as a process of its own, on `dir` ([`config_in`]).
-struct CollectorProcess {
-    child: std::process::Child,
-    dir: PathBuf,
-}
-
-impl CollectorProcess {
-    fn start(dir: &Path) -> Self {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("collector.log"))
-            .unwrap();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "collector_process", "--ignored", "--nocapture"])
-            .env(CHILD_ENV, dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Stops it gracefully; it must exit cleanly.
-    fn stop(mut self) {
-        let stop = self.dir.join(STOP_FILE);
-        std::fs::write(&stop, b"").unwrap();
-        let until = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < until, "the collector did not stop in 30 s");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        std::fs::remove_file(&stop).unwrap();
-        assert!(
-            status.success(),
-            "the collector failed: {status}; see collector.log"
-        );
-    }
-
-    /// `SIGKILL`, as a crash.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for CollectorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 #[ignore = "the model test's collector process; the model test starts it with --ignored"]
 fn collector_process() {
-    let Some(dir) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else {
-        return;
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut prom = prometheus_client::registry::Registry::default();
-        let metrics = std::sync::Arc::new(collector::Metrics::register(&mut prom));
-        let c = collector::Collector::open(
-            config_in(&dir, limits(), 1 << 30),
-            dc_config::examples::declared().registry,
-            metrics,
-            std::sync::Arc::new(collector::Health::default()),
-        )
-        .unwrap();
-        let running = c.start().await.unwrap();
-        let started = Instant::now();
-        while !dir.join(STOP_FILE).exists() && started.elapsed() < CHILD_LIFETIME {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        running.shutdown().await.unwrap();
-    });
+    process::child_main();
 }
 
 fn live_path(dir: &Path, k: usize) -> PathBuf {

@@ -1,6 +1,8 @@
 //! Shared set-up: a collector on a temporary directory with the example registry.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +61,15 @@ impl Harness {
 
     pub fn inbox(&self) -> PathBuf {
         self.config.inbox.clone()
+    }
+}
+
+/// Fast inbox polls and checkpoints, so short tests see many of them.
+pub fn fast_limits() -> CollectorLimits {
+    CollectorLimits {
+        inbox_poll_ms: 20,
+        inbox_checkpoint_ms: 50,
+        ..CollectorLimits::default()
     }
 }
 
