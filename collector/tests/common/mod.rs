@@ -110,6 +110,11 @@ fn fresh_reader_name() -> String {
 }
 
 fn read_with(mut r: spooler::Reader) -> Vec<Record> {
+    drain(&mut r)
+}
+
+/// Every record `r` has not read yet, committed as read.
+pub fn drain(r: &mut spooler::Reader) -> Vec<Record> {
     let mut out = Vec::new();
     for _ in 0..100_000 {
         let batch = r.next(10_000, 64 << 20).unwrap();
