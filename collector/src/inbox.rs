@@ -1129,20 +1129,16 @@ fn decide(
     if file_id(&meta) != id || meta.len() != len {
         return Deletion::Keep;
     }
-    let mut dropped_tail = false;
-    if offset < len {
-        // What is left must be one unterminated line (or the rest of one
-        // too long, being discarded): never a complete line not yet read.
-        if discarding {
-            dropped_tail = false;
-        } else {
-            let Ok(Some(tail)) = read_chunk(path, id, offset, line_max + 1) else {
-                return Deletion::Keep;
-            };
-            if tail.contains(&b'\n') || (tail.len() as u64) < len - offset {
-                return Deletion::Keep;
-            }
-            dropped_tail = true;
+    // What is left must be one unterminated line (or the rest of one too
+    // long, being discarded, which is no loss): never a complete line not
+    // yet read.
+    let dropped_tail = offset < len && !discarding;
+    if dropped_tail {
+        let Ok(Some(tail)) = read_chunk(path, id, offset, line_max + 1) else {
+            return Deletion::Keep;
+        };
+        if tail.contains(&b'\n') || (tail.len() as u64) < len - offset {
+            return Deletion::Keep;
         }
     }
     match open.holds(&meta) {

@@ -88,6 +88,23 @@ fn two_datacenters_schema_global_reads_and_a_lost_datacenter() {
         assert_eq!(tables.lines().collect::<Vec<_>>(), TABLES, "on {server}");
     }
 
+    // However often a host's fence is raised, merges keep one row per host,
+    // its highest (docs/adr/0009-fenced-inserts.md).
+    let ch = cluster.clickhouse("dc1-s1-r1").unwrap();
+    for (host, below) in [("a", 5), ("a", 9), ("a", 7), ("b", 3)] {
+        ch.query(&format!(
+            "INSERT INTO spoolhouse.shipper_fences (dc, host, below) VALUES ('dc1', '{host}', {below})"
+        ))
+        .unwrap();
+    }
+    ch.query("OPTIMIZE TABLE spoolhouse.shipper_fences FINAL")
+        .unwrap();
+    assert_eq!(
+        ch.query("SELECT host, below FROM spoolhouse.shipper_fences ORDER BY host FORMAT TSV")
+            .unwrap(),
+        "a\t9\nb\t3\n"
+    );
+
     insert_rows(&cluster, "dc1-s1-r1", "dc1", 3, 0);
     insert_rows(&cluster, "dc1-s2-r1", "dc1", 2, 100);
     insert_rows(&cluster, "dc2-s1-r1", "dc2", 4, 0);

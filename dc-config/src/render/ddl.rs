@@ -9,8 +9,9 @@
 //! - `events_ingest` (Null) and `events_ingest_mv`: the shipper's door into
 //!   `events_local`. Each row carries its shipper's epoch; the view passes
 //!   only rows whose epoch is at least the host's fence in `shipper_fences`
-//!   (a plain MergeTree on each server, not replicated: a fence holds on the
-//!   server it was written to). A restarted shipper raises the fence before
+//!   (on each server, not replicated: a fence holds on the server it was
+//!   written to; a ReplacingMergeTree by `below`, so merges keep one row per
+//!   host however often it is raised). A restarted shipper raises the fence before
 //!   it asks which positions a replica holds, so an insert of a killed
 //!   shipper that reaches the server after that question stores nothing
 //!   (docs/adr/0009-fenced-inserts.md).
@@ -200,8 +201,8 @@ pub fn statements(topology: &Topology, dc: &Datacenter, registry: &Registry) -> 
              \x20   host String,\n\
              \x20   below UInt64,\n\
              \x20   at DateTime DEFAULT now()\n\
-             ) ENGINE = MergeTree\n\
-             ORDER BY (dc, host, below)"
+             ) ENGINE = ReplacingMergeTree(below)\n\
+             ORDER BY (dc, host)"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.{EVENTS_INGEST} (\n{EVENT_COLUMN_TYPES},\n\
