@@ -2,7 +2,6 @@
 //! text format) and `GET /healthz` (JSON; 200 when healthy, 503 when not).
 //! One piece of code for the collector, the shipper and whatever comes next.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,14 +9,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, Response, StatusCode};
 use prometheus_client::registry::Registry;
-
-/// Most admin connections served at once: scrapers and probes are few, and
-/// an admin port must never take resources from the data path.
-pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 
 /// Reports health: whether the service is healthy, and a JSON body saying why.
 pub type HealthFn = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
@@ -30,8 +23,12 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
         .expect("static response parts are valid")
 }
 
-fn route(req: &Request<Incoming>, registry: &Registry, health: &HealthFn) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+fn route(
+    head: &hyper::http::request::Parts,
+    registry: &Registry,
+    health: &HealthFn,
+) -> Response<Full<Bytes>> {
+    match (&head.method, head.uri.path()) {
         (&Method::GET, "/metrics") => {
             let mut text = String::new();
             match prometheus_client::encoding::text::encode(&mut text, registry) {
@@ -66,47 +63,31 @@ fn route(req: &Request<Incoming>, registry: &Registry, health: &HealthFn) -> Res
 
 /// Binds `addr` (so a port clash fails at start-up, with the address named)
 /// and returns the serving future, which runs until `shutdown` resolves.
+/// The listener's own figures ([`httpd::Metrics`]) join `registry`; its
+/// limits are [`httpd::Limits::ADMIN`]: an admin port must never take
+/// resources from the data path.
 pub async fn bind(
     addr: SocketAddr,
-    registry: Arc<Registry>,
+    mut registry: Registry,
     health: HealthFn,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("binding the admin endpoint on {addr}; is another service using that port?")
     })?;
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
-    Ok(async move {
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = &mut shutdown => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        continue;
-                    }
-                },
-            };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                // Over the bound: drop the connection rather than queue it.
-                continue;
-            };
-            let registry = registry.clone();
-            let health = health.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let resp = route(&req, &registry, &health);
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                drop(permit);
-            });
-        }
-    })
+    let http = httpd::Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    Ok(httpd::serve(
+        listener,
+        "admin",
+        httpd::Limits::ADMIN,
+        http,
+        move |head, _body| {
+            let resp = route(&head, &registry, &health);
+            async move { resp }
+        },
+        shutdown,
+    ))
 }
 
 /// Resolves when the process gets SIGTERM or Ctrl-C: when a service starts

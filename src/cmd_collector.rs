@@ -41,7 +41,7 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<()> {
             let h = health.clone();
             Arc::new(move || (h.ok(), h.to_json()))
         };
-        let admin = crate::admin::bind(admin_addr, Arc::new(prom), health_fn, async {
+        let admin = crate::admin::bind(admin_addr, prom, health_fn, async {
             let _ = admin_stopped.await;
         })
         .await?;

@@ -62,14 +62,9 @@ pub fn run(args: ShipperArgs) -> anyhow::Result<()> {
         let h = health.clone();
         Arc::new(move || (h.ok(), h.to_json()))
     };
-    let admin = runtime.block_on(crate::admin::bind(
-        config.admin,
-        Arc::new(prom),
-        health_fn,
-        async {
-            let _ = admin_stopped.await;
-        },
-    ))?;
+    let admin = runtime.block_on(crate::admin::bind(config.admin, prom, health_fn, async {
+        let _ = admin_stopped.await;
+    }))?;
     runtime.spawn(admin);
     {
         let shutdown = shutdown.clone();

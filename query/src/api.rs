@@ -18,7 +18,6 @@
 //! metrics label requests by its entries, and `docs/openapi.yaml`
 //! documents the same set.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -28,8 +27,7 @@ use bytes::Bytes;
 use dc_config::registry::Registry;
 use dc_config::render::ddl::table;
 use http_body_util::Full;
-use hyper::{Method, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::Response;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -47,6 +45,19 @@ pub const MAX_IN_FLIGHT: usize = 256;
 /// Largest request body read (64 KiB, the longest SQL statement
 /// accepted); a longer body gets 413 without being read further.
 pub const MAX_BODY_BYTES: usize = crate::sql::MAX_STATEMENT_BYTES;
+/// What the API's listener allows a client ([`httpd`]; `docs/api.md`
+/// lists them): 1 024 connections, [`MAX_IN_FLIGHT`] requests handled at
+/// once (counted only once a request was read whole), 10 s to send the
+/// headers and 10 s the body, [`MAX_BODY_BYTES`], and a connection that
+/// moves no byte for 60 s while none of its requests runs is closed.
+pub const LIMITS: httpd::Limits = httpd::Limits {
+    connections: 1024,
+    in_flight: MAX_IN_FLIGHT,
+    header_timeout: std::time::Duration::from_secs(10),
+    body_timeout: std::time::Duration::from_secs(10),
+    body_bytes: MAX_BODY_BYTES,
+    idle_timeout: std::time::Duration::from_secs(60),
+};
 
 /// Every route: method and path template (`{name}` matches one non-empty
 /// segment). Adding an endpoint is one entry here, its arm in the router,
@@ -163,6 +174,7 @@ pub struct QueryService {
     dc: String,
     datacenters: Vec<dc_config::services::QueryDatacenter>,
     metrics: Metrics,
+    http: httpd::Metrics,
     prom: prometheus_client::registry::Registry,
 }
 
@@ -183,6 +195,7 @@ impl QueryService {
         );
         let mut prom = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(&mut prom);
+        let http = httpd::Metrics::register(&mut prom);
         Self {
             registry,
             sql_limits: config.sql.clone(),
@@ -193,6 +206,7 @@ impl QueryService {
             dc: config.dc.clone(),
             datacenters: config.datacenters.clone(),
             metrics,
+            http,
             prom,
         }
     }
@@ -417,42 +431,23 @@ impl QueryService {
         }
     }
 
-    /// Reads a request body of at most [`MAX_BODY_BYTES`].
-    async fn body(incoming: hyper::body::Incoming) -> Result<Bytes> {
-        use http_body_util::BodyExt;
-        let too_large = Error::BodyTooLarge {
-            limit_bytes: MAX_BODY_BYTES,
-        };
-        match http_body_util::Limited::new(incoming, MAX_BODY_BYTES)
-            .collect()
-            .await
-        {
-            Ok(b) => Ok(b.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
-            Err(e) => Err(Error::SqlRefused(format!(
-                "the body could not be read: {e}"
-            ))),
-        }
-    }
-
-    /// Answers one request.
-    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    /// Answers one request, read whole by the listener ([`serve`]).
+    pub async fn handle(
+        &self,
+        head: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let (head, incoming) = req.into_parts();
         let path = head.uri.path().to_string();
         let route = find_route(head.method.as_str(), &path);
         // Labels only for the templates of ROUTES: a path from the client
         // must not create a metric series per distinct path.
         let endpoint = route.as_deref().unwrap_or("other").to_string();
         let answer = match route {
-            Ok(_) if head.method == Method::POST => match Self::body(incoming).await {
-                Ok(body) => {
-                    self.route(&path, head.uri.query().unwrap_or(""), &body)
-                        .await
-                }
-                Err(e) => Err(e),
-            },
-            Ok(_) => self.route(&path, head.uri.query().unwrap_or(""), &[]).await,
+            Ok(_) => {
+                self.route(&path, head.uri.query().unwrap_or(""), &body)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let reply = match answer {
@@ -520,48 +515,24 @@ fn now_s() -> u32 {
     u32::try_from(s).unwrap_or(u32::MAX)
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves.
+/// Serves `service` on `listener` within [`LIMITS`] until `shutdown`
+/// resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Arc<QueryService>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-        };
-        let service = service.clone();
-        let permits = permits.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let service = service.clone();
-                let permits = permits.clone();
-                async move {
-                    let Ok(_permit) = permits.try_acquire_owned() else {
-                        let body = serde_json::json!({"error": format!("over {MAX_IN_FLIGHT} requests in flight; retry shortly")});
-                        return Ok::<_, Infallible>(
-                            Response::builder()
-                                .status(503)
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(body.to_string())))
-                                .expect("static response parts are valid"),
-                        );
-                    };
-                    Ok::<_, Infallible>(service.handle(req).await)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    let http = service.http.clone();
+    httpd::serve(
+        listener,
+        "query",
+        LIMITS,
+        http,
+        move |head, body| {
+            let service = service.clone();
+            async move { service.handle(head, body).await }
+        },
+        shutdown,
+    )
+    .await;
 }
