@@ -170,6 +170,9 @@ pub enum Rule {
     },
     /// The event time is outside the accepted range.
     TimeOutOfRange,
+    /// A string holding U+001F, the keyed-state table's key separator: two
+    /// different keys could read as one.
+    KeySeparator,
 }
 
 impl fmt::Display for Rule {
@@ -184,6 +187,10 @@ impl fmt::Display for Rule {
             Rule::OutOfRange { min, max } => write!(f, "must be from {min} to {max}"),
             Rule::TooLong { max_len } => write!(f, "is longer than its max_len of {max_len} bytes"),
             Rule::NotInEnum { allowed } => write!(f, "must be one of: {}", allowed.join(", ")),
+            Rule::KeySeparator => write!(
+                f,
+                "may not contain U+001F (the unit separator, which joins key fields in the keyed-state table)"
+            ),
             Rule::TimeOutOfRange => write!(
                 f,
                 "must be milliseconds since the Unix epoch, from {MIN_TIME_MS} (2000-01-01) to {MAX_TIME_MS} (2105-12-31); a value near 1.7e9 is seconds, multiply by 1000"
@@ -223,6 +230,7 @@ impl ValidationError {
             Rule::TooLong { .. } => "too_long",
             Rule::NotInEnum { .. } => "not_in_enum",
             Rule::TimeOutOfRange => "time_out_of_range",
+            Rule::KeySeparator => "key_separator",
         }
     }
 }
@@ -339,6 +347,9 @@ fn typed_value(field: &Field, v: &Json) -> Result<Value, Rule> {
             let max_len = field.string_max_len();
             if s.len() > max_len as usize {
                 return Err(Rule::TooLong { max_len });
+            }
+            if s.contains(crate::render::ddl::KEY_SEPARATOR) {
+                return Err(Rule::KeySeparator);
             }
             Ok(Value::Str(s.to_string()))
         }

@@ -39,6 +39,10 @@ pub const MAX_ENUM_VALUES: usize = 1024;
 pub const MAX_DIMENSIONS: usize = 4;
 /// Most fields per event type.
 pub const MAX_FIELDS: usize = 256;
+/// Longest time a state is kept in Redis: ten years. Far beyond any use,
+/// and far below where Redis's expiry arithmetic (milliseconds added to
+/// the clock) overflows and leaves a key without a TTL.
+pub const MAX_STATE_TTL_S: u64 = 10 * 365 * 86_400;
 
 /// A checked registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -356,6 +360,12 @@ fn check_event(c: &mut Checker, at: &KeyPath, ev: &EventType) {
                         "enum values must be 1 to 256 bytes",
                     );
                 }
+                if v.contains(crate::render::ddl::KEY_SEPARATOR) {
+                    c.fail(
+                        &fp.key("values").index(i),
+                        "enum values may not contain U+001F (it separates key fields in the keyed-state table)",
+                    );
+                }
                 if !seen.insert(v) {
                     c.fail(
                         &fp.key("values").index(i),
@@ -413,9 +423,9 @@ fn check_event(c: &mut Checker, at: &KeyPath, ev: &EventType) {
             Some(_) => {}
         }
         c.require(
-            st.ttl_s > 0,
+            (1..=MAX_STATE_TTL_S).contains(&st.ttl_s),
             &sp.key("ttl_s"),
-            "must be at least 1 second: Redis keeps the latest state only for a while",
+            format!("must be from 1 second (Redis keeps the latest state only for a while) to {MAX_STATE_TTL_S} (ten years)"),
         );
     }
     let mut seen = HashSet::new();

@@ -138,6 +138,12 @@ fn string_and_bool_rules() {
         screen(&format!(r#""screen":"{}""#, "x".repeat(65))),
         "too_long: `attrs.screen` is longer than its max_len of 64 bytes"
     );
+    // The keyed-state table joins key fields with U+001F: a string holding
+    // it could make two keys one ("a\u001fb" + "c" and "a" + "b\u001fc").
+    assert_eq!(
+        screen(r#""screen":"a\u001fb""#),
+        "key_separator: `attrs.screen` may not contain U+001F (the unit separator, which joins key fields in the keyed-state table)"
+    );
     assert_eq!(screen(r#""screen":"home","is_first_launch":true"#), "ok");
     assert_eq!(
         screen(r#""screen":"home","is_first_launch":1"#),

@@ -223,13 +223,30 @@ fn state_rules() {
         "event.watch_progress.state.value",
         "`video_id` is part of the key; the value must be another field",
     );
-    let src = BASE.replace("ttl_s = 2_592_000", "ttl_s = 0");
-    expect(
-        &src,
-        "ttl_s = 0",
-        "event.watch_progress.state.ttl_s",
-        "must be at least 1 second: Redis keeps the latest state only for a while",
+    let src = BASE.replacen(
+        r#"values = ["web", "ios", "android"]"#,
+        r#"values = ["web", "i\u001Fos", "android"]"#,
+        1,
     );
+    let line = src.lines().position(|l| l.contains("i\\u001Fos")).unwrap() + 1;
+    let got = errors(&src);
+    assert!(
+        got.iter()
+            .any(|e| e.starts_with(&format!("r.toml:{line}: `event."))
+                && e.ends_with(
+                    "may not contain U+001F (it separates key fields in the keyed-state table)"
+                )),
+        "{got:?}"
+    );
+    for ttl in ["0", "315_360_001", "9_223_372_036_854_775_807"] {
+        let src = BASE.replace("ttl_s = 2_592_000", &format!("ttl_s = {ttl}"));
+        expect(
+            &src,
+            &format!("ttl_s = {ttl}"),
+            "event.watch_progress.state.ttl_s",
+            "must be from 1 second (Redis keeps the latest state only for a while) to 315360000 (ten years)",
+        );
+    }
     let src = BASE.replace(
         "fields.video_id = { type = \"u64\" }",
         "fields.video_id = { type = \"u64\", required = false }",

@@ -411,10 +411,12 @@ pub fn key_value(registry: &Registry, field: &str, raw: &str) -> Result<String> 
             }
             Ok(n.to_string())
         }
-        None if raw.len() <= 1024 => Ok(raw.to_string()),
+        None if raw.len() <= 1024 && !raw.contains(dc_config::render::ddl::KEY_SEPARATOR) => {
+            Ok(raw.to_string())
+        }
         None => Err(Error::BadParameter {
             parameter: field.to_string(),
-            rule: "at most 1024 bytes".into(),
+            rule: "at most 1024 bytes, without U+001F".into(),
         }),
     }
 }
