@@ -43,7 +43,7 @@ mod server;
 pub use client::{Client, ClientConfig, Endpoint, LineOutcome};
 pub use error::{ClientError, Error};
 pub use metrics::{Health, Metrics};
-pub use server::{spool_config, Collector, Running};
+pub use server::{spool_config, Collector, Running, MAX_REJECTIONS_PER_REPLY};
 
 /// Resolves once `stopped` holds `true` (or its sender is gone); the value's
 /// guard is dropped inside, so the future stays `Send`.

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Connections closed for idleness.
     pub idle_timeouts: Counter,
+    /// Connections closed because the client did not read its answers.
+    pub write_timeouts: Counter,
     /// Lines longer than `line_bytes_max`, by endpoint.
     pub lines_too_long: Family<Labels, Counter>,
     /// Inbox files tracked now.
@@ -78,6 +80,7 @@ impl Metrics {
             connections_open: Family::default(),
             connections_refused: Counter::default(),
             idle_timeouts: Counter::default(),
+            write_timeouts: Counter::default(),
             lines_too_long: Family::default(),
             inbox_files: Gauge::default(),
             inbox_files_deleted: Counter::default(),
@@ -149,6 +152,11 @@ impl Metrics {
             "spoolhouse_collector_idle_timeouts",
             "Connections closed for idleness",
             m.idle_timeouts.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_write_timeouts",
+            "Connections closed because the client read none of its answers for idle_timeout_ms",
+            m.write_timeouts.clone(),
         );
         r.register(
             "spoolhouse_collector_lines_too_long",

@@ -22,6 +22,9 @@ use crate::Error;
 
 /// How often the spool-size gauges are refreshed.
 const SPOOL_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+/// Most rejected lines answered in one reply; a chunk with more is
+/// answered in several batches (`docs/protocol.md`).
+pub const MAX_REJECTIONS_PER_REPLY: usize = 256;
 
 /// The spool configuration the collector's config asks for.
 pub fn spool_config(config: &CollectorConfig) -> spooler::Config {
@@ -109,7 +112,9 @@ impl Collector {
         })?;
         let (stop, stopped) = watch::channel(false);
         let limits = Arc::new(cfg.limits.clone());
-        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        // Apart per transport: TCP clients must not lock out the socket's.
+        let unix_permits = Arc::new(Semaphore::new(limits.max_connections));
+        let tcp_permits = Arc::new(Semaphore::new(limits.max_tcp_connections));
         let inbox = crate::inbox::start(
             self.ingest.clone(),
             cfg.inbox.clone(),
@@ -124,14 +129,14 @@ impl Collector {
                 unix,
                 ingest.clone(),
                 limits.clone(),
-                permits.clone(),
+                (unix_permits.clone(), limits.max_connections),
                 stopped.clone(),
             ));
             let tcp_loop = tokio::spawn(accept_tcp(
                 tcp,
                 ingest.clone(),
                 limits.clone(),
-                permits.clone(),
+                (tcp_permits.clone(), limits.max_tcp_connections),
                 stopped.clone(),
             ));
             let gauges = tokio::spawn(spool_gauges(ingest.clone(), stopped.clone()));
@@ -141,11 +146,15 @@ impl Collector {
             // Every connection holds a permit until it has answered its last
             // batch: holding them all means the connections have drained.
             let grace = Duration::from_millis(limits.shutdown_grace_ms);
-            let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-            if tokio::time::timeout(grace, permits.acquire_many(all))
-                .await
-                .is_err()
-            {
+            let all = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            let drained = async {
+                let unix = unix_permits.acquire_many(all(limits.max_connections)).await;
+                let tcp = tcp_permits
+                    .acquire_many(all(limits.max_tcp_connections))
+                    .await;
+                (unix, tcp)
+            };
+            if tokio::time::timeout(grace, drained).await.is_err() {
                 tracing::warn!(
                     grace_ms = limits.shutdown_grace_ms,
                     "connections still busy after the shutdown grace; their unacknowledged lines are not stored"
@@ -283,7 +292,7 @@ macro_rules! accept_loop {
             listener: $listener,
             ingest: Arc<Ingest>,
             limits: Arc<CollectorLimits>,
-            permits: Arc<Semaphore>,
+            (permits, max): (Arc<Semaphore>, usize),
             mut stopped: watch::Receiver<bool>,
         ) {
             loop {
@@ -303,11 +312,13 @@ macro_rules! accept_loop {
                 ($setup)(&stream);
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     ingest.metrics.connections_refused.inc();
-                    let max = limits.max_connections;
                     tokio::spawn(async move {
                         let mut stream = stream;
                         let line = Response::Closing {
-                            closing: format!("too many connections (max {max}); retry later"),
+                            closing: format!(
+                                "too many {} connections (max {max}); retry later",
+                                $endpoint
+                            ),
                         }
                         .to_line();
                         let _ = stream.write_all(&line).await;
@@ -420,64 +431,84 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        let mut batch = Batch::new(line_no + 1);
         let complete = buf[from..]
             .iter()
             .rposition(|&b| b == b'\n')
             .map_or(from, |i| from + i + 1);
         let mut pos = from;
-        while pos < complete {
-            let end = pos
-                + buf[pos..complete]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .expect("the complete region ends with a newline");
-            line_no += 1;
-            batch.add_line(ingest, endpoint, line_no, &buf[pos..end], None);
-            pos = end + 1;
-        }
-        let rest_len = buf.len() - complete;
-        if eof && rest_len > 0 {
-            // An unterminated last line at EOF is complete: the writer is done.
-            line_no += 1;
-            let rest = &buf[complete..];
-            batch.add_line(ingest, endpoint, line_no, rest, None);
-            buf.clear();
-        } else if rest_len > limits.line_bytes_max {
-            line_no += 1;
-            batch.reject_too_long(ingest, endpoint, line_no, rest_len);
-            buf.clear();
-            discarding = true;
-        } else {
-            buf.drain(..complete);
-        }
-        if !batch.is_empty() {
-            let outcome = match ingest.commit(&mut batch, endpoint).await {
-                Ok(o) => o,
-                Err(e) => Outcome::Refused(format!("collector error: {e}; retry later")),
-            };
-            out.clear();
-            for r in &batch.rejected {
-                out.extend_from_slice(&r.to_line());
+        // One batch per [`MAX_REJECTIONS_PER_REPLY`] bad lines at most: a
+        // chunk of tiny bad lines would otherwise hold a rejection (≈100 B)
+        // per 2 B read until the whole chunk is answered.
+        loop {
+            let mut batch = Batch::new(line_no + 1);
+            while pos < complete && batch.rejected.len() < MAX_REJECTIONS_PER_REPLY {
+                let end = pos
+                    + buf[pos..complete]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .expect("the complete region ends with a newline");
+                line_no += 1;
+                batch.add_line(ingest, endpoint, line_no, &buf[pos..end], None);
+                pos = end + 1;
             }
-            let reply = match outcome {
-                Outcome::Stored(accepted) => Response::Ack {
-                    ack: batch.last_line,
-                    accepted,
-                },
-                Outcome::Refused(refused) => Response::Refused {
-                    refused,
-                    from: batch.first_line,
-                    through: batch.last_line,
-                },
-            };
-            out.extend_from_slice(&reply.to_line());
-            ingest
-                .metrics
-                .ack_latency_seconds
-                .observe(t0.elapsed().as_secs_f64());
-            if wr.write_all(&out).await.is_err() {
-                return;
+            let last = pos >= complete;
+            if last {
+                let rest_len = buf.len() - complete;
+                if eof && rest_len > 0 {
+                    // An unterminated last line at EOF is complete: the
+                    // writer is done.
+                    line_no += 1;
+                    let rest = &buf[complete..];
+                    batch.add_line(ingest, endpoint, line_no, rest, None);
+                    buf.clear();
+                } else if rest_len > limits.line_bytes_max {
+                    line_no += 1;
+                    batch.reject_too_long(ingest, endpoint, line_no, rest_len);
+                    buf.clear();
+                    discarding = true;
+                } else {
+                    buf.drain(..complete);
+                }
+            }
+            if !batch.is_empty() {
+                let outcome = match ingest.commit(&mut batch, endpoint).await {
+                    Ok(o) => o,
+                    Err(e) => Outcome::Refused(format!("collector error: {e}; retry later")),
+                };
+                out.clear();
+                for r in &batch.rejected {
+                    out.extend_from_slice(&r.to_line());
+                }
+                let reply = match outcome {
+                    Outcome::Stored(accepted) => Response::Ack {
+                        ack: batch.last_line,
+                        accepted,
+                    },
+                    Outcome::Refused(refused) => Response::Refused {
+                        refused,
+                        from: batch.first_line,
+                        through: batch.last_line,
+                    },
+                };
+                out.extend_from_slice(&reply.to_line());
+                ingest
+                    .metrics
+                    .ack_latency_seconds
+                    .observe(t0.elapsed().as_secs_f64());
+                // A client that does not read its answers must not hold its
+                // slot and this buffer forever.
+                match tokio::time::timeout(idle, wr.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        ingest.metrics.write_timeouts.inc();
+                        tracing::debug!(endpoint, "client not reading its answers; closing");
+                        return;
+                    }
+                }
+            }
+            if last {
+                break;
             }
         }
         if eof {
@@ -485,7 +516,8 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     if let Some(closing) = closing {
-        let _ = wr.write_all(&Response::Closing { closing }.to_line()).await;
+        let line = Response::Closing { closing }.to_line();
+        let _ = tokio::time::timeout(idle, wr.write_all(&line)).await;
     }
-    let _ = wr.shutdown().await;
+    let _ = tokio::time::timeout(idle, wr.shutdown()).await;
 }

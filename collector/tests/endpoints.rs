@@ -222,7 +222,7 @@ async fn connections_over_the_bound_are_turned_away() {
         .unwrap();
     let resp = responses(second, u64::MAX).await;
     assert!(
-        matches!(&resp[..], [Response::Closing { closing }] if closing.contains("too many connections (max 1)")),
+        matches!(&resp[..], [Response::Closing { closing }] if closing.contains("too many unix connections (max 1)")),
         "{resp:?}"
     );
     drop(_first);
@@ -477,4 +477,131 @@ async fn the_socket_gets_the_configured_mode_and_group() {
         .err()
         .expect("an unknown group fails the start");
     assert!(err.to_string().contains("no group named"), "{err}");
+}
+
+/// TCP (any local user) and the socket (the apps its mode admits) have
+/// slots apart: TCP clients holding every TCP slot leave the socket's free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_clients_cannot_take_the_sockets_slots() {
+    let limits = CollectorLimits {
+        max_connections: 1,
+        max_tcp_connections: 1,
+        ..CollectorLimits::default()
+    };
+    let h = Harness::new(limits, 1 << 30);
+    let (running, spool) = h.start().await;
+    let _held = tokio::net::TcpStream::connect(running.tcp_addr)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = tokio::net::TcpStream::connect(running.tcp_addr)
+        .await
+        .unwrap();
+    let resp = responses(second, u64::MAX).await;
+    assert!(
+        matches!(&resp[..], [Response::Closing { closing }] if closing.contains("too many tcp connections (max 1)")),
+        "{resp:?}"
+    );
+    let mut app = tokio::net::UnixStream::connect(&running.socket)
+        .await
+        .unwrap();
+    app.write_all(format!("{}\n", vote(1)).as_bytes())
+        .await
+        .unwrap();
+    let resp = responses(app, 1).await;
+    assert!(
+        matches!(
+            &resp[..],
+            [Response::Ack {
+                ack: 1,
+                accepted: 1
+            }]
+        ),
+        "{resp:?}"
+    );
+    running.shutdown().await.unwrap();
+    assert_eq!(user_ids(&read_all(&spool)), [1]);
+}
+
+/// Tiny bad lines are answered at most 256 rejections per reply, so the
+/// answers a chunk causes are not held all at once; every line is still
+/// answered, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_of_a_chunk_of_tiny_bad_lines_come_in_bounded_replies() {
+    let h = Harness::standard();
+    let (running, spool) = h.start().await;
+    let mut s = tokio::net::UnixStream::connect(&running.socket)
+        .await
+        .unwrap();
+    let mut text = "x\n".repeat(1000);
+    text.push_str(&format!("{}\n", vote(7)));
+    s.write_all(text.as_bytes()).await.unwrap();
+    let resp = responses(s, 1001).await;
+    let mut rejected = Vec::new();
+    let mut since_reply = 0;
+    let mut replies = 0;
+    for r in &resp {
+        match r {
+            Response::Rejected { line, .. } => {
+                rejected.push(*line);
+                since_reply += 1;
+                assert!(since_reply <= collector::MAX_REJECTIONS_PER_REPLY);
+            }
+            Response::Ack { .. } => {
+                since_reply = 0;
+                replies += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(rejected, (1..=1000).collect::<Vec<u64>>());
+    assert!(replies >= 4, "{replies} replies");
+    assert!(matches!(
+        resp.last(),
+        Some(Response::Ack {
+            ack: 1001,
+            accepted: 1
+        })
+    ));
+    running.shutdown().await.unwrap();
+    assert_eq!(user_ids(&read_all(&spool)), [7]);
+}
+
+/// A client that sends but never reads its answers: once the answers fill
+/// the socket, the collector waits `idle_timeout_ms` for it to read, then
+/// closes the connection (counted), freeing its slot and buffers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_closed() {
+    let limits = CollectorLimits {
+        idle_timeout_ms: 300,
+        ..CollectorLimits::default()
+    };
+    let h = Harness::new(limits, 1 << 30);
+    let (running, _spool) = h.start().await;
+    let s = tokio::net::UnixStream::connect(&running.socket)
+        .await
+        .unwrap();
+    let (_rd, mut wr) = tokio::io::split(s);
+    // Each 2-byte bad line causes a ~100-byte rejection: the answers fill
+    // the socket long before this runs out.
+    let chunk = "x\n".repeat(32 << 10);
+    let started = std::time::Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < Duration::from_secs(20) {
+        match tokio::time::timeout(Duration::from_secs(2), wr.write_all(chunk.as_bytes())).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            // Closed by the collector, or blocked: it stopped reading.
+            _ => break,
+        }
+    }
+    let closed = eventually(Duration::from_secs(10), || {
+        h.metrics_text()
+            .contains("spoolhouse_collector_write_timeouts_total 1")
+    })
+    .await;
+    assert!(closed, "sent {sent} bytes; {}", h.metrics_text());
+    assert!(h
+        .metrics_text()
+        .contains("spoolhouse_collector_connections_open{endpoint=\"unix\"} 0"));
+    running.shutdown().await.unwrap();
 }

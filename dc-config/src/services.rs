@@ -67,10 +67,15 @@ pub enum FsyncPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorLimits {
-    /// Most client connections served at once, socket and TCP together
-    /// (default 1 024): each holds at most one read buffer, so this bounds
-    /// memory at about `max_connections * read_buffer_bytes`.
+    /// Most connections on the Unix socket served at once (default 1 024):
+    /// each holds at most one read buffer, so this bounds memory at about
+    /// `max_connections * read_buffer_bytes`.
     pub max_connections: usize,
+    /// Most loopback TCP connections served at once (default 256), counted
+    /// apart from the socket's: any local user can connect over TCP, only
+    /// the apps the socket's mode admits can use the socket, and TCP
+    /// clients must not be able to lock them out.
+    pub max_tcp_connections: usize,
     /// Longest line accepted, newline excluded (default 1 048 576): far above
     /// any event the registry allows, small enough to bound a buffer.
     pub line_bytes_max: usize,
@@ -79,7 +84,8 @@ pub struct CollectorLimits {
     /// amortise the append and its sync, small enough for ~1 ms batches.
     pub read_buffer_bytes: usize,
     /// A connection with nothing to read for this long is closed (default
-    /// 60 000 ms), so forgotten clients do not hold connection slots.
+    /// 60 000 ms), so forgotten clients do not hold connection slots; so is
+    /// one whose client reads none of its answers for this long.
     pub idle_timeout_ms: u64,
     /// On SIGTERM, how long in-flight batches may take to finish before the
     /// collector exits anyway (default 10 000 ms); unfinished ones were never acknowledged.
@@ -119,6 +125,7 @@ impl Default for CollectorLimits {
     fn default() -> Self {
         Self {
             max_connections: 1_024,
+            max_tcp_connections: 256,
             line_bytes_max: 1 << 20,
             read_buffer_bytes: 256 << 10,
             idle_timeout_ms: 60_000,
@@ -459,6 +466,11 @@ impl crate::check::Declaration for CollectorConfig {
         c.require(
             l.max_connections >= 1,
             &at.key("max_connections"),
+            "must be at least 1",
+        );
+        c.require(
+            l.max_tcp_connections >= 1,
+            &at.key("max_tcp_connections"),
             "must be at least 1",
         );
         c.require(
