@@ -294,15 +294,19 @@ pub struct QueryConfig {
     /// Redis hits of CPU. Four scans already keep two cores busy.
     #[serde(default = "default_progress_lookups_max")]
     pub progress_lookups_max: usize,
-    /// Limits of analysts' read-only SQL (`POST /v1/sql`).
+    /// Limits of analysts' read-only SQL (`POST /v1/sql`): the topology's,
+    /// which ClickHouse enforces (see [`SqlLimits`]).
     #[serde(default)]
     pub sql: SqlLimits,
 }
 
-/// Limits ClickHouse enforces on one analyst statement (`POST /v1/sql`),
-/// passed as its settings of the same names, each with
-/// `*_overflow_mode = throw` so a statement over a limit fails with
-/// ClickHouse's reason instead of returning a silently cut answer.
+/// Limits of analysts' SQL (`POST /v1/sql`), declared once in the topology
+/// (`[sql]`) and enforced by ClickHouse itself: they are the settings of
+/// the analysts' user's profile, which is `readonly = 1`, so no statement
+/// text can lift them (no SETTINGS, no table functions), and a statement
+/// over one fails with ClickHouse's reason instead of a silently cut answer
+/// (`*_overflow_mode = throw`). The query service reads them from its
+/// config to say what they are and how long to wait.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqlLimits {
@@ -319,6 +323,17 @@ pub struct SqlLimits {
     /// about a second of scanning): bounds the load one analyst can put on
     /// the cluster.
     pub max_rows_to_read: u64,
+    /// Most memory one statement may use on a server (default 2 GiB).
+    pub max_memory_usage_bytes: u64,
+    /// Most analysts' statements running at once, per query service and
+    /// per ClickHouse server (default 4): the analysts' own pool, apart from
+    /// the shipper's inserts and the service's own reads.
+    pub max_concurrent: u64,
+    /// Most analysts' statements per hour, per server (default 3 600).
+    pub queries_per_hour: u64,
+    /// Most rows analysts' statements read per hour, per server (default
+    /// 10 000 000 000: a hundred statements at the read limit).
+    pub read_rows_per_hour: u64,
 }
 
 impl Default for SqlLimits {
@@ -328,7 +343,49 @@ impl Default for SqlLimits {
             max_result_bytes: 16 << 20,
             max_execution_time_s: 10,
             max_rows_to_read: 100_000_000,
+            max_memory_usage_bytes: 2 << 30,
+            max_concurrent: 4,
+            queries_per_hour: 3_600,
+            read_rows_per_hour: 10_000_000_000,
         }
+    }
+}
+
+impl SqlLimits {
+    /// Checks each limit's range; `at` is where they are declared.
+    pub fn check(&self, c: &mut crate::check::Checker, at: &crate::locate::KeyPath) {
+        c.require(
+            (1..=10_000_000).contains(&self.max_result_rows),
+            &at.key("max_result_rows"),
+            "must be from 1 to 10000000",
+        );
+        c.require(
+            (1..=1 << 30).contains(&self.max_result_bytes),
+            &at.key("max_result_bytes"),
+            "must be from 1 to 1073741824 (1 GiB): the answer is held in memory",
+        );
+        c.require(
+            (1..=3_600).contains(&self.max_execution_time_s),
+            &at.key("max_execution_time_s"),
+            "must be from 1 to 3600",
+        );
+        for (key, v) in [
+            ("max_rows_to_read", self.max_rows_to_read),
+            ("queries_per_hour", self.queries_per_hour),
+            ("read_rows_per_hour", self.read_rows_per_hour),
+        ] {
+            c.require(v >= 1, &at.key(key), "must be at least 1");
+        }
+        c.require(
+            self.max_memory_usage_bytes >= 1 << 20,
+            &at.key("max_memory_usage_bytes"),
+            "must be at least 1048576 (1 MiB)",
+        );
+        c.require(
+            (1..=100).contains(&self.max_concurrent),
+            &at.key("max_concurrent"),
+            "must be from 1 to 100 (ClickHouse's own bound on queries at once)",
+        );
     }
 }
 
@@ -631,7 +688,7 @@ impl QueryConfig {
             rule: Vec::new(),
             timeout_ms: default_query_timeout_ms(),
             progress_lookups_max: default_progress_lookups_max(),
-            sql: SqlLimits::default(),
+            sql: topology.sql.clone(),
         }
     }
 }
@@ -698,27 +755,7 @@ impl crate::check::Declaration for QueryConfig {
                 "must not exceed `above`: the rule would fire on every figure",
             );
         }
-        let sql = root.key("sql");
-        c.require(
-            (1..=10_000_000).contains(&self.sql.max_result_rows),
-            &sql.key("max_result_rows"),
-            "must be from 1 to 10000000",
-        );
-        c.require(
-            (1..=1 << 30).contains(&self.sql.max_result_bytes),
-            &sql.key("max_result_bytes"),
-            "must be from 1 to 1073741824 (1 GiB): the answer is held in memory",
-        );
-        c.require(
-            (1..=3_600).contains(&self.sql.max_execution_time_s),
-            &sql.key("max_execution_time_s"),
-            "must be from 1 to 3600",
-        );
-        c.require(
-            self.sql.max_rows_to_read >= 1,
-            &sql.key("max_rows_to_read"),
-            "must be at least 1",
-        );
+        self.sql.check(c, &root.key("sql"));
     }
 }
 

@@ -49,6 +49,10 @@ pub struct Topology {
     /// Name of the ClickHouse cluster over every datacenter.
     #[serde(default = "default_global_cluster")]
     pub global_cluster: String,
+    /// Limits of analysts' SQL, which ClickHouse enforces (`[sql]`;
+    /// every one has a default).
+    #[serde(default)]
+    pub sql: crate::services::SqlLimits,
     /// The datacenters, in declaration order.
     pub datacenter: Vec<Datacenter>,
     /// How one DC reaches another DC's servers when not directly:
@@ -289,6 +293,7 @@ impl Topology {
 impl check::Declaration for Topology {
     fn check(&self, c: &mut Checker) {
         let root = KeyPath::root();
+        self.sql.check(c, &root.key("sql"));
         c.require(
             check::is_identifier(&self.database),
             &root.key("database"),

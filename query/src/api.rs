@@ -167,6 +167,8 @@ impl Metrics {
 pub struct QueryService {
     registry: Registry,
     sql_limits: dc_config::services::SqlLimits,
+    /// Analysts' statements running at once (`sql.max_concurrent`).
+    sql_slots: Arc<tokio::sync::Semaphore>,
     timeout: std::time::Duration,
     progress: Option<ProgressService>,
     ch: Arc<ClickHouse>,
@@ -199,6 +201,9 @@ impl QueryService {
         Self {
             registry,
             sql_limits: config.sql.clone(),
+            sql_slots: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(config.sql.max_concurrent).unwrap_or(usize::MAX),
+            )),
             timeout,
             progress,
             ch,
@@ -353,6 +358,14 @@ impl QueryService {
                     Error::SqlRefused("the body must be UTF-8 text: one SELECT statement".into())
                 })?;
                 let statement = crate::sql::check(text)?;
+                // The analysts' own pool: beyond it, 503 at once, never a
+                // queue in front of the service's other reads.
+                let Ok(_slot) = self.sql_slots.clone().try_acquire_owned() else {
+                    return Err(Error::Busy(format!(
+                        "over {} analysts' statements running; retry shortly",
+                        self.sql_limits.max_concurrent
+                    )));
+                };
                 let v =
                     crate::sql::run(&self.ch, &self.sql_limits, self.timeout, &statement).await?;
                 Ok(Reply::json(200, v))

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use dc_config::render::clickhouse::QUERY_USER;
+use dc_config::render::clickhouse::{QUERY_USER, SQL_USER};
 use dc_config::render::ddl::table;
 use dc_config::services::{QueryConfig, QueryDatacenter};
 
@@ -90,6 +90,8 @@ pub const GLOBAL_SHARE: (u32, u32) = (2, 3);
 pub struct ClickHouse {
     dc: String,
     servers: Vec<(String, clickhouse::Client)>,
+    /// The same servers as the analysts' user ([`SQL_USER`]).
+    analyst: Vec<(String, clickhouse::Client)>,
     database: String,
     datacenters: Vec<QueryDatacenter>,
     timeout: Duration,
@@ -98,20 +100,24 @@ pub struct ClickHouse {
 impl ClickHouse {
     /// Clients for the servers of `config`, each request bounded by `timeout`.
     pub fn new(config: &QueryConfig, timeout: Duration) -> Self {
-        Self {
-            dc: config.dc.clone(),
-            servers: config
+        let clients = |user: &str| {
+            config
                 .clickhouse
                 .iter()
                 .map(|url| {
                     let client = clickhouse::Client::default()
                         .with_url(url)
-                        .with_user(QUERY_USER)
+                        .with_user(user)
                         .with_validation(false)
                         .with_compression(clickhouse::Compression::None);
                     (url.clone(), client)
                 })
-                .collect(),
+                .collect()
+        };
+        Self {
+            dc: config.dc.clone(),
+            servers: clients(QUERY_USER),
+            analyst: clients(SQL_USER),
             database: config.database.clone(),
             datacenters: config.datacenters.clone(),
             timeout,
@@ -159,8 +165,9 @@ impl ClickHouse {
     }
 
     /// Runs a statement whose text the caller does not control (an
-    /// analyst's SELECT) on the first server that answers, in `format`
-    /// unless the statement names one, within `timeout`. An exception
+    /// analyst's SELECT) as the analysts' user ([`SQL_USER`], whose profile
+    /// holds the limits) on the first server that answers, in `format`,
+    /// within `timeout`. An exception
     /// ClickHouse raises for the statement is the caller's to fix and ends
     /// the attempt: [`Error::SqlLimit`] for a limit, [`Error::SqlFailed`]
     /// otherwise; only an unreachable server moves on to the next.
@@ -172,7 +179,7 @@ impl ClickHouse {
         timeout: Duration,
     ) -> Result<Vec<u8>> {
         let mut last = String::from("no ClickHouse server configured");
-        for (url, client) in &self.servers {
+        for (url, client) in &self.analyst {
             match self.fetch_one(client, sql, settings, format, timeout).await {
                 Ok(body) => return Ok(body),
                 Err(Attempt::Exception { code, message }) if !is_unavailable(code) => {

@@ -1,24 +1,34 @@
 //! Read-only SQL for analysts (`POST /v1/sql`): one SELECT statement, run as
-//! the read-only ClickHouse user with row, byte and time limits, answered
-//! in ClickHouse's `JSON` format (meta, data, rows, statistics).
+//! ClickHouse's analysts' user, answered in ClickHouse's `JSON` format
+//! (meta, data, rows, statistics).
 //!
-//! Two guards, each enough on its own for writes:
-//! - ClickHouse: the query user's profile is `readonly = 2` (no writes, no
-//!   DDL; settings may be changed, which is how the limits are passed), and
-//!   each statement is sent with `readonly = 2` as well, so a profile changed
-//!   by mistake still cannot write.
-//! - This module: [`check`] reads the statement as tokens (strings, quoted
-//!   names and comments taken whole) and lets through one `SELECT` or
-//!   `WITH … SELECT` only, without the clauses the service owns (`FORMAT`,
-//!   `SETTINGS`, `INTO OUTFILE`) and without table functions that reach
-//!   outside the cluster (`url`, `file`, `remote`, …): under `readonly = 2`
-//!   ClickHouse 18.16 still runs those, and `remote` can name another user.
+//! Safe by construction, not by a second guess of ClickHouse's grammar:
+//! - ClickHouse enforces it. The analysts' user ([`SQL_USER`]) has a
+//!   `readonly = 1` profile holding the topology's [`SqlLimits`] (rows read,
+//!   result rows and bytes, time, memory, statements at once) and a quota:
+//!   in that mode 18.16 refuses every write, DDL, setting change and table
+//!   function, whatever the text, so no statement can lift a limit or reach
+//!   outside ClickHouse (`url`, `remote`, `file`, …). Nothing is passed in
+//!   the URL but `wait_end_of_query`.
+//! - This module refuses early, with a reason an analyst can act on:
+//!   [`check`] reads the statement as tokens the way ClickHouse's lexer
+//!   does (`--` and `//` line comments, `/* */` comments, every ASCII
+//!   whitespace including `\v` and `\f`, quotes with `\` and doubled-quote
+//!   escapes; a differential test holds the two equal on generated inputs)
+//!   and lets through one `SELECT` or `WITH … SELECT` only, without the
+//!   clauses the service owns (`FORMAT`, `SETTINGS`, `INTO OUTFILE`),
+//!   without table functions, and reading no `system` table but `numbers`
+//!   and `one`.
+//! - The answer must be ClickHouse's JSON object (`meta` and `data`), so a
+//!   format smuggled past both would come back as an error, never as
+//!   another format.
 //!
-//! Limits come from [`SqlLimits`] (see its defaults); a statement over one
-//! fails with ClickHouse's reason ([`Error::SqlLimit`], 413).
-//! `wait_end_of_query = 1` makes ClickHouse buffer the answer, so an error
-//! found after the first rows still comes back as an error, not as a cut
-//! answer with an exception appended.
+//! A statement over a limit fails with ClickHouse's reason
+//! ([`Error::SqlLimit`], 413). `wait_end_of_query = 1` makes ClickHouse
+//! buffer the answer, so an error found after the first rows still comes
+//! back as an error, not as a cut answer with an exception appended.
+//!
+//! [`SQL_USER`]: dc_config::render::clickhouse::SQL_USER
 
 use std::time::Duration;
 
@@ -31,12 +41,14 @@ use crate::error::{Error, Result};
 /// `POST /v1/sql`, well under ClickHouse's `max_query_size` (256 KiB).
 pub const MAX_STATEMENT_BYTES: usize = 64 << 10;
 
-/// Table functions allowed after `FROM` or `JOIN`: they make data from
-/// nothing. Any other (`url`, `file`, `remote`, `mysql`, …) is refused.
-const LOCAL_TABLE_FUNCTIONS: &[&str] = &["numbers", "numbers_mt", "zeros", "zeros_mt", "values"];
+/// Tables of the `system` database an analyst may read: they make rows
+/// from nothing. The others describe the servers, their users' queries and
+/// settings.
+const SYSTEM_TABLES: &[&str] = &["numbers", "numbers_mt", "one"];
 
 /// Table functions that reach outside the cluster or another user's rights,
-/// refused wherever they appear (e.g. after `IN`).
+/// named in the refusal wherever they appear (e.g. after `IN`); ClickHouse
+/// refuses them too.
 const OUTSIDE_TABLE_FUNCTIONS: &[&str] = &[
     "url",
     "urlcluster",
@@ -68,7 +80,7 @@ enum Token<'a> {
     Semicolon,
     /// Any other character: operators, brackets, commas.
     Punct(char),
-    /// A `--` or `/* */` comment.
+    /// A `--`, `//` or `/* */` comment.
     Comment,
 }
 
@@ -80,9 +92,10 @@ fn tokens(sql: &str) -> Result<Vec<(Token<'_>, std::ops::Range<usize>)>> {
     while i < b.len() {
         let c = b[i];
         let start = i;
-        if c.is_ascii_whitespace() {
+        // ClickHouse's lexer: any ASCII whitespace, vertical tab included.
+        if c.is_ascii_whitespace() || c == 0x0b {
             i += 1;
-        } else if b[i..].starts_with(b"--") {
+        } else if b[i..].starts_with(b"--") || b[i..].starts_with(b"//") {
             i = b[i..]
                 .iter()
                 .position(|&c| c == b'\n')
@@ -134,6 +147,26 @@ fn tokens(sql: &str) -> Result<Vec<(Token<'_>, std::ops::Range<usize>)>> {
 
 fn refused(why: &str) -> Error {
     Error::SqlRefused(why.to_string())
+}
+
+/// Refuses `system.T` at token `i` (whose name, unquoted and lowercased, is
+/// `name`) unless `T` is one of [`SYSTEM_TABLES`].
+fn system_table(toks: &[(Token<'_>, std::ops::Range<usize>)], i: usize, name: &str) -> Result<()> {
+    if name != "system" || !matches!(toks.get(i + 1), Some((Token::Punct('.'), _))) {
+        return Ok(());
+    }
+    let table = match toks.get(i + 2) {
+        Some((Token::Word(w), _)) => w.to_ascii_lowercase(),
+        Some((Token::Quoted(q), _)) if q.len() >= 2 => q[1..q.len() - 1].to_ascii_lowercase(),
+        _ => String::new(),
+    };
+    if SYSTEM_TABLES.contains(&table.as_str()) {
+        return Ok(());
+    }
+    Err(refused(&format!(
+        "system.{table} is not readable here; of the system tables, only {} are",
+        SYSTEM_TABLES.join(", ")
+    )))
 }
 
 /// Checks an analyst's statement; the statement to run: the text as
@@ -211,12 +244,17 @@ pub fn check(sql: &str) -> Result<String> {
                     Some("join") => prev(2).as_deref() != Some("array"),
                     _ => false,
                 };
-                if table_position && next_is_call && !LOCAL_TABLE_FUNCTIONS.contains(&w.as_str()) {
+                if table_position && next_is_call {
                     return Err(refused(&format!(
-                        "table function `{w}` is not allowed; allowed: {}",
-                        LOCAL_TABLE_FUNCTIONS.join(", ")
+                        "table function `{w}` is not allowed (the analysts' user is read-only); read a table, e.g. system.numbers"
                     )));
                 }
+                system_table(&toks, i, &w)?;
+            }
+            Token::Quoted(q) if q.len() >= 2 && !q.starts_with('\'') => {
+                // A quoted name: `system` and "system" are the database too.
+                let name = q[1..q.len() - 1].to_ascii_lowercase();
+                system_table(&toks, i, &name)?;
             }
             _ => {}
         }
@@ -244,32 +282,24 @@ pub async fn run(
     timeout: Duration,
     statement: &str,
 ) -> Result<String> {
-    let (rows, bytes, time, read) = (
-        limits.max_result_rows.to_string(),
-        limits.max_result_bytes.to_string(),
-        limits.max_execution_time_s.to_string(),
-        limits.max_rows_to_read.to_string(),
-    );
-    let settings = [
-        ("readonly", "2"),
-        ("max_result_rows", rows.as_str()),
-        ("max_result_bytes", bytes.as_str()),
-        ("result_overflow_mode", "throw"),
-        ("max_execution_time", time.as_str()),
-        ("timeout_overflow_mode", "throw"),
-        ("max_rows_to_read", read.as_str()),
-        ("read_overflow_mode", "throw"),
-        ("wait_end_of_query", "1"),
-    ];
+    // Not a setting (the user's profile is readonly = 1 and holds the
+    // limits): an HTTP parameter.
+    let settings = [("wait_end_of_query", "1")];
     // ClickHouse stops the statement at max_execution_time and says so;
     // the service waits that long plus its usual timeout for the reason.
     let wait = Duration::from_secs(limits.max_execution_time_s) + timeout;
     let body = ch
         .fetch_statement(statement, &settings, "JSON", wait)
         .await?;
+    // ClickHouse's JSON format is an object with `meta` and `data`; a bare
+    // `1` is JSON too, and is what a smuggled `FORMAT TSV` would answer.
     match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(_) => String::from_utf8(body)
+        Ok(v) if v["meta"].is_array() && v["data"].is_array() => String::from_utf8(body)
             .map_err(|e| Error::ClickHouse(format!("the answer is not UTF-8: {e}"))),
+        Ok(_) => Err(Error::ClickHouse(format!(
+            "the answer is not ClickHouse's JSON format (no meta and data): {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ))),
         Err(e) => Err(Error::ClickHouse(format!(
             "the answer is not ClickHouse's JSON ({e}): {}",
             String::from_utf8_lossy(&body[..body.len().min(200)])
@@ -296,9 +326,15 @@ mod tests {
             "with 2 AS x select x"
         );
         assert_eq!(
-            check("SELECT 'a;b', `format`, \"into\" /* ; */ FROM numbers(3) -- x").unwrap(),
-            "SELECT 'a;b', `format`, \"into\"   FROM numbers(3)"
+            check("SELECT 'a;b', `format`, \"into\" /* ; */ FROM system.numbers LIMIT 3 -- x")
+                .unwrap(),
+            "SELECT 'a;b', `format`, \"into\"   FROM system.numbers LIMIT 3"
         );
+        assert_eq!(
+            check("SELECT 1 // a comment, as ClickHouse reads it\n").unwrap(),
+            "SELECT 1"
+        );
+        assert_eq!(check("SELECT\x0b1\x0c").unwrap(), "SELECT\x0b1");
         assert_eq!(
             check("SELECT 'it''s \\' -- x', 1.5e-3 FROM system.one;").unwrap(),
             "SELECT 'it''s \\' -- x', 1.5e-3 FROM system.one"
@@ -338,6 +374,29 @@ mod tests {
                 "`merge` is not allowed",
             ),
             ("SELECT * FROM t JOIN jdbc('x', 'y') USING a", "`jdbc`"),
+            (
+                "SELECT * FROM numbers(3)",
+                "table function `numbers` is not allowed",
+            ),
+            // ClickHouse reads `//` as a comment and `\v` as whitespace:
+            // what follows is live SQL, not a string or a name.
+            ("SELECT 1 // \"\nFORMAT TSV --\"", "no FORMAT clause"),
+            (
+                "SELECT * FROM url\x0b('http://127.0.0.1:1/', TSV, 'a String')",
+                "`url`",
+            ),
+            (
+                "SELECT * FROM system.processes",
+                "system.processes is not readable",
+            ),
+            (
+                "SELECT * FROM `system`.`users`",
+                "system.users is not readable",
+            ),
+            (
+                "SELECT * FROM \"SYSTEM\" . clusters",
+                "system.clusters is not readable",
+            ),
             ("SELECT 'open", "quote opened at byte 7"),
             ("SELECT `open", "quote opened at byte 7"),
             ("SELECT 1 /* open", "comment is not closed"),

@@ -1,6 +1,7 @@
 //! `POST /v1/sql` against real ClickHouse 18.16: a SELECT answers
-//! ClickHouse's JSON as the read-only user, with every limit setting
-//! accepted under `readonly = 2`; writes, DDL, SET, several statements and
+//! ClickHouse's JSON as the analysts' user, whose `readonly = 1` profile
+//! holds the limits (no statement and no URL parameter can lift them, no
+//! table function runs); writes, DDL, SET, several statements and
 //! the clauses the service owns are refused before they run; ClickHouse's
 //! own refusals come back as 400 with its code; huge scans and answers stop
 //! at the limits with ClickHouse's reason (413); bodies over 64 KiB get 413.
@@ -13,10 +14,14 @@ const M0: u32 = 1_764_028_800;
 
 #[test]
 fn analysts_select_within_limits() {
-    let h = Harness::start(|c| {
-        c.sql.max_result_rows = 100;
-        c.sql.max_rows_to_read = 1_000_000;
-    });
+    // Declared in the topology: the analysts' user's profile holds them.
+    let h = Harness::start_declared(
+        |d| {
+            d.topology.sql.max_result_rows = 100;
+            d.topology.sql.max_rows_to_read = 1_000_000;
+        },
+        |_| {},
+    );
     let events: Vec<_> = (0..50u64)
         .map(|u| vote(M0, u, u, u.is_multiple_of(2), 7))
         .collect();
@@ -145,6 +150,80 @@ fn analysts_select_within_limits() {
     assert_eq!(s, 200, "{v}");
     drop(slow);
 
+    // The reproductions of issue 17: ClickHouse reads `//` as a comment
+    // and `\v` as whitespace, and the service's check now does too.
+    let (s, v) = h.post("/v1/sql", b"SELECT 1 // \"\nFORMAT TSV --\"");
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("no FORMAT clause"),
+        "{v}"
+    );
+    // A table function aimed at an address of the caller's choosing: never
+    // dialled, refused by the service and, asked directly, by ClickHouse.
+    let bait = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    bait.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/", bait.local_addr().unwrap());
+    let (s, v) = h.post(
+        "/v1/sql",
+        format!("SELECT * FROM url\x0b('{url}', TSV, 'a String')").as_bytes(),
+    );
+    assert_eq!(s, 400, "{v}");
+    let analyst = |sql: &str, params: &[(&str, &str)]| {
+        let mut p = vec![("user", dc_config::render::clickhouse::SQL_USER)];
+        p.extend_from_slice(params);
+        h.cluster
+            .clickhouse("dc1-s1-r1")
+            .unwrap()
+            .query_with(sql, &p)
+    };
+    // Safe by construction: as the analysts' user, whatever the text.
+    for (sql, params, why) in [
+        (
+            format!("SELECT * FROM url('{url}', TSV, 'a String')"),
+            vec![],
+            "Table functions are forbidden in readonly mode",
+        ),
+        (
+            "SELECT count() FROM numbers(300000000)".to_string(),
+            vec![],
+            "Table functions are forbidden in readonly mode",
+        ),
+        (
+            "SELECT count() FROM system.numbers SETTINGS max_rows_to_read = 0".to_string(),
+            vec![],
+            "Cannot execute SET query in readonly mode",
+        ),
+        (
+            "SELECT count() FROM system.numbers".to_string(),
+            vec![("max_rows_to_read", "0")],
+            "Cannot override setting (max_rows_to_read) in readonly mode",
+        ),
+        (
+            "SELECT count() FROM system.numbers".to_string(),
+            vec![],
+            "Limit for rows to read exceeded",
+        ),
+        (
+            "INSERT INTO spoolhouse.events_local (event) VALUES ('x')".to_string(),
+            vec![],
+            "readonly",
+        ),
+    ] {
+        match analyst(&sql, &params) {
+            Err(dc_config::local::probe::HttpError::Refused { body, .. }) => {
+                assert!(body.contains(why), "{sql}: {body}")
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    assert!(
+        matches!(bait.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "ClickHouse dialled the address"
+    );
+    // The other system tables are refused before they run.
+    let (s, v) = h.post("/v1/sql", b"SELECT query FROM system.processes");
+    assert_eq!(s, 400, "{v}");
+
     // Nothing was written.
     assert_eq!(h.count("events_all"), rows);
     let (_, m) = h.get("/metrics");
@@ -152,5 +231,61 @@ fn analysts_select_within_limits() {
     assert!(
         m.contains("spoolhouse_query_errors_total{endpoint=\"/v1/sql\",kind=\"sql_limit\"} 2"),
         "{m}"
+    );
+}
+
+/// Differential: the statement check and ClickHouse 18.16's lexer agree on
+/// what is a comment or whitespace. Each generated statement is
+/// `SELECT 1 AS a <fragments> , 2 AS b`, the fragments drawn from comment,
+/// whitespace, quote and operator pieces; ClickHouse (as the analysts'
+/// user) answers the columns `a` and `b` exactly when the check reads the
+/// fragments as nothing but comments and whitespace.
+#[test]
+fn the_statement_check_reads_comments_and_whitespace_as_clickhouse_does() {
+    const PIECES: &[&str] = &[
+        " ", "\t", "\n", "\r\n", "\x0b", "\x0c", "--x\n", "-- '\n", "//x\n", "// \"\n", "/*x*/",
+        "/* ' */", "/* -- */", "/*/**/", "/* // */", "#x\n", "/", "-", "'", "\"", "`", "'x'", "\\",
+        "*/", ";", "\x00",
+    ];
+    let h = Harness::start(|_| {});
+    let ch = h.cluster.clickhouse("dc1-s1-r1").unwrap();
+    let user = [("user", dc_config::render::clickhouse::SQL_USER)];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut agreed, mut ignorable) = (0, 0);
+    for _ in 0..300 {
+        let n = 1 + next() % 4;
+        let fragments: String = (0..n)
+            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+            .collect();
+        let sql = format!("SELECT 1 AS a {fragments}, 2 AS b");
+        let ours = match query::sql::check(&sql) {
+            Ok(s) => {
+                s.chars()
+                    .filter(|c| !c.is_ascii_whitespace() && *c != '\x0b')
+                    .collect::<String>()
+                    == "SELECT1ASa,2ASb"
+            }
+            Err(_) => false,
+        };
+        let theirs = match ch.query_with(&format!("{sql}\nFORMAT JSON"), &user) {
+            Ok(body) => serde_json::from_str::<serde_json::Value>(&body)
+                .map(|v| v["meta"] == serde_json::json!([{"name": "a", "type": "UInt8"}, {"name": "b", "type": "UInt8"}]))
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        assert_eq!(ours, theirs, "{sql:?}");
+        agreed += 1;
+        ignorable += usize::from(ours);
+    }
+    // Both kinds were tried.
+    assert!(
+        ignorable > 20 && agreed - ignorable > 20,
+        "{ignorable} of {agreed}"
     );
 }

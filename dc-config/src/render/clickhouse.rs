@@ -8,9 +8,17 @@ use crate::topology::{ReplicaRef, Topology};
 
 /// User the shipper and the schema step connect as.
 pub const WRITER_USER: &str = "default";
-/// Read-only user of the query service (`readonly = 2`: it may still set
-/// per-query settings such as `skip_unavailable_shards`).
+/// Read-only user of the query service's own reads (`readonly = 2`: it
+/// may still set per-query settings such as `skip_unavailable_shards`).
+/// Its statements are the service's, never an analyst's.
 pub const QUERY_USER: &str = "spoolhouse_query";
+/// User of analysts' statements (`POST /v1/sql`): `readonly = 1`, so a
+/// statement can change no setting and call no table function (18.16
+/// forbids both in that mode), with the topology's [`SqlLimits`] as its
+/// profile and quota, and at most `max_concurrent` statements at once.
+///
+/// [`SqlLimits`]: crate::services::SqlLimits
+pub const SQL_USER: &str = "spoolhouse_sql";
 
 /// Escapes text for an XML element body.
 pub fn xml_escape(s: &str) -> String {
@@ -182,6 +190,20 @@ pub fn users_config(topology: &Topology) -> String {
             <load_balancing>in_order</load_balancing>
             <connect_timeout_with_failover_ms>250</connect_timeout_with_failover_ms>
         </readonly>
+        <analyst>
+            <readonly>1</readonly>
+            <max_result_rows>{max_result_rows}</max_result_rows>
+            <max_result_bytes>{max_result_bytes}</max_result_bytes>
+            <result_overflow_mode>throw</result_overflow_mode>
+            <max_execution_time>{max_execution_time}</max_execution_time>
+            <timeout_overflow_mode>throw</timeout_overflow_mode>
+            <max_rows_to_read>{max_rows_to_read}</max_rows_to_read>
+            <read_overflow_mode>throw</read_overflow_mode>
+            <max_memory_usage>{max_memory_usage}</max_memory_usage>
+            <max_concurrent_queries_for_user>{max_concurrent}</max_concurrent_queries_for_user>
+            <load_balancing>in_order</load_balancing>
+            <connect_timeout_with_failover_ms>250</connect_timeout_with_failover_ms>
+        </analyst>
     </profiles>
     <users>
         <{WRITER_USER}>
@@ -197,6 +219,13 @@ pub fn users_config(topology: &Topology) -> String {
             <quota>default</quota>
             <allow_databases><database>{db}</database></allow_databases>
         </{QUERY_USER}>
+        <{SQL_USER}>
+            <password></password>
+            <networks>{networks}</networks>
+            <profile>analyst</profile>
+            <quota>analyst</quota>
+            <allow_databases><database>{db}</database></allow_databases>
+        </{SQL_USER}>
     </users>
     <quotas>
         <default>
@@ -209,10 +238,28 @@ pub fn users_config(topology: &Topology) -> String {
                 <execution_time>0</execution_time>
             </interval>
         </default>
+        <analyst>
+            <interval>
+                <duration>3600</duration>
+                <queries>{queries_per_hour}</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>{read_rows_per_hour}</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </analyst>
     </quotas>
 </yandex>
 "#,
         db = xml_escape(&topology.database),
+        max_result_rows = topology.sql.max_result_rows,
+        max_result_bytes = topology.sql.max_result_bytes,
+        max_execution_time = topology.sql.max_execution_time_s,
+        max_rows_to_read = topology.sql.max_rows_to_read,
+        max_memory_usage = topology.sql.max_memory_usage_bytes,
+        max_concurrent = topology.sql.max_concurrent,
+        queries_per_hour = topology.sql.queries_per_hour,
+        read_rows_per_hour = topology.sql.read_rows_per_hour,
     )
 }
 

@@ -59,9 +59,18 @@ pub struct Harness {
 impl Harness {
     /// Starts the DCs and dc1's query service, its config changed by `edit`.
     pub fn start(edit: impl FnOnce(&mut QueryConfig)) -> Self {
-        let cluster =
-            LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default())
-                .unwrap();
+        Self::start_declared(|_| {}, edit)
+    }
+
+    /// [`Harness::start`] with the declared topology and registry changed
+    /// by `declare` first (what the servers' configs are rendered from).
+    pub fn start_declared(
+        declare: impl FnOnce(&mut dc_config::Declared),
+        edit: impl FnOnce(&mut QueryConfig),
+    ) -> Self {
+        let mut declared = dc_config::examples::declared();
+        declare(&mut declared);
+        let cluster = LocalCluster::start(&declared, LaunchOptions::default()).unwrap();
         Self::serve(cluster, Duration::from_secs(5), edit)
     }
 
