@@ -151,6 +151,9 @@ pub struct Sink {
     timeout: Duration,
     /// Per (shard, replica): whether the server knows `insert_deduplication_token`.
     token_support: std::sync::Mutex<std::collections::HashMap<(usize, usize), bool>>,
+    /// Per (shard, replica): `events_local`'s path in ZooKeeper for that
+    /// replica (`system.replicas.replica_path`).
+    replica_paths: std::sync::Mutex<std::collections::HashMap<(usize, usize), String>>,
 }
 
 /// A stable 64-bit mix (SplitMix64's finaliser): the shard of a batch must
@@ -196,6 +199,7 @@ impl Sink {
             host: config.host.clone(),
             timeout,
             token_support: std::sync::Mutex::new(std::collections::HashMap::new()),
+            replica_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -396,9 +400,57 @@ impl Sink {
         .await
     }
 
+    /// `events_local`'s replica path in ZooKeeper on this replica.
+    async fn replica_path(&self, shard: usize, replica: usize) -> Result<String> {
+        if let Some(p) = self
+            .replica_paths
+            .lock()
+            .expect("replica paths lock")
+            .get(&(shard, replica))
+        {
+            return Ok(p.clone());
+        }
+        let sql = format!(
+            "SELECT replica_path FROM system.replicas WHERE database = {} AND table = {} FORMAT TSV",
+            quote_str(&self.database),
+            quote_str(table::EVENTS_LOCAL)
+        );
+        let path = self
+            .query_text(shard, replica, &sql)
+            .await?
+            .trim()
+            .to_string();
+        if path.is_empty() {
+            return Err(Error::ClickHouse {
+                url: self.url(shard, replica).to_string(),
+                message: format!(
+                    "{}.{} is not a replicated table here; apply the schema (spoolhouse config render, ddl/<dc>.sql)",
+                    self.database,
+                    table::EVENTS_LOCAL
+                ),
+                retriable: true,
+                kind: "schema",
+                unsent: false,
+            });
+        }
+        self.replica_paths
+            .lock()
+            .expect("replica paths lock")
+            .insert((shard, replica), path.clone());
+        Ok(path)
+    }
+
     /// Which spool positions in `[start, end)` of this DC's host the replica
     /// already holds, looking only at the given event types and time range
     /// (which the primary key `(event, time, …)` narrows down).
+    ///
+    /// Only rows of parts committed to ZooKeeper count. An insert that lost
+    /// its ZooKeeper connection while committing ("Unknown status, client
+    /// must retry", code 319) leaves its part visible on the replica while
+    /// whether ZooKeeper took it is unknown; if it did not, the replica's
+    /// part check later removes the part. Counting those rows as held lost
+    /// them (a rolling restart of ZooKeeper, 200 rows). ZooKeeper's answer is
+    /// final: the commit is one atomic multi-operation.
     pub async fn held_positions(
         &self,
         shard: usize,
@@ -409,11 +461,13 @@ impl Sink {
         time_range: (u32, u32),
     ) -> Result<HashSet<(u64, u64)>> {
         let url = self.url(shard, replica).to_string();
+        let parts = format!("{}/parts", self.replica_path(shard, replica).await?);
         let events: Vec<String> = events.iter().map(|e| quote_str(e)).collect();
         let sql = format!(
             "SELECT spool_segment, spool_offset FROM {}.{} \
              WHERE dc = {} AND host = {} AND event IN ({}) AND time BETWEEN {} AND {} \
-             AND spool_segment BETWEEN {} AND {} FORMAT TSV",
+             AND spool_segment BETWEEN {} AND {} \
+             AND _part IN (SELECT name FROM system.zookeeper WHERE path = {}) FORMAT TSV",
             self.database,
             table::EVENTS_LOCAL,
             quote_str(&self.dc),
@@ -423,6 +477,7 @@ impl Sink {
             time_range.1,
             start.segment,
             end.segment,
+            quote_str(&parts),
         );
         let fetch = async {
             let mut cursor = self.client(shard, replica).query(&sql).fetch_bytes("TSV")?;
