@@ -294,6 +294,12 @@ pub struct QueryConfig {
     /// Redis hits of CPU. Four scans already keep two cores busy.
     #[serde(default = "default_progress_lookups_max")]
     pub progress_lookups_max: usize,
+    /// Host names (without port) requests may name in `Host` besides IP
+    /// addresses and `localhost` (default none). Any other name is refused
+    /// (403): a page that rebinds its own name to this address must not
+    /// read answers in a browser.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Limits of analysts' read-only SQL (`POST /v1/sql`): the topology's,
     /// which ClickHouse enforces (see [`SqlLimits`]).
     #[serde(default)]
@@ -688,6 +694,7 @@ impl QueryConfig {
             rule: Vec::new(),
             timeout_ms: default_query_timeout_ms(),
             progress_lookups_max: default_progress_lookups_max(),
+            allowed_hosts: Vec::new(),
             sql: topology.sql.clone(),
         }
     }

@@ -169,6 +169,8 @@ pub struct QueryService {
     sql_limits: dc_config::services::SqlLimits,
     /// Analysts' statements running at once (`sql.max_concurrent`).
     sql_slots: Arc<tokio::sync::Semaphore>,
+    /// Names besides IP addresses and `localhost` a `Host` may give.
+    allowed_hosts: Vec<String>,
     timeout: std::time::Duration,
     progress: Option<ProgressService>,
     ch: Arc<ClickHouse>,
@@ -201,6 +203,7 @@ impl QueryService {
         Self {
             registry,
             sql_limits: config.sql.clone(),
+            allowed_hosts: config.allowed_hosts.clone(),
             sql_slots: Arc::new(tokio::sync::Semaphore::new(
                 usize::try_from(config.sql.max_concurrent).unwrap_or(usize::MAX),
             )),
@@ -444,6 +447,47 @@ impl QueryService {
         }
     }
 
+    /// Refuses a request a page of another site may have made from a
+    /// browser: a `Host` naming anything but an IP address, `localhost` or
+    /// one of `allowed_hosts` (DNS rebinding: the page's own name, resolved
+    /// to this address, would let it read answers), and a POST whose
+    /// `Origin` is another host than the one it was sent to (a cross-site
+    /// form post, which needs no CORS preflight).
+    fn check_origin(&self, head: &hyper::http::request::Parts) -> Result<()> {
+        let header = |name: &str| {
+            head.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let host = header("host").unwrap_or_default();
+        let name = host_name(&host);
+        let known = name.parse::<std::net::IpAddr>().is_ok()
+            || name.eq_ignore_ascii_case("localhost")
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name));
+        if !known {
+            return Err(Error::Forbidden(format!(
+                "Host `{host}` is not a name of this service: ask by IP address or localhost, or add the name to the query config's allowed_hosts"
+            )));
+        }
+        if head.method == hyper::Method::POST {
+            if let Some(origin) = header("origin") {
+                let from = origin
+                    .split_once("://")
+                    .map_or(origin.as_str(), |(_, rest)| rest);
+                if !from.eq_ignore_ascii_case(&host) {
+                    return Err(Error::Forbidden(format!(
+                        "a POST from a page of {origin} to {host} is refused: send it from a client, not a web page of another site"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Answers one request, read whole by the listener ([`serve`]).
     pub async fn handle(
         &self,
@@ -456,7 +500,7 @@ impl QueryService {
         // Labels only for the templates of ROUTES: a path from the client
         // must not create a metric series per distinct path.
         let endpoint = route.as_deref().unwrap_or("other").to_string();
-        let answer = match route {
+        let answer = match route.and_then(|r| self.check_origin(&head).map(|()| r)) {
             Ok(_) => {
                 self.route(&path, head.uri.query().unwrap_or(""), &body)
                     .await
@@ -526,6 +570,15 @@ fn now_s() -> u32 {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     u32::try_from(s).unwrap_or(u32::MAX)
+}
+
+/// The name part of a `Host` header: without the port, an IPv6 literal
+/// without its brackets.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
 /// Serves `service` on `listener` within [`LIMITS`] until `shutdown`

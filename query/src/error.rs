@@ -18,6 +18,11 @@ pub enum Error {
     /// No route: 404.
     #[error("no such endpoint: {0}; see docs/api.md")]
     NoRoute(String),
+    /// A request another site's page may have made (a `Host` that is a
+    /// name this service was not told of, or an `Origin` of another
+    /// host): 403.
+    #[error("{0}")]
+    Forbidden(String),
     /// The path exists, the method does not: 405.
     #[error("{method} is not allowed on {path}; use {allowed}")]
     MethodNotAllowed {
@@ -78,6 +83,7 @@ impl Error {
             Error::BadParameter { .. } | Error::TooLarge(_) => 400,
             Error::NotFound(_) | Error::NoRoute(_) => 404,
             Error::MethodNotAllowed { .. } => 405,
+            Error::Forbidden(_) => 403,
             Error::BodyTooLarge { .. } | Error::SqlLimit { .. } => 413,
             Error::SqlRefused(_) | Error::SqlFailed { .. } => 400,
             Error::Busy(_) | Error::ClickHouse(_) | Error::State(_) => 503,
@@ -91,6 +97,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::NoRoute(_) => "no_route",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
+            Error::Forbidden(_) => "forbidden",
             Error::BodyTooLarge { .. } => "body_too_large",
             Error::SqlRefused(_) => "sql_refused",
             Error::SqlFailed { .. } => "sql_failed",

@@ -224,6 +224,36 @@ fn analysts_select_within_limits() {
     let (s, v) = h.post("/v1/sql", b"SELECT query FROM system.processes");
     assert_eq!(s, 400, "{v}");
 
+    // A web page of another site: a cross-site POST (a form needs no CORS
+    // preflight) and a name rebound to this address are refused.
+    let raw = |request: String| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        std::io::Write::write_all(&mut s, request.as_bytes()).unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        out
+    };
+    let post = |origin: &str| {
+        raw(format!(
+            "POST /v1/sql HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nSELECT 1"
+        ))
+    };
+    let answer = post("http://evil.example");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("send it from a client"), "{answer}");
+    let answer = post(&format!("http://{addr}"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let port = addr.rsplit_once(':').unwrap().1;
+    let answer = raw(format!(
+        "GET /healthz HTTP/1.1\r\nHost: evil.example:{port}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("allowed_hosts"), "{answer}");
+    let answer = raw(format!(
+        "GET /healthz HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
     // Nothing was written.
     assert_eq!(h.count("events_all"), rows);
     let (_, m) = h.get("/metrics");
