@@ -178,10 +178,13 @@ fn a_reader_in_another_process_sees_only_acknowledged_frames_of_a_full_disk() {
     let config = small_config(Durability::Group, Compression::Off);
     let spool = std::sync::Arc::new(Spool::open(&spool_dir, config).unwrap());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Opened before the disk fills: a new reader writes its first
+    // checkpoint, which needs space (the shipper waits for it, as for every
+    // state write); opened in the thread, it raced the appends.
+    let mut r = spooler::Reader::open(&spool_dir, "other-process").unwrap();
     let reader = {
-        let (dir, stop) = (spool_dir.clone(), stop.clone());
+        let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut r = spooler::Reader::open(&dir, "other-process").unwrap();
             let mut seen = Vec::new();
             let t0 = std::time::Instant::now();
             // Bounded in time; reads until told to stop and drained.

@@ -12,6 +12,9 @@ pub const CHILD_ENV: &str = "SPOOLHOUSE_TEST_COLLECTOR_DIR";
 /// Set in the collector process to run it as this uid (and gid), dropped
 /// to once started by root.
 const CHILD_UID_ENV: &str = "SPOOLHOUSE_TEST_COLLECTOR_UID";
+/// Set in the collector process to other limits than [`super::fast_limits`]
+/// (JSON).
+const CHILD_LIMITS_ENV: &str = "SPOOLHOUSE_TEST_COLLECTOR_LIMITS";
 /// The collector process stops gracefully once this file is in its directory.
 const STOP_FILE: &str = "stop";
 /// Where the collector process keeps its metrics' text, rewritten every 50 ms.
@@ -29,15 +32,29 @@ pub struct CollectorProcess {
 
 impl CollectorProcess {
     pub fn start(dir: &Path) -> Self {
-        Self::spawn(dir, None)
+        Self::spawn(dir, None, None)
     }
 
     /// Runs it as user `uid` (group `uid` too); needs root.
     pub fn start_as(dir: &Path, uid: u32) -> Self {
-        Self::spawn(dir, Some(uid))
+        Self::spawn(dir, Some(uid), None)
     }
 
-    fn spawn(dir: &Path, uid: Option<u32>) -> Self {
+    /// Runs it with `limits` instead of [`super::fast_limits`].
+    pub fn start_with(dir: &Path, limits: &dc_config::services::CollectorLimits) -> Self {
+        Self::spawn(dir, None, Some(limits))
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn spawn(
+        dir: &Path,
+        uid: Option<u32>,
+        limits: Option<&dc_config::services::CollectorLimits>,
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -50,6 +67,9 @@ impl CollectorProcess {
             .stderr(log);
         if let Some(uid) = uid {
             cmd.env(CHILD_UID_ENV, uid.to_string());
+        }
+        if let Some(limits) = limits {
+            cmd.env(CHILD_LIMITS_ENV, serde_json::to_string(limits).unwrap());
         }
         Self {
             child: cmd.spawn().unwrap(),
@@ -118,6 +138,10 @@ pub fn child_main() {
             assert_eq!(libc::setuid(uid), 0, "setuid");
         }
     }
+    let limits = std::env::var(CHILD_LIMITS_ENV)
+        .ok()
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .unwrap_or_else(super::fast_limits);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -131,7 +155,7 @@ pub fn child_main() {
         let mut prom = prometheus_client::registry::Registry::default();
         let metrics = std::sync::Arc::new(collector::Metrics::register(&mut prom));
         let c = collector::Collector::open(
-            super::config_in(&dir, super::fast_limits(), 1 << 30),
+            super::config_in(&dir, limits, 1 << 30),
             dc_config::examples::declared().registry,
             metrics,
             std::sync::Arc::new(collector::Health::default()),
