@@ -461,7 +461,7 @@ fn site_deploys_two_datacenters_into_a_prefix_and_rolling_restart_replaces_every
     let input = d.path("event.jsonl");
     std::fs::write(
         &input,
-        "{\"event\":\"vote\",\"time\":1764028800000,\"attrs\":{\"user_id\":1,\"target_user_id\":2,\"vote\":\"yes\",\"country_id\":3}}\n",
+        format!("{{\"event\":\"vote\",\"time\":{},\"attrs\":{{\"user_id\":1,\"target_user_id\":2,\"vote\":\"yes\",\"country_id\":3}}}}\n", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()),
     )
     .unwrap();
     let sent = Command::new(env!("CARGO_BIN_EXE_spoolhouse"))

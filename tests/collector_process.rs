@@ -106,7 +106,8 @@ fn wait_ready(socket: &Path, proc: &mut Proc, log: &Path) {
 
 fn vote(id: u64) -> String {
     format!(
-        r#"{{"event":"vote","time":1700000000000,"attrs":{{"user_id":{id},"target_user_id":2,"vote":"yes","country_id":7}}}}"#
+        r#"{{"event":"vote","time":{},"attrs":{{"user_id":{id},"target_user_id":2,"vote":"yes","country_id":7}}}}"#,
+        common::now_ms()
     )
 }
 

@@ -23,6 +23,9 @@ pub(crate) struct Ingest {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub line_bytes_max: usize,
+    /// `limits.history_s`: how far back events are accepted whatever the
+    /// registry's `accept_past_s` (a deliberate load of history).
+    pub history_s: u64,
 }
 
 /// The lines read in one go: valid ones encoded back to back for one append,
@@ -95,7 +98,14 @@ impl Batch {
             Ok(ev) => ev,
             Err(e) => return self.reject(ingest, line_no, UNKNOWN_EVENT_LABEL, &e),
         };
-        match validate(&parsed, &ingest.registry) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let checked = validate(&parsed, &ingest.registry).and_then(|valid| {
+            dc_config::event::check_time_window(&valid, &ingest.registry, now_ms, ingest.history_s)
+                .map(|()| valid)
+        });
+        match checked {
             Ok(valid) => {
                 let record = Record {
                     event: valid,

@@ -81,6 +81,7 @@ impl Collector {
             metrics,
             health,
             line_bytes_max: config.limits.line_bytes_max,
+            history_s: config.limits.history_s,
         });
         Ok(Self { config, ingest })
     }

@@ -46,7 +46,7 @@ async fn socket_pipelined_lines_with_bad_ones_among_good() {
         text.push_str(&vote(i));
         text.push('\n');
     }
-    text.push_str("{\"event\":\"vote\",\"time\":1700000000000,\"attrs\":{\"user_id\":6,\"target_user_id\":2,\"vote\":\"maybe\",\"country_id\":7}}\n");
+    text.push_str(&format!("{{\"event\":\"vote\",\"time\":{},\"attrs\":{{\"user_id\":6,\"target_user_id\":2,\"vote\":\"maybe\",\"country_id\":7}}}}\n", now_ms()));
     text.push_str("not json\n\n");
     for i in 9..=10 {
         text.push_str(&vote(i));
@@ -307,7 +307,7 @@ async fn a_full_spool_refuses_with_the_figures_and_nothing_acked_is_lost() {
 async fn every_validation_rule_names_line_field_and_rule() {
     let h = Harness::standard();
     let (running, _spool) = h.start().await;
-    let t = "1700000000000";
+    let t = now_ms();
     let cases: Vec<(String, &str, &str, &str)> = vec![
         ("{".into(), "", "not_json", "not valid JSON"),
         ("[1]".into(), "", "not_object", "must be a JSON object"),
@@ -369,6 +369,27 @@ async fn every_validation_rule_names_line_field_and_rule() {
             "time",
             "time_out_of_range",
             "multiply by 1000",
+        ),
+        // The accepted window around the collector's clock: 7 days back
+        // and an hour ahead by default (the registry's accept_past_s and
+        // accept_future_s).
+        (
+            format!(
+                r#"{{"event":"vote","time":{},"attrs":{{"user_id":1,"target_user_id":2,"vote":"yes","country_id":7}}}}"#,
+                t - 8 * 86_400_000
+            ),
+            "time",
+            "time_too_old",
+            "is more than 604800 s before the collector's clock",
+        ),
+        (
+            format!(
+                r#"{{"event":"vote","time":{},"attrs":{{"user_id":1,"target_user_id":2,"vote":"yes","country_id":7}}}}"#,
+                t + 2 * 3_600_000
+            ),
+            "time",
+            "time_too_new",
+            "is more than 3600 s after the collector's clock",
         ),
         (
             format!(
@@ -604,4 +625,43 @@ async fn a_client_that_never_reads_its_answers_is_closed() {
         .metrics_text()
         .contains("spoolhouse_collector_connections_open{endpoint=\"unix\"} 0"));
     running.shutdown().await.unwrap();
+}
+
+/// Older history is loaded on purpose by raising `limits.history_s`; the
+/// window still refuses what is older than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_older_than_the_window_is_accepted_only_when_asked_for() {
+    let line = |id: u64, days: u64| {
+        format!(
+            r#"{{"event":"vote","time":{},"attrs":{{"user_id":{id},"target_user_id":2,"vote":"yes","country_id":7}}}}"#,
+            now_ms() - days * 86_400_000
+        )
+    };
+    let h = Harness::new(
+        CollectorLimits {
+            history_s: 30 * 86_400,
+            ..CollectorLimits::default()
+        },
+        1 << 30,
+    );
+    let (running, spool) = h.start().await;
+    let mut client = Client::connect(
+        Endpoint::Unix(running.socket.clone()),
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    let (a, b) = (line(1, 20), line(2, 40));
+    let out = client.send_batch(&[a.as_str(), b.as_str()]).await.unwrap();
+    assert_eq!(out[0], LineOutcome::Acked);
+    assert!(
+        matches!(&out[1], LineOutcome::Rejected { rule, .. } if rule == "time_too_old"),
+        "{:?}",
+        out[1]
+    );
+    running.shutdown().await.unwrap();
+    assert_eq!(user_ids(&read_all(&spool)), [1]);
+    assert!(h.metrics_text().contains(
+        "spoolhouse_collector_events_rejected_total{event=\"vote\",reason=\"time_too_old\"} 1"
+    ));
 }

@@ -173,6 +173,18 @@ pub enum Rule {
     /// A string holding U+001F, the keyed-state table's key separator: two
     /// different keys could read as one.
     KeySeparator,
+    /// Older than the event type's `accept_past_s` before the collector's
+    /// clock.
+    TimeTooOld {
+        /// The oldest accepted, in seconds before now.
+        max_age_s: u64,
+    },
+    /// Later than the event type's `accept_future_s` after the collector's
+    /// clock.
+    TimeTooNew {
+        /// The latest accepted, in seconds after now.
+        max_ahead_s: u64,
+    },
 }
 
 impl fmt::Display for Rule {
@@ -187,6 +199,14 @@ impl fmt::Display for Rule {
             Rule::OutOfRange { min, max } => write!(f, "must be from {min} to {max}"),
             Rule::TooLong { max_len } => write!(f, "is longer than its max_len of {max_len} bytes"),
             Rule::NotInEnum { allowed } => write!(f, "must be one of: {}", allowed.join(", ")),
+            Rule::TimeTooOld { max_age_s } => write!(
+                f,
+                "is more than {max_age_s} s before the collector's clock (the event type's accept_past_s); to load older history on purpose, raise the collector's limits.history_s"
+            ),
+            Rule::TimeTooNew { max_ahead_s } => write!(
+                f,
+                "is more than {max_ahead_s} s after the collector's clock (the event type's accept_future_s); is the sender's clock right?"
+            ),
             Rule::KeySeparator => write!(
                 f,
                 "may not contain U+001F (the unit separator, which joins key fields in the keyed-state table)"
@@ -231,6 +251,8 @@ impl ValidationError {
             Rule::NotInEnum { .. } => "not_in_enum",
             Rule::TimeOutOfRange => "time_out_of_range",
             Rule::KeySeparator => "key_separator",
+            Rule::TimeTooOld { .. } => "time_too_old",
+            Rule::TimeTooNew { .. } => "time_too_new",
         }
     }
 }
@@ -325,6 +347,33 @@ pub fn validate(event: &Event, registry: &Registry) -> Result<ValidEvent, Valida
         time_ms: event.time_ms,
         attrs,
     })
+}
+
+/// Checks a valid event's time against its type's accepted window around
+/// `now_ms` (the collector's clock): from `accept_past_s` before (or
+/// `history_s` before, when that is further back: a deliberate load of
+/// history) to `accept_future_s` after.
+pub fn check_time_window(
+    event: &ValidEvent,
+    registry: &Registry,
+    now_ms: u64,
+    history_s: u64,
+) -> Result<(), ValidationError> {
+    let Some(ty) = registry.get(&event.event) else {
+        return Err(ValidationError::new("event", Rule::UnknownEvent));
+    };
+    let max_age_s = ty.accept_past_s.max(history_s);
+    if event.time_ms < now_ms.saturating_sub(max_age_s.saturating_mul(1000)) {
+        return Err(ValidationError::new("time", Rule::TimeTooOld { max_age_s }));
+    }
+    let max_ahead_s = ty.accept_future_s;
+    if event.time_ms > now_ms.saturating_add(max_ahead_s.saturating_mul(1000)) {
+        return Err(ValidationError::new(
+            "time",
+            Rule::TimeTooNew { max_ahead_s },
+        ));
+    }
+    Ok(())
 }
 
 fn typed_value(field: &Field, v: &Json) -> Result<Value, Rule> {

@@ -68,6 +68,27 @@ pub struct EventType {
     /// Per-minute metrics.
     #[serde(default)]
     pub metric: Vec<Metric>,
+    /// Oldest event time the collector accepts, in seconds before its clock
+    /// (default 604 800: 7 days). Older events are refused (`time_too_old`)
+    /// and counted: a minute aggregated long ago is not revisited, and a
+    /// client's bad clock must not write history by accident. A deliberate
+    /// load of older history raises the collector's `limits.history_s`.
+    #[serde(default = "default_accept_past_s")]
+    pub accept_past_s: u64,
+    /// Latest event time the collector accepts, in seconds after its clock
+    /// (default 3 600). Later ones are refused (`time_too_new`): a future
+    /// minute never closes, and a far-future state would win over every
+    /// real one for its TTL.
+    #[serde(default = "default_accept_future_s")]
+    pub accept_future_s: u64,
+}
+
+fn default_accept_past_s() -> u64 {
+    7 * 86_400
+}
+
+fn default_accept_future_s() -> u64 {
+    3_600
 }
 
 /// The type of a field.
@@ -428,6 +449,16 @@ fn check_event(c: &mut Checker, at: &KeyPath, ev: &EventType) {
             format!("must be from 1 second (Redis keeps the latest state only for a while) to {MAX_STATE_TTL_S} (ten years)"),
         );
     }
+    c.require(
+        (60..=100 * 365 * 86_400).contains(&ev.accept_past_s),
+        &at.key("accept_past_s"),
+        "must be from 60 (a minute) to 3153600000 (100 years)",
+    );
+    c.require(
+        (1..=7 * 86_400).contains(&ev.accept_future_s),
+        &at.key("accept_future_s"),
+        "must be from 1 to 604800 (7 days): a future minute never closes",
+    );
     let mut seen = HashSet::new();
     for (i, m) in ev.metric.iter().enumerate() {
         let mp = at.key("metric").index(i);

@@ -76,6 +76,10 @@ pub struct CollectorLimits {
     /// the apps the socket's mode admits can use the socket, and TCP
     /// clients must not be able to lock them out.
     pub max_tcp_connections: usize,
+    /// Accept events up to this many seconds old whatever the registry's
+    /// `accept_past_s` says (default 0: the registry's window): raised on
+    /// purpose, for the time of a load of older history.
+    pub history_s: u64,
     /// Longest line accepted, newline excluded (default 1 048 576): far above
     /// any event the registry allows, small enough to bound a buffer.
     pub line_bytes_max: usize,
@@ -126,6 +130,7 @@ impl Default for CollectorLimits {
         Self {
             max_connections: 1_024,
             max_tcp_connections: 256,
+            history_s: 0,
             line_bytes_max: 1 << 20,
             read_buffer_bytes: 256 << 10,
             idle_timeout_ms: 60_000,

@@ -238,6 +238,17 @@ fn state_rules() {
                 )),
         "{got:?}"
     );
+    let src = BASE.replacen(
+        "[event.vote]",
+        "[event.vote]\naccept_future_s = 2_000_000",
+        1,
+    );
+    expect(
+        &src,
+        "accept_future_s = 2_000_000",
+        "event.vote.accept_future_s",
+        "must be from 1 to 604800 (7 days): a future minute never closes",
+    );
     for ttl in ["0", "315_360_001", "9_223_372_036_854_775_807"] {
         let src = BASE.replace("ttl_s = 2_592_000", &format!("ttl_s = {ttl}"));
         expect(

@@ -135,11 +135,21 @@ pub fn read_dir(dir: &Path) -> Vec<Record> {
     read_all(&spool)
 }
 
-/// A valid `vote` line whose `user_id` is `id`.
+/// A valid `vote` line whose `user_id` is `id`, timed now (the collector
+/// accepts a window around its clock).
 pub fn vote(id: u64) -> String {
     format!(
-        r#"{{"event":"vote","time":1700000000000,"attrs":{{"user_id":{id},"target_user_id":2,"vote":"yes","country_id":7}}}}"#
+        r#"{{"event":"vote","time":{},"attrs":{{"user_id":{id},"target_user_id":2,"vote":"yes","country_id":7}}}}"#,
+        now_ms()
     )
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 pub fn user_ids(records: &[Record]) -> Vec<u64> {
