@@ -300,7 +300,7 @@ async fn get(conn: &mut Conn, path: &str) -> Result<(u16, Bytes), &'static str> 
     let exchange = async {
         conn.ready().await?;
         let req = hyper::Request::get(path)
-            .header(hyper::header::HOST, "bench")
+            .header(hyper::header::HOST, "localhost")
             .body(Empty::new())
             .expect("static request parts are valid");
         let resp = conn.send_request(req).await?;
