@@ -3,7 +3,8 @@
 //! (meta, data, rows, statistics).
 //!
 //! Safe by construction, not by a second guess of ClickHouse's grammar:
-//! - ClickHouse enforces it. The analysts' user ([`SQL_USER`]) has a
+//! - ClickHouse enforces it (docs/adr/0010-analysts-sql-enforced-by-clickhouse.md).
+//!   The analysts' user ([`SQL_USER`]) has a
 //!   `readonly = 1` profile holding the topology's [`SqlLimits`] (rows read,
 //!   result rows and bytes, time, memory, statements at once) and a quota:
 //!   in that mode 18.16 refuses every write, DDL, setting change and table
