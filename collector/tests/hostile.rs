@@ -34,11 +34,7 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn metric(c: &CollectorProcess, name: &str) -> u64 {
-    c.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    metric_value(&c.metrics(), name)
 }
 
 #[test]

@@ -169,11 +169,7 @@ fn accepted(h: &Harness) -> u64 {
 }
 
 fn counter(h: &Harness, name: &str) -> u64 {
-    h.metrics_text()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    metric_value(&h.metrics_text(), name)
 }
 
 /// Ids spooled more than once, and ids of `want` never spooled.

@@ -87,6 +87,15 @@ pub fn config_in(dir: &Path, limits: CollectorLimits, quota_bytes: u64) -> Colle
     config
 }
 
+/// The value of the unlabelled series `name` in Prometheus `text`; 0 when
+/// absent.
+pub fn metric_value(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Every record in the spool, read by a fresh reader.
 pub fn read_all(spool: &Spool) -> Vec<Record> {
     read_with(spool.reader(&fresh_reader_name()).unwrap())
