@@ -14,7 +14,12 @@ use common::{spawn, wait_for};
 use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::services::{CollectorConfig, ShipperConfig};
 
-const T: u64 = 1_764_028_800_000;
+/// The start of the minute before this one: inside the collector's
+/// accepted window, and already closed for aggregation.
+fn previous_minute_ms() -> u64 {
+    let now = common::now_ms();
+    now - now % 60_000 - 60_000
+}
 
 #[test]
 fn events_sent_to_the_collector_reach_clickhouse_once_and_redis_newest() {
@@ -58,11 +63,12 @@ fn events_sent_to_the_collector_reach_clickhouse_once_and_redis_newest() {
     );
 
     // 2 000 votes, two bad lines, and watch progress for one key out of order.
+    let t = previous_minute_ms();
     let mut lines = String::new();
     for i in 0..2_000u64 {
         lines.push_str(&format!(
             "{{\"event\":\"vote\",\"time\":{},\"attrs\":{{\"user_id\":{},\"target_user_id\":{i},\"vote\":\"{}\",\"country_id\":{}}}}}\n",
-            T + i,
+            t + i,
             i % 300,
             if i % 4 == 0 { "no" } else { "yes" },
             i % 20
@@ -70,7 +76,7 @@ fn events_sent_to_the_collector_reach_clickhouse_once_and_redis_newest() {
     }
     lines.push_str("{\"event\":\"vote\",\"time\":1}\n");
     lines.push_str("not json\n");
-    for (time, video_time) in [(T + 1_000, 100), (T + 3_000, 300), (T + 2_000, 200)] {
+    for (time, video_time) in [(t + 1_000, 100), (t + 3_000, 300), (t + 2_000, 200)] {
         lines.push_str(&format!(
             "{{\"event\":\"watch_progress\",\"time\":{time},\"attrs\":{{\"user_id\":7,\"video_id\":42,\"video_time\":{video_time}}}}}\n"
         ));
