@@ -339,8 +339,9 @@ pub async fn serve<H, F>(
             }
         });
         let metrics = metrics.clone();
+        // Counted here, in accept order, not when the task first runs.
+        open.inc();
         tokio::spawn(async move {
-            open.inc();
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
