@@ -795,7 +795,7 @@ fn print_urls(dcs: &[Dc], plan: &Plan, end_s: u32, watched: Option<(u64, u64)>) 
         println!("  curl -s \"$Q{route}\"");
     }
     println!(
-        "  curl -s \"$Q/v1/sql\" --data-binary 'SELECT dc, event, count() FROM spoolhouse.events_all GROUP BY dc, event ORDER BY dc, event'"
+        "  curl -s \"$Q/v1/sql\" -H 'Content-Type: application/json' --data-binary '{{\"sql\": \"SELECT dc, event, count() FROM spoolhouse.events_all GROUP BY dc, event ORDER BY dc, event\"}}'"
     );
     println!("  (add &scope=dc for one datacenter's own figures; docs/api.md has every route)");
 }

@@ -8,7 +8,8 @@
 //! - `GET /v1/drops?event=NAME&window=1h&reference=previous|yesterday|last_week`
 //! - `GET /v1/anomalies?event=NAME|metric=NAME&window=6h&step=5min|hour`
 //! - `GET /v1/report?event=NAME&metric=KIND(FIELD)&group_by=DIM,DIM&from=SECS&to=SECS&scope=global|dc`
-//! - `POST /v1/sql` (body: one SELECT statement, at most [`MAX_BODY_BYTES`])
+//! - `POST /v1/sql` (body: `{"sql": "<one SELECT statement>"}` as
+//!   `application/json`, at most [`MAX_BODY_BYTES`])
 //! - `GET /v1/registry` (the event types, metrics and dimensions to ask for)
 //! - `GET /v1/pipeline` (every DC's services' figures, from their `/metrics`)
 //! - `GET /console/`, `GET /console/{asset}` (the web console, [`crate::console`])
@@ -44,7 +45,9 @@ pub const MAX_BATCH_VIDEOS: usize = 100;
 pub const MAX_IN_FLIGHT: usize = 256;
 /// Largest request body read (64 KiB, the longest SQL statement
 /// accepted); a longer body gets 413 without being read further.
-pub const MAX_BODY_BYTES: usize = crate::sql::MAX_STATEMENT_BYTES;
+/// A statement of [`crate::sql::MAX_STATEMENT_BYTES`] in its JSON string,
+/// room for escapes included.
+pub const MAX_BODY_BYTES: usize = 2 * crate::sql::MAX_STATEMENT_BYTES;
 /// What the API's listener allows a client ([`httpd`]; `docs/api.md`
 /// lists them): 1 024 connections, [`MAX_IN_FLIGHT`] requests handled at
 /// once (counted only once a request was read whole), 10 s to send the
@@ -357,10 +360,7 @@ impl QueryService {
                 Ok(Reply::json(200, v.to_string()))
             }
             ["v1", "sql"] => {
-                let text = std::str::from_utf8(body).map_err(|_| {
-                    Error::SqlRefused("the body must be UTF-8 text: one SELECT statement".into())
-                })?;
-                let statement = crate::sql::check(text)?;
+                let statement = crate::sql::check(&sql_of(body)?)?;
                 // The analysts' own pool: beyond it, 503 at once, never a
                 // queue in front of the service's other reads.
                 let Ok(_slot) = self.sql_slots.clone().try_acquire_owned() else {
@@ -451,8 +451,9 @@ impl QueryService {
     /// browser: a `Host` naming anything but an IP address, `localhost` or
     /// one of `allowed_hosts` (DNS rebinding: the page's own name, resolved
     /// to this address, would let it read answers), and a POST whose
-    /// `Origin` is another host than the one it was sent to (a cross-site
-    /// form post, which needs no CORS preflight).
+    /// `Origin` is another host than the one it was sent to, or whose body
+    /// is not declared JSON (a cross-site form or `text/plain` post needs
+    /// no CORS preflight; a JSON one does, and is never granted).
     fn check_origin(&self, head: &hyper::http::request::Parts) -> Result<()> {
         let header = |name: &str| {
             head.headers
@@ -483,6 +484,16 @@ impl QueryService {
                         "a POST from a page of {origin} to {host} is refused: send it from a client, not a web page of another site"
                     )));
                 }
+            }
+            let content_type = header("content-type").unwrap_or_default();
+            let media = content_type.split(';').next().unwrap_or("").trim();
+            if !media.eq_ignore_ascii_case("application/json") {
+                let shown = if content_type.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("`{}`", content_type.escape_debug())
+                };
+                return Err(Error::UnsupportedMediaType(shown));
             }
         }
         Ok(())
@@ -540,6 +551,27 @@ impl QueryService {
         }
         resp.body(Full::new(reply.body))
             .expect("static response parts are valid")
+    }
+}
+
+/// The statement of a `POST /v1/sql` body, `{"sql": "…"}`.
+fn sql_of(body: &[u8]) -> Result<String> {
+    let refuse = |why: String| Error::BadParameter {
+        parameter: "body".into(),
+        rule: format!("a JSON object {{\"sql\": \"<one SELECT statement>\"}}: {why}"),
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| refuse(format!("not JSON ({e})")))?;
+    let serde_json::Value::Object(fields) = value else {
+        return Err(refuse("not an object".into()));
+    };
+    if let Some(other) = fields.keys().find(|k| *k != "sql") {
+        return Err(refuse(format!("unknown field `{}`", other.escape_debug())));
+    }
+    match fields.get("sql") {
+        Some(serde_json::Value::String(sql)) => Ok(sql.clone()),
+        Some(_) => Err(refuse("`sql` is not a string".into())),
+        None => Err(refuse("`sql` is missing".into())),
     }
 }
 

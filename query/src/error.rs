@@ -33,6 +33,13 @@ pub enum Error {
         /// The methods the path answers.
         allowed: String,
     },
+    /// A POST whose body is not declared JSON: 415. A web page of another
+    /// site can send only form and `text/plain` bodies without asking
+    /// first (a CORS preflight, which this service never grants).
+    #[error(
+        "a POST body must be JSON, sent with `Content-Type: application/json` (this one: {0})"
+    )]
+    UnsupportedMediaType(String),
     /// A request body over the limit: 413.
     #[error("request body over {limit_bytes} bytes")]
     BodyTooLarge {
@@ -84,6 +91,7 @@ impl Error {
             Error::NotFound(_) | Error::NoRoute(_) => 404,
             Error::MethodNotAllowed { .. } => 405,
             Error::Forbidden(_) => 403,
+            Error::UnsupportedMediaType(_) => 415,
             Error::BodyTooLarge { .. } | Error::SqlLimit { .. } => 413,
             Error::SqlRefused(_) | Error::SqlFailed { .. } => 400,
             Error::Busy(_) | Error::ClickHouse(_) | Error::State(_) => 503,
@@ -98,6 +106,7 @@ impl Error {
             Error::NoRoute(_) => "no_route",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::Forbidden(_) => "forbidden",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::BodyTooLarge { .. } => "body_too_large",
             Error::SqlRefused(_) => "sql_refused",
             Error::SqlFailed { .. } => "sql_failed",

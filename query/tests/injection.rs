@@ -145,7 +145,7 @@ fn hostile_values_never_reach_sql() {
                     "query" => (op.path_with(None), op.query_with(Some((&par.name, value)))),
                     other => panic!("parameter location {other} not covered"),
                 };
-                let (s, v) = send(&path, &query, b"SELECT 1");
+                let (s, v) = send(&path, &query, br#"{"sql": "SELECT 1"}"#);
                 let what = format!("{} {} {}={value:.60}", op.method, op.path, par.name);
                 check(&what, s, &v, false);
                 sent += 1;
@@ -153,7 +153,8 @@ fn hostile_values_never_reach_sql() {
         }
         if op.body {
             for value in hostile() {
-                let (s, v) = send(&op.path_with(None), &op.query_with(None), value.as_bytes());
+                let body = serde_json::json!({ "sql": value }).to_string();
+                let (s, v) = send(&op.path_with(None), &op.query_with(None), body.as_bytes());
                 check(
                     &format!("{} {} body {value:.60}", op.method, op.path),
                     s,

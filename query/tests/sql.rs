@@ -32,9 +32,8 @@ fn analysts_select_within_limits() {
     assert_eq!(rows, 55);
 
     // A SELECT over every DC, with a comment, a `;` and `?` in a string.
-    let (s, v) = h.post(
-        "/v1/sql",
-        b"-- votes per DC\nSELECT dc, count() AS n, 'a?b??' AS q FROM spoolhouse.events_all \
+    let (s, v) = h.sql(
+        "-- votes per DC\nSELECT dc, count() AS n, 'a?b??' AS q FROM spoolhouse.events_all \
           GROUP BY dc ORDER BY dc;\n",
     );
     assert_eq!(s, 200, "{v}");
@@ -48,7 +47,7 @@ fn analysts_select_within_limits() {
         serde_json::json!({"name": "n", "type": "UInt64"})
     );
     assert!(v["statistics"]["rows_read"].as_u64().unwrap() >= 55, "{v}");
-    let (s, v) = h.post("/v1/sql", b"WITH 6 AS x SELECT x * 7 AS y");
+    let (s, v) = h.sql("WITH 6 AS x SELECT x * 7 AS y");
     assert_eq!((s, v["data"][0]["y"].clone()), (200, 42.into()), "{v}");
 
     // Refused before running, with the reason.
@@ -82,23 +81,21 @@ fn analysts_select_within_limits() {
         ),
         ("", "the body is empty"),
     ] {
-        let (s, v) = h.post("/v1/sql", sql.as_bytes());
+        let (s, v) = h.sql(sql);
         let error = v["error"].as_str().unwrap_or_default();
         assert_eq!(s, 400, "{sql}: {v}");
         assert!(error.contains(why), "{sql}: {v}");
     }
-    let (s, v) = h.post("/v1/sql", b"SELECT '\xff'");
-    assert_eq!(s, 400, "{v}");
 
     // ClickHouse's refusals: 400 with its code and words.
-    let (s, v) = h.post("/v1/sql", b"SELECT FROM WHERE");
+    let (s, v) = h.sql("SELECT FROM WHERE");
     assert_eq!((s, v["clickhouse_code"].clone()), (400, 62.into()), "{v}");
     assert!(v["error"].as_str().unwrap().contains("Syntax error"), "{v}");
-    let (s, v) = h.post("/v1/sql", b"SELECT * FROM spoolhouse.no_such_table");
+    let (s, v) = h.sql("SELECT * FROM spoolhouse.no_such_table");
     assert_eq!((s, v["clickhouse_code"].clone()), (400, 60.into()), "{v}");
 
     // Over the limits: ClickHouse's reason, 413.
-    let (s, v) = h.post("/v1/sql", b"SELECT count() FROM system.numbers");
+    let (s, v) = h.sql("SELECT count() FROM system.numbers");
     assert_eq!((s, v["clickhouse_code"].clone()), (413, 158.into()), "{v}");
     assert!(
         v["error"]
@@ -107,7 +104,7 @@ fn analysts_select_within_limits() {
             .contains("Limit for rows to read exceeded"),
         "{v}"
     );
-    let (s, v) = h.post("/v1/sql", b"SELECT number FROM system.numbers LIMIT 1000");
+    let (s, v) = h.sql("SELECT number FROM system.numbers LIMIT 1000");
     assert_eq!((s, v["clickhouse_code"].clone()), (413, 396.into()), "{v}");
     assert!(
         v["error"]
@@ -116,12 +113,12 @@ fn analysts_select_within_limits() {
             .contains("Limit for result exceeded"),
         "{v}"
     );
-    let (s, v) = h.post("/v1/sql", b"SELECT number FROM system.numbers LIMIT 100");
+    let (s, v) = h.sql("SELECT number FROM system.numbers LIMIT 100");
     assert_eq!((s, v["rows"].clone()), (200, 100.into()), "{v}");
 
     // The body limit, and the method.
     let big = format!("SELECT '{}'", "x".repeat(70_000));
-    let (s, v) = h.post("/v1/sql", big.as_bytes());
+    let (s, v) = h.sql(&big);
     assert_eq!(s, 413, "{v}");
     assert!(v["error"].as_str().unwrap().contains("65536"), "{v}");
     let (s, v) = h.get("/v1/sql");
@@ -146,13 +143,13 @@ fn analysts_select_within_limits() {
         .collect();
     let (s, v) = h.get("/healthz");
     assert_eq!(s, 200, "{v}");
-    let (s, v) = h.post("/v1/sql", b"SELECT 1");
+    let (s, v) = h.sql("SELECT 1");
     assert_eq!(s, 200, "{v}");
     drop(slow);
 
     // The reproductions of issue 17: ClickHouse reads `//` as a comment
     // and `\v` as whitespace, and the service's check now does too.
-    let (s, v) = h.post("/v1/sql", b"SELECT 1 // \"\nFORMAT TSV --\"");
+    let (s, v) = h.sql("SELECT 1 // \"\nFORMAT TSV --\"");
     assert_eq!(s, 400, "{v}");
     assert!(
         v["error"].as_str().unwrap().contains("no FORMAT clause"),
@@ -163,10 +160,7 @@ fn analysts_select_within_limits() {
     let bait = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     bait.set_nonblocking(true).unwrap();
     let url = format!("http://{}/", bait.local_addr().unwrap());
-    let (s, v) = h.post(
-        "/v1/sql",
-        format!("SELECT * FROM url\x0b('{url}', TSV, 'a String')").as_bytes(),
-    );
+    let (s, v) = h.sql(&format!("SELECT * FROM url\x0b('{url}', TSV, 'a String')"));
     assert_eq!(s, 400, "{v}");
     let analyst = |sql: &str, params: &[(&str, &str)]| {
         let mut p = vec![("user", dc_config::render::clickhouse::SQL_USER)];
@@ -221,7 +215,7 @@ fn analysts_select_within_limits() {
         "ClickHouse dialled the address"
     );
     // The other system tables are refused before they run.
-    let (s, v) = h.post("/v1/sql", b"SELECT query FROM system.processes");
+    let (s, v) = h.sql("SELECT query FROM system.processes");
     assert_eq!(s, 400, "{v}");
 
     // A web page of another site: a cross-site POST (a form needs no CORS
@@ -233,16 +227,54 @@ fn analysts_select_within_limits() {
         std::io::Read::read_to_string(&mut s, &mut out).unwrap();
         out
     };
-    let post = |origin: &str| {
+    let post = |origin: &str, content_type: &str, body: &str| {
         raw(format!(
-            "POST /v1/sql HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nSELECT 1"
+            "POST /v1/sql HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         ))
     };
-    let answer = post("http://evil.example");
+    let json = r#"{"sql": "SELECT 1"}"#;
+    let answer = post("http://evil.example", "application/json", json);
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(answer.contains("send it from a client"), "{answer}");
-    let answer = post(&format!("http://{addr}"));
+    let here = format!("http://{addr}");
+    let answer = post(&here, "application/json; charset=utf-8", json);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A body a page may send without a CORS preflight (a form, plain
+    // text) is refused whatever it holds; so is one with no type.
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let answer = post(&here, content_type, json);
+        assert!(
+            answer.starts_with("HTTP/1.1 415"),
+            "{content_type}: {answer}"
+        );
+        assert!(
+            answer.contains("Content-Type: application/json"),
+            "{answer}"
+        );
+    }
+    let answer = raw(format!(
+        "POST /v1/sql HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
+    ));
+    assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    // JSON that is not `{"sql": "…"}`: 400, saying what the body must be.
+    for body in [
+        &b"SELECT 1"[..],
+        b"[]",
+        br#"{"sql": 1}"#,
+        br#"{"sql": "SELECT 1", "x": 1}"#,
+        b"{}",
+        b"\"\xff\"",
+    ] {
+        let (s, v) = h.post("/v1/sql", body);
+        assert_eq!(s, 400, "{}: {v}", String::from_utf8_lossy(body));
+        assert!(v["error"].as_str().unwrap().contains(r#"{"sql": "#), "{v}");
+    }
     let port = addr.rsplit_once(':').unwrap().1;
     let answer = raw(format!(
         "GET /healthz HTTP/1.1\r\nHost: evil.example:{port}\r\nConnection: close\r\n\r\n"

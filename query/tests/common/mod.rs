@@ -132,10 +132,24 @@ impl Harness {
         get(&self.base, path)
     }
 
-    /// POSTs `body` to `path`; the status and the JSON body.
+    /// POSTs `body` to `path` as `application/json`; the status and the
+    /// JSON body.
     pub fn post(&self, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-        let resp = agent().post(&format!("{}{path}", self.base)).send(body);
+        let resp = agent()
+            .post(&format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .send(body);
         answer(resp)
+    }
+
+    /// POSTs `statement` to `/v1/sql`; the status and the JSON body.
+    pub fn sql(&self, statement: &str) -> (u16, serde_json::Value) {
+        self.post(
+            "/v1/sql",
+            serde_json::json!({ "sql": statement })
+                .to_string()
+                .as_bytes(),
+        )
     }
 
     /// Rows of `table` of the `spoolhouse` database, read on dc1's first
