@@ -39,6 +39,14 @@ pub const MAX_ENUM_VALUES: usize = 1024;
 pub const MAX_DIMENSIONS: usize = 4;
 /// Most fields per event type.
 pub const MAX_FIELDS: usize = 256;
+/// Default `max_values_per_minute` of a dimension field that is neither an
+/// enum nor a bool.
+pub const DEFAULT_DIMENSION_VALUES: u32 = 1_000;
+/// Largest `max_values_per_minute`: every value is a series per roll-up.
+pub const MAX_DIMENSION_VALUES: u32 = 100_000;
+/// The value a dimension's excess values are folded into, per minute
+/// (see [`Field::max_values_per_minute`]).
+pub const FOLDED_VALUE: &str = "other";
 /// Longest time a state is kept in Redis: ten years. Far beyond any use,
 /// and far below where Redis's expiry arithmetic (milliseconds added to
 /// the clock) overflows and leaves a key without a TTL.
@@ -180,12 +188,32 @@ pub struct Field {
     /// For `enum`: the allowed values.
     #[serde(default)]
     pub values: Vec<String>,
+    /// As a metric dimension: the most distinct values kept per minute and
+    /// datacenter (default [`DEFAULT_DIMENSION_VALUES`]). The most frequent
+    /// ones are kept (ties: the smaller value); the rest of that minute's
+    /// events are counted under [`FOLDED_VALUE`]. Client-chosen values
+    /// must not make the number of series unbounded. Not for enums and
+    /// bools: their declared values bound them already.
+    #[serde(default)]
+    pub max_values_per_minute: Option<u32>,
     /// What the field means, for people.
     #[serde(default)]
     pub description: String,
 }
 
 impl Field {
+    /// The bound on this field's distinct values per minute as a dimension;
+    /// `None` when its type bounds it (enum, bool).
+    pub fn dimension_bound(&self) -> Option<u32> {
+        match self.ty {
+            FieldType::Enum | FieldType::Bool => None,
+            _ => Some(
+                self.max_values_per_minute
+                    .unwrap_or(DEFAULT_DIMENSION_VALUES),
+            ),
+        }
+    }
+
     /// The effective maximum length of a string field.
     pub fn string_max_len(&self) -> u32 {
         self.max_len.unwrap_or(DEFAULT_STRING_MAX_LEN)
@@ -361,6 +389,24 @@ fn check_event(c: &mut Checker, at: &KeyPath, ev: &EventType) {
                     f.ty.name()
                 ),
             ),
+        }
+        if let Some(n) = f.max_values_per_minute {
+            let at = fp.key("max_values_per_minute");
+            if f.dimension_bound().is_none() {
+                c.fail(
+                    &at,
+                    format!(
+                        "`{}` fields are bounded by their type; the key is for the other types",
+                        f.ty.name()
+                    ),
+                );
+            } else {
+                c.require(
+                    (1..=MAX_DIMENSION_VALUES).contains(&n),
+                    &at,
+                    format!("must be from 1 to {MAX_DIMENSION_VALUES}"),
+                );
+            }
         }
         if f.ty == FieldType::Enum {
             c.require(

@@ -11,7 +11,7 @@
 //! The series key is ClickHouse's `cityHash64(name)`, computed by ClickHouse
 //! on write and read alike.
 
-use crate::registry::{EventType, Metric, MetricKind, Registry};
+use crate::registry::{EventType, Metric, MetricKind, Registry, FOLDED_VALUE};
 use crate::render::ddl::table;
 use crate::sql::quote_str;
 
@@ -298,8 +298,54 @@ fn escaped_attr(name: &str) -> String {
     )
 }
 
+/// The minute of one event type that an aggregation statement reads.
+struct MinuteOf<'a> {
+    database: &'a str,
+    event_name: &'a str,
+    event: &'a EventType,
+    minute_s: u32,
+}
+
+impl MinuteOf<'_> {
+    /// `WHERE` condition selecting the minute's events of the type.
+    fn condition(&self) -> String {
+        format!(
+            "date = toDate(toDateTime({m})) AND event = {ev} \
+             AND time >= toDateTime({m}) AND time < toDateTime({next})",
+            m = self.minute_s,
+            ev = quote_str(self.event_name),
+            next = self.minute_s + 60,
+        )
+    }
+
+    /// The escaped value of dimension `d` in a series name. A dimension
+    /// with a bound keeps its `max_values_per_minute` most frequent values
+    /// of the minute (ties: the smaller value) and folds the rest into
+    /// [`FOLDED_VALUE`]: the choice depends on the minute's events alone,
+    /// so a re-aggregated minute folds the same way, and every roll-up and
+    /// metric of the minute agrees. `GLOBAL IN`: the top values are
+    /// computed once, over the whole DC, not per shard.
+    fn dimension_sql(&self, d: &str) -> String {
+        let bound = self.event.fields.get(d).and_then(|f| f.dimension_bound());
+        let Some(bound) = bound else {
+            return escaped_attr(d);
+        };
+        format!(
+            "if({value} GLOBAL IN (SELECT s_v FROM (SELECT {value} AS s_v, count() AS s_n \
+             FROM {db}.{events} WHERE {condition} GROUP BY s_v \
+             ORDER BY s_n DESC, s_v LIMIT {bound})), {escaped}, {folded})",
+            value = attr(d),
+            db = self.database,
+            events = table::EVENTS_DC,
+            condition = self.condition(),
+            escaped = escaped_attr(d),
+            folded = quote_str(&escape_value(FOLDED_VALUE)),
+        )
+    }
+}
+
 /// The SQL expression naming each row's series, for `rollup`.
-fn name_sql(rollup: &Rollup<'_>) -> String {
+fn name_sql(rollup: &Rollup<'_>, minute: &MinuteOf<'_>) -> String {
     let base = quote_str(&rollup.metric.base_name(rollup.event));
     if rollup.dims.is_empty() {
         return base;
@@ -308,7 +354,7 @@ fn name_sql(rollup: &Rollup<'_>) -> String {
     for (i, d) in rollup.dims.iter().enumerate() {
         let label = format!("{}{}=", if i > 0 { "," } else { "" }, d);
         parts.push(quote_str(&label));
-        parts.push(escaped_attr(d));
+        parts.push(minute.dimension_sql(d));
     }
     parts.push("'}'".to_string());
     format!("concat({})", parts.join(", "))
@@ -341,6 +387,12 @@ pub fn aggregate_minute_sql(
     minute_s: u32,
     version: u64,
 ) -> Vec<String> {
+    let of = MinuteOf {
+        database,
+        event_name,
+        event,
+        minute_s,
+    };
     event
         .metric
         .iter()
@@ -361,21 +413,19 @@ pub fn aggregate_minute_sql(
                     let (key, metric_col) = if r.dims.is_empty() {
                         ("event".to_string(), quote_str(&metric.base_name(event_name)))
                     } else {
-                        (name_sql(r), "s_key".to_string())
+                        (name_sql(r, &of), "s_key".to_string())
                     };
                     format!(
                         "SELECT toDate(toDateTime({minute_s})), toDateTime({minute_s}), {dc}, {ev}, \
                          {metric_col}, {kind}, toUInt64({version}), s_state \
                          FROM (SELECT {key} AS s_key, {state} AS s_state \
-                         FROM {database}.{events} \
-                         WHERE date = toDate(toDateTime({minute_s})) AND event = {ev} \
-                         AND time >= toDateTime({minute_s}) AND time < toDateTime({next}){presence} \
+                         FROM {database}.{events} WHERE {condition}{presence} \
                          GROUP BY s_key)",
+                        condition = of.condition(),
                         dc = quote_str(dc),
                         ev = quote_str(event_name),
                         kind = quote_str(metric.kind.name()),
                         events = table::EVENTS_DC,
-                        next = minute_s + 60,
                     )
                 })
                 .collect();
@@ -384,6 +434,44 @@ pub fn aggregate_minute_sql(
                 table::STATES_LOCAL,
                 selects.join(" UNION ALL ")
             )
+        })
+        .collect()
+}
+
+/// Per bounded dimension of `event`'s metrics: the dimension and a query
+/// answering how many of its distinct values in the minute starting at
+/// `minute_s` were folded into [`FOLDED_VALUE`] by
+/// [`aggregate_minute_sql`] (one `UInt64`).
+pub fn folded_values_sql<'a>(
+    database: &str,
+    event_name: &str,
+    event: &'a EventType,
+    minute_s: u32,
+) -> Vec<(&'a str, String)> {
+    let of = MinuteOf {
+        database,
+        event_name,
+        event,
+        minute_s,
+    };
+    let mut dims: Vec<&str> = event
+        .metric
+        .iter()
+        .flat_map(|m| m.dimensions.iter().map(String::as_str))
+        .collect();
+    dims.sort_unstable();
+    dims.dedup();
+    dims.into_iter()
+        .filter_map(|d| {
+            let bound = event.fields.get(d)?.dimension_bound()?;
+            let sql = format!(
+                "SELECT toUInt64(greatest(uniqExact({value}), {bound}) - {bound}) \
+                 FROM {database}.{events} WHERE {condition}",
+                value = attr(d),
+                events = table::EVENTS_DC,
+                condition = of.condition(),
+            );
+            Some((d, sql))
         })
         .collect()
 }

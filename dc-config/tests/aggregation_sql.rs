@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use dc_config::event::{ValidEvent, Value};
 use dc_config::local::{LaunchOptions, LocalCluster};
-use dc_config::series::{aggregate_minute_sql, rollups, series_name};
+use dc_config::series::{aggregate_minute_sql, folded_values_sql, rollups, series_name};
 
 const MINUTE: u32 = 1_764_028_800; // 2025-11-25 00:00:00 UTC
 
@@ -290,4 +290,86 @@ fn minute_states_match_the_events_and_merge_across_datacenters() {
         "uniqMerge(uniq_state)",
     );
     assert_eq!(dc_only["registration.uniq(user_id)"], "400");
+}
+
+/// A dimension over its `max_values_per_minute` keeps its most frequent
+/// values (ties: the smaller) and counts the rest under `other`; the top
+/// values are the DC's, not each shard's, and every roll-up agrees.
+#[test]
+fn a_dimension_over_its_bound_folds_the_rest_into_other() {
+    let cluster =
+        LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
+    let mut ev = cluster.declared().registry.event["screen_view"].clone();
+    ev.fields["screen"].max_values_per_minute = Some(2);
+    // a: 5, b: 3, c: 3 (ties with b, larger), d: 1, e: 1, and one real
+    // value "other" (folded with the rest: it is not among the top two).
+    let screens: Vec<&str> = [
+        ("a", 5),
+        ("b", 3),
+        ("c", 3),
+        ("d", 1),
+        ("e", 1),
+        ("other", 1),
+    ]
+    .iter()
+    .flat_map(|&(s, n)| std::iter::repeat_n(s, n))
+    .collect();
+    let platforms = ["web", "ios"];
+    let views: Vec<ValidEvent> = screens
+        .iter()
+        .enumerate()
+        .map(|(i, s)| screen_view(i as u64, s, platforms[i % 2], 10, i as u32))
+        .collect();
+    // Each shard alone would rank differently: the first holds a, b and
+    // c's first two; the second c's third, d, e and other.
+    insert(&cluster, "dc1-s1-r1", "dc1", &views[..10], 0);
+    insert(&cluster, "dc1-s2-r1", "dc1", &views[10..], 10);
+    for sql in aggregate_minute_sql("spoolhouse", "dc1", "screen_view", &ev, MINUTE, 1) {
+        cluster
+            .clickhouse("dc1-s1-r1")
+            .unwrap()
+            .query(&sql)
+            .unwrap();
+    }
+    let kept = |s: &str| {
+        if ["a", "b"].contains(&s) {
+            s.to_string()
+        } else {
+            "other".to_string()
+        }
+    };
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let count = ev.metric.iter().find(|m| m.field.is_none()).unwrap();
+    for r in rollups("screen_view", count) {
+        for v in &views {
+            let values: Vec<String> = r
+                .dims
+                .iter()
+                .map(|d| match (*d, v.attr(d).unwrap()) {
+                    ("screen", Value::Str(s)) => kept(s),
+                    (_, value) => value.to_column_text(),
+                })
+                .collect();
+            *expected.entry(series_name(&r, &values)).or_default() += 1;
+        }
+    }
+    let got: BTreeMap<String, u64> = states(
+        &cluster,
+        "dc1-s2-r1",
+        "metric_states_dc",
+        "countMerge(count_state)",
+    )
+    .into_iter()
+    .filter(|(k, _)| k.starts_with("screen_view.count()"))
+    .map(|(k, v)| (k, v.parse().unwrap()))
+    .collect();
+    assert_eq!(got, expected);
+    assert_eq!(got["screen_view.count(){screen=other}"], 6, "{got:?}");
+    assert_eq!(got["screen_view.count()"], 14, "{got:?}");
+    // What the shipper counts: c, d, e and other folded.
+    let folded = folded_values_sql("spoolhouse", "screen_view", &ev, MINUTE);
+    assert_eq!(folded.len(), 1, "{folded:?}");
+    assert_eq!(folded[0].0, "screen");
+    let ch = cluster.clickhouse("dc1-s2-r1").unwrap();
+    assert_eq!(ch.query(&folded[0].1).unwrap().trim(), "4");
 }

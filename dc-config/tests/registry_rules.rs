@@ -285,3 +285,34 @@ fn empty_registry() {
         ["r.toml: declare at least one event type ([event.NAME])"]
     );
 }
+
+#[test]
+fn dimension_value_bounds() {
+    let r = Registry::parse(Path::new("events.toml"), BASE).unwrap();
+    let f = |e: &str, n: &str| r.event[e].fields[n].dimension_bound();
+    assert_eq!(f("screen_view", "screen"), Some(200));
+    assert_eq!(f("vote", "country_id"), Some(1_000));
+    assert_eq!(f("vote", "vote"), None);
+    for n in ["0", "100_001"] {
+        let src = BASE.replace(
+            "max_values_per_minute = 200",
+            &format!("max_values_per_minute = {n}"),
+        );
+        expect(
+            &src,
+            &format!("max_values_per_minute = {n}"),
+            "event.screen_view.fields.screen.max_values_per_minute",
+            "must be from 1 to 100000",
+        );
+    }
+    let src = BASE.replace(
+        "fields.vote = { type = \"enum\", values = [\"yes\", \"no\"] }",
+        "fields.vote = { type = \"enum\", values = [\"yes\", \"no\"], max_values_per_minute = 5 }",
+    );
+    expect(
+        &src,
+        "max_values_per_minute = 5",
+        "event.vote.fields.vote.max_values_per_minute",
+        "`enum` fields are bounded by their type; the key is for the other types",
+    );
+}

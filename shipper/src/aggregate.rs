@@ -221,6 +221,22 @@ pub fn minute_statements(
         .collect()
 }
 
+/// Per event type and bounded dimension of its metrics: the query counting
+/// the values `minute_s` of this DC folds into `other`.
+pub fn folded_values_statements<'a>(
+    config: &ShipperConfig,
+    registry: &'a Registry,
+    minute_s: u32,
+) -> Vec<(&'a str, &'a str, String)> {
+    dc_config::series::aggregated_events(registry)
+        .flat_map(|(name, ev)| {
+            dc_config::series::folded_values_sql(&config.database, name, ev, minute_s)
+                .into_iter()
+                .map(move |(dim, sql)| (name, dim, sql))
+        })
+        .collect()
+}
+
 /// A fresh version: wall-clock ms, but always above the last one.
 pub fn next_version(last: u64) -> u64 {
     let now = std::time::SystemTime::now()

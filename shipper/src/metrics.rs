@@ -54,6 +54,9 @@ pub struct Metrics {
     pub watermark_delay_seconds: Gauge<f64, AtomicU64>,
     /// Series points (aggregate-state rows) written.
     pub series_points: Counter,
+    /// Distinct dimension values beyond `max_values_per_minute`, folded
+    /// into `other`, by event and dimension (summed over rounds).
+    pub dimension_values_folded: Family<Label, Counter>,
     /// Minutes waiting to be aggregated.
     pub pending_minutes: Gauge,
     /// 1 while a write of the shipper's state or a checkpoint waits for
@@ -87,6 +90,7 @@ impl Metrics {
             aggregation_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             watermark_delay_seconds: Gauge::default(),
             series_points: Counter::default(),
+            dimension_values_folded: Family::default(),
             pending_minutes: Gauge::default(),
             state_disk_full: Gauge::default(),
             state_disk_full_waits: Counter::default(),
@@ -160,6 +164,11 @@ impl Metrics {
             "series_points",
             "Series points (aggregate-state rows) written",
             m.series_points.clone(),
+        );
+        r.register(
+            "dimension_values_folded",
+            "Distinct dimension values over the registry's max_values_per_minute, counted under `other`, by event and dimension (a late event's minute counts again)",
+            m.dimension_values_folded.clone(),
         );
         r.register(
             "pending_minutes",

@@ -894,9 +894,15 @@ impl Shipper {
                 aggregate::minute_statements(&self.config, &self.registry, minute, version);
             let replica = attempt as usize % sink.replicas(shard);
             let started = Instant::now();
-            let result = rt.block_on(async {
+            let result: Result<(u64, Vec<_>)> = rt.block_on(async {
                 for sql in &statements {
                     sink.execute(shard, replica, sql).await?;
+                }
+                let mut folded = Vec::new();
+                for (event, dim, sql) in
+                    aggregate::folded_values_statements(&self.config, &self.registry, minute)
+                {
+                    folded.push((event, dim, sink.query_u64(shard, replica, &sql).await?));
                 }
                 let points = format!(
                     "SELECT count() FROM {}.{} WHERE minute = toDateTime({minute}) AND version = {version} AND dc = {}",
@@ -904,10 +910,26 @@ impl Shipper {
                     dc_config::render::ddl::table::STATES_LOCAL,
                     dc_config::sql::quote_str(&self.config.dc)
                 );
-                sink.query_u64(shard, replica, &points).await
+                Ok((sink.query_u64(shard, replica, &points).await?, folded))
             });
             match result {
-                Ok(points) => {
+                Ok((points, folded)) => {
+                    for (event, dimension, values) in folded.into_iter().filter(|f| f.2 > 0) {
+                        self.metrics
+                            .dimension_values_folded
+                            .get_or_create(&vec![
+                                ("event".into(), event.into()),
+                                ("dimension".into(), dimension.into()),
+                            ])
+                            .inc_by(values);
+                        tracing::warn!(
+                            minute,
+                            event,
+                            dimension,
+                            values,
+                            "distinct values over the registry's max_values_per_minute were counted under `other`"
+                        );
+                    }
                     self.metrics
                         .aggregation_seconds
                         .observe(started.elapsed().as_secs_f64());

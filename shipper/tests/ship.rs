@@ -75,6 +75,14 @@ struct Running {
 
 impl Running {
     fn start(config: ShipperConfig, guards: Guards) -> Self {
+        Self::start_with(config, guards, dc_config::examples::declared().registry)
+    }
+
+    fn start_with(
+        config: ShipperConfig,
+        guards: Guards,
+        event_registry: dc_config::registry::Registry,
+    ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -86,7 +94,7 @@ impl Running {
         let shutdown = Arc::new(AtomicBool::new(false));
         let shipper = Arc::new(Shipper::new(
             config,
-            dc_config::examples::declared().registry,
+            event_registry,
             metrics.clone(),
             health.clone(),
             guards,
@@ -451,7 +459,11 @@ fn minutes_are_aggregated_once_closed_and_again_after_a_late_event() {
     let spool = open_spool(&cfg);
     let frames: Vec<Vec<u8>> = (0..600u64).map(vote).collect(); // T0 + 0..600 ms: one minute
     spool.append(&frames).unwrap();
-    let running = Running::start(cfg, Guards::default());
+    // 50 countries, 12 votes each: ten kept (a tie: the smallest as
+    // text, "0", "1", "10" … "17"), forty folded into `other`.
+    let mut events = dc_config::examples::declared().registry;
+    events.event["vote"].fields["country_id"].max_values_per_minute = Some(10);
+    let running = Running::start_with(cfg, Guards::default(), events);
     let ch = cluster.clickhouse("dc1-s1-r1").unwrap();
     let state_count = |metric: &str| -> String {
         ch.query(&format!(
@@ -468,6 +480,17 @@ fn minutes_are_aggregated_once_closed_and_again_after_a_late_event() {
     let yes = (0..600u64).filter(|i| !i.is_multiple_of(3)).count();
     assert_eq!(state_count("vote.count(){vote=yes}"), yes.to_string());
     assert!(running.metrics.series_points.get() > 0);
+    assert_eq!(state_count("vote.count(){country_id=other}"), "480");
+    assert_eq!(state_count("vote.count(){country_id=17}"), "12");
+    let folded = |m: &Metrics| {
+        m.dimension_values_folded
+            .get_or_create(&vec![
+                ("event".into(), "vote".into()),
+                ("dimension".into(), "country_id".into()),
+            ])
+            .get()
+    };
+    assert_eq!(folded(&running.metrics), 40);
     // A late event for the same minute: the minute is aggregated again and
     // replaced, not added to.
     spool.append(&[vote(30_000)]).unwrap();
