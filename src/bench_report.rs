@@ -109,7 +109,7 @@ fn time_reports(
         &config,
         registry,
         Duration::from_millis(config.timeout_ms),
-    ));
+    )?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     runtime.spawn(query::serve(listener, service, async {
         let _ = stopped.await;

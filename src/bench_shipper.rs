@@ -202,7 +202,13 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
     // Reference 1: clickhouse-client, TSV from a file.
     quiet()?;
     let started = Instant::now();
+    let login = cluster
+        .state_dir()
+        .join("rendered/clickhouse")
+        .join(&server)
+        .join("client.xml");
     let status = Command::new("clickhouse-client")
+        .arg(format!("--config-file={}", login.display()))
         .args([
             "--host",
             "127.0.0.1",
@@ -226,9 +232,32 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
             .replace(' ', "%20")
             .replace(',', "%2C")
     );
+    // The writer's login as a header file (mode 0600), not on curl's
+    // command line.
+    let headers = work.join("curl-headers");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&headers)?;
+        std::io::Write::write_all(
+            &mut f,
+            format!(
+                "X-ClickHouse-User: {}\nX-ClickHouse-Key: {}\n",
+                dc_config::render::clickhouse::WRITER_USER,
+                cluster.credentials().writer
+            )
+            .as_bytes(),
+        )?;
+    }
     quiet()?;
     let started = Instant::now();
     let out = Command::new("curl")
+        .arg("-H")
+        .arg(format!("@{}", headers.display()))
         .args(["-sS", "--fail-with-body", "--data-binary"])
         .arg(format!("@{}", bin_path.display()))
         .arg(&url)

@@ -17,14 +17,22 @@ pub struct ConfigArgs {
 enum ConfigCommand {
     /// Check a topology and a registry; print every problem with file, line, key and rule.
     Validate(Files),
-    /// Render ClickHouse and ZooKeeper configs, the schema, service configs
-    /// and the Ansible inventory into a folder.
+    /// Render ClickHouse and ZooKeeper configs, the schema, service configs,
+    /// the ClickHouse users' password files and the Ansible inventory into
+    /// a folder. Passwords are made once: those already in the secrets
+    /// folder are kept, missing ones are generated (mode 0600).
     Render {
         #[command(flatten)]
         files: Files,
         /// Output folder (created; files in it are replaced).
         #[arg(long)]
         out: PathBuf,
+        /// Folder of the ClickHouse users' password files, one
+        /// `clickhouse-<user>.password` each (default: OUT/secrets). Keep
+        /// it between renders: a new password needs every server and
+        /// service redeployed.
+        #[arg(long)]
+        secrets: Option<PathBuf>,
     },
 }
 
@@ -54,9 +62,15 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ConfigCommand::Render { files, out } => {
+        ConfigCommand::Render {
+            files,
+            out,
+            secrets,
+        } => {
             let d = load(&files)?;
-            let rendered = render::render(&d.topology, &d.registry, &d.registry_text);
+            let secrets = secrets.unwrap_or_else(|| out.join("secrets"));
+            let credentials = dc_config::credentials::Credentials::load_or_create(&secrets)?;
+            let rendered = render::render(&d.topology, &d.registry, &d.registry_text, &credentials);
             render::write_all(&out, &rendered)
                 .with_context(|| format!("writing rendered files into {}", out.display()))?;
             for f in &rendered {

@@ -131,6 +131,14 @@ fn print_endpoints(cluster: &LocalCluster) {
             println!("  redis       {n}");
         }
     }
+    println!(
+        "clickhouse users' passwords: {} (e.g. clickhouse-client --config-file {})",
+        cluster.topology().secrets_dir.display(),
+        cluster
+            .state_dir()
+            .join("rendered/clickhouse/<server>/client.xml")
+            .display()
+    );
     println!("state: {}", cluster.state_dir().display());
 }
 

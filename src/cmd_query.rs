@@ -20,6 +20,11 @@ pub struct QueryArgs {
 pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     let (config, registry) =
         crate::cmd_shipper::load_with_registry::<QueryConfig>(&args.config, |c| &c.registry)?;
+    // The ClickHouse password files, at start: a file the service cannot
+    // use is a config error, said before it listens.
+    for file in [&config.clickhouse_password_file, &config.sql_password_file] {
+        dc_config::credentials::read_password(file)?;
+    }
     let problems = config.check_rules(&registry);
     if !problems.is_empty() {
         anyhow::bail!(
@@ -47,7 +52,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
             &config,
             registry,
             Duration::from_millis(config.timeout_ms),
-        ));
+        )?);
         tracing::info!(dc = %config.dc, listen = %config.listen, "query service started");
         query::serve(listener, service, crate::admin::terminated()).await;
         Ok(())

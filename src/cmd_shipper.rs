@@ -47,6 +47,9 @@ pub fn load_with_registry<T: dc_config::check::Declaration>(
 /// Runs the shipper until SIGTERM or Ctrl-C, then finishes the batch in hand.
 pub fn run(args: ShipperArgs) -> anyhow::Result<()> {
     let (config, registry) = load_with_registry::<ShipperConfig>(&args.config, |c| &c.registry)?;
+    // At start, before anything else: a password file the shipper cannot
+    // use is a config error, said at once.
+    dc_config::credentials::read_password(&config.clickhouse_password_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

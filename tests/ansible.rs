@@ -26,8 +26,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dc_config::check::{Checker, Declaration};
+use dc_config::credentials::Credentials;
 use dc_config::local::probe::{self, ClickHouseHttp};
-use dc_config::topology::{RedisMode, Topology};
+use dc_config::render::clickhouse::WRITER_USER;
+use dc_config::topology::{RedisMode, ReplicaRef, Topology};
 
 /// Every playbook of `ansible/`.
 const PLAYBOOKS: &[&str] = &["site.yml", "rolling-restart.yml"];
@@ -124,14 +126,25 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Renders into `dir` as `spoolhouse config render` does (passwords in its
+/// `secrets/`); the inventory's path.
 fn render_into(topology: &Topology, dir: &Path) -> PathBuf {
     let files = dc_config::render::render(
         topology,
         &dc_config::examples::declared().registry,
         dc_config::examples::REGISTRY,
+        &Credentials::load_or_create(&dir.join("secrets")).unwrap(),
     );
     dc_config::render::write_all(dir, &files).unwrap();
     dir.join("ansible/inventory.ini")
+}
+
+/// ClickHouse server `r`, asked as the writer with the password rendered
+/// into `rendered`.
+fn clickhouse(r: &ReplicaRef<'_>, rendered: &Path) -> ClickHouseHttp {
+    let credentials = Credentials::load(&rendered.join("secrets")).unwrap();
+    ClickHouseHttp::new(r.http_url(), Duration::from_secs(10))
+        .with_login(WRITER_USER, &credentials.writer)
 }
 
 #[test]
@@ -315,7 +328,7 @@ fn http_status(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 }
 
 /// Asserts every server and service of `topology` answers.
-fn assert_all_answer(topology: &Topology) {
+fn assert_all_answer(topology: &Topology, rendered: &Path) {
     for dc in &topology.datacenter {
         for z in &dc.zookeeper {
             let addr = SocketAddr::new(z.host.parse().unwrap(), z.port);
@@ -332,7 +345,7 @@ fn assert_all_answer(topology: &Topology) {
             }
         }
         for r in dc.replicas() {
-            let ch = ClickHouseHttp::new(r.http_url(), Duration::from_secs(10));
+            let ch = clickhouse(&r, rendered);
             let tables = ch
                 .query("SELECT count() FROM system.tables WHERE database = 'spoolhouse'")
                 .unwrap_or_else(|e| panic!("ClickHouse {}: {e}", r.name()));
@@ -434,7 +447,7 @@ fn site_deploys_two_datacenters_into_a_prefix_and_rolling_restart_replaces_every
 
     d.playbook("site.yml", &["--limit", "dc1"]);
     d.playbook("site.yml", &["--limit", "dc2"]);
-    assert_all_answer(&d.topology);
+    assert_all_answer(&d.topology, &d.path("rendered"));
 
     // Both service managers come from the same variables: every instance has
     // its unit, with the command line the supervisor ran.
@@ -470,10 +483,7 @@ fn site_deploys_two_datacenters_into_a_prefix_and_rolling_restart_replaces_every
         .output()
         .unwrap();
     assert!(sent.status.success(), "{sent:?}");
-    let ch = ClickHouseHttp::new(
-        dc1.replicas().next().unwrap().http_url(),
-        Duration::from_secs(10),
-    );
+    let ch = clickhouse(&dc1.replicas().next().unwrap(), &d.path("rendered"));
     let until = Instant::now() + Duration::from_secs(60);
     while ch
         .query("SELECT count() FROM spoolhouse.events_dc WHERE event = 'vote'")
@@ -511,5 +521,5 @@ fn site_deploys_two_datacenters_into_a_prefix_and_rolling_restart_replaces_every
             assert_eq!(&after[name], pid, "{name} of dc2 was restarted");
         }
     }
-    assert_all_answer(&d.topology);
+    assert_all_answer(&d.topology, &d.path("rendered"));
 }

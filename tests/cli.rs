@@ -115,11 +115,46 @@ fn render_writes_every_file() {
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
     let (listed, _) = text(&o);
-    // 3 servers × 2, 2 zoo.cfg, 2 schemas, 2 DCs × 4 service files, 1 inventory.
-    assert_eq!(listed.lines().count(), 19);
+    // 4 password files, 3 servers × 3, 2 zoo.cfg, 2 schemas, 2 DCs × 4
+    // service files, 1 inventory.
+    assert_eq!(listed.lines().count(), 26);
     for f in listed.lines() {
         assert!(Path::new(f).is_file(), "{f} listed but not written");
     }
     let sql = std::fs::read_to_string(out.join("ddl/dc1.sql")).unwrap();
     assert!(sql.contains("ENGINE = Distributed(dc1, spoolhouse, events_local, rand())"));
+
+    // Passwords are made once: a second render keeps them.
+    let secret = out.join("secrets/clickhouse-spoolhouse_shipper.password");
+    let first = std::fs::read_to_string(&secret).unwrap();
+    let o = spoolhouse(&[
+        "config",
+        "render",
+        "examples/two-dc.toml",
+        "examples/events.toml",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), first);
+
+    // A shipper whose password file other users may read does not start,
+    // and says what to do.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = std::fs::read_to_string(out.join("services/dc1/shipper.toml"))
+        .unwrap()
+        .replace(
+            "/etc/spoolhouse/secrets/clickhouse-spoolhouse_shipper.password",
+            secret.to_str().unwrap(),
+        );
+    let shipper_toml = out.join("services/dc1/shipper-test.toml");
+    std::fs::write(&shipper_toml, config).unwrap();
+    let o = spoolhouse(&["shipper", "--config", shipper_toml.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("mode 0644") && err.contains(&format!("chmod 600 {}", secret.display())),
+        "{err}"
+    );
 }

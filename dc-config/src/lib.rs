@@ -1,5 +1,6 @@
 //! Everything operators declare, once: the topology and the event registry.
 pub mod check;
+pub mod credentials;
 pub mod declared;
 pub mod error;
 pub mod event;

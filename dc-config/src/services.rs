@@ -180,6 +180,9 @@ pub struct ShipperConfig {
     pub redis: Redis,
     /// The shipper's own durable state: batch intents, dead letters.
     pub state_dir: PathBuf,
+    /// File holding the password of ClickHouse's writer user
+    /// (`spoolhouse_shipper`), mode 0600, read at start.
+    pub clickhouse_password_file: PathBuf,
     /// Compression of insert bodies sent to ClickHouse (default `none`: the
     /// shipper runs on app hosts, where CPU is scarcer than bandwidth to a
     /// ClickHouse in the same datacenter; `lz4` for thin links).
@@ -281,6 +284,12 @@ pub struct QueryConfig {
     /// HTTP base URLs of this DC's servers, any of which can run a
     /// Distributed query, in preference order.
     pub clickhouse: Vec<String>,
+    /// File holding the password of the service's ClickHouse user
+    /// (`spoolhouse_query`), mode 0600, read at start.
+    pub clickhouse_password_file: PathBuf,
+    /// File holding the password of the analysts' ClickHouse user
+    /// (`spoolhouse_sql`, `POST /v1/sql`), mode 0600, read at start.
+    pub sql_password_file: PathBuf,
     /// Every datacenter and its number of shards, for partial answers.
     pub datacenters: Vec<QueryDatacenter>,
     /// This DC's Redis.
@@ -609,6 +618,10 @@ impl ShipperConfig {
                 .collect(),
             redis: dc.redis.clone(),
             state_dir: shipper_state_dir(&dc.spool.dir),
+            clickhouse_password_file: crate::credentials::password_file(
+                &topology.secrets_dir,
+                crate::render::clickhouse::WRITER_USER,
+            ),
             compression: InsertCompression::default(),
             limits: ShipperLimits::default(),
         }
@@ -655,7 +668,24 @@ impl crate::check::Declaration for ShipperConfig {
             &crate::locate::KeyPath::root().key("shards"),
             "declare at least one shard, each of weight >= 1 with at least one replica URL",
         );
+        require_absolute(
+            c,
+            &self.clickhouse_password_file,
+            "clickhouse_password_file",
+        );
     }
+}
+
+/// A config's path to a secret must not depend on the working directory.
+fn require_absolute(c: &mut crate::check::Checker, path: &std::path::Path, key: &str) {
+    c.require(
+        path.is_absolute(),
+        &crate::locate::KeyPath::root().key(key),
+        format!(
+            "must be an absolute path to a file of mode 0600 (got `{}`)",
+            path.display()
+        ),
+    );
 }
 
 /// The shipper's state folder: `shipper` beside the spool folder.
@@ -672,6 +702,14 @@ impl QueryConfig {
             listen: dc.query.listen,
             database: topology.database.clone(),
             clickhouse: dc.replicas().map(|r| r.http_url()).collect(),
+            clickhouse_password_file: crate::credentials::password_file(
+                &topology.secrets_dir,
+                crate::render::clickhouse::QUERY_USER,
+            ),
+            sql_password_file: crate::credentials::password_file(
+                &topology.secrets_dir,
+                crate::render::clickhouse::SQL_USER,
+            ),
             datacenters: topology
                 .datacenter
                 .iter()
@@ -713,6 +751,12 @@ impl crate::check::Declaration for QueryConfig {
             &root.key("clickhouse"),
             "list at least one ClickHouse server URL of this DC",
         );
+        require_absolute(
+            c,
+            &self.clickhouse_password_file,
+            "clickhouse_password_file",
+        );
+        require_absolute(c, &self.sql_password_file, "sql_password_file");
         c.require(
             (1..=300_000).contains(&self.timeout_ms),
             &root.key("timeout_ms"),

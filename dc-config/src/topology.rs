@@ -53,6 +53,13 @@ pub struct Topology {
     /// every one has a default).
     #[serde(default)]
     pub sql: crate::services::SqlLimits,
+    /// Folder of the ClickHouse users' password files on every host that
+    /// needs one (default `/etc/spoolhouse/secrets`): the shipper and the
+    /// query service read theirs from here at start. `config render` puts
+    /// them in its `secrets/` folder and Ansible copies them here, mode
+    /// 0600 ([`crate::credentials`]).
+    #[serde(default = "default_secrets_dir")]
+    pub secrets_dir: PathBuf,
     /// The datacenters, in declaration order.
     pub datacenter: Vec<Datacenter>,
     /// How one DC reaches another DC's servers when not directly:
@@ -211,6 +218,10 @@ pub struct Query {
 fn default_database() -> String {
     DEFAULT_DATABASE.to_string()
 }
+fn default_secrets_dir() -> PathBuf {
+    PathBuf::from("/etc/spoolhouse/secrets")
+}
+
 fn default_global_cluster() -> String {
     DEFAULT_GLOBAL_CLUSTER.to_string()
 }
@@ -304,6 +315,7 @@ impl check::Declaration for Topology {
             &root.key("global_cluster"),
             IDENTIFIER_RULE,
         );
+        require_absolute(c, &self.secrets_dir, &root.key("secrets_dir"));
         c.require(
             !self.datacenter.is_empty(),
             &root.key("datacenter"),

@@ -116,6 +116,39 @@ fn two_datacenters_schema_global_reads_and_a_lost_datacenter() {
             "asked of {server}"
         );
     }
+    // Every user logs in with its password, and only the writer writes:
+    // the read-only users, the servers' own cluster user, a wrong password
+    // and a client naming no user are refused.
+    use dc_config::local::probe::{ClickHouseHttp, HttpError};
+    use dc_config::render::clickhouse::{CLUSTER_USER, QUERY_USER, SQL_USER, WRITER_USER};
+    let url = cluster.clickhouse("dc1-s1-r1").unwrap().url().to_string();
+    let write = "INSERT INTO spoolhouse.shipper_fences (dc, host, below) VALUES ('dc1', 'x', 1)";
+    let refused = |ch: &ClickHouseHttp, sql: &str| match ch.query(sql) {
+        Err(HttpError::Refused { body, .. }) => body,
+        other => panic!("{sql} as {ch:?}: {other:?}"),
+    };
+    for user in [QUERY_USER, SQL_USER, CLUSTER_USER] {
+        let ch = cluster.clickhouse_as("dc1-s1-r1", user).unwrap();
+        assert_eq!(ch.query("SELECT 1").unwrap().trim(), "1", "{user}");
+        let why = refused(&ch, write);
+        assert!(why.contains("readonly mode"), "{user}: {why}");
+    }
+    let nobody = ClickHouseHttp::new(url.clone(), std::time::Duration::from_secs(5));
+    let why = refused(&nobody, "SELECT 1");
+    assert!(why.contains("Unknown user default"), "{why}");
+    let guess = nobody.clone().with_login(WRITER_USER, "guess");
+    let why = refused(&guess, "SELECT 1");
+    assert!(why.contains("Wrong password"), "{why}");
+    let secrets = &cluster.topology().secrets_dir;
+    let mode = |user: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let file = dc_config::credentials::password_file(secrets, user);
+        std::fs::metadata(file).unwrap().permissions().mode() & 0o777
+    };
+    for user in [WRITER_USER, QUERY_USER, SQL_USER, CLUSTER_USER] {
+        assert_eq!(mode(user), 0o600, "{user}");
+    }
+
     // The per-DC table stays in its DC.
     let local = cluster
         .clickhouse("dc1-s2-r1")

@@ -3,13 +3,15 @@
 
 use std::path::Path;
 
+use dc_config::credentials::{password_file, sha256_hex, Credentials};
 use dc_config::render::{self, clickhouse, ddl, inventory};
 use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
 
 #[test]
 fn renders_every_file_once() {
     let d = dc_config::examples::declared();
-    let files = render::render(&d.topology, &d.registry, &d.registry_text);
+    let credentials = Credentials::generate();
+    let files = render::render(&d.topology, &d.registry, &d.registry_text, &credentials);
     let paths: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
     for want in [
         "clickhouse/dc1-s1-r1/config.xml",
@@ -24,12 +26,40 @@ fn renders_every_file_once() {
         "services/dc2/query.toml",
         "services/dc2/events.toml",
         "ansible/inventory.ini",
+        "secrets/clickhouse-spoolhouse_shipper.password",
+        "secrets/clickhouse-spoolhouse_sql.password",
+        "clickhouse/dc1-s1-r1/client.xml",
     ] {
         assert!(
             paths.contains(&want.to_string()),
             "{want} missing from {paths:?}"
         );
     }
+    // Every file holding a password, and only those, is private.
+    for f in &files {
+        let holds = [
+            &credentials.writer,
+            &credentials.query,
+            &credentials.sql,
+            &credentials.cluster,
+        ]
+        .iter()
+        .any(|p| f.text.contains(p.as_str()));
+        assert_eq!(f.private, holds, "{}", f.path.display());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    render::write_all(dir.path(), &files).unwrap();
+    let mode = |p: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(dir.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("clickhouse/dc1-s1-r1/config.xml"), 0o600);
+    assert_eq!(mode("secrets/clickhouse-spoolhouse_query.password"), 0o600);
+    assert_eq!(mode("clickhouse/dc1-s1-r1/users.xml"), 0o644);
     let mut unique = paths.clone();
     unique.sort();
     unique.dedup();
@@ -40,7 +70,8 @@ fn renders_every_file_once() {
 fn server_config_has_ports_clusters_zookeeper_and_macros() {
     let d = dc_config::examples::declared();
     let r = d.topology.dc("dc1").unwrap().replicas().nth(1).unwrap();
-    let x = clickhouse::server_config(&d.topology, &r);
+    let credentials = Credentials::generate();
+    let x = clickhouse::server_config(&d.topology, &r, &credentials);
     assert!(x.contains("<listen_host>127.0.0.1</listen_host>"));
     assert!(x.contains("<http_port>18102</http_port>"));
     assert!(x.contains("<tcp_port>19102</tcp_port>"));
@@ -61,12 +92,43 @@ fn server_config_has_ports_clusters_zookeeper_and_macros() {
         assert!(global.contains(&format!("<port>{port}</port>")));
     }
     assert!(global.contains("<internal_replication>true</internal_replication>"));
+    // The servers dial each other as the read-only cluster user.
+    let login = format!(
+        "<user>spoolhouse_cluster</user><password>{}</password></replica>",
+        credentials.cluster
+    );
+    assert_eq!(global.matches(&login).count(), 3, "{global}");
 }
 
 #[test]
-fn users_config_has_a_read_only_query_user() {
+fn users_config_has_one_writer_and_hashed_passwords() {
     let d = dc_config::examples::declared();
-    let u = clickhouse::users_config(&d.topology);
+    let credentials = Credentials::generate();
+    let u = clickhouse::users_config(&d.topology, &credentials);
+    // No `default` user: a client naming no user is refused.
+    assert!(!u.contains("<default>\n            <password"), "{u}");
+    for (user, password) in credentials.users() {
+        assert!(!u.contains(password), "{user}'s password in clear");
+        assert!(
+            u.contains(&format!(
+                "<{user}>\n            <password_sha256_hex>{}</password_sha256_hex>",
+                sha256_hex(password)
+            )),
+            "{user}: {u}"
+        );
+    }
+    // Only the writer's profile may write.
+    let profile = |user: &str| {
+        let start = u.find(&format!("<{user}>")).unwrap();
+        let end = u.find(&format!("</{user}>")).unwrap();
+        let block = &u[start..end];
+        let p = block.find("<profile>").unwrap() + "<profile>".len();
+        block[p..p + block[p..].find('<').unwrap()].to_string()
+    };
+    assert_eq!(profile("spoolhouse_shipper"), "default");
+    assert_eq!(profile("spoolhouse_cluster"), "readonly");
+    assert_eq!(profile("spoolhouse_query"), "readonly");
+    assert_eq!(profile("spoolhouse_sql"), "analyst");
     assert!(u.contains("<readonly>2</readonly>"));
     assert!(u.contains("<spoolhouse_query>"));
     assert!(u.contains("<profile>readonly</profile>"));
@@ -103,7 +165,12 @@ fn ddl_names_the_right_clusters_per_dc() {
 #[test]
 fn service_configs_round_trip() {
     let d = dc_config::examples::declared();
-    let files = render::render(&d.topology, &d.registry, &d.registry_text);
+    let files = render::render(
+        &d.topology,
+        &d.registry,
+        &d.registry_text,
+        &Credentials::generate(),
+    );
     let text = |p: &str| {
         files
             .iter()
@@ -118,8 +185,20 @@ fn service_configs_round_trip() {
     let s: ShipperConfig = toml::from_str(&text("services/dc1/shipper.toml")).unwrap();
     assert_eq!(s.shards.len(), 2);
     assert_eq!(s.shards[1].replicas, ["http://127.0.0.1:18102"]);
+    let secrets = Path::new("/etc/spoolhouse/secrets");
+    assert_eq!(
+        s.clickhouse_password_file,
+        password_file(secrets, "spoolhouse_shipper")
+    );
     let q: QueryConfig = toml::from_str(&text("services/dc2/query.toml")).unwrap();
     assert_eq!(q.clickhouse, ["http://127.0.0.1:18111"]);
+    assert_eq!(
+        (q.clickhouse_password_file, q.sql_password_file),
+        (
+            password_file(secrets, "spoolhouse_query"),
+            password_file(secrets, "spoolhouse_sql")
+        )
+    );
     let dcs: Vec<(&str, usize)> = q
         .datacenters
         .iter()
@@ -156,6 +235,7 @@ fn inventory_groups_every_role_per_dc() {
         "[redis:children]\ndc1_redis\ndc2_redis\n",
         "[spoolhouse:children]\ndc1_spoolhouse\ndc2_spoolhouse\n",
         "[all:vars]",
+        "\nspoolhouse_secrets_dir=/etc/spoolhouse/secrets\n",
     ] {
         assert!(inv.contains(g), "{g} missing");
     }

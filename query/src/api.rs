@@ -186,13 +186,14 @@ pub struct QueryService {
 }
 
 impl QueryService {
-    /// The service for `config`, reading `registry`.
+    /// The service for `config`, reading `registry`; fails when a
+    /// ClickHouse password file of `config` cannot be used.
     pub fn new(
         config: &dc_config::services::QueryConfig,
         registry: Registry,
         timeout: std::time::Duration,
-    ) -> Self {
-        let ch = Arc::new(ClickHouse::new(config, timeout));
+    ) -> std::result::Result<Self, dc_config::credentials::CredentialError> {
+        let ch = Arc::new(ClickHouse::new(config, timeout)?);
         let progress = ProgressService::new(
             &registry,
             ch.clone(),
@@ -203,7 +204,7 @@ impl QueryService {
         let mut prom = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(&mut prom);
         let http = httpd::Metrics::register(&mut prom);
-        Self {
+        Ok(Self {
             registry,
             sql_limits: config.sql.clone(),
             allowed_hosts: config.allowed_hosts.clone(),
@@ -219,7 +220,7 @@ impl QueryService {
             metrics,
             http,
             prom,
-        }
+        })
     }
 
     fn progress(&self) -> Result<&ProgressService> {

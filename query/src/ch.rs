@@ -98,9 +98,16 @@ pub struct ClickHouse {
 }
 
 impl ClickHouse {
-    /// Clients for the servers of `config`, each request bounded by `timeout`.
-    pub fn new(config: &QueryConfig, timeout: Duration) -> Self {
-        let clients = |user: &str| {
+    /// Clients for the servers of `config`, each request bounded by
+    /// `timeout`, logged in with the passwords of the config's files.
+    pub fn new(
+        config: &QueryConfig,
+        timeout: Duration,
+    ) -> std::result::Result<Self, dc_config::credentials::CredentialError> {
+        use dc_config::credentials::read_password;
+        let query_password = read_password(&config.clickhouse_password_file)?;
+        let sql_password = read_password(&config.sql_password_file)?;
+        let clients = |user: &str, password: &str| {
             config
                 .clickhouse
                 .iter()
@@ -108,20 +115,21 @@ impl ClickHouse {
                     let client = clickhouse::Client::default()
                         .with_url(url)
                         .with_user(user)
+                        .with_password(password)
                         .with_validation(false)
                         .with_compression(clickhouse::Compression::None);
                     (url.clone(), client)
                 })
                 .collect()
         };
-        Self {
+        Ok(Self {
             dc: config.dc.clone(),
-            servers: clients(QUERY_USER),
-            analyst: clients(SQL_USER),
+            servers: clients(QUERY_USER, &query_password),
+            analyst: clients(SQL_USER, &sql_password),
             database: config.database.clone(),
             datacenters: config.datacenters.clone(),
             timeout,
-        }
+        })
     }
 
     /// This DC's name.

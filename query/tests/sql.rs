@@ -163,12 +163,10 @@ fn analysts_select_within_limits() {
     let (s, v) = h.sql(&format!("SELECT * FROM url\x0b('{url}', TSV, 'a String')"));
     assert_eq!(s, 400, "{v}");
     let analyst = |sql: &str, params: &[(&str, &str)]| {
-        let mut p = vec![("user", dc_config::render::clickhouse::SQL_USER)];
-        p.extend_from_slice(params);
         h.cluster
-            .clickhouse("dc1-s1-r1")
+            .clickhouse_as("dc1-s1-r1", dc_config::render::clickhouse::SQL_USER)
             .unwrap()
-            .query_with(sql, &p)
+            .query_with(sql, params)
     };
     // Safe by construction: as the analysts' user, whatever the text.
     for (sql, params, why) in [
@@ -310,8 +308,10 @@ fn the_statement_check_reads_comments_and_whitespace_as_clickhouse_does() {
         "*/", ";", "\x00",
     ];
     let h = Harness::start(|_| {});
-    let ch = h.cluster.clickhouse("dc1-s1-r1").unwrap();
-    let user = [("user", dc_config::render::clickhouse::SQL_USER)];
+    let ch = h
+        .cluster
+        .clickhouse_as("dc1-s1-r1", dc_config::render::clickhouse::SQL_USER)
+        .unwrap();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
         seed ^= seed << 13;
@@ -335,7 +335,7 @@ fn the_statement_check_reads_comments_and_whitespace_as_clickhouse_does() {
             }
             Err(_) => false,
         };
-        let theirs = match ch.query_with(&format!("{sql}\nFORMAT JSON"), &user) {
+        let theirs = match ch.query(&format!("{sql}\nFORMAT JSON")) {
             Ok(body) => serde_json::from_str::<serde_json::Value>(&body)
                 .map(|v| v["meta"] == serde_json::json!([{"name": "a", "type": "UInt8"}, {"name": "b", "type": "UInt8"}]))
                 .unwrap_or(false),

@@ -140,7 +140,7 @@ impl Shipper {
             path: self.config.state_dir.clone(),
             source,
         })?;
-        let problems = runtime.block_on(Sink::new(&self.config).check_schema());
+        let problems = runtime.block_on(Sink::new(&self.config)?.check_schema());
         for p in &problems {
             tracing::error!(problem = %p, "ClickHouse schema check failed; batches will wait until it is fixed");
         }
@@ -330,7 +330,7 @@ impl Shipper {
         };
         *self.progress.committed.lock().expect("progress lock") = reader.committed();
         let reader = Mutex::new(reader);
-        let sink = Sink::new(&self.config);
+        let sink = Sink::new(&self.config)?;
         let state = self.config.state_dir.clone();
         let lag = label("sink", "clickhouse");
         std::thread::scope(|scope| {
@@ -830,7 +830,7 @@ impl Shipper {
     // ---- Aggregation --------------------------------------------------------
 
     fn aggregate_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
-        let sink = Sink::new(&self.config);
+        let sink = Sink::new(&self.config)?;
         let weights = sink.weights();
         let state = &self.config.state_dir;
         let grace = self.config.limits.aggregation_grace_ms;

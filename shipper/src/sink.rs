@@ -165,8 +165,17 @@ fn mix(mut z: u64) -> u64 {
 }
 
 impl Sink {
-    /// A sink for the shards of `config`.
-    pub fn new(config: &ShipperConfig) -> Self {
+    /// A sink for the shards of `config`, logged in as ClickHouse's writer
+    /// with the password in `config.clickhouse_password_file`.
+    pub fn new(config: &ShipperConfig) -> Result<Self> {
+        let password = dc_config::credentials::read_password(&config.clickhouse_password_file)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Self::with_password(config, &password))
+    }
+
+    /// A sink for the shards of `config`, logged in as ClickHouse's writer
+    /// with `password`.
+    pub fn with_password(config: &ShipperConfig, password: &str) -> Self {
         let timeout = Duration::from_millis(config.limits.clickhouse_timeout_ms);
         let shards: Vec<Shard> = config
             .shards
@@ -181,6 +190,8 @@ impl Sink {
                         // settings schema validation asks for: turn it off.
                         let client = clickhouse::Client::default()
                             .with_url(url)
+                            .with_user(dc_config::render::clickhouse::WRITER_USER)
+                            .with_password(password)
                             .with_validation(false)
                             .with_compression(match config.compression {
                                 InsertCompression::None => clickhouse::Compression::None,
@@ -677,7 +688,7 @@ mod tests {
                 replicas: vec!["http://127.0.0.1:1".into()],
             })
             .collect();
-        Sink::new(&cfg)
+        Sink::with_password(&cfg, "unused")
     }
 
     #[test]

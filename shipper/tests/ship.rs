@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use dc_config::event::{ValidEvent, Value};
 use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::record::Record;
+use dc_config::render::clickhouse::WRITER_USER;
 use dc_config::services::ShipperConfig;
 use shipper::{Guards, Health, Metrics, Shipper};
 use spooler::{Config, Durability, Spool};
@@ -660,6 +661,17 @@ fn state_goes_to_a_redis_cluster_split_by_slot() {
     running.stop();
 }
 
+/// The writer's password of `cfg`, as the shipper reads it.
+fn writer_password(cfg: &ShipperConfig) -> String {
+    dc_config::credentials::read_password(&cfg.clickhouse_password_file).unwrap()
+}
+
+/// Server `url` asked as the writer of `cfg`.
+fn writer(cfg: &ShipperConfig, url: &str) -> dc_config::local::probe::ClickHouseHttp {
+    dc_config::local::probe::ClickHouseHttp::new(url, Duration::from_secs(10))
+        .with_login(WRITER_USER, &writer_password(cfg))
+}
+
 /// An insert a killed shipper left behind, played by the test over raw
 /// HTTP: the request as the shipper sends it (`events_ingest`, chunked
 /// RowBinary, an older epoch), held at a chosen point.
@@ -674,7 +686,13 @@ impl Orphan {
     /// waits for the rest. (ClickHouse 18.16 starts an insert once it has
     /// read 1 MiB of the body, or all of it: a smaller body of a killed
     /// shipper starts only when the connection closes.)
-    fn start(replica_url: &str, rows: &[u8], query_id: &str, with_body: bool) -> Self {
+    fn start(
+        replica_url: &str,
+        password: &str,
+        rows: &[u8],
+        query_id: &str,
+        with_body: bool,
+    ) -> Self {
         use std::io::Write;
         let addr = replica_url
             .trim_start_matches("http://")
@@ -693,7 +711,7 @@ impl Orphan {
             .collect();
         write!(
             stream,
-            "POST /?query={enc}&insert_deduplicate=0&query_id={query_id} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "POST /?query={enc}&insert_deduplicate=0&query_id={query_id} HTTP/1.1\r\nHost: {addr}\r\nX-ClickHouse-User: {WRITER_USER}\r\nX-ClickHouse-Key: {password}\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
         .unwrap();
         let body = format!("{:x}\r\n", rows.len()).into_bytes();
@@ -763,7 +781,7 @@ fn killed_mid_insert(cfg: &ShipperConfig, epoch: u64, n: u64) -> (String, Vec<u8
         .save(&cfg.state_dir, shipper::ship::CLICKHOUSE_READER)
         .unwrap();
     let rows = ingest_rows(cfg, &records, epoch);
-    let sink = shipper::sink::Sink::new(cfg);
+    let sink = shipper::sink::Sink::new(cfg).unwrap();
     let shard = sink.shard_for(intent.start);
     (sink.url(shard, 0).to_string(), rows)
 }
@@ -796,6 +814,7 @@ fn an_insert_of_a_killed_shipper_never_lands_beside_its_replay() {
     let (url, rows) = killed_mid_insert(&cfg, old_epoch, 1_000);
     let orphan = Orphan::start(
         &url,
+        &writer_password(&cfg),
         &rows,
         "spoolhouse/insert/dc1/h-orphan-late/1/x",
         false,
@@ -824,7 +843,7 @@ fn an_insert_of_a_killed_shipper_never_lands_beside_its_replay() {
         c.state_dir = c.state_dir.with_file_name("shipper-h-orphan-late-control");
         killed_mid_insert(&c, epoch, 1_000)
     };
-    let control = Orphan::start(&url, &current, "control", true).finish();
+    let control = Orphan::start(&url, &writer_password(&cfg), &current, "control", true).finish();
     assert!(control.contains("200"), "{control}");
     assert_eq!(counts(&cluster, "h-orphan-late").0, 2_000);
 
@@ -836,11 +855,12 @@ fn an_insert_of_a_killed_shipper_never_lands_beside_its_replay() {
     assert!(rows.len() > 1 << 20);
     let orphan = Orphan::start(
         &url,
+        &writer_password(&cfg),
         &rows,
         "spoolhouse/insert/dc1/h-orphan-running/1/x",
         true,
     );
-    let server = dc_config::local::probe::ClickHouseHttp::new(url.clone(), Duration::from_secs(5));
+    let server = writer(&cfg, &url);
     wait_for("the insert to run", Duration::from_secs(10), || {
         server
             .query("SELECT count() FROM system.processes WHERE query_id LIKE '%h-orphan-running%' FORMAT TSV")
@@ -973,12 +993,12 @@ fn a_batch_in_flight_across_a_segment_boundary_is_checked_before_it_is_sent_agai
         .iter()
         .position(|r| r.position.segment != first_segment)
         .expect("more than one segment");
-    let sink = shipper::sink::Sink::new(&cfg);
+    let sink = shipper::sink::Sink::new(&cfg).unwrap();
     // Rows as a shipper of an earlier epoch inserted them.
     let insert = |recs: &[spooler::Record]| {
         let shard = sink.shard_for(recs[0].position);
         let rows = ingest_rows(&cfg, recs, 1);
-        dc_config::local::probe::ClickHouseHttp::new(sink.url(shard, 0), Duration::from_secs(10))
+        writer(&cfg, sink.url(shard, 0))
             .insert(
                 &format!(
                     "INSERT INTO spoolhouse.events_ingest ({}) FORMAT RowBinary",

@@ -425,10 +425,13 @@ pub fn stored_positions(
         .replicas()
         .map(|r| format!("{}:{}", r.replica.host, r.replica.tcp_port))
         .collect();
+    // remote() logs in as a user it is given: the servers' own.
     let sql = format!(
         "SELECT uniqExact(dc, host, spool_segment, spool_offset) \
-         FROM remote('{}', spoolhouse.events_local) FORMAT TSV",
-        all.join(",")
+         FROM remote('{}', spoolhouse.events_local, {}, {}) FORMAT TSV",
+        all.join(","),
+        dc_config::sql::quote_str(dc_config::render::clickhouse::CLUSTER_USER),
+        dc_config::sql::quote_str(&cluster.credentials().cluster),
     );
     let first = dc.replicas().next().unwrap().name();
     match cluster.clickhouse(&first).unwrap().query(&sql) {

@@ -44,6 +44,7 @@ use crate::check::Declaration;
 use crate::declared::Declared;
 use crate::error::ConfigErrors;
 use crate::render;
+use crate::render::clickhouse::WRITER_USER;
 use crate::topology::{RedisMode, Topology};
 use ports::PortBook;
 use probe::{ClickHouseHttp, HttpError};
@@ -166,6 +167,12 @@ pub enum LaunchError {
     /// No server of that name.
     #[error("no server called `{0}` in this local cluster")]
     UnknownServer(String),
+    /// No ClickHouse user of that name.
+    #[error("no ClickHouse user called `{0}` in this local cluster")]
+    UnknownUser(String),
+    /// The users' password files could not be made or read.
+    #[error("{0}")]
+    Credentials(crate::credentials::CredentialError),
     /// No datacenter of that name.
     #[error("no datacenter called `{0}` in this local cluster")]
     UnknownDatacenter(String),
@@ -383,6 +390,8 @@ impl Member {
 #[derive(Debug)]
 pub struct LocalCluster {
     declared: Declared,
+    /// The ClickHouse users' passwords, in the localized `secrets_dir`.
+    credentials: crate::credentials::Credentials,
     members: Vec<Member>,
     state_dir: PathBuf,
     temp: Option<tempfile::TempDir>,
@@ -462,6 +471,7 @@ fn localize_on(
         dc.collector.inbox = dir.join("inbox");
         dc.spool.dir = dir.join("spool");
     }
+    t.secrets_dir = state.join("secrets");
     Ok((t, book))
 }
 
@@ -571,15 +581,20 @@ impl LocalCluster {
             topology,
             ..declared.clone()
         };
+        let secrets = &declared.topology.secrets_dir;
+        let credentials = crate::credentials::Credentials::load_or_create(secrets)
+            .map_err(LaunchError::Credentials)?;
         let files = render::render(
             &declared.topology,
             &declared.registry,
             &declared.registry_text,
+            &credentials,
         );
         let rendered = state_dir.join("rendered");
         render::write_all(&rendered, &files).map_err(io_err(&rendered))?;
         let mut cluster = Self {
             declared,
+            credentials,
             members: Vec::new(),
             state_dir,
             temp,
@@ -692,7 +707,8 @@ impl LocalCluster {
                 cwd: dir.clone(),
                 log: dir.join("log").join("stdout.log"),
             };
-            let http = ClickHouseHttp::new(r.http_url(), HTTP_TIMEOUT);
+            let http = ClickHouseHttp::new(r.http_url(), HTTP_TIMEOUT)
+                .with_login(WRITER_USER, &self.credentials.writer);
             second_wave.push(self.spawn(&r.dc.name, r.name(), spec, Kind::ClickHouse(http))?);
         }
         self.wait_ready(&second_wave)?;
@@ -858,7 +874,26 @@ impl LocalCluster {
             .ok_or_else(|| LaunchError::UnknownServer(name.to_string()))
     }
 
-    /// An HTTP client for the ClickHouse server `name` (e.g. `dc1-s1-r1`).
+    /// The ClickHouse users' passwords of this cluster.
+    pub fn credentials(&self) -> &crate::credentials::Credentials {
+        &self.credentials
+    }
+
+    /// Server `name`'s HTTP interface, asked as `user` (one of the users
+    /// of [`crate::render::clickhouse`]) instead of the writer.
+    pub fn clickhouse_as(&self, name: &str, user: &str) -> Result<ClickHouseHttp, LaunchError> {
+        let password = self
+            .credentials
+            .users()
+            .into_iter()
+            .find(|(u, _)| *u == user)
+            .map(|(_, p)| p.to_string())
+            .ok_or_else(|| LaunchError::UnknownUser(user.to_string()))?;
+        Ok(self.clickhouse(name)?.with_login(user, &password))
+    }
+
+    /// An HTTP client for the ClickHouse server `name` (e.g. `dc1-s1-r1`),
+    /// logged in as the writer.
     pub fn clickhouse(&self, name: &str) -> Result<ClickHouseHttp, LaunchError> {
         self.members
             .iter()

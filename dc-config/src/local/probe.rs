@@ -79,10 +79,23 @@ pub fn redis_ready(addr: SocketAddr) -> bool {
 }
 
 /// A ClickHouse server's HTTP interface.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClickHouseHttp {
     base_url: String,
     agent: ureq::Agent,
+    /// User and password sent with every request (ClickHouse's
+    /// `X-ClickHouse-User` / `X-ClickHouse-Key` headers).
+    login: Option<(String, String)>,
+}
+
+/// The URL and the user; never the password.
+impl std::fmt::Debug for ClickHouseHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseHttp")
+            .field("url", &self.base_url)
+            .field("user", &self.login.as_ref().map(|(user, _)| user))
+            .finish()
+    }
 }
 
 /// A failed ClickHouse HTTP request.
@@ -120,6 +133,24 @@ impl ClickHouseHttp {
         Self {
             base_url: base_url.into(),
             agent,
+            login: None,
+        }
+    }
+
+    /// The same server, asked as `user` with `password`.
+    pub fn with_login(mut self, user: &str, password: &str) -> Self {
+        self.login = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    /// A POST to the server, with the login if there is one.
+    fn post(&self) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let req = self.agent.post(&self.base_url);
+        match &self.login {
+            Some((user, password)) => req
+                .header("X-ClickHouse-User", user)
+                .header("X-ClickHouse-Key", password),
+            None => req,
         }
     }
 
@@ -131,7 +162,7 @@ impl ClickHouseHttp {
     /// Runs `sql` with `settings` (name, value) as URL parameters and returns
     /// the response body.
     pub fn query_with(&self, sql: &str, settings: &[(&str, &str)]) -> Result<String, HttpError> {
-        let mut req = self.agent.post(&self.base_url);
+        let mut req = self.post();
         for (k, v) in settings {
             req = req.query(*k, *v);
         }
@@ -140,7 +171,7 @@ impl ClickHouseHttp {
 
     /// Runs `sql` (an `INSERT … FORMAT …`) with `data` as the request body.
     pub fn insert(&self, sql: &str, data: &[u8]) -> Result<String, HttpError> {
-        let req = self.agent.post(&self.base_url).query("query", sql);
+        let req = self.post().query("query", sql);
         self.finish(req.send(data))
     }
 
@@ -208,7 +239,7 @@ impl ClickHouseHttp {
 
     /// Runs `sql` and returns the response body as bytes (for binary formats).
     pub fn query_bytes(&self, sql: &str) -> Result<Vec<u8>, HttpError> {
-        self.finish_bytes(self.agent.post(&self.base_url).send(sql))
+        self.finish_bytes(self.post().send(sql))
     }
 
     /// Runs `sql` and returns the response body.

@@ -1,13 +1,22 @@
-//! ClickHouse server configuration: `config.xml` (ports, paths, clusters,
-//! ZooKeeper, macros) and `users.xml` (a writer and a read-only user).
+//! ClickHouse server configuration: `config.xml` (ports, paths, clusters
+//! with the servers' own credentials, ZooKeeper, macros) and `users.xml`
+//! (one writer, the read-only users, each with a password: see
+//! [`crate::credentials`]).
 
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use crate::credentials::{sha256_hex, Credentials};
 use crate::topology::{ReplicaRef, Topology};
 
-/// User the shipper and the schema step connect as.
-pub const WRITER_USER: &str = "default";
+/// User the shipper and the schema step connect as: the only user that may
+/// write. There is no `default` user: a client that names none is refused.
+pub const WRITER_USER: &str = "spoolhouse_shipper";
+/// User the servers connect to each other as (Distributed tables, named in
+/// `remote_servers`): `readonly = 2`, so a forwarded read may carry its
+/// settings but nothing written reaches another server this way. Its
+/// password is in `config.xml`, which is therefore mode 0600.
+pub const CLUSTER_USER: &str = "spoolhouse_cluster";
 /// Read-only user of the query service's own reads (`readonly = 2`: it
 /// may still set per-query settings such as `skip_unavailable_shards`).
 /// Its statements are the service's, never an analyst's.
@@ -29,8 +38,12 @@ pub fn xml_escape(s: &str) -> String {
         .replace('\'', "&apos;")
 }
 
-/// `config.xml` for one server.
-pub fn server_config(topology: &Topology, server: &ReplicaRef<'_>) -> String {
+/// `config.xml` for one server; it holds [`CLUSTER_USER`]'s password.
+pub fn server_config(
+    topology: &Topology,
+    server: &ReplicaRef<'_>,
+    credentials: &Credentials,
+) -> String {
     let r = server.replica;
     let data = r.data_path.display().to_string();
     let data = data.trim_end_matches('/');
@@ -89,10 +102,18 @@ pub fn server_config(topology: &Topology, server: &ReplicaRef<'_>) -> String {
             viewer,
             &dc.name,
             dc.replicas().collect::<Vec<_>>().as_slice(),
+            credentials,
         );
     }
     let every: Vec<_> = topology.replicas().collect();
-    cluster_xml(&mut x, topology, viewer, &topology.global_cluster, &every);
+    cluster_xml(
+        &mut x,
+        topology,
+        viewer,
+        &topology.global_cluster,
+        &every,
+        credentials,
+    );
     x.push_str("    </remote_servers>\n    <zookeeper>\n");
     for (i, z) in server.dc.zookeeper.iter().enumerate() {
         let _ = writeln!(
@@ -121,6 +142,7 @@ fn cluster_xml(
     viewer: &str,
     name: &str,
     servers: &[ReplicaRef<'_>],
+    credentials: &Credentials,
 ) {
     let _ = writeln!(x, "        <{name}>");
     let mut i = 0;
@@ -140,8 +162,9 @@ fn cluster_xml(
             };
             let _ = writeln!(
                 x,
-                "                <replica><host>{}</host><port>{port}</port></replica>",
+                "                <replica><host>{}</host><port>{port}</port><user>{CLUSTER_USER}</user><password>{}</password></replica>",
                 xml_escape(&host),
+                xml_escape(&credentials.cluster),
             );
             i += 1;
         }
@@ -150,10 +173,19 @@ fn cluster_xml(
     let _ = writeln!(x, "        </{name}>");
 }
 
-/// `users.xml`, the same on every server: the writer and the query user may
-/// connect from loopback, from the servers of the topology and from its
-/// `client_hosts` only.
-pub fn users_config(topology: &Topology) -> String {
+/// `client.xml`: `clickhouse-client --config-file` logs in as the writer
+/// with it (the schema step), the password never on a command line.
+pub fn client_config(credentials: &Credentials) -> String {
+    format!(
+        "<?xml version=\"1.0\"?>\n<!-- Rendered by spoolhouse: the writer's login for clickhouse-client. -->\n<config>\n    <user>{WRITER_USER}</user>\n    <password>{}</password>\n</config>\n",
+        xml_escape(&credentials.writer)
+    )
+}
+
+/// `users.xml`, the same on every server: each user's password as its
+/// SHA-256; every user may connect from loopback, from the servers of the
+/// topology and from its `client_hosts` only.
+pub fn users_config(topology: &Topology, credentials: &Credentials) -> String {
     let mut networks = String::from("<ip>::1</ip><ip>127.0.0.1</ip>");
     let mut seen = std::collections::BTreeSet::new();
     let clients = topology.client_hosts.iter().map(|a| a.to_string());
@@ -207,20 +239,26 @@ pub fn users_config(topology: &Topology) -> String {
     </profiles>
     <users>
         <{WRITER_USER}>
-            <password></password>
+            <password_sha256_hex>{writer}</password_sha256_hex>
             <networks>{networks}</networks>
             <profile>default</profile>
             <quota>default</quota>
         </{WRITER_USER}>
+        <{CLUSTER_USER}>
+            <password_sha256_hex>{cluster}</password_sha256_hex>
+            <networks>{networks}</networks>
+            <profile>readonly</profile>
+            <quota>default</quota>
+        </{CLUSTER_USER}>
         <{QUERY_USER}>
-            <password></password>
+            <password_sha256_hex>{query}</password_sha256_hex>
             <networks>{networks}</networks>
             <profile>readonly</profile>
             <quota>default</quota>
             <allow_databases><database>{db}</database></allow_databases>
         </{QUERY_USER}>
         <{SQL_USER}>
-            <password></password>
+            <password_sha256_hex>{sql}</password_sha256_hex>
             <networks>{networks}</networks>
             <profile>analyst</profile>
             <quota>analyst</quota>
@@ -252,6 +290,10 @@ pub fn users_config(topology: &Topology) -> String {
 </yandex>
 "#,
         db = xml_escape(&topology.database),
+        writer = sha256_hex(&credentials.writer),
+        cluster = sha256_hex(&credentials.cluster),
+        query = sha256_hex(&credentials.query),
+        sql = sha256_hex(&credentials.sql),
         max_result_rows = topology.sql.max_result_rows,
         max_result_bytes = topology.sql.max_result_bytes,
         max_execution_time = topology.sql.max_execution_time_s,
@@ -280,10 +322,10 @@ mod tests {
             .insert(("dc1".to_string(), direct.clone()), relay);
         let config_of = |dc: &str| {
             let r = t.dc(dc).unwrap().replicas().next().unwrap();
-            server_config(&t, &r)
+            server_config(&t, &r, &Credentials::generate())
         };
-        let relayed = "<replica><host>127.0.0.1</host><port>4999</port></replica>";
-        let direct_xml = format!("<replica><host>{host}</host><port>{port}</port></replica>");
+        let relayed = "<replica><host>127.0.0.1</host><port>4999</port><user>";
+        let direct_xml = format!("<replica><host>{host}</host><port>{port}</port><user>");
         let dc1 = config_of("dc1");
         // dc2's server appears twice in dc1's view (its own cluster and the
         // global one), both through the relay.

@@ -93,8 +93,10 @@ pub fn inventory(topology: &Topology) -> String {
     }
     let _ = writeln!(
         s,
-        "[all:vars]\nspoolhouse_database={}\nspoolhouse_global_cluster={}",
-        topology.database, topology.global_cluster
+        "[all:vars]\nspoolhouse_database={}\nspoolhouse_global_cluster={}\nspoolhouse_secrets_dir={}",
+        topology.database,
+        topology.global_cluster,
+        topology.secrets_dir.display()
     );
     s
 }

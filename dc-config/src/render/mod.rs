@@ -1,6 +1,6 @@
 //! Everything rendered from the declared files, all from one checked model:
-//! ClickHouse and ZooKeeper configs, the schema, service configs and the
-//! Ansible inventory.
+//! ClickHouse and ZooKeeper configs, the schema, service configs, the
+//! ClickHouse users' password files and the Ansible inventory.
 
 pub mod clickhouse;
 pub mod ddl;
@@ -9,6 +9,7 @@ pub mod zookeeper;
 
 use std::path::{Path, PathBuf};
 
+use crate::credentials::{password_file, Credentials};
 use crate::registry::Registry;
 use crate::services::{CollectorConfig, QueryConfig, ShipperConfig, REGISTRY_FILE};
 use crate::topology::Topology;
@@ -20,12 +21,22 @@ pub struct RenderedFile {
     pub path: PathBuf,
     /// Contents.
     pub text: String,
+    /// Holds a password: written with mode 0600.
+    pub private: bool,
 }
 
 fn file(path: impl Into<PathBuf>, text: String) -> RenderedFile {
     RenderedFile {
         path: path.into(),
         text,
+        private: false,
+    }
+}
+
+fn private_file(path: impl Into<PathBuf>, text: String) -> RenderedFile {
+    RenderedFile {
+        private: true,
+        ..file(path, text)
     }
 }
 
@@ -34,26 +45,44 @@ fn to_toml<T: serde::Serialize>(header: &str, v: &T) -> String {
     format!("# {header}\n# Rendered by `spoolhouse config render`; edit the topology, not this file.\n\n{body}")
 }
 
-/// Every file for `topology` and `registry` (whose text is `registry_text`),
-/// in a stable order:
+/// Every file for `topology` and `registry` (whose text is `registry_text`)
+/// with the users' `credentials`, in a stable order (private files, mode
+/// 0600, marked `*`):
 ///
 /// ```text
-/// clickhouse/<replica>/config.xml, users.xml   one folder per server
+/// secrets/clickhouse-<user>.password *         one per ClickHouse user
+/// clickhouse/<replica>/config.xml *, users.xml one folder per server
+/// clickhouse/<replica>/client.xml *            the writer's login, for clickhouse-client
 /// zookeeper/<dc>-zk<n>/zoo.cfg                 one folder per ZooKeeper node
 /// ddl/<dc>.sql                                 the schema of each DC
 /// services/<dc>/{collector,shipper,query}.toml, events.toml
 /// ansible/inventory.ini
 /// ```
-pub fn render(topology: &Topology, registry: &Registry, registry_text: &str) -> Vec<RenderedFile> {
+pub fn render(
+    topology: &Topology,
+    registry: &Registry,
+    registry_text: &str,
+    credentials: &Credentials,
+) -> Vec<RenderedFile> {
     let mut out = Vec::new();
-    let users = clickhouse::users_config(topology);
+    for (user, password) in credentials.users() {
+        out.push(private_file(
+            password_file(Path::new("secrets"), user),
+            format!("{password}\n"),
+        ));
+    }
+    let users = clickhouse::users_config(topology, credentials);
     for r in topology.replicas() {
         let dir = Path::new("clickhouse").join(r.name());
-        out.push(file(
+        out.push(private_file(
             dir.join("config.xml"),
-            clickhouse::server_config(topology, &r),
+            clickhouse::server_config(topology, &r, credentials),
         ));
         out.push(file(dir.join("users.xml"), users.clone()));
+        out.push(private_file(
+            dir.join("client.xml"),
+            clickhouse::client_config(credentials),
+        ));
     }
     for dc in &topology.datacenter {
         for (i, _) in dc.zookeeper.iter().enumerate() {
@@ -103,14 +132,27 @@ pub fn render(topology: &Topology, registry: &Registry, registry_text: &str) -> 
     out
 }
 
-/// Writes `files` under `dir`, creating folders; an existing file is replaced.
+/// Writes `files` under `dir`, creating folders; an existing file is
+/// replaced. A private file is written with mode 0600 (and made so if it
+/// existed with another).
 pub fn write_all(dir: &Path, files: &[RenderedFile]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     for f in files {
         let path = dir.join(&f.path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&path, &f.text)?;
+        let mode = if f.private { 0o600 } else { 0o644 };
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)?;
+        if f.private {
+            out.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        std::io::Write::write_all(&mut out, f.text.as_bytes())?;
     }
     Ok(())
 }

@@ -93,11 +93,10 @@ impl Harness {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let service = Arc::new(query::QueryService::new(
-            &config,
-            cluster.declared().registry.clone(),
-            timeout,
-        ));
+        let service = Arc::new(
+            query::QueryService::new(&config, cluster.declared().registry.clone(), timeout)
+                .unwrap(),
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = rt.spawn(query::serve(listener, service, async {
             let _ = stopped.await;
