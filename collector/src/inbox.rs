@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use dc_config::record::{InboxSource, Record};
+use dc_config::record::{InboxSource, Record, TailPrint};
 use dc_config::services::CollectorLimits;
 use notify::{RecursiveMode, Watcher};
 use spooler::Reader;
@@ -63,9 +63,6 @@ const MISSING_GRACE: Duration = Duration::from_secs(60);
 const STATE_BLOCK: usize = 4096;
 /// Wait between tries to start an inbox tailer that could not start.
 const START_RETRY: Duration = Duration::from_secs(5);
-/// Bytes before a file's offset read again with each chunk to tell a
-/// rewritten file from a grown one.
-const TAIL_BYTES: usize = 64;
 /// Wait before retrying after the spool refused a batch.
 const REFUSED_RETRY: Duration = Duration::from_millis(500);
 const ENDPOINT: &str = "inbox";
@@ -99,13 +96,14 @@ struct Resume {
 /// Where a file resumes: `offset`, as of spool position `since`, records at
 /// or after which move it on (records before it are already counted, or of
 /// content the file no longer has: it was truncated then); `tail`: the
-/// last bytes before `offset` as the tailer read them (empty if a record
-/// moved the offset since), checked again before reading on.
+/// fingerprint of the bytes before `offset`, as the tailer read them or as
+/// the record that moved the offset carries them, checked again before
+/// reading on.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Resumed {
     offset: u64,
     since: spooler::Position,
-    tail: Vec<u8>,
+    tail: TailPrint,
 }
 
 impl Resume {
@@ -142,7 +140,7 @@ impl Resume {
             Resumed {
                 offset: 0,
                 since: self.spool.durable(),
-                tail: Vec::new(),
+                tail: TailPrint::default(),
             },
         );
         write_state(&self.state_path, &self.persisted)
@@ -157,7 +155,10 @@ impl Resume {
     /// reader must never be the one that lets unshipped data go. With no
     /// other reader it reads nothing (a restart then re-reads more; offsets
     /// merge by maximum). Both loops end at a position fixed on entry.
-    fn checkpoint(&mut self, snapshot: Option<&HashMap<u64, (u64, Vec<u8>)>>) -> Result<(), Error> {
+    fn checkpoint(
+        &mut self,
+        snapshot: Option<&HashMap<u64, (u64, TailPrint)>>,
+    ) -> Result<(), Error> {
         let lowest_other = self
             .spool
             .stats()?
@@ -192,7 +193,7 @@ impl Resume {
                         let e = self.persisted.entry(src.file).or_default();
                         if r.position >= e.since {
                             e.offset = src.end_offset;
-                            e.tail.clear();
+                            e.tail = src.tail;
                         }
                     }
                 }
@@ -209,7 +210,7 @@ impl Resume {
                     Resumed {
                         offset: *offset,
                         since: now,
-                        tail: tail.clone(),
+                        tail: *tail,
                     },
                 );
             }
@@ -282,12 +283,28 @@ fn read_state(path: &Path) -> Result<HashMap<u64, Resumed>, Error> {
             .map_err(|_| bad("a field is not a number"))?;
         let (since, tail) = if fields == 5 {
             let tail = match parts[4] {
-                "-" => Vec::new(),
-                hex => from_hex(hex).ok_or_else(|| bad("the tail is not hex"))?,
+                "-" => TailPrint::default(),
+                // `LEN:CRC` (hexadecimal); the bytes themselves, as hex, in
+                // the state files of earlier versions.
+                print => match print.split_once(':') {
+                    Some((len, crc)) => {
+                        let len = u8::from_str_radix(len, 16)
+                            .ok()
+                            .filter(|l| (1..=TailPrint::MAX_LEN).contains(&usize::from(*l)));
+                        let crc = u32::from_str_radix(crc, 16).ok();
+                        match (len, crc) {
+                            (Some(len), Some(crc)) => TailPrint { len, crc },
+                            _ => return Err(bad("the tail is not LEN:CRC in hexadecimal")),
+                        }
+                    }
+                    None => {
+                        TailPrint::of(&from_hex(print).ok_or_else(|| bad("the tail is not hex"))?)
+                    }
+                },
             };
             (spooler::Position::new(nums[2], nums[3]), tail)
         } else {
-            (spooler::Position::default(), Vec::new())
+            (spooler::Position::default(), TailPrint::default())
         };
         map.insert(
             nums[0],
@@ -328,7 +345,7 @@ fn write_state(path: &Path, map: &HashMap<u64, Resumed>) -> Result<(), Error> {
         let tail = if r.tail.is_empty() {
             "-".to_string()
         } else {
-            r.tail.iter().map(|b| format!("{b:02x}")).collect()
+            format!("{:x}:{:08x}", r.tail.len, r.tail.crc)
         };
         text.push_str(&format!(
             "{id} {} {} {} {tail}\n",
@@ -400,11 +417,12 @@ struct Tracked {
     discarding: bool,
     /// Whether "cannot tell if a writer holds it" was logged for this file.
     undecided_logged: bool,
-    /// The last bytes read, up to [`TAIL_BYTES`], ending at `offset` (empty
-    /// after a restart or inside a discarded line): read again before each
-    /// chunk, they tell a file truncated and written past the old offset
-    /// (`copytruncate`) from one that only grew.
-    tail: Vec<u8>,
+    /// The fingerprint of the last bytes read, ending at `offset` (empty
+    /// inside a discarded line): checked again before each chunk, it tells
+    /// a file truncated and written past the old offset (`copytruncate`)
+    /// from one that only grew. Records carry it too, so a restart after a
+    /// crash checks the same.
+    tail: TailPrint,
     /// Last modification time at the last scan.
     modified: std::time::SystemTime,
     rotated: bool,
@@ -666,10 +684,10 @@ impl Tailer {
             .resume
             .take()
             .expect("resume is put back after each checkpoint");
-        let snapshot: HashMap<u64, (u64, Vec<u8>)> = self
+        let snapshot: HashMap<u64, (u64, TailPrint)> = self
             .files
             .iter()
-            .map(|(id, t)| (*id, (t.offset, t.tail.clone())))
+            .map(|(id, t)| (*id, (t.offset, t.tail)))
             .collect();
         let (resume, result) = tokio::task::spawn_blocking(move || {
             let r = resume.checkpoint(Some(&snapshot));
@@ -718,7 +736,7 @@ impl Tailer {
                 .resume
                 .as_ref()
                 .and_then(|r| r.persisted.get(&id))
-                .map_or((0, Vec::new()), |p| (p.offset, p.tail.clone()));
+                .map_or((0, TailPrint::default()), |p| (p.offset, p.tail));
             self.files.insert(
                 id,
                 Tracked {
@@ -869,19 +887,21 @@ impl Tailer {
         let (path, offset, discarding) = (t.path.clone(), t.offset, t.discarding);
         // Outside a discarded line, the bytes before the offset are the end
         // of the last line read (at least its newline); anything else means
-        // the file was truncated and written again past that offset.
-        let expected: Vec<u8> = match (discarding, t.tail.is_empty()) {
-            (true, _) => Vec::new(),
-            (false, false) => t.tail.clone(),
-            (false, true) if offset > 0 => b"\n".to_vec(),
-            (false, true) => Vec::new(),
+        // the file was truncated and written again past that offset. Only
+        // a record of an earlier version comes without a fingerprint: then
+        // the newline is all there is to check.
+        let expected: TailPrint = match (discarding, t.tail.is_empty()) {
+            (true, _) => TailPrint::default(),
+            (false, false) => t.tail,
+            (false, true) if offset > 0 => TailPrint::of(b"\n"),
+            (false, true) => TailPrint::default(),
         };
         let line_max = self.limits.line_bytes_max;
         // A line may be longer than the read buffer, up to the line limit:
         // a chunk without a newline is read again that long.
         let mut max = self.limits.read_buffer_bytes;
         let chunk = loop {
-            let back = expected.len();
+            let back = usize::from(expected.len);
             let from = offset - back as u64;
             let p = path.clone();
             let got = tokio::task::spawn_blocking(move || read_chunk(&p, id, from, max + back))
@@ -898,7 +918,7 @@ impl Tailer {
                     return Ok(Step::Done);
                 }
             };
-            if chunk.get(..back) != Some(&expected[..]) {
+            if chunk.get(..back).map(TailPrint::of) != Some(expected) {
                 self.truncated(id, "rewritten: the bytes before the offset changed");
                 return Ok(Step::More);
             }
@@ -922,7 +942,7 @@ impl Tailer {
                 }
                 None => {
                     t.offset += chunk.len() as u64;
-                    t.tail.clear();
+                    t.tail = TailPrint::default();
                     return Ok(Step::More);
                 }
             }
@@ -942,6 +962,7 @@ impl Tailer {
             let src = InboxSource {
                 file: id,
                 end_offset: offset + end as u64 + 1,
+                tail: TailPrint::of(&chunk[pos..=end]),
             };
             batch.add_line(
                 &self.ingest,
@@ -975,13 +996,9 @@ impl Tailer {
                     t.discarding = true;
                 }
                 if t.discarding {
-                    t.tail.clear();
-                } else {
-                    let consumed = &chunk[..(new_offset - offset) as usize];
-                    t.tail
-                        .extend_from_slice(&consumed[consumed.len().saturating_sub(TAIL_BYTES)..]);
-                    let excess = t.tail.len().saturating_sub(TAIL_BYTES);
-                    t.tail.drain(..excess);
+                    t.tail = TailPrint::default();
+                } else if new_offset > offset {
+                    t.tail = TailPrint::of(&chunk[..(new_offset - offset) as usize]);
                 }
                 Ok(if new_offset > offset && chunk.len() == max {
                     Step::More
@@ -1070,7 +1087,7 @@ impl Tailer {
         tracing::warn!(path = %t.path.display(), read = t.offset, size = t.len, how, "inbox file truncated in place; reading it again from the start (lines written before the truncation and not read by then are lost; rotate by renaming instead)");
         t.offset = 0;
         t.discarding = false;
-        t.tail.clear();
+        t.tail = TailPrint::default();
         self.ingest.metrics.inbox_truncations.inc();
         // Recorded before any line of the new content is spooled: a restart
         // must not resume at the old offset, which the records of the old

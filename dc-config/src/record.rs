@@ -6,10 +6,11 @@
 //! ```text
 //! struct Record {            // little-endian
 //!     version: u8,           // RECORD_VERSION
-//!     flags: u8,             // bit 0: `inbox` present; other bits zero
+//!     flags: u8,             // bit 0: `inbox` present; bit 1: its `tail`; others zero
 //!     time_ms: u64,
 //!     event_len: u8, event: [u8; event_len],          // UTF-8
 //!     inbox: Option<{ file: u64, end_offset: u64 }>,  // if flags bit 0
+//!     tail: Option<{ len: u8, crc: u32 }>,            // if flags bit 1
 //!     attr_count: u16,
 //!     attrs: [Attr; attr_count],
 //! }
@@ -26,6 +27,7 @@ use crate::event::{ValidEvent, Value, ValueRef};
 pub const RECORD_VERSION: u8 = 1;
 
 const FLAG_INBOX: u8 = 1;
+const FLAG_INBOX_TAIL: u8 = 2;
 const TAG_UINT: u8 = 1;
 const TAG_INT: u8 = 2;
 const TAG_FLOAT: u8 = 3;
@@ -40,6 +42,41 @@ pub struct InboxSource {
     pub file: u64,
     /// Byte offset just past the event's line.
     pub end_offset: u64,
+    /// The last bytes of the line, newline included, up to `end_offset`.
+    pub tail: TailPrint,
+}
+
+/// A fingerprint of the bytes just before an offset of an inbox file: how
+/// many (at most [`TailPrint::MAX_LEN`]) and their CRC-32. The collector
+/// checks it before reading a file on from that offset: a file truncated
+/// and written past the offset again holds other bytes there, however long
+/// it has grown. Empty (`len` 0) when unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TailPrint {
+    /// Number of bytes fingerprinted.
+    pub len: u8,
+    /// Their CRC-32.
+    pub crc: u32,
+}
+
+impl TailPrint {
+    /// Most bytes fingerprinted.
+    pub const MAX_LEN: usize = 64;
+
+    /// The fingerprint of the last (at most [`TailPrint::MAX_LEN`]) bytes
+    /// of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        let tail = &bytes[bytes.len().saturating_sub(Self::MAX_LEN)..];
+        Self {
+            len: tail.len() as u8,
+            crc: crc32fast::hash(tail),
+        }
+    }
+
+    /// Whether nothing is known.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// One spooled event.
@@ -88,12 +125,20 @@ impl Record {
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
         let ev = &self.event;
         out.push(RECORD_VERSION);
-        out.push(if self.inbox.is_some() { FLAG_INBOX } else { 0 });
+        out.push(match self.inbox {
+            None => 0,
+            Some(src) if src.tail.is_empty() => FLAG_INBOX,
+            Some(_) => FLAG_INBOX | FLAG_INBOX_TAIL,
+        });
         out.extend_from_slice(&ev.time_ms.to_le_bytes());
         put_name(out, &ev.event, "event name")?;
         if let Some(src) = self.inbox {
             out.extend_from_slice(&src.file.to_le_bytes());
             out.extend_from_slice(&src.end_offset.to_le_bytes());
+            if !src.tail.is_empty() {
+                out.push(src.tail.len);
+                out.extend_from_slice(&src.tail.crc.to_le_bytes());
+            }
         }
         let n = u16::try_from(ev.attrs.len()).map_err(|_| RecordError::TooLarge("attributes"))?;
         out.extend_from_slice(&n.to_le_bytes());
@@ -215,15 +260,29 @@ impl<'a> RecordView<'a> {
             return Err(RecordError::Version(version));
         }
         let flags = r.u8()?;
-        if flags & !FLAG_INBOX != 0 {
+        if flags & !(FLAG_INBOX | FLAG_INBOX_TAIL) != 0
+            || flags & (FLAG_INBOX | FLAG_INBOX_TAIL) == FLAG_INBOX_TAIL
+        {
             return Err(RecordError::Flags(flags));
         }
         let time_ms = r.u64()?;
         let event = r.name()?;
         let inbox = if flags & FLAG_INBOX != 0 {
+            let (file, end_offset) = (r.u64()?, r.u64()?);
+            let tail = if flags & FLAG_INBOX_TAIL != 0 {
+                let len = r.u8()?;
+                let crc = u32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes"));
+                if len == 0 || usize::from(len) > TailPrint::MAX_LEN {
+                    return Err(RecordError::Flags(flags));
+                }
+                TailPrint { len, crc }
+            } else {
+                TailPrint::default()
+            };
             Some(InboxSource {
-                file: r.u64()?,
-                end_offset: r.u64()?,
+                file,
+                end_offset,
+                tail,
             })
         } else {
             None
@@ -401,7 +460,11 @@ mod tests {
             "[a-z][a-z0-9_]{0,20}",
             any::<u64>(),
             proptest::collection::vec(("[a-z][a-z0-9_]{0,10}", value()), 0..8),
-            proptest::option::of((any::<u64>(), any::<u64>())),
+            proptest::option::of((
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..100),
+            )),
         )
             .prop_map(|(event, time_ms, attrs, inbox)| Record {
                 event: ValidEvent {
@@ -409,7 +472,15 @@ mod tests {
                     time_ms,
                     attrs,
                 },
-                inbox: inbox.map(|(file, end_offset)| InboxSource { file, end_offset }),
+                inbox: inbox.map(|(file, end_offset, line)| InboxSource {
+                    file,
+                    end_offset,
+                    tail: if line.is_empty() {
+                        TailPrint::default()
+                    } else {
+                        TailPrint::of(&line)
+                    },
+                }),
             })
     }
 

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use dc_config::event::{validate, Event};
-use dc_config::record::{InboxSource, Record};
+use dc_config::record::{InboxSource, Record, TailPrint};
 use dc_config::registry::Registry;
 use libfuzzer_sys::fuzz_target;
 
@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let inbox = (data.len() % 2 == 0).then_some(InboxSource {
         file: data.len() as u64,
         end_offset: u64::MAX - data.len() as u64,
+        tail: TailPrint::of(data),
     });
     let record = Record { event: valid, inbox };
     let bytes = record.encode().expect("a validated event always encodes");
