@@ -165,6 +165,11 @@ fn hostile_values_never_reach_sql() {
             }
         }
     }
+    println!(
+        "{sent} hostile requests ({} values per documented parameter, {} bodies per POST): none answered 5xx, none reached SQL unquoted",
+        values.len(),
+        hostile().len()
+    );
     assert!(
         sent > 300,
         "only {sent} requests: the documented parameters went missing?"
