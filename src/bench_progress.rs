@@ -25,10 +25,10 @@ use bytes::Bytes;
 use clap::Args;
 use collector::{Client, ClientConfig, Endpoint, LineOutcome};
 use dc_config::event::{ValidEvent, Value};
-use dc_config::local::{LaunchOptions, LocalCluster};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
+use launcher::{LaunchOptions, LocalCluster};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -582,7 +582,7 @@ fn sessions(write_rate: u64) -> Vec<Vec<Session>> {
 
 /// Progress rows only ClickHouse holds: 40 days old, past the registry's
 /// 30-day Redis TTL.
-fn seed_expired(ch: &dc_config::local::probe::ClickHouseHttp, n: u64) -> anyhow::Result<()> {
+fn seed_expired(ch: &launcher::probe::ClickHouseHttp, n: u64) -> anyhow::Result<()> {
     let old = now_ms() - 40 * 86_400_000;
     let events = (0..n).map(|i| ValidEvent {
         event: "watch_progress".into(),

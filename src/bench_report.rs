@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use dc_config::event::{ValidEvent, Value};
-use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::services::QueryConfig;
+use launcher::{LaunchOptions, LocalCluster};
 
 use crate::cmd_local::NetworkArg;
 

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use dc_config::event::{ValidEvent, Value};
-use dc_config::local::probe::ClickHouseHttp;
-use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::registry::Registry;
 use dc_config::series::{aggregate_minute_sql, decode_points, rollups, series_points_sql};
+use launcher::probe::ClickHouseHttp;
+use launcher::{LaunchOptions, LocalCluster};
 use rand::{Rng, SeedableRng};
 
 /// Arguments of `spoolhouse bench series`.

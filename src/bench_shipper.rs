@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use dc_config::event::{ValidEvent, Value};
-use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::record::Record;
 use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
 use dc_config::services::ShipperConfig;
 use dc_config::Declared;
+use launcher::{LaunchOptions, LocalCluster};
 use shipper::{Guards, Health, Metrics, Shipper};
 
 /// Arguments of `spoolhouse bench shipper`.

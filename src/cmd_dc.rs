@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use dc_config::local::{link, LINKS_DIR};
+use launcher::{link, LINKS_DIR};
 
 /// Arguments of `spoolhouse dc`.
 #[derive(Debug, Args)]

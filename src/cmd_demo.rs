@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use collector::{Client, ClientConfig, Endpoint, LineOutcome};
-use dc_config::local::{LocalCluster, INTERRUPTED};
 use dc_config::render::ddl::table;
+use launcher::{LocalCluster, INTERRUPTED};
 
 use crate::bench_progress::now_ms;
 use crate::cmd_local::{
@@ -556,7 +556,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let how = if args.link.delay().is_some() {
         cluster.cut(&last)?;
         // The relays look at the cut flag every few tens of milliseconds.
-        std::thread::sleep(dc_config::local::link::CUT_POLL * 3);
+        std::thread::sleep(launcher::link::CUT_POLL * 3);
         format!("{last} cut off (its links dropped)")
     } else {
         for server in clickhouse_servers(&cluster, &last) {

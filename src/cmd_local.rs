@@ -1,5 +1,5 @@
 //! `spoolhouse local`: real servers for a topology on this machine, through
-//! the launcher in `dc_config::local`; also the pieces the main job
+//! the launcher in `launcher`; also the pieces the main job
 //! (`cmd_demo`) and the benchmarks start services with.
 
 use std::path::PathBuf;
@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use dc_config::local::{LaunchOptions, LocalCluster, Network, INTERRUPTED};
 use dc_config::Declared;
+use launcher::{LaunchOptions, LocalCluster, Network, INTERRUPTED};
 
 /// Arguments of `spoolhouse local`.
 #[derive(Debug, Args)]
@@ -169,7 +169,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
 /// or a benchmark (they die with it, like the servers).
 pub(crate) struct Services {
     /// Collector, shipper and query service, in that order.
-    pub(crate) procs: Vec<dc_config::local::process::Proc>,
+    pub(crate) procs: Vec<launcher::process::Proc>,
     pub(crate) socket: PathBuf,
     pub(crate) query: std::net::SocketAddr,
     pub(crate) shipper_state: PathBuf,
@@ -182,8 +182,8 @@ pub(crate) fn start_services(
     dc_name: &str,
     shipper_limits: dc_config::services::ShipperLimits,
 ) -> anyhow::Result<Services> {
-    use dc_config::local::process::Spec;
     use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
+    use launcher::process::Spec;
     let t = cluster.topology();
     let dc = t.dc(dc_name).expect("a DC of this topology");
     let dir = cluster.state_dir().join("services").join(dc_name);

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 
 use dc_config::check::{Checker, Declaration};
 use dc_config::credentials::Credentials;
-use dc_config::local::probe::{self, ClickHouseHttp};
 use dc_config::render::clickhouse::WRITER_USER;
 use dc_config::topology::{RedisMode, ReplicaRef, Topology};
+use launcher::probe::{self, ClickHouseHttp};
 
 /// Every playbook of `ansible/`.
 const PLAYBOOKS: &[&str] = &["site.yml", "rolling-restart.yml"];
@@ -415,7 +415,7 @@ fn test_topology(state: &Path) -> Topology {
     dc2.redis.nodes = (1..=3)
         .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
         .collect();
-    let mut t = dc_config::local::localize(&t, state).unwrap();
+    let mut t = launcher::localize(&t, state).unwrap();
     let dc2 = t.datacenter.iter_mut().find(|d| d.name == "dc2").unwrap();
     dc2.redis.nodes = redis_cluster_ports(3)
         .into_iter()

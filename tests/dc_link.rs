@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{linked_cluster, wait_for};
 
-use dc_config::local::LocalCluster;
+use launcher::LocalCluster;
 
 const LIMIT: Duration = Duration::from_secs(30);
 

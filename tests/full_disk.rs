@@ -58,11 +58,8 @@ fn run(limit: Limit) {
     let _dc1 = start_dc(&cluster, "dc1", &dir.path().join("dc1"));
     // Declared before dc2's services, so it is unmounted after they stop.
     let _disk = (limit == Limit::Disk).then(|| {
-        dc_config::local::tmpfs::Tmpfs::mount(
-            &cluster.topology().dc("dc2").unwrap().spool.dir,
-            QUOTA,
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
+        launcher::tmpfs::Tmpfs::mount(&cluster.topology().dc("dc2").unwrap().spool.dir, QUOTA)
+            .unwrap_or_else(|e| panic!("{e}"))
     });
     let mut dc2 = start_dc_with(&cluster, "dc2", &dir.path().join("dc2"), |c| {
         if limit == Limit::Quota {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{wait_for, LIMIT};
-use dc_config::local::process::{Proc, Spec};
+use launcher::process::{Proc, Spec};
 
 const TOPOLOGY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/two-dc.toml");
 const REGISTRY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events.toml");
@@ -108,7 +108,7 @@ fn a_launch_killed_with_sigkill_leaves_namespaces_that_the_next_launch_removes()
     );
 
     // What every launch does first.
-    let removed = dc_config::local::netns::remove_leftovers().unwrap();
+    let removed = launcher::netns::remove_leftovers().unwrap();
     assert!(netns.iter().all(|n| removed.contains(n)), "{removed:?}");
     let listed = ip(&["netns", "list"]);
     assert!(

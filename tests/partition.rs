@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use common::{count, get_json, hosts_cluster, now_ms, start_dc, wait_for, Load, LIMIT};
-use dc_config::local::Placement;
+use launcher::Placement;
 
 fn series_path(scope: &str) -> String {
     let to = (now_ms() / 1000 / 60 + 1) * 60;

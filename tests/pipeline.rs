@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{spawn, wait_for};
 
-use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::services::{CollectorConfig, ShipperConfig};
+use launcher::{LaunchOptions, LocalCluster};
 
 /// The start of the minute before this one: inside the collector's
 /// accepted window, and already closed for aggregation.
@@ -120,7 +120,7 @@ fn events_sent_to_the_collector_reach_clickhouse_once_and_redis_newest() {
         "the newest progress in Redis",
         Duration::from_secs(30),
         || {
-            dc_config::local::probe::redis_command(redis, &["HGET", &key, "v"])
+            launcher::probe::redis_command(redis, &["HGET", &key, "v"])
                 .is_ok_and(|r| r.contains("300"))
         },
     );

@@ -44,9 +44,9 @@ fn hostile_clients_cost_bounded_memory_and_do_not_stop_answers() {
         "at most {} hostile connections: beyond, the listener refuses them at accept",
         query::api::LIMITS.connections - 16
     );
-    let cluster = dc_config::local::LocalCluster::start(
+    let cluster = launcher::LocalCluster::start(
         &dc_config::examples::declared(),
-        dc_config::local::LaunchOptions::default(),
+        launcher::LaunchOptions::default(),
     )
     .unwrap();
     let dir = cluster.state_dir().join("services-dc1");

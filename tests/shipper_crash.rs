@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 
 use common::{http_get, CpuHog};
 use dc_config::event::{ValidEvent, Value};
-use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::record::Record;
 use dc_config::services::ShipperConfig;
+use launcher::{LaunchOptions, LocalCluster};
 use rand::Rng;
 
 /// Events appended per round (50 every 5 ms until reached).

@@ -5,7 +5,6 @@ pub mod declared;
 pub mod error;
 pub mod event;
 pub mod examples;
-pub mod local;
 pub mod locate;
 pub mod record;
 pub mod registry;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{get, Harness};
 use dc_config::event::{ValidEvent, Value};
-use dc_config::local::{LaunchOptions, LocalCluster};
+use launcher::{LaunchOptions, LocalCluster};
 
 const T: u64 = 1_764_028_800_000;
 

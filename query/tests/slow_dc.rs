@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{registration, Harness};
-use dc_config::local::{LaunchOptions, LocalCluster};
+use launcher::{LaunchOptions, LocalCluster};
 
 const M0: u32 = 1_764_028_800; // a minute start
 const TIMEOUT: Duration = Duration::from_millis(1_500);

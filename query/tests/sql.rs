@@ -202,7 +202,7 @@ fn analysts_select_within_limits() {
         ),
     ] {
         match analyst(&sql, &params) {
-            Err(dc_config::local::probe::HttpError::Refused { body, .. }) => {
+            Err(launcher::probe::HttpError::Refused { body, .. }) => {
                 assert!(body.contains(why), "{sql}: {body}")
             }
             other => panic!("{sql}: {other:?}"),

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dc_config::event::{ValidEvent, Value};
-use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::record::Record;
 use dc_config::render::clickhouse::WRITER_USER;
 use dc_config::services::ShipperConfig;
+use launcher::{LaunchOptions, LocalCluster};
 use shipper::{Guards, Health, Metrics, Shipper};
 use spooler::{Config, Durability, Spool};
 
@@ -185,7 +185,7 @@ fn redis_state(cluster: &LocalCluster, user: u64, video: u64) -> Option<(u64, St
         "watch_progress",
         &[user.to_string(), video.to_string()],
     );
-    let r = dc_config::local::probe::redis_command(addr, &["HMGET", &key, "t", "v"]).unwrap();
+    let r = launcher::probe::redis_command(addr, &["HMGET", &key, "t", "v"]).unwrap();
     // *2 $len t $len v, or *2 $-1 $-1
     let lines: Vec<&str> = r.split("\r\n").collect();
     if lines.get(1) == Some(&"$-1") {
@@ -667,8 +667,8 @@ fn writer_password(cfg: &ShipperConfig) -> String {
 }
 
 /// Server `url` asked as the writer of `cfg`.
-fn writer(cfg: &ShipperConfig, url: &str) -> dc_config::local::probe::ClickHouseHttp {
-    dc_config::local::probe::ClickHouseHttp::new(url, Duration::from_secs(10))
+fn writer(cfg: &ShipperConfig, url: &str) -> launcher::probe::ClickHouseHttp {
+    launcher::probe::ClickHouseHttp::new(url, Duration::from_secs(10))
         .with_login(WRITER_USER, &writer_password(cfg))
 }
 
@@ -908,7 +908,7 @@ fn a_full_state_disk_makes_the_shipper_wait_not_exit() {
     let host = "h-full-disk";
     let root = tempfile::tempdir().unwrap();
     let disk = root.path().join("disk");
-    let _tmpfs = dc_config::local::tmpfs::Tmpfs::mount(&disk, 512 << 10).unwrap();
+    let _tmpfs = launcher::tmpfs::Tmpfs::mount(&disk, 512 << 10).unwrap();
     let mut cfg = config(&cluster, "dc1");
     cfg.host = host.into();
     cfg.spool_dir = disk.join("spool");

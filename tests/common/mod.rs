@@ -22,8 +22,8 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 /// How to run `spoolhouse ARGS`, its output into `log`.
-fn spoolhouse(args: &[&str], log: &std::path::Path) -> dc_config::local::process::Spec {
-    dc_config::local::process::Spec {
+fn spoolhouse(args: &[&str], log: &std::path::Path) -> launcher::process::Spec {
+    launcher::process::Spec {
         program: env!("CARGO_BIN_EXE_spoolhouse").into(),
         args: args.iter().map(|a| a.to_string()).collect(),
         cwd: log.parent().unwrap().to_path_buf(),
@@ -34,8 +34,8 @@ fn spoolhouse(args: &[&str], log: &std::path::Path) -> dc_config::local::process
 /// Runs `spoolhouse ARGS` as a child process, its output into `log`: the
 /// launcher's own process type, so it dies with the test (and on drop) and
 /// can be stopped with SIGTERM and started again.
-pub fn spawn(args: &[&str], log: &std::path::Path) -> dc_config::local::process::Proc {
-    dc_config::local::process::Proc::spawn(args.join(" "), spoolhouse(args, log)).unwrap()
+pub fn spawn(args: &[&str], log: &std::path::Path) -> launcher::process::Proc {
+    launcher::process::Proc::spawn(args.join(" "), spoolhouse(args, log)).unwrap()
 }
 
 /// Polls `ok` every 100 ms until it holds; fails the test after `limit`.
@@ -81,30 +81,24 @@ pub fn now_ms() -> u64 {
 
 /// The example topology's two DCs, every cross-DC path through a relay
 /// adding `delay` each way, so a DC can be cut (`LocalCluster::cut`).
-pub fn linked_cluster(delay: Duration) -> dc_config::local::LocalCluster {
-    start_linked(delay, dc_config::local::Network::Loopback)
+pub fn linked_cluster(delay: Duration) -> launcher::LocalCluster {
+    start_linked(delay, launcher::Network::Loopback)
 }
 
 /// The two DCs as hosts, as the main job runs them: each in a network
 /// namespace of its own, 100 ms apart through the relays. Needs root, as
 /// CI runs; fails saying why otherwise.
-pub fn hosts_cluster() -> dc_config::local::LocalCluster {
-    start_linked(
-        Duration::from_millis(100),
-        dc_config::local::Network::Namespaces,
-    )
+pub fn hosts_cluster() -> launcher::LocalCluster {
+    start_linked(Duration::from_millis(100), launcher::Network::Namespaces)
 }
 
-fn start_linked(
-    delay: Duration,
-    network: dc_config::local::Network,
-) -> dc_config::local::LocalCluster {
-    dc_config::local::LocalCluster::start(
+fn start_linked(delay: Duration, network: launcher::Network) -> launcher::LocalCluster {
+    launcher::LocalCluster::start(
         &dc_config::examples::declared(),
-        dc_config::local::LaunchOptions {
+        launcher::LaunchOptions {
             cross_dc_delay: Some(delay),
             network,
-            ..dc_config::local::LaunchOptions::default()
+            ..launcher::LaunchOptions::default()
         },
     )
     .unwrap_or_else(|e| panic!("{e}"))
@@ -113,20 +107,20 @@ fn start_linked(
 /// Writes `dc`'s collector, shipper and query configs into `dir`, starts
 /// the three services (in that order) and waits until they serve.
 pub fn start_dc(
-    cluster: &dc_config::local::LocalCluster,
+    cluster: &launcher::LocalCluster,
     dc_name: &str,
     dir: &std::path::Path,
-) -> Vec<dc_config::local::process::Proc> {
+) -> Vec<launcher::process::Proc> {
     start_dc_with(cluster, dc_name, dir, |_| {})
 }
 
 /// [`start_dc`] with the collector's config changed by `edit` first.
 pub fn start_dc_with(
-    cluster: &dc_config::local::LocalCluster,
+    cluster: &launcher::LocalCluster,
     dc_name: &str,
     dir: &std::path::Path,
     edit: impl FnOnce(&mut dc_config::services::CollectorConfig),
-) -> Vec<dc_config::local::process::Proc> {
+) -> Vec<launcher::process::Proc> {
     use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
     let t = cluster.topology();
     let dc = t.dc(dc_name).unwrap();
@@ -160,7 +154,7 @@ pub fn start_dc_with(
 
 /// Waits until `dc_name`'s collector socket exists and its shipper and
 /// query service answer `/healthz` with 200.
-pub fn wait_serving(cluster: &dc_config::local::LocalCluster, dc_name: &str) {
+pub fn wait_serving(cluster: &launcher::LocalCluster, dc_name: &str) {
     let dc = cluster.topology().dc(dc_name).unwrap();
     let socket = dc.collector.socket.clone();
     wait_for(&format!("{dc_name}'s collector"), LIMIT, || socket.exists());
@@ -191,7 +185,7 @@ pub fn get_json(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Val
 }
 
 /// `count()` and distinct spool positions of `server`'s DC.
-pub fn count(cluster: &dc_config::local::LocalCluster, server: &str) -> (u64, u64) {
+pub fn count(cluster: &launcher::LocalCluster, server: &str) -> (u64, u64) {
     let r = cluster
         .clickhouse(server)
         .unwrap()
@@ -382,9 +376,9 @@ impl Sender {
 /// A failed wait shows every replica's own count and `services`' log tails
 /// (the shippers' say what they wait for).
 pub fn assert_shipped_once(
-    cluster: &dc_config::local::LocalCluster,
+    cluster: &launcher::LocalCluster,
     load: &Load,
-    services: &[&[dc_config::local::process::Proc]],
+    services: &[&[launcher::process::Proc]],
 ) {
     let show = || {
         let mut out = replica_counts(cluster);
@@ -418,7 +412,7 @@ pub fn assert_shipped_once(
 /// Distinct spool positions stored on any of `dc`'s servers: each server's
 /// own `events_local`, so replication lag does not hide a row.
 pub fn stored_positions(
-    cluster: &dc_config::local::LocalCluster,
+    cluster: &launcher::LocalCluster,
     dc: &dc_config::topology::Datacenter,
 ) -> u64 {
     let all: Vec<String> = dc
@@ -444,7 +438,7 @@ pub fn stored_positions(
 /// Waits (at most 3 × [`LIMIT`]) until every replica of `dc`'s shards has
 /// fetched what its peers hold.
 pub fn settle(
-    cluster: &dc_config::local::LocalCluster,
+    cluster: &launcher::LocalCluster,
     dc: &dc_config::topology::Datacenter,
     show: impl Fn() -> String,
 ) {
@@ -467,7 +461,7 @@ pub fn settle(
 
 /// Each ClickHouse server's own `events_local` rows and replication queue
 /// length, one line each (or what answered instead).
-pub fn replica_counts(cluster: &dc_config::local::LocalCluster) -> String {
+pub fn replica_counts(cluster: &launcher::LocalCluster) -> String {
     let sql = "SELECT (SELECT count() FROM spoolhouse.events_local), \
                (SELECT count() FROM system.replication_queue), \
                (SELECT sum(is_readonly) FROM system.replicas) FORMAT TSV";

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dc_config::event::{ValidEvent, Value};
-use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::services::QueryConfig;
+use launcher::{LaunchOptions, LocalCluster};
 
 /// A vote at `time_s` (plus `n` ms, so times stay distinct) by user `user`.
 pub fn vote(time_s: u32, n: u64, user: u64, yes: bool, country: u64) -> ValidEvent {

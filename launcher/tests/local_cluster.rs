@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use dc_config::local::probe::HttpError;
-use dc_config::local::{LaunchOptions, LocalCluster};
+use launcher::probe::HttpError;
+use launcher::{LaunchOptions, LocalCluster};
 
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
@@ -119,8 +119,8 @@ fn two_datacenters_schema_global_reads_and_a_lost_datacenter() {
     // Every user logs in with its password, and only the writer writes:
     // the read-only users, the servers' own cluster user, a wrong password
     // and a client naming no user are refused.
-    use dc_config::local::probe::{ClickHouseHttp, HttpError};
     use dc_config::render::clickhouse::{CLUSTER_USER, QUERY_USER, SQL_USER, WRITER_USER};
+    use launcher::probe::{ClickHouseHttp, HttpError};
     let url = cluster.clickhouse("dc1-s1-r1").unwrap().url().to_string();
     let write = "INSERT INTO spoolhouse.shipper_fences (dc, host, below) VALUES ('dc1', 'x', 1)";
     let refused = |ch: &ClickHouseHttp, sql: &str| match ch.query(sql) {
@@ -307,7 +307,7 @@ fn a_kept_state_directory_survives_a_stop_and_start() {
 /// ClickHouse writes the reason, not to its output) is in the error.
 #[test]
 fn a_server_that_cannot_start_says_why() {
-    use dc_config::local::LaunchError;
+    use launcher::LaunchError;
     let mut cluster =
         LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
     let port = cluster
@@ -338,10 +338,10 @@ fn zookeeper_ensemble_and_redis_cluster() {
     let dc = &cluster.topology().datacenter[0];
     for z in &dc.zookeeper {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], z.port));
-        assert!(dc_config::local::probe::zookeeper_serving(addr));
+        assert!(launcher::probe::zookeeper_serving(addr));
     }
     for n in &dc.redis.nodes {
-        let info = dc_config::local::probe::redis_command(*n, &["CLUSTER", "INFO"]).unwrap();
+        let info = launcher::probe::redis_command(*n, &["CLUSTER", "INFO"]).unwrap();
         assert!(info.contains("cluster_state:ok"), "{info}");
         assert!(info.contains("cluster_known_nodes:3"), "{info}");
     }
@@ -415,6 +415,6 @@ fn cross_dc_reads_cross_a_delaying_link_that_can_be_cut_and_healed() {
     }
     assert!(matches!(
         cluster.cut("dc9"),
-        Err(dc_config::local::LaunchError::UnknownDatacenter(_))
+        Err(launcher::LaunchError::UnknownDatacenter(_))
     ));
 }

@@ -179,7 +179,7 @@ impl ClickHouseHttp {
     /// into this server's `DATABASE.events_local` as RowBinary, at spool
     /// positions (segment 1, `first_offset` + i): how tests and benchmarks
     /// load events without a collector and shipper.
-    pub fn insert_events<E: std::borrow::Borrow<crate::event::ValidEvent>>(
+    pub fn insert_events<E: std::borrow::Borrow<dc_config::event::ValidEvent>>(
         &self,
         database: &str,
         dc: &str,
@@ -187,7 +187,7 @@ impl ClickHouseHttp {
         first_offset: u64,
         events: impl IntoIterator<Item = E>,
     ) -> Result<String, HttpError> {
-        use crate::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
+        use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
         let mut body = Vec::new();
         for (i, e) in events.into_iter().enumerate() {
             let position = SpoolPosition {

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashSet};
 
 use dc_config::event::{ValidEvent, Value};
-use dc_config::local::{LaunchOptions, LocalCluster};
 use dc_config::series::{aggregate_minute_sql, folded_values_sql, rollups, series_name};
+use launcher::{LaunchOptions, LocalCluster};
 
 const MINUTE: u32 = 1_764_028_800; // 2025-11-25 00:00:00 UTC
 

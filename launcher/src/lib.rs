@@ -13,7 +13,7 @@
 //! the host's, reaches every datacenter through the bridge.
 //!
 //! ```no_run
-//! use dc_config::local::{LaunchOptions, LocalCluster};
+//! use launcher::{LaunchOptions, LocalCluster};
 //! use dc_config::Declared;
 //! let declared = Declared::load("examples/two-dc.toml".as_ref(), "examples/events.toml".as_ref())?;
 //! let cluster = LocalCluster::start(&declared, LaunchOptions::default())?;
@@ -40,12 +40,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::check::Declaration;
-use crate::declared::Declared;
-use crate::error::ConfigErrors;
-use crate::render;
-use crate::render::clickhouse::WRITER_USER;
-use crate::topology::{RedisMode, Topology};
+use dc_config::check::Declaration;
+use dc_config::declared::Declared;
+use dc_config::error::ConfigErrors;
+use dc_config::render;
+use dc_config::render::clickhouse::WRITER_USER;
+use dc_config::topology::{RedisMode, Topology};
 use ports::PortBook;
 use probe::{ClickHouseHttp, HttpError};
 use process::{Proc, Spec};
@@ -172,7 +172,7 @@ pub enum LaunchError {
     UnknownUser(String),
     /// The users' password files could not be made or read.
     #[error("{0}")]
-    Credentials(crate::credentials::CredentialError),
+    Credentials(dc_config::credentials::CredentialError),
     /// No datacenter of that name.
     #[error("no datacenter called `{0}` in this local cluster")]
     UnknownDatacenter(String),
@@ -391,7 +391,7 @@ impl Member {
 pub struct LocalCluster {
     declared: Declared,
     /// The ClickHouse users' passwords, in the localized `secrets_dir`.
-    credentials: crate::credentials::Credentials,
+    credentials: dc_config::credentials::Credentials,
     members: Vec<Member>,
     state_dir: PathBuf,
     temp: Option<tempfile::TempDir>,
@@ -443,8 +443,10 @@ fn localize_on(
             &[]
         };
         let redis_offsets: &[u16] = match dc.redis.mode {
-            crate::topology::RedisMode::Cluster => &[crate::topology::REDIS_CLUSTER_BUS_OFFSET],
-            crate::topology::RedisMode::Single => &[],
+            dc_config::topology::RedisMode::Cluster => {
+                &[dc_config::topology::REDIS_CLUSTER_BUS_OFFSET]
+            }
+            dc_config::topology::RedisMode::Single => &[],
         };
         for (i, z) in dc.zookeeper.iter_mut().enumerate() {
             z.host = ip.to_string();
@@ -529,7 +531,7 @@ impl LocalCluster {
         if let Placement::Namespaces(f) = &placement {
             topology.client_hosts.push(f.bridge_addr().into());
         }
-        let mut c = crate::check::Checker::default();
+        let mut c = dc_config::check::Checker::default();
         topology.check(&mut c);
         if !c.is_clean() {
             let errors = c.into_errors(Path::new("<localized topology>"), "");
@@ -582,7 +584,7 @@ impl LocalCluster {
             ..declared.clone()
         };
         let secrets = &declared.topology.secrets_dir;
-        let credentials = crate::credentials::Credentials::load_or_create(secrets)
+        let credentials = dc_config::credentials::Credentials::load_or_create(secrets)
             .map_err(LaunchError::Credentials)?;
         let files = render::render(
             &declared.topology,
@@ -875,12 +877,12 @@ impl LocalCluster {
     }
 
     /// The ClickHouse users' passwords of this cluster.
-    pub fn credentials(&self) -> &crate::credentials::Credentials {
+    pub fn credentials(&self) -> &dc_config::credentials::Credentials {
         &self.credentials
     }
 
     /// Server `name`'s HTTP interface, asked as `user` (one of the users
-    /// of [`crate::render::clickhouse`]) instead of the writer.
+    /// of [`dc_config::render::clickhouse`]) instead of the writer.
     pub fn clickhouse_as(&self, name: &str, user: &str) -> Result<ClickHouseHttp, LaunchError> {
         let password = self
             .credentials
@@ -912,7 +914,7 @@ impl LocalCluster {
         &self,
         name: &str,
         dc: &str,
-        events: &[crate::event::ValidEvent],
+        events: &[dc_config::event::ValidEvent],
     ) -> Result<(), LaunchError> {
         let db = &self.declared.topology.database;
         self.clickhouse(name)?
@@ -928,7 +930,7 @@ impl LocalCluster {
         &self,
         name: &str,
         dc: &str,
-        events: &[crate::event::ValidEvent],
+        events: &[dc_config::event::ValidEvent],
     ) -> Result<(), LaunchError> {
         let ch = self.clickhouse(name)?;
         let load = load_failed(name);
@@ -938,7 +940,7 @@ impl LocalCluster {
             .map(|e| (e.event.as_str(), (e.time_ms / 60_000 * 60) as u32))
             .collect();
         for (event, minute) in minutes {
-            for sql in crate::series::aggregate_minute_sql(
+            for sql in dc_config::series::aggregate_minute_sql(
                 &self.declared.topology.database,
                 dc,
                 event,

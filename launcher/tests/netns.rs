@@ -10,8 +10,8 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dc_config::local::netns::{LINK_PREFIX, NETNS_PREFIX};
-use dc_config::local::{probe, LaunchError, LaunchOptions, LocalCluster, Network, Placement};
+use launcher::netns::{LINK_PREFIX, NETNS_PREFIX};
+use launcher::{probe, LaunchError, LaunchOptions, LocalCluster, Network, Placement};
 
 /// The tests compare what exists before and after a launch; one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -39,7 +39,7 @@ fn launcher_objects() -> BTreeSet<String> {
     netns.chain(links).map(String::from).collect()
 }
 
-fn namespaces(cluster: &LocalCluster) -> &dc_config::local::netns::Fabric {
+fn namespaces(cluster: &LocalCluster) -> &launcher::netns::Fabric {
     match cluster.placement() {
         Placement::Namespaces(f) => f,
         other => panic!("launched on {other}"),
@@ -214,7 +214,7 @@ fn auto_takes_namespaces_where_they_can_be_made() {
 
 #[test]
 fn concurrent_launches_get_distinct_namespaces_and_subnets() {
-    use dc_config::local::netns::Fabric;
+    use launcher::netns::Fabric;
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dcs = ["dc1".to_string(), "dc2".to_string()];
     let fabrics: Vec<Fabric> = std::thread::scope(|s| {
