@@ -6,7 +6,8 @@
 set -euo pipefail
 
 # chromium: the web console's browser test (tests/console.rs) drives it.
-packages=(clickhouse-server clickhouse-client zookeeper redis-server iproute2 chromium)
+# prometheus: its promtool lints every service's /metrics (tests/metrics_lint.rs).
+packages=(clickhouse-server clickhouse-client zookeeper redis-server iproute2 chromium prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +21,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Only promtool is wanted from the prometheus package: its server stays off.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled prometheus >/dev/null 2>&1; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 # Node.js 20 or later and npm run that test's browser script

@@ -29,21 +29,14 @@ fn route(
     health: &HealthFn,
 ) -> Response<Full<Bytes>> {
     match (&head.method, head.uri.path()) {
-        (&Method::GET, "/metrics") => {
-            let mut text = String::new();
-            match prometheus_client::encoding::text::encode(&mut text, registry) {
-                Ok(()) => respond(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    text,
-                ),
-                Err(e) => respond(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    e.to_string(),
-                ),
-            }
-        }
+        (&Method::GET, "/metrics") => match httpd::exposition::encode(registry) {
+            Ok(text) => respond(StatusCode::OK, httpd::exposition::CONTENT_TYPE, text),
+            Err(e) => respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            ),
+        },
         (&Method::GET, "/healthz") => {
             let (ok, body) = health();
             let status = if ok {

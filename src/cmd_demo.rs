@@ -207,7 +207,7 @@ fn shipper_view(admin: SocketAddr) -> Option<ShipperView> {
     };
     Some(ShipperView {
         rows: value("spoolhouse_shipper_rows_total")?,
-        minutes_aggregated: value("spoolhouse_shipper_minutes_aggregated_total")?,
+        minutes_aggregated: value("spoolhouse_shipper_aggregation_rounds_total")?,
     })
 }
 

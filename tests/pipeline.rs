@@ -156,7 +156,7 @@ fn events_sent_to_the_collector_reach_clickhouse_once_and_redis_newest() {
             .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
     };
     wait_for("the aggregation metrics", Duration::from_secs(30), || {
-        value("spoolhouse_shipper_minutes_aggregated_total") >= 1.0
+        value("spoolhouse_shipper_aggregation_rounds_total") >= 1.0
     });
     assert!(value("spoolhouse_shipper_series_points_total") >= 1.0);
     assert!(value("spoolhouse_shipper_rows_total") >= 2_003.0);
@@ -164,7 +164,7 @@ fn events_sent_to_the_collector_reach_clickhouse_once_and_redis_newest() {
     for family in [
         "# TYPE spoolhouse_shipper_aggregation_seconds histogram",
         "# TYPE spoolhouse_shipper_watermark_delay_seconds gauge",
-        "# TYPE spoolhouse_shipper_pending_minutes gauge",
+        "# TYPE spoolhouse_shipper_aggregations_pending gauge",
     ] {
         assert!(metrics.contains(family), "{family:?} missing");
     }

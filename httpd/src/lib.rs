@@ -19,6 +19,10 @@
 //!
 //! A handler gets the request head and its whole body; it answers with a
 //! full response. Every refusal is a JSON `{"error": …}` saying what to do.
+//!
+//! [`exposition`] writes every service's `/metrics`.
+
+pub mod exposition;
 
 use std::convert::Infallible;
 use std::future::Future;

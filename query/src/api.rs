@@ -317,13 +317,12 @@ impl QueryService {
                         .lookups
                         .set(i64::try_from(p.lookups_in_flight()).unwrap_or(i64::MAX));
                 }
-                let mut text = String::new();
-                prometheus_client::encoding::text::encode(&mut text, &self.prom)
+                let text = httpd::exposition::encode(&self.prom)
                     .map_err(|e| Error::ClickHouse(e.to_string()))?;
                 Ok(Reply {
                     status: 200,
                     body: Bytes::from(text),
-                    content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    content_type: httpd::exposition::CONTENT_TYPE,
                     headers: Vec::new(),
                 })
             }

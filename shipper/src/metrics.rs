@@ -46,8 +46,9 @@ pub struct Metrics {
     pub lag_frames: Family<Label, Gauge>,
     /// Redis states written (newer event) and kept (older or equal event).
     pub redis_states: Family<Label, Counter>,
-    /// Minutes aggregated (each round of a minute counts).
-    pub minutes_aggregated: Counter,
+    /// Aggregation rounds done, one per minute aggregated (a minute
+    /// aggregated again after a late event counts again).
+    pub aggregation_rounds: Counter,
     /// Seconds per minute aggregation round.
     pub aggregation_seconds: Histogram,
     /// Seconds between now and the watermark.
@@ -57,8 +58,8 @@ pub struct Metrics {
     /// Distinct dimension values beyond `max_values_per_minute`, folded
     /// into `other`, by event and dimension (summed over rounds).
     pub dimension_values_folded: Family<Label, Counter>,
-    /// Minutes waiting to be aggregated.
-    pub pending_minutes: Gauge,
+    /// Minutes of events waiting to be aggregated.
+    pub aggregations_pending: Gauge,
     /// 1 while a write of the shipper's state or a checkpoint waits for
     /// disk space.
     pub state_disk_full: Gauge,
@@ -86,12 +87,12 @@ impl Metrics {
             lag_seconds: Family::default(),
             lag_frames: Family::default(),
             redis_states: Family::default(),
-            minutes_aggregated: Counter::default(),
+            aggregation_rounds: Counter::default(),
             aggregation_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             watermark_delay_seconds: Gauge::default(),
             series_points: Counter::default(),
             dimension_values_folded: Family::default(),
-            pending_minutes: Gauge::default(),
+            aggregations_pending: Gauge::default(),
             state_disk_full: Gauge::default(),
             state_disk_full_waits: Counter::default(),
             fences: Counter::default(),
@@ -146,9 +147,9 @@ impl Metrics {
             m.redis_states.clone(),
         );
         r.register(
-            "minutes_aggregated",
-            "Minute aggregation rounds done (a late event's minute counts again)",
-            m.minutes_aggregated.clone(),
+            "aggregation_rounds",
+            "Aggregation rounds done, one per minute aggregated (a late event's minute counts again)",
+            m.aggregation_rounds.clone(),
         );
         r.register(
             "aggregation_seconds",
@@ -171,9 +172,9 @@ impl Metrics {
             m.dimension_values_folded.clone(),
         );
         r.register(
-            "pending_minutes",
-            "Minutes waiting to be aggregated",
-            m.pending_minutes.clone(),
+            "aggregations_pending",
+            "Minutes of events waiting to be aggregated",
+            m.aggregations_pending.clone(),
         );
         r.register(
             "state_disk_full",

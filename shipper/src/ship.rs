@@ -842,7 +842,7 @@ impl Shipper {
                 .expect("progress lock")
                 .minutes
                 .clone();
-            self.metrics.pending_minutes.set(pending.len() as i64);
+            self.metrics.aggregations_pending.set(pending.len() as i64);
             let Some(wm) = self.progress.watermark_ms() else {
                 self.sleep(aggregate::ROUND_INTERVAL);
                 continue;
@@ -933,7 +933,7 @@ impl Shipper {
                     self.metrics
                         .aggregation_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    self.metrics.minutes_aggregated.inc();
+                    self.metrics.aggregation_rounds.inc();
                     self.metrics.series_points.inc_by(points);
                     *self.health.aggregation.lock().expect("health lock") = SinkHealth::Ok;
                     tracing::debug!(minute, version, points, "minute aggregated");

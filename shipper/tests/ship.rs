@@ -476,7 +476,7 @@ fn minutes_are_aggregated_once_closed_and_again_after_a_late_event() {
         .to_string()
     };
     wait_for("the minute's states", Duration::from_secs(60), || {
-        running.metrics.minutes_aggregated.get() >= 1 && state_count("vote.count()") == "600"
+        running.metrics.aggregation_rounds.get() >= 1 && state_count("vote.count()") == "600"
     });
     let yes = (0..600u64).filter(|i| !i.is_multiple_of(3)).count();
     assert_eq!(state_count("vote.count(){vote=yes}"), yes.to_string());
@@ -534,7 +534,7 @@ fn a_minute_is_aggregated_when_the_spool_rolled_on_to_an_empty_segment() {
     spool.rotate().unwrap();
     let running = Running::start(cfg, Guards::default());
     wait_for("the minute aggregated", Duration::from_secs(60), || {
-        running.metrics.minutes_aggregated.get() >= 1
+        running.metrics.aggregation_rounds.get() >= 1
     });
     assert_eq!(counts(&cluster, "dc1-app1"), (100, 100));
     running.stop();
@@ -549,7 +549,7 @@ fn an_operator_can_reaggregate_a_range() {
     spool.append(&frames).unwrap();
     let running = Running::start(cfg.clone(), Guards::default());
     wait_for("the first round", Duration::from_secs(60), || {
-        running.metrics.minutes_aggregated.get() >= 1
+        running.metrics.aggregation_rounds.get() >= 1
     });
     running.stop();
     // The states of the minute are lost (say, a metric was added later).

@@ -270,25 +270,30 @@ impl SpoolStats {
             Counter,
             self.fsyncs,
         ));
-        for r in &self.readers {
-            for (name, help, value) in [
-                (
-                    "spoolhouse_spooler_reader_lag_bytes",
-                    "Uncompressed bytes between a reader's checkpoint and the durable end.",
-                    r.lag_bytes,
-                ),
-                (
-                    "spoolhouse_spooler_reader_lag_segments",
-                    "Segments between a reader's checkpoint and the active one.",
-                    r.lag_segments,
-                ),
-            ] {
+        // One family after the other, each with a sample per reader: a
+        // family's samples must be together (a second HELP line for a name
+        // is a parse error to Prometheus).
+        type LagOf = fn(&ReaderLag) -> u64;
+        let lags: [(&'static str, &'static str, LagOf); 2] = [
+            (
+                "spoolhouse_spooler_reader_lag_bytes",
+                "Uncompressed bytes between a reader's checkpoint and the durable end.",
+                |r| r.lag_bytes,
+            ),
+            (
+                "spoolhouse_spooler_reader_lag_segments",
+                "Segments between a reader's checkpoint and the active one.",
+                |r| r.lag_segments,
+            ),
+        ];
+        for (name, help, value) in lags {
+            for r in &self.readers {
                 m.push(Metric {
                     name,
                     help,
                     kind: Gauge,
                     labels: vec![("reader", r.name.clone())],
-                    value: value as f64,
+                    value: value(r) as f64,
                 });
             }
         }
