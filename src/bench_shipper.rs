@@ -15,9 +15,12 @@ use anyhow::{bail, Context};
 use clap::Args;
 use dc_config::event::{ValidEvent, Value};
 use dc_config::record::Record;
-use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
 use dc_config::services::ShipperConfig;
 use dc_config::Declared;
+use dc_config::{
+    row::{EventRow, SpoolPosition},
+    schema::column::EVENT_COLUMNS,
+};
 use launcher::{LaunchOptions, LocalCluster};
 use shipper::{Guards, Health, Metrics, Shipper};
 
@@ -247,7 +250,7 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
             &mut f,
             format!(
                 "X-ClickHouse-User: {}\nX-ClickHouse-Key: {}\n",
-                dc_config::render::clickhouse::WRITER_USER,
+                dc_config::schema::user::WRITER_USER,
                 cluster.credentials().writer
             )
             .as_bytes(),

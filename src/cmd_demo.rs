@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use collector::{Client, ClientConfig, Endpoint, LineOutcome};
-use dc_config::render::ddl::table;
+use dc_config::schema::table;
 use launcher::{LocalCluster, INTERRUPTED};
 
 use crate::bench_progress::now_ms;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use dc_config::check::{Checker, Declaration};
 use dc_config::credentials::Credentials;
-use dc_config::render::clickhouse::WRITER_USER;
+use dc_config::schema::user::WRITER_USER;
 use dc_config::topology::{RedisMode, ReplicaRef, Topology};
 use launcher::probe::{self, ClickHouseHttp};
 

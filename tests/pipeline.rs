@@ -115,7 +115,7 @@ fn events_sent_to_the_collector_reach_clickhouse_once_and_redis_newest() {
     assert_eq!(counts(), (2_003, 2_003));
 
     let redis = dc.redis.nodes[0];
-    let key = dc_config::registry::State::redis_key("watch_progress", &["7", "42"]);
+    let key = dc_config::state_key::redis_key("watch_progress", &["7", "42"]);
     wait_for(
         "the newest progress in Redis",
         Duration::from_secs(30),

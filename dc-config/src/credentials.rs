@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use crate::render::clickhouse::{CLUSTER_USER, QUERY_USER, SQL_USER, WRITER_USER};
+use crate::schema::user::{CLUSTER_USER, QUERY_USER, SQL_USER, WRITER_USER};
 
 /// Longest password accepted from a file, in bytes.
 pub const MAX_PASSWORD_BYTES: usize = 256;

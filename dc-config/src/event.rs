@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::registry::{Field, FieldType, Registry};
+use crate::registry::{Field, FieldType, Registry, State};
 
 /// Earliest accepted event time: 2000-01-01T00:00:00Z, in ms.
 pub const MIN_TIME_MS: u64 = 946_684_800_000;
@@ -130,6 +130,18 @@ impl ValidEvent {
     /// The value of attribute `name`, if present.
     pub fn attr(&self, name: &str) -> Option<&Value> {
         self.attrs.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// The Redis key of this event's keyed state `state`, or `None` if a
+    /// key field is absent (validation makes key fields required, so only
+    /// for foreign events).
+    pub fn redis_state_key(&self, state: &State) -> Option<String> {
+        let values: Option<Vec<String>> = state
+            .key
+            .iter()
+            .map(|k| self.attr(k).map(|v| v.to_column_text()))
+            .collect();
+        Some(crate::state_key::redis_key(&self.event, &values?))
     }
 }
 
@@ -397,7 +409,7 @@ fn typed_value(field: &Field, v: &Json) -> Result<Value, Rule> {
             if s.len() > max_len as usize {
                 return Err(Rule::TooLong { max_len });
             }
-            if s.contains(crate::render::ddl::KEY_SEPARATOR) {
+            if s.contains(crate::state_key::TABLE_SEPARATOR) {
                 return Err(Rule::KeySeparator);
             }
             Ok(Value::Str(s.to_string()))

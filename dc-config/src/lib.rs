@@ -10,9 +10,11 @@ pub mod record;
 pub mod registry;
 pub mod render;
 pub mod row;
+pub mod schema;
 pub mod series;
 pub mod services;
 pub mod sql;
+pub mod state_key;
 #[cfg(feature = "state-store")]
 pub mod state_store;
 pub mod topology;

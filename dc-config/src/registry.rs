@@ -236,41 +236,6 @@ pub struct State {
     pub ttl_s: u64,
 }
 
-/// Prefix of every Redis key Spoolhouse writes.
-pub const STATE_KEY_PREFIX: &str = "sh";
-
-impl State {
-    /// The Redis key of the state of `event` for the given key field values
-    /// (as canonical column text, in `key` order), e.g.
-    /// `sh:watch_progress:{7}:42`. The first key value sits in a hash tag, so
-    /// in Redis Cluster every state of one user (or whatever leads the key)
-    /// shares a slot; `:` inside values is escaped so keys cannot collide.
-    pub fn redis_key<S: AsRef<str>>(event: &str, key_values: &[S]) -> String {
-        let mut k = format!("{STATE_KEY_PREFIX}:{event}");
-        for (i, v) in key_values.iter().enumerate() {
-            let v = v.as_ref().replace('\\', "\\\\").replace(':', "\\:");
-            if i == 0 {
-                k.push_str(&format!(":{{{v}}}"));
-            } else {
-                k.push(':');
-                k.push_str(&v);
-            }
-        }
-        k
-    }
-
-    /// The Redis key of `event`'s state, or `None` if a key field is absent
-    /// (validation makes key fields required, so only for foreign events).
-    pub fn key_of(&self, event: &crate::event::ValidEvent) -> Option<String> {
-        let values: Option<Vec<String>> = self
-            .key
-            .iter()
-            .map(|k| event.attr(k).map(|v| v.to_column_text()))
-            .collect();
-        Some(Self::redis_key(&event.event, &values?))
-    }
-}
-
 /// What a metric computes per minute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -427,7 +392,7 @@ fn check_event(c: &mut Checker, at: &KeyPath, ev: &EventType) {
                         "enum values must be 1 to 256 bytes",
                     );
                 }
-                if v.contains(crate::render::ddl::KEY_SEPARATOR) {
+                if v.contains(crate::state_key::TABLE_SEPARATOR) {
                     c.fail(
                         &fp.key("values").index(i),
                         "enum values may not contain U+001F (it separates key fields in the keyed-state table)",
@@ -562,23 +527,5 @@ fn check_event(c: &mut Checker, at: &KeyPath, ev: &EventType) {
                 ),
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redis_keys_are_tagged_and_escaped() {
-        assert_eq!(
-            State::redis_key("watch_progress", &["7", "42"]),
-            "sh:watch_progress:{7}:42"
-        );
-        assert_eq!(State::redis_key("e", &["a:b", "c\\"]), "sh:e:{a\\:b}:c\\\\");
-        assert_ne!(
-            State::redis_key("e", &["a:b", "c"]),
-            State::redis_key("e", &["a", "b:c"])
-        );
     }
 }

@@ -62,18 +62,6 @@ impl EventRow {
     }
 }
 
-/// The column list of `events_local`, in the order [`EventRow::write_row_binary`] writes.
-pub const EVENT_COLUMNS: &str =
-    "event, date, time, time_ms, dc, host, attr_names, attr_values, spool_segment, spool_offset";
-
-/// The column of `events_ingest` after [`EVENT_COLUMNS`]: the epoch of the
-/// shipper that sent the row (docs/adr/0009-fenced-inserts.md).
-pub const SHIPPER_EPOCH: &str = "shipper_epoch";
-
-/// The column list of `events_ingest`: [`EVENT_COLUMNS`], then [`SHIPPER_EPOCH`]
-/// (a little-endian `u64` after each row's RowBinary bytes).
-pub const INGEST_COLUMNS: &str = "event, date, time, time_ms, dc, host, attr_names, attr_values, spool_segment, spool_offset, shipper_epoch";
-
 impl EventRow {
     /// Appends the row in ClickHouse's RowBinary format (columns as
     /// [`EVENT_COLUMNS`]); the same bytes as [`write_row_binary`] gives for

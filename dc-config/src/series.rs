@@ -12,7 +12,7 @@
 //! on write and read alike.
 
 use crate::registry::{EventType, Metric, MetricKind, Registry, FOLDED_VALUE};
-use crate::render::ddl::table;
+use crate::schema::table;
 use crate::sql::quote_str;
 
 /// One roll-up of one metric: the metric and the dimensions it keeps.

@@ -620,7 +620,7 @@ impl ShipperConfig {
             state_dir: shipper_state_dir(&dc.spool.dir),
             clickhouse_password_file: crate::credentials::password_file(
                 &topology.secrets_dir,
-                crate::render::clickhouse::WRITER_USER,
+                crate::schema::user::WRITER_USER,
             ),
             compression: InsertCompression::default(),
             limits: ShipperLimits::default(),
@@ -704,11 +704,11 @@ impl QueryConfig {
             clickhouse: dc.replicas().map(|r| r.http_url()).collect(),
             clickhouse_password_file: crate::credentials::password_file(
                 &topology.secrets_dir,
-                crate::render::clickhouse::QUERY_USER,
+                crate::schema::user::QUERY_USER,
             ),
             sql_password_file: crate::credentials::password_file(
                 &topology.secrets_dir,
-                crate::render::clickhouse::SQL_USER,
+                crate::schema::user::SQL_USER,
             ),
             datacenters: topology
                 .datacenter

@@ -54,7 +54,7 @@ return 1
 /// One state write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateWrite {
-    /// Redis key (see `State::redis_key`).
+    /// Redis key (see [`crate::state_key::redis_key`]).
     pub key: String,
     /// Event time in ms.
     pub time_ms: u64,
@@ -68,7 +68,7 @@ pub struct StateWrite {
 pub fn state_write(registry: &Registry, event: &ValidEvent) -> Option<StateWrite> {
     let st = registry.get(&event.event)?.state.as_ref()?;
     Some(StateWrite {
-        key: st.key_of(event)?,
+        key: event.redis_state_key(st)?,
         time_ms: event.time_ms,
         value: event.attr(&st.value)?.to_column_text(),
         ttl_ms: st.ttl_s.saturating_mul(1000),

@@ -44,7 +44,7 @@ use dc_config::check::Declaration;
 use dc_config::declared::Declared;
 use dc_config::error::ConfigErrors;
 use dc_config::render;
-use dc_config::render::clickhouse::WRITER_USER;
+use dc_config::schema::user::WRITER_USER;
 use dc_config::topology::{RedisMode, Topology};
 use ports::PortBook;
 use probe::{ClickHouseHttp, HttpError};
@@ -998,7 +998,7 @@ impl LocalCluster {
         let sql = format!(
             "SELECT dc FROM {}.{} GROUP BY dc ORDER BY dc FORMAT TSV",
             self.declared.topology.database,
-            render::ddl::table::DC_MARKER_ALL
+            dc_config::schema::table::DC_MARKER_ALL
         );
         let rows = self
             .clickhouse(server)?

@@ -187,7 +187,10 @@ impl ClickHouseHttp {
         first_offset: u64,
         events: impl IntoIterator<Item = E>,
     ) -> Result<String, HttpError> {
-        use dc_config::row::{EventRow, SpoolPosition, EVENT_COLUMNS};
+        use dc_config::{
+            row::{EventRow, SpoolPosition},
+            schema::column::EVENT_COLUMNS,
+        };
         let mut body = Vec::new();
         for (i, e) in events.into_iter().enumerate() {
             let position = SpoolPosition {

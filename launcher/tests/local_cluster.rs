@@ -119,7 +119,7 @@ fn two_datacenters_schema_global_reads_and_a_lost_datacenter() {
     // Every user logs in with its password, and only the writer writes:
     // the read-only users, the servers' own cluster user, a wrong password
     // and a client naming no user are refused.
-    use dc_config::render::clickhouse::{CLUSTER_USER, QUERY_USER, SQL_USER, WRITER_USER};
+    use dc_config::schema::user::{CLUSTER_USER, QUERY_USER, SQL_USER, WRITER_USER};
     use launcher::probe::{ClickHouseHttp, HttpError};
     let url = cluster.clickhouse("dc1-s1-r1").unwrap().url().to_string();
     let write = "INSERT INTO spoolhouse.shipper_fences (dc, host, below) VALUES ('dc1', 'x', 1)";
@@ -184,7 +184,7 @@ fn two_datacenters_schema_global_reads_and_a_lost_datacenter() {
     ch2.insert(
         &format!(
             "INSERT INTO default.rowbinary_check ({}) FORMAT RowBinary",
-            dc_config::row::EVENT_COLUMNS
+            dc_config::schema::column::EVENT_COLUMNS
         ),
         &body,
     )

@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use dc_config::registry::Registry;
-use dc_config::render::ddl::table;
+use dc_config::schema::table;
 use http_body_util::Full;
 use hyper::Response;
 use prometheus_client::metrics::counter::Counter;

@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use dc_config::render::clickhouse::{QUERY_USER, SQL_USER};
-use dc_config::render::ddl::table;
+use dc_config::schema::table;
+use dc_config::schema::user::{QUERY_USER, SQL_USER};
 use dc_config::services::{QueryConfig, QueryDatacenter};
 
 use crate::error::{Error, Result};

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dc_config::registry::{FieldType, Registry, State};
-use dc_config::render::ddl::{keyed_state_key, table};
+use dc_config::schema::table;
 use dc_config::sql::quote_str;
 use dc_config::state_store::{StateStore, StateWrite};
 use dc_config::topology::Redis;
@@ -314,7 +314,7 @@ impl ProgressService {
             "SELECT time_ms, value FROM {}.{table_name} WHERE event = {} AND key = {} ORDER BY time_ms DESC LIMIT 1 FORMAT TSV",
             self.ch.database(),
             quote_str(PROGRESS_EVENT),
-            quote_str(&keyed_state_key(key_values))
+            quote_str(&dc_config::state_key::table_key(key_values))
         )
     }
 
@@ -329,7 +329,7 @@ impl ProgressService {
     /// field, in `key_fields` order). A miss past the lookup bound is
     /// [`Error::Busy`].
     pub async fn get(&self, key_values: &[String]) -> Result<Answer> {
-        let key = State::redis_key(PROGRESS_EVENT, key_values);
+        let key = dc_config::state_key::redis_key(PROGRESS_EVENT, key_values);
         let redis = self.redis_get(&key).await;
         if let Some(Some(hit)) = redis {
             return Ok(Answer {
@@ -411,7 +411,7 @@ pub fn key_value(registry: &Registry, field: &str, raw: &str) -> Result<String> 
             }
             Ok(n.to_string())
         }
-        None if raw.len() <= 1024 && !raw.contains(dc_config::render::ddl::KEY_SEPARATOR) => {
+        None if raw.len() <= 1024 && !raw.contains(dc_config::state_key::TABLE_SEPARATOR) => {
             Ok(raw.to_string())
         }
         None => Err(Error::BadParameter {

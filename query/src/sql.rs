@@ -29,7 +29,7 @@
 //! buffer the answer, so an error found after the first rows still comes
 //! back as an error, not as a cut answer with an exception appended.
 //!
-//! [`SQL_USER`]: dc_config::render::clickhouse::SQL_USER
+//! [`SQL_USER`]: dc_config::schema::user::SQL_USER
 
 use std::time::Duration;
 

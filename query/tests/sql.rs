@@ -164,7 +164,7 @@ fn analysts_select_within_limits() {
     assert_eq!(s, 400, "{v}");
     let analyst = |sql: &str, params: &[(&str, &str)]| {
         h.cluster
-            .clickhouse_as("dc1-s1-r1", dc_config::render::clickhouse::SQL_USER)
+            .clickhouse_as("dc1-s1-r1", dc_config::schema::user::SQL_USER)
             .unwrap()
             .query_with(sql, params)
     };
@@ -310,7 +310,7 @@ fn the_statement_check_reads_comments_and_whitespace_as_clickhouse_does() {
     let h = Harness::start(|_| {});
     let ch = h
         .cluster
-        .clickhouse_as("dc1-s1-r1", dc_config::render::clickhouse::SQL_USER)
+        .clickhouse_as("dc1-s1-r1", dc_config::schema::user::SQL_USER)
         .unwrap();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {

@@ -907,7 +907,7 @@ impl Shipper {
                 let points = format!(
                     "SELECT count() FROM {}.{} WHERE minute = toDateTime({minute}) AND version = {version} AND dc = {}",
                     self.config.database,
-                    dc_config::render::ddl::table::STATES_LOCAL,
+                    dc_config::schema::table::STATES_LOCAL,
                     dc_config::sql::quote_str(&self.config.dc)
                 );
                 Ok((sink.query_u64(shard, replica, &points).await?, folded))

@@ -22,8 +22,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dc_config::render::ddl::table;
-use dc_config::row::{EVENT_COLUMNS, INGEST_COLUMNS};
+use dc_config::schema::column::{EVENT_COLUMNS, INGEST_COLUMNS};
+use dc_config::schema::table;
 use dc_config::services::{InsertCompression, ShipperConfig};
 use dc_config::sql::quote_str;
 
@@ -190,7 +190,7 @@ impl Sink {
                         // settings schema validation asks for: turn it off.
                         let client = clickhouse::Client::default()
                             .with_url(url)
-                            .with_user(dc_config::render::clickhouse::WRITER_USER)
+                            .with_user(dc_config::schema::user::WRITER_USER)
                             .with_password(password)
                             .with_validation(false)
                             .with_compression(match config.compression {

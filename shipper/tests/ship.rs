@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dc_config::event::{ValidEvent, Value};
 use dc_config::record::Record;
-use dc_config::render::clickhouse::WRITER_USER;
+use dc_config::schema::user::WRITER_USER;
 use dc_config::services::ShipperConfig;
 use launcher::{LaunchOptions, LocalCluster};
 use shipper::{Guards, Health, Metrics, Shipper};
@@ -181,10 +181,8 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 
 fn redis_state(cluster: &LocalCluster, user: u64, video: u64) -> Option<(u64, String)> {
     let addr = cluster.topology().dc("dc1").unwrap().redis.nodes[0];
-    let key = dc_config::registry::State::redis_key(
-        "watch_progress",
-        &[user.to_string(), video.to_string()],
-    );
+    let key =
+        dc_config::state_key::redis_key("watch_progress", &[user.to_string(), video.to_string()]);
     let r = launcher::probe::redis_command(addr, &["HMGET", &key, "t", "v"]).unwrap();
     // *2 $len t $len v, or *2 $-1 $-1
     let lines: Vec<&str> = r.split("\r\n").collect();
@@ -246,7 +244,7 @@ fn ships_every_event_once_and_keeps_the_newest_state() {
     assert_eq!(dc2.trim(), "0");
     // The keyed-state table, what a Redis miss reads, has the newest state
     // of each key too (fed from what the shipper inserts).
-    let key = dc_config::render::ddl::keyed_state_key(&["7", "42"]);
+    let key = dc_config::state_key::table_key(&["7", "42"]);
     let keyed = cluster
         .clickhouse("dc1-s1-r1")
         .unwrap()
@@ -647,7 +645,7 @@ fn state_goes_to_a_redis_cluster_split_by_slot() {
         .await
         .unwrap();
         for user in [0u64, 77, 199] {
-            let key = dc_config::registry::State::redis_key(
+            let key = dc_config::state_key::redis_key(
                 "watch_progress",
                 &[user.to_string(), "1".to_string()],
             );
@@ -700,7 +698,7 @@ impl Orphan {
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
         let query = format!(
             "INSERT INTO spoolhouse.events_ingest ({}) FORMAT RowBinary",
-            dc_config::row::INGEST_COLUMNS
+            dc_config::schema::column::INGEST_COLUMNS
         );
         let enc: String = query
             .bytes()
@@ -1002,7 +1000,7 @@ fn a_batch_in_flight_across_a_segment_boundary_is_checked_before_it_is_sent_agai
             .insert(
                 &format!(
                     "INSERT INTO spoolhouse.events_ingest ({}) FORMAT RowBinary",
-                    dc_config::row::INGEST_COLUMNS
+                    dc_config::schema::column::INGEST_COLUMNS
                 ),
                 &rows,
             )

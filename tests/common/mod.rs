@@ -424,7 +424,7 @@ pub fn stored_positions(
         "SELECT uniqExact(dc, host, spool_segment, spool_offset) \
          FROM remote('{}', spoolhouse.events_local, {}, {}) FORMAT TSV",
         all.join(","),
-        dc_config::sql::quote_str(dc_config::render::clickhouse::CLUSTER_USER),
+        dc_config::sql::quote_str(dc_config::schema::user::CLUSTER_USER),
         dc_config::sql::quote_str(&cluster.credentials().cluster),
     );
     let first = dc.replicas().next().unwrap().name();

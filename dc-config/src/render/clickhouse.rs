@@ -7,27 +7,8 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use crate::credentials::{sha256_hex, Credentials};
+use crate::schema::user::{CLUSTER_USER, QUERY_USER, SQL_USER, WRITER_USER};
 use crate::topology::{ReplicaRef, Topology};
-
-/// User the shipper and the schema step connect as: the only user that may
-/// write. There is no `default` user: a client that names none is refused.
-pub const WRITER_USER: &str = "spoolhouse_shipper";
-/// User the servers connect to each other as (Distributed tables, named in
-/// `remote_servers`): `readonly = 2`, so a forwarded read may carry its
-/// settings but nothing written reaches another server this way. Its
-/// password is in `config.xml`, which is therefore mode 0600.
-pub const CLUSTER_USER: &str = "spoolhouse_cluster";
-/// Read-only user of the query service's own reads (`readonly = 2`: it
-/// may still set per-query settings such as `skip_unavailable_shards`).
-/// Its statements are the service's, never an analyst's.
-pub const QUERY_USER: &str = "spoolhouse_query";
-/// User of analysts' statements (`POST /v1/sql`): `readonly = 1`, so a
-/// statement can change no setting and call no table function (18.16
-/// forbids both in that mode), with the topology's [`SqlLimits`] as its
-/// profile and quota, and at most `max_concurrent` statements at once.
-///
-/// [`SqlLimits`]: crate::services::SqlLimits
-pub const SQL_USER: &str = "spoolhouse_sql";
 
 /// Escapes text for an XML element body.
 pub fn xml_escape(s: &str) -> String {

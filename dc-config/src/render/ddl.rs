@@ -21,75 +21,11 @@
 //! - `series_local`: (date, metric hash, time, value) fed by `series_mv`.
 
 use crate::registry::Registry;
-use crate::row::{EVENT_COLUMNS, SHIPPER_EPOCH};
+use crate::schema::column::{EVENT_COLUMNS, SHIPPER_EPOCH};
+use crate::schema::table;
 use crate::sql::quote_str;
+use crate::state_key::TABLE_SEPARATOR;
 use crate::topology::{Datacenter, Topology};
-
-/// Names of the tables, in one place for every crate that reads or writes them.
-pub mod table {
-    /// The generic events table on each server.
-    pub const EVENTS_LOCAL: &str = "events_local";
-    /// What the shipper inserts into: a Null table whose view passes the
-    /// rows of unfenced epochs on to [`EVENTS_LOCAL`].
-    pub const EVENTS_INGEST: &str = "events_ingest";
-    /// The view from [`EVENTS_INGEST`] to [`EVENTS_LOCAL`].
-    pub const EVENTS_INGEST_MV: &str = "events_ingest_mv";
-    /// Per server: `(dc, host, below)`, rows of epochs below `below` from
-    /// that host are dropped by [`EVENTS_INGEST_MV`].
-    pub const SHIPPER_FENCES: &str = "shipper_fences";
-    /// Distributed over this DC's cluster.
-    pub const EVENTS_DC: &str = "events_dc";
-    /// Distributed over every DC.
-    pub const EVENTS_ALL: &str = "events_all";
-    /// Per-minute aggregate states on each server.
-    pub const STATES_LOCAL: &str = "metric_states_local";
-    /// Aggregate states over this DC's cluster.
-    pub const STATES_DC: &str = "metric_states_dc";
-    /// Aggregate states over every DC.
-    pub const STATES_ALL: &str = "metric_states_all";
-    /// The time-series table on each server.
-    pub const SERIES_LOCAL: &str = "series_local";
-    /// Series over this DC's cluster.
-    pub const SERIES_DC: &str = "series_dc";
-    /// Series over every DC.
-    pub const SERIES_ALL: &str = "series_all";
-    /// The materialized view feeding the series table.
-    pub const SERIES_MV: &str = "series_mv";
-    /// A one-row view naming the server's DC: read through
-    /// [`DC_MARKER_ALL`] it tells which DCs (and how many of their shards)
-    /// answered a global read.
-    pub const DC_MARKER: &str = "dc_marker";
-    /// The marker over every DC.
-    pub const DC_MARKER_ALL: &str = "dc_marker_all";
-    /// The newest value of each keyed state (one row per event and key
-    /// once merged), ordered for lookups by key: what a Redis miss reads.
-    pub const KEYED_STATE_LOCAL: &str = "keyed_state_local";
-    /// Keyed states over this DC's cluster.
-    pub const KEYED_STATE_DC: &str = "keyed_state_dc";
-    /// Keyed states over every DC.
-    pub const KEYED_STATE_ALL: &str = "keyed_state_all";
-    /// The materialized view feeding the keyed-state table from the events
-    /// inserted into [`EVENTS_LOCAL`] directly (loads of history).
-    pub const KEYED_STATE_MV: &str = "keyed_state_mv";
-    /// The materialized view feeding the keyed-state table from what the
-    /// shipper inserts into [`EVENTS_INGEST`]: on 18.16 rows a view writes
-    /// into a table do not reach that table's own views.
-    pub const KEYED_STATE_INGEST_MV: &str = "keyed_state_ingest_mv";
-}
-
-/// Separates the key fields' values in the keyed-state table's `key`
-/// column (a control character no canonical value text contains).
-pub const KEY_SEPARATOR: char = '\u{1f}';
-
-/// The `key` column's text for the key fields' values (canonical column
-/// text, in the state's key order): what the materialized view writes.
-pub fn keyed_state_key<S: AsRef<str>>(key_values: &[S]) -> String {
-    key_values
-        .iter()
-        .map(AsRef::as_ref)
-        .collect::<Vec<_>>()
-        .join(&KEY_SEPARATOR.to_string())
-}
 
 /// The keyed-state table and its view from the events, when the registry
 /// declares any state. The view is created once:
@@ -112,7 +48,7 @@ fn keyed_state_statements(
         return Vec::new();
     }
     let attr = |f: &str| format!("attr_values[indexOf(attr_names, {})]", quote_str(f));
-    let sep = quote_str(&KEY_SEPARATOR.to_string());
+    let sep = quote_str(&TABLE_SEPARATOR.to_string());
     let mut key = String::from("multiIf(");
     let mut value = String::from("multiIf(");
     for (event, state) in &states {
