@@ -50,9 +50,7 @@ fn line(id: u64) -> String {
     let l = format!(
         r#"{{"event":"watch_progress","time":{},"attrs":{{"user_id":{:>4},"video_id":2,"video_time":3}}}}"#,
         // Now: the collector accepts a window around its clock.
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
+        dc_config::event::now_ms(),
         id % 10_000
     );
     debug_assert_eq!(l.len(), 100);

@@ -24,10 +24,10 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 use collector::{Client, ClientConfig, Endpoint, LineOutcome};
-use dc_config::event::{ValidEvent, Value};
+use dc_config::event::{now_ms, ValidEvent, Value};
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
+use httpd::client::Conn;
+use httpd::exposition::{label_value, samples};
 use launcher::{LaunchOptions, LocalCluster};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -118,14 +118,6 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
-}
-
-/// Wall-clock unix milliseconds, as events are stamped.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
 }
 
 fn bump(map: &Mutex<BTreeMap<String, u64>>, kind: &str, n: u64) {
@@ -283,32 +275,21 @@ impl Reads {
     }
 }
 
-type Conn = SendRequest<Empty<Bytes>>;
+/// The largest answer a bench GET reads (`/metrics` is the largest).
+const ANSWER_MAX_BYTES: usize = 4 << 20;
 
 async fn connect(addr: SocketAddr) -> anyhow::Result<Conn> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    // Ends when the sender is dropped or the server closes.
-    tokio::spawn(conn);
-    Ok(sender)
+    Ok(Conn::connect(addr).await?)
 }
 
 /// One GET on a keep-alive connection: status and body.
 async fn get(conn: &mut Conn, path: &str) -> Result<(u16, Bytes), &'static str> {
-    let exchange = async {
-        conn.ready().await?;
-        let req = hyper::Request::get(path)
-            .header(hyper::header::HOST, "localhost")
-            .body(Empty::new())
-            .expect("static request parts are valid");
-        let resp = conn.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok::<_, hyper::Error>((status, body))
-    };
-    match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+    match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        conn.get("localhost", path, ANSWER_MAX_BYTES),
+    )
+    .await
+    {
         Err(_) => Err("timeout"),
         Ok(Err(_)) => Err("http_connection"),
         Ok(Ok(r)) => Ok(r),
@@ -618,13 +599,13 @@ async fn service_sources(addr: SocketAddr) -> BTreeMap<String, u64> {
         return out;
     };
     if let Ok((200, body)) = get(&mut conn, "/metrics").await {
-        for line in String::from_utf8_lossy(&body).lines() {
-            let Some(rest) = line.strip_prefix("spoolhouse_query_progress_source_total{source=\"")
-            else {
+        let text = String::from_utf8_lossy(&body);
+        for (name, labels, value) in samples(&text) {
+            if name != query::metrics::names::PROGRESS_SOURCE_TOTAL {
                 continue;
-            };
-            if let Some((source, n)) = rest.split_once("\"} ") {
-                out.insert(source.to_string(), n.trim().parse().unwrap_or(0));
+            }
+            if let Some(source) = label_value(labels, "source") {
+                *out.entry(source.to_string()).or_default() += value as u64;
             }
         }
     }

@@ -323,8 +323,8 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
     );
     println!(
         "  shipper phases: reading + encoding {:.2} s, inserting {:.2} s (overlapped)",
-        histogram_sum(&prom, "spoolhouse_shipper_prepare_seconds"),
-        histogram_sum(&prom, "spoolhouse_shipper_insert_seconds")
+        histogram_sum(&prom, shipper::metrics::names::PREPARE_SECONDS),
+        histogram_sum(&prom, shipper::metrics::names::INSERT_SECONDS)
     );
     println!(
         "  shipper / clickhouse-client = {:.0} %   (target >= 90 %)",
@@ -413,12 +413,13 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
 
 /// The `_sum` of a histogram in the registry's text encoding.
 fn histogram_sum(prom: &prometheus_client::registry::Registry, name: &str) -> f64 {
-    let mut text = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut text, prom);
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}_sum ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN)
+    let text = httpd::exposition::encode(prom).unwrap_or_default();
+    httpd::exposition::sum(
+        &httpd::exposition::samples(&text),
+        &format!("{name}_sum"),
+        "",
+    )
+    .unwrap_or(f64::NAN)
 }
 
 fn start_shipper(

@@ -19,12 +19,12 @@ use collector::{Client, ClientConfig, Endpoint, LineOutcome};
 use dc_config::schema::table;
 use launcher::{LocalCluster, INTERRUPTED};
 
-use crate::bench_progress::now_ms;
 use crate::cmd_local::{
     http_get, install_ctrlc, launch, query_get, start_services, wait_until, Files, LinkArgs,
     Services,
 };
 use crate::demo_traffic::{self as traffic, Mix, Plan};
+use dc_config::event::now_ms;
 
 /// Arguments of `spoolhouse demo`.
 #[derive(Debug, Args)]
@@ -199,15 +199,11 @@ fn shipper_view(admin: SocketAddr) -> Option<ShipperView> {
     if status != 200 {
         return None;
     }
-    let value = |name: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
-    };
+    let samples = httpd::exposition::samples(&text);
+    let value = |name: &str| httpd::exposition::sum(&samples, name, "").map(|v| v as u64);
     Some(ShipperView {
-        rows: value("spoolhouse_shipper_rows_total")?,
-        minutes_aggregated: value("spoolhouse_shipper_aggregation_rounds_total")?,
+        rows: value(shipper::metrics::names::ROWS_TOTAL)?,
+        minutes_aggregated: value(shipper::metrics::names::AGGREGATION_ROUNDS_TOTAL)?,
     })
 }
 

@@ -261,22 +261,11 @@ pub(crate) fn wait_until(
 /// A GET to a local HTTP service (a query service, an admin port): the
 /// status and the body.
 pub(crate) fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("answer of {path} without an HTTP status: {out}"))?;
-    Ok((status, body.to_string()))
+    Ok(httpd::client::get_blocking(
+        addr,
+        path,
+        Duration::from_secs(10),
+    )?)
 }
 
 /// A GET to a query service; the body as JSON.

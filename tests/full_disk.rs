@@ -107,7 +107,7 @@ fn run(limit: Limit) {
     let (status, health) = get_json(admin2, "/healthz");
     assert_eq!(status, 503, "{health}");
     assert_eq!(health["spool_full"], true, "{health}");
-    let metrics = http_get(admin2, "/metrics");
+    let (_, metrics) = http_get(admin2, "/metrics");
     let counter = match limit {
         Limit::Quota => "spoolhouse_collector_quota_refusals_total ",
         Limit::Disk => "spoolhouse_collector_events_refused_total{reason=\"disk_full\"} ",

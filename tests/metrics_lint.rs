@@ -1,7 +1,9 @@
 //! Every service's `/metrics` passes `promtool check metrics` (Debian's
 //! `prometheus` package, installed by `scripts/setup.sh`) with no error and
 //! no warning: what a Prometheus server and its users read is well formed,
-//! every metric has its help text, and counts are in base units.
+//! every metric has its help text, and counts are in base units. And the
+//! names the query service's pipeline health reads from the other services
+//! are theirs, and served.
 
 mod common;
 
@@ -10,6 +12,23 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use query::pipeline::reads;
+use shipper::metrics::names::ROWS_TOTAL;
+
+/// The query service cannot link the collector or the shipper: its copies
+/// of their metric names are held equal to theirs here.
+#[test]
+fn pipeline_health_reads_the_other_services_names() {
+    use collector::metrics::names as collector;
+    use shipper::metrics::names as shipper;
+    assert_eq!(
+        reads::COLLECTOR_EVENTS_ACCEPTED_TOTAL,
+        collector::EVENTS_ACCEPTED_TOTAL
+    );
+    assert_eq!(reads::COLLECTOR_SPOOL_BYTES, collector::SPOOL_BYTES);
+    assert_eq!(reads::SHIPPER_LAG_SECONDS, shipper::LAG_SECONDS);
+    assert_eq!(reads::SHIPPER_ROWS_TOTAL, shipper::ROWS_TOTAL);
+}
 
 /// `promtool check metrics` on `text`: its exit status and what it said.
 fn promtool(text: &str) -> (bool, String) {
@@ -39,10 +58,7 @@ fn promtool(text: &str) -> (bool, String) {
 
 /// The body of a GET (headers dropped).
 fn body(addr: std::net::SocketAddr, path: &str) -> String {
-    let text = http_get(addr, path);
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+    http_get(addr, path).1
 }
 
 #[test]
@@ -64,6 +80,19 @@ fn every_services_metrics_pass_promtool() {
     load.stop();
     let _ = body(dc.query.listen, "/v1/registry");
     let _ = body(dc.query.listen, "/v1/nothing");
+    wait_for("rows shipped", Duration::from_secs(60), || {
+        metric(&body(dc.shipper.admin, "/metrics"), ROWS_TOTAL).unwrap_or(0.0) >= 1.0
+    });
+    // What pipeline health reads is served under these names.
+    for (addr, name) in [
+        (dc.collector.admin, reads::COLLECTOR_EVENTS_ACCEPTED_TOTAL),
+        (dc.collector.admin, reads::COLLECTOR_SPOOL_BYTES),
+        (dc.shipper.admin, reads::SHIPPER_LAG_SECONDS),
+        (dc.shipper.admin, reads::SHIPPER_ROWS_TOTAL),
+    ] {
+        let text = body(addr, "/metrics");
+        assert!(metric(&text, name).is_some(), "{name} not in:\n{text}");
+    }
     let mut problems = String::new();
     for (service, addr) in [
         ("collector", dc.collector.admin),

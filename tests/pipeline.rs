@@ -138,7 +138,7 @@ fn events_sent_to_the_collector_reach_clickhouse_once_and_redis_newest() {
 
     // The collector's admin port serves the spool's own figures too,
     // among them how far behind each reader is.
-    let metrics = common::http_get(collector_cfg.admin, "/metrics");
+    let (_, metrics) = common::http_get(collector_cfg.admin, "/metrics");
     for line in [
         "spoolhouse_collector_events_accepted_total{",
         "spoolhouse_spooler_appended_frames_total ",
@@ -149,18 +149,15 @@ fn events_sent_to_the_collector_reach_clickhouse_once_and_redis_newest() {
     }
     // The round that wrote the states counts itself just after.
     let value = |name: &str| -> f64 {
-        let metrics = common::http_get(shipper_cfg.admin, "/metrics");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+        let (_, metrics) = common::http_get(shipper_cfg.admin, "/metrics");
+        common::metric(&metrics, name).unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
     };
     wait_for("the aggregation metrics", Duration::from_secs(30), || {
         value("spoolhouse_shipper_aggregation_rounds_total") >= 1.0
     });
     assert!(value("spoolhouse_shipper_series_points_total") >= 1.0);
     assert!(value("spoolhouse_shipper_rows_total") >= 2_003.0);
-    let metrics = common::http_get(shipper_cfg.admin, "/metrics");
+    let (_, metrics) = common::http_get(shipper_cfg.admin, "/metrics");
     for family in [
         "# TYPE spoolhouse_shipper_aggregation_seconds histogram",
         "# TYPE spoolhouse_shipper_watermark_delay_seconds gauge",

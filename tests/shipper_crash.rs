@@ -316,19 +316,15 @@ fn campaign(cluster: &LocalCluster, host: &str, mode: Mode) -> Outcome {
         std::thread::sleep(Duration::from_millis(200));
     }
     // The admin endpoint of the running shipper proves what it did.
-    let metrics = http_get(cfg.admin, "/metrics");
-    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let (status, metrics) = http_get(cfg.admin, "/metrics");
+    assert_eq!(status, 200, "{metrics}");
     assert!(
         metrics.contains("spoolhouse_shipper_insert_seconds_bucket"),
         "{metrics}"
     );
-    let fences: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("spoolhouse_shipper_fences_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let health = http_get(cfg.admin, "/healthz");
-    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let fences = common::metric(&metrics, "spoolhouse_shipper_fences_total").unwrap_or(0.0) as u64;
+    let (status, health) = http_get(cfg.admin, "/healthz");
+    assert_eq!(status, 200, "{health}");
     assert!(
         health.contains(r#""clickhouse":{"state":"ok"}"#),
         "{health}"

@@ -832,9 +832,7 @@ impl Tailer {
             .into_iter()
             .map(|id| (id, self.files[&id].path.clone(), self.files[&id].len))
             .collect();
-        let stamp = std::time::SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let stamp = dc_config::event::now_ms();
         let renamed = tokio::task::spawn_blocking(move || {
             let open = OpenFiles::read();
             candidates

@@ -98,9 +98,7 @@ impl Batch {
             Ok(ev) => ev,
             Err(e) => return self.reject(ingest, line_no, UNKNOWN_EVENT_LABEL, &e),
         };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = dc_config::event::now_ms();
         let checked = validate(&parsed, &ingest.registry).and_then(|valid| {
             dc_config::event::check_time_window(&valid, &ingest.registry, now_ms, ingest.history_s)
                 .map(|()| valid)

@@ -376,6 +376,15 @@ impl prometheus_client::collector::Collector for SpoolExport {
     }
 }
 
+/// Sample names other programs read (the query service's pipeline health):
+/// `tests/metrics_lint.rs` holds the query service's copies equal.
+pub mod names {
+    /// Events durably spooled, by `event` and `endpoint` (counter).
+    pub const EVENTS_ACCEPTED_TOTAL: &str = "spoolhouse_collector_events_accepted_total";
+    /// Bytes the spool holds (gauge).
+    pub const SPOOL_BYTES: &str = "spoolhouse_collector_spool_bytes";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,5 +425,26 @@ mod tests {
             text.matches("# HELP").count()
         );
         assert!(!text.contains("_total_total"), "{text}");
+    }
+
+    #[test]
+    fn the_names_others_read_are_exported() {
+        let mut r = Registry::default();
+        let m = Metrics::register(&mut r);
+        m.events_accepted
+            .get_or_create(&vec![
+                ("event", "vote".to_string()),
+                ("endpoint", "unix".to_string()),
+            ])
+            .inc();
+        m.spool_bytes.set(1);
+        let text = httpd::exposition::encode(&r).unwrap();
+        let samples = httpd::exposition::samples(&text);
+        for name in [names::EVENTS_ACCEPTED_TOTAL, names::SPOOL_BYTES] {
+            assert!(
+                httpd::exposition::sum(&samples, name, "").is_some(),
+                "{name} not in:\n{text}"
+            );
+        }
     }
 }

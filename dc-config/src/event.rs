@@ -19,6 +19,15 @@ pub const MIN_TIME_MS: u64 = 946_684_800_000;
 /// `DateTime` (a u32 of seconds) ends early in 2106.
 pub const MAX_TIME_MS: u64 = 4_291_747_199_999;
 
+/// The wall clock in event-time units, milliseconds since the Unix epoch
+/// (0 for a clock before 1970): the one clock reading of every crate that
+/// stamps, checks or waits for event times.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A typed attribute value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

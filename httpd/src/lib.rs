@@ -20,8 +20,10 @@
 //! A handler gets the request head and its whole body; it answers with a
 //! full response. Every refusal is a JSON `{"error": …}` saying what to do.
 //!
-//! [`exposition`] writes every service's `/metrics`.
+//! [`exposition`] writes every service's `/metrics` and reads another's;
+//! [`client`] is the one HTTP GET client.
 
+pub mod client;
 pub mod exposition;
 
 use std::convert::Infallible;

@@ -20,7 +20,6 @@
 //! documents the same set.
 
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,13 +28,10 @@ use dc_config::registry::Registry;
 use dc_config::schema::table;
 use http_body_util::Full;
 use hyper::Response;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::ch::ClickHouse;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::progress::{key_value, ProgressService};
 
 /// Most videos in one batch request: bounds the Redis and ClickHouse work
@@ -108,61 +104,6 @@ pub fn find_route(method: &str, path: &str) -> Result<&'static str> {
                 .collect::<Vec<_>>()
                 .join(", "),
         }),
-    }
-}
-
-type Labels = Vec<(String, String)>;
-
-/// The query service's metrics, named `spoolhouse_query_*`.
-pub struct Metrics {
-    requests: Family<Labels, Counter>,
-    errors: Family<Labels, Counter>,
-    seconds: Family<Labels, Histogram>,
-    sources: Family<Labels, Counter<u64, AtomicU64>>,
-    /// Redis misses looking in ClickHouse, set when `/metrics` is read.
-    lookups: Gauge,
-}
-
-impl Metrics {
-    fn register(r: &mut prometheus_client::registry::Registry) -> Self {
-        let m = Self {
-            requests: Family::default(),
-            errors: Family::default(),
-            // 0.1 ms … ~3 s: a Redis hit takes well under a millisecond, a
-            // global ClickHouse read up to the request timeout.
-            seconds: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
-            }),
-            sources: Family::default(),
-            lookups: Gauge::default(),
-        };
-        let r = r.sub_registry_with_prefix("spoolhouse_query");
-        r.register(
-            "requests",
-            "Requests by endpoint and status",
-            m.requests.clone(),
-        );
-        r.register(
-            "errors",
-            "Failed requests by endpoint and error kind",
-            m.errors.clone(),
-        );
-        r.register(
-            "request_seconds",
-            "Request duration by endpoint",
-            m.seconds.clone(),
-        );
-        r.register(
-            "progress_source",
-            "Progress answers by source (redis = cache hit)",
-            m.sources.clone(),
-        );
-        r.register(
-            "progress_lookups",
-            "Progress Redis misses looking in ClickHouse now (bounded by progress_lookups_max)",
-            m.lookups.clone(),
-        );
-        m
     }
 }
 
@@ -597,11 +538,7 @@ impl Reply {
 
 /// The current time, unix seconds: where a `window` ends when no `to` is given.
 fn now_s() -> u32 {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    u32::try_from(s).unwrap_or(u32::MAX)
+    u32::try_from(dc_config::event::now_ms() / 1000).unwrap_or(u32::MAX)
 }
 
 /// The name part of a `Host` header: without the port, an IPv6 literal

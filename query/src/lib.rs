@@ -44,6 +44,7 @@ pub mod ch;
 pub mod console;
 pub mod drops;
 pub mod error;
+pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

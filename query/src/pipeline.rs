@@ -12,10 +12,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
+use dc_config::event::now_ms;
 use dc_config::services::QueryDatacenter;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use httpd::client::GetError;
+use httpd::exposition::{samples, sum, Sample};
+
+use crate::metrics::names::PROGRESS_SOURCE_TOTAL;
 
 /// Longest one service's `/metrics` may take to answer, connection
 /// included. Long enough for a far datacenter (a cross-ocean round trip
@@ -24,106 +26,28 @@ pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest `/metrics` text read: a service's is ~20 KiB; more is not ours.
 pub const SCRAPE_BYTES_MAX: usize = 4 << 20;
 
-/// Why one service's `/metrics` could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ScrapeError {
-    /// Nothing accepted the connection (service down, or the DC cut off).
-    #[error("no connection to {addr}: {reason}")]
-    Connect {
-        /// Where.
-        addr: SocketAddr,
-        /// The system's reason.
-        reason: String,
-    },
-    /// The connection or the answer took longer than [`SCRAPE_TIMEOUT`].
-    #[error("no answer from {addr} within {} ms", SCRAPE_TIMEOUT.as_millis())]
-    Timeout {
-        /// Where.
-        addr: SocketAddr,
-    },
-    /// An answer that was not a 200 with metrics text.
-    #[error("bad answer from {addr}: {reason}")]
-    Answer {
-        /// Where.
-        addr: SocketAddr,
-        /// What was wrong with it.
-        reason: String,
-    },
+/// The other services' sample names pipeline health reads. The query
+/// service does not link the collector or the shipper (the crates never
+/// import each other), so these are copies: `tests/metrics_lint.rs` holds
+/// them equal to `collector::metrics::names` and `shipper::metrics::names`
+/// and checks the live services serve them.
+pub mod reads {
+    /// `collector::metrics::names::EVENTS_ACCEPTED_TOTAL`.
+    pub const COLLECTOR_EVENTS_ACCEPTED_TOTAL: &str = "spoolhouse_collector_events_accepted_total";
+    /// `collector::metrics::names::SPOOL_BYTES`.
+    pub const COLLECTOR_SPOOL_BYTES: &str = "spoolhouse_collector_spool_bytes";
+    /// `shipper::metrics::names::LAG_SECONDS`.
+    pub const SHIPPER_LAG_SECONDS: &str = "spoolhouse_shipper_lag_seconds";
+    /// `shipper::metrics::names::ROWS_TOTAL`.
+    pub const SHIPPER_ROWS_TOTAL: &str = "spoolhouse_shipper_rows_total";
 }
 
-/// The samples of a Prometheus text exposition: `(name, labels, value)`,
-/// labels as written between the braces. Comments, blank lines and lines
-/// that do not parse are skipped (a scrape reads what it understands).
-pub fn samples(text: &str) -> Vec<(&str, &str, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|line| {
-            let (series, rest) = if line.contains('{') {
-                // Label values may hold spaces and braces inside quotes;
-                // the set ends at the last `}` of the line.
-                let close = line.rfind('}')?;
-                (&line[..close + 1], &line[close + 1..])
-            } else {
-                line.split_once(' ')?
-            };
-            let (name, labels) = match series.split_once('{') {
-                Some((n, l)) => (n, l.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
-            Some((name, labels, value))
-        })
-        .collect()
-}
-
-/// Sum of the samples called `name` whose labels contain `label` (all of
-/// them when `label` is empty); `None` when there is no such sample.
-fn sum(samples: &[(&str, &str, f64)], name: &str, label: &str) -> Option<f64> {
-    let mut found = None;
-    for (n, l, v) in samples {
-        if *n == name && (label.is_empty() || l.split(',').any(|p| p == label)) {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
-
-/// GETs `/metrics` of `addr` within [`SCRAPE_TIMEOUT`].
-pub async fn scrape(addr: SocketAddr) -> Result<String, ScrapeError> {
-    match tokio::time::timeout(SCRAPE_TIMEOUT, scrape_unbounded(addr)).await {
-        Ok(r) => r,
-        Err(_) => Err(ScrapeError::Timeout { addr }),
-    }
-}
-
-async fn scrape_unbounded(addr: SocketAddr) -> Result<String, ScrapeError> {
-    let answer = |reason: String| ScrapeError::Answer { addr, reason };
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| ScrapeError::Connect {
-            addr,
-            reason: e.to_string(),
-        })?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| answer(e.to_string()))?;
-    let conn = tokio::spawn(conn);
-    let req = hyper::Request::get("/metrics")
-        .header(hyper::header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .expect("static request parts are valid");
-    let resp = send
-        .send_request(req)
-        .await
-        .map_err(|e| answer(e.to_string()))?;
-    let status = resp.status();
-    let body = Limited::new(resp.into_body(), SCRAPE_BYTES_MAX)
-        .collect()
-        .await
-        .map_err(|e| answer(format!("reading the body: {e}")))?
-        .to_bytes();
-    conn.abort();
-    if !status.is_success() {
+/// GETs `/metrics` of `addr` within [`SCRAPE_TIMEOUT`]: its text, or why not.
+pub async fn scrape(addr: SocketAddr) -> Result<String, GetError> {
+    let (status, body) =
+        httpd::client::get(addr, "/metrics", SCRAPE_TIMEOUT, SCRAPE_BYTES_MAX).await?;
+    let answer = |reason: String| GetError::Answer { addr, reason };
+    if !(200..300).contains(&status) {
         return Err(answer(format!("status {status}")));
     }
     String::from_utf8(body.to_vec()).map_err(|_| answer("the body is not UTF-8".into()))
@@ -158,7 +82,7 @@ pub async fn datacenter(dc: &QueryDatacenter) -> serde_json::Value {
             serde_json::json!({"address": addr.to_string(), "up": up, "error": error}),
         );
     }
-    let parsed: BTreeMap<&str, Vec<(&str, &str, f64)>> =
+    let parsed: BTreeMap<&str, Vec<Sample<'_>>> =
         texts.iter().map(|(k, t)| (*k, samples(t))).collect();
     let figure = |service: &str, name: &str, label: &str| {
         parsed.get(service).and_then(|s| sum(s, name, label))
@@ -176,15 +100,15 @@ pub async fn datacenter(dc: &QueryDatacenter) -> serde_json::Value {
         "partial": answered.len() < 3,
         "scraped_at_ms": started,
         "services": services,
-        "events_in_total": total("collector", "spoolhouse_collector_events_accepted_total", ""),
-        "spool_bytes": figure("collector", "spoolhouse_collector_spool_bytes", ""),
+        "events_in_total": total("collector", reads::COLLECTOR_EVENTS_ACCEPTED_TOTAL, ""),
+        "spool_bytes": figure("collector", reads::COLLECTOR_SPOOL_BYTES, ""),
         "shipper_lag_seconds": {
-            "clickhouse": figure("shipper", "spoolhouse_shipper_lag_seconds", "sink=\"clickhouse\""),
-            "redis": figure("shipper", "spoolhouse_shipper_lag_seconds", "sink=\"redis\""),
+            "clickhouse": figure("shipper", reads::SHIPPER_LAG_SECONDS, "sink=\"clickhouse\""),
+            "redis": figure("shipper", reads::SHIPPER_LAG_SECONDS, "sink=\"redis\""),
         },
-        "clickhouse_rows_total": total("shipper", "spoolhouse_shipper_rows_total", ""),
-        "redis_hits_total": total("query", "spoolhouse_query_progress_source_total", "source=\"redis\""),
-        "progress_reads_total": total("query", "spoolhouse_query_progress_source_total", ""),
+        "clickhouse_rows_total": total("shipper", reads::SHIPPER_ROWS_TOTAL, ""),
+        "redis_hits_total": total("query", PROGRESS_SOURCE_TOTAL, "source=\"redis\""),
+        "progress_reads_total": total("query", PROGRESS_SOURCE_TOTAL, ""),
     })
 }
 
@@ -215,59 +139,4 @@ async fn each_datacenter(datacenters: &[QueryDatacenter]) -> Vec<serde_json::Val
         );
     }
     out
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn samples_read_names_labels_and_values() {
-        let text = "# HELP x y\n# TYPE x counter\n\
-            spoolhouse_collector_events_accepted_total{event=\"vote\",endpoint=\"unix\"} 10\n\
-            spoolhouse_collector_events_accepted_total{event=\"a}b c\",endpoint=\"tcp\"} 5\n\
-            spoolhouse_collector_spool_bytes 4096\n\
-            spoolhouse_shipper_lag_seconds{sink=\"clickhouse\"} 0.25\n\
-            spoolhouse_shipper_lag_seconds{sink=\"redis\"} 1.5\n\
-            broken line\n# EOF\n";
-        let s = samples(text);
-        assert_eq!(s.len(), 5, "{s:?}");
-        assert_eq!(
-            sum(&s, "spoolhouse_collector_events_accepted_total", ""),
-            Some(15.0)
-        );
-        assert_eq!(
-            sum(&s, "spoolhouse_collector_spool_bytes", ""),
-            Some(4096.0)
-        );
-        assert_eq!(
-            sum(&s, "spoolhouse_shipper_lag_seconds", "sink=\"redis\""),
-            Some(1.5)
-        );
-        assert_eq!(sum(&s, "spoolhouse_shipper_rows_total", ""), None);
-    }
-
-    proptest::proptest! {
-        // Another service's answer is input from the network: any text is
-        // read without a panic, and a well-formed sample always comes back.
-        #[test]
-        fn any_text_is_read_and_samples_come_back(
-            noise in "\\PC{0,200}",
-            name in "[a-z_]{1,20}",
-            label in "[a-z]{1,8}=\"[^\"\\n]{0,12}\"",
-            value in 0u32..1_000_000,
-        ) {
-            let _ = samples(&noise);
-            let text = format!("{noise}\n{name}{{{label}}} {value}\n");
-            let s = samples(&text);
-            proptest::prop_assert_eq!(s.last(), Some(&(name.as_str(), label.as_str(), f64::from(value))));
-        }
-    }
 }

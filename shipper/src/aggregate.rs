@@ -239,11 +239,7 @@ pub fn folded_values_statements<'a>(
 
 /// A fresh version: wall-clock ms, but always above the last one.
 pub fn next_version(last: u64) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    now.max(last + 1)
+    dc_config::event::now_ms().max(last + 1)
 }
 
 /// How long to wait between aggregation rounds when nothing is closed.

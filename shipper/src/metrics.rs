@@ -10,6 +10,22 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// Sample names other programs read (the query service's pipeline health,
+/// the demo, the benches): renaming a metric here renames it there, and
+/// `tests/metrics_lint.rs` holds the query service's copies equal.
+pub mod names {
+    /// Rows inserted into ClickHouse (counter).
+    pub const ROWS_TOTAL: &str = "spoolhouse_shipper_rows_total";
+    /// Seconds from an unshipped event's time to now, by `sink` (gauge).
+    pub const LAG_SECONDS: &str = "spoolhouse_shipper_lag_seconds";
+    /// Minute aggregation rounds done (counter).
+    pub const AGGREGATION_ROUNDS_TOTAL: &str = "spoolhouse_shipper_aggregation_rounds_total";
+    /// Seconds reading and encoding a batch (histogram).
+    pub const PREPARE_SECONDS: &str = "spoolhouse_shipper_prepare_seconds";
+    /// Seconds per insert (histogram).
+    pub const INSERT_SECONDS: &str = "spoolhouse_shipper_insert_seconds";
+}
+
 /// A label set: one (name, value) pair.
 pub type Label = Vec<(String, String)>;
 
@@ -258,5 +274,37 @@ impl Health {
                 Some(e) => serde_json::json!({"state": "full", "error": e}),
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_names_others_read_are_exported() {
+        let mut r = Registry::default();
+        let m = Metrics::register(&mut r);
+        m.rows.inc();
+        m.aggregation_rounds.inc();
+        m.lag_seconds
+            .get_or_create(&label("sink", "redis"))
+            .set(1.0);
+        m.prepare_seconds.observe(0.1);
+        m.insert_seconds.observe(0.1);
+        let text = httpd::exposition::encode(&r).unwrap();
+        let samples = httpd::exposition::samples(&text);
+        for name in [
+            names::ROWS_TOTAL,
+            names::LAG_SECONDS,
+            names::AGGREGATION_ROUNDS_TOTAL,
+            &format!("{}_sum", names::PREPARE_SECONDS),
+            &format!("{}_sum", names::INSERT_SECONDS),
+        ] {
+            assert!(
+                httpd::exposition::sum(&samples, name, "").is_some(),
+                "{name} not in:\n{text}"
+            );
+        }
     }
 }

@@ -11,9 +11,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dc_config::event::now_ms;
 use dc_config::record::{Record, RecordView};
 use dc_config::registry::Registry;
 use dc_config::row::{write_row_binary, SpoolPosition};
@@ -98,13 +99,6 @@ fn ingest_body(batch: &Batch, held: Option<&HashSet<(u64, u64)>>, epoch: u64) ->
         body.extend_from_slice(&epoch.to_le_bytes());
     }
     (body, crc.finalize())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Shipper {

@@ -3,22 +3,19 @@
 // Each test binary uses a different subset of these.
 #![allow(dead_code)]
 
-use std::io::Read;
 use std::time::Duration;
 
-/// A plain HTTP/1.1 GET on loopback; the whole response as text.
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+/// A GET on loopback (the workspace's one client, `httpd::client`):
+/// status and body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    httpd::client::get_blocking(addr, path, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// The value of the samples called `name` in a `/metrics` text, summed
+/// over their labels; `None` when there is none.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    httpd::exposition::sum(&httpd::exposition::samples(text), name, "")
 }
 
 /// How to run `spoolhouse ARGS`, its output into `log`.
@@ -163,24 +160,20 @@ pub fn wait_serving(cluster: &launcher::LocalCluster, dc_name: &str) {
         ("query service", dc.query.listen),
     ] {
         wait_for(&format!("{dc_name}'s {what}"), LIMIT, || {
-            std::net::TcpStream::connect(addr).is_ok()
-                && http_get(addr, "/healthz").starts_with("HTTP/1.1 200")
+            matches!(
+                httpd::client::get_blocking(addr, "/healthz", Duration::from_secs(5)),
+                Ok((200, _))
+            )
         });
     }
 }
 
 /// Status and JSON body of a GET.
 pub fn get_json(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
-    let text = http_get(addr, path);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let (status, body) = http_get(addr, path);
     (
         status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
     )
 }
 
