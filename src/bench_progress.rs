@@ -692,7 +692,7 @@ pub fn run(args: ProgressBench) -> anyhow::Result<()> {
         &dc.name,
         dc_config::services::ShipperLimits::default(),
     )?;
-    services.wait_ready(&dc.name)?;
+    crate::cmd_local::wait_ready(&services, &dc.name)?;
     let redis = dc.redis.nodes[0];
 
     let mut procs: Vec<(String, u32)> = vec![("bench load generator".into(), std::process::id())];

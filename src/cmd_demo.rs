@@ -20,11 +20,12 @@ use dc_config::schema::table;
 use launcher::{LocalCluster, INTERRUPTED};
 
 use crate::cmd_local::{
-    http_get, install_ctrlc, launch, query_get, start_services, wait_until, Files, LinkArgs,
-    Services,
+    http_get, install_ctrlc, launch, query_get, start_services, wait_ready, wait_until, Files,
+    LinkArgs,
 };
 use crate::demo_traffic::{self as traffic, Mix, Plan};
 use dc_config::event::now_ms;
+use launcher::services::Services;
 
 /// Arguments of `spoolhouse demo`.
 #[derive(Debug, Args)]
@@ -360,7 +361,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         });
     }
     for d in &dcs {
-        d.services.wait_ready(&d.name)?;
+        wait_ready(&d.services, &d.name)?;
     }
     println!("collector, shipper and query service running in each datacenter");
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use dc_config::Declared;
+use launcher::services::Services;
 use launcher::{LaunchOptions, LocalCluster, Network, INTERRUPTED};
 
 /// Arguments of `spoolhouse local`.
@@ -165,76 +166,31 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
 }
 
-/// One datacenter's Spoolhouse services, run as child processes of the demo
-/// or a benchmark (they die with it, like the servers).
-pub(crate) struct Services {
-    /// Collector, shipper and query service, in that order.
-    pub(crate) procs: Vec<launcher::process::Proc>,
-    pub(crate) socket: PathBuf,
-    pub(crate) query: std::net::SocketAddr,
-    pub(crate) shipper_state: PathBuf,
-}
-
 /// Starts `dc_name`'s collector, shipper (with `shipper_limits`) and query
-/// service as child processes, from configs rendered for the cluster.
+/// service as child processes of this binary (they die with it, like the
+/// servers); [`wait_ready`] waits until they serve.
 pub(crate) fn start_services(
     cluster: &LocalCluster,
     dc_name: &str,
     shipper_limits: dc_config::services::ShipperLimits,
 ) -> anyhow::Result<Services> {
-    use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
-    use launcher::process::Spec;
-    let t = cluster.topology();
-    let dc = t.dc(dc_name).expect("a DC of this topology");
-    let dir = cluster.state_dir().join("services").join(dc_name);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("events.toml"), &cluster.declared().registry_text)?;
-    let mut shipper = ShipperConfig::for_dc(t, dc);
-    shipper.limits = shipper_limits;
-    let configs = [
-        ("collector", toml::to_string(&CollectorConfig::for_dc(dc))?),
-        ("shipper", toml::to_string(&shipper)?),
-        ("query", toml::to_string(&QueryConfig::for_dc(t, dc))?),
-    ];
+    let mut configs = launcher::services::Configs::for_dc(cluster, dc_name)
+        .with_context(|| format!("no datacenter {dc_name} in this topology"))?;
+    configs.shipper.limits = shipper_limits;
     let exe = std::env::current_exe().context("finding the spoolhouse binary")?;
-    let mut procs = Vec::new();
-    for (name, text) in configs {
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg, text)?;
-        let spec = Spec {
-            program: exe.clone(),
-            args: vec![name.into(), "--config".into(), cfg.display().to_string()],
-            cwd: dir.clone(),
-            log: dir.join(format!("{name}.log")),
-        };
-        procs.push(
-            cluster
-                .spawn_in(dc_name, format!("{dc_name} {name}"), spec)
-                .with_context(|| format!("starting the {name} of {dc_name}"))?,
-        );
-    }
-    Ok(Services {
-        procs,
-        socket: dc.collector.socket.clone(),
-        query: dc.query.listen,
-        shipper_state: shipper.state_dir.clone(),
-    })
+    let dir = cluster.state_dir().join("services").join(dc_name);
+    launcher::services::start(cluster, dc_name, &exe, &dir, configs)
+        .with_context(|| format!("starting the services of {dc_name}"))
 }
 
-impl Services {
-    /// Waits until the collector's socket exists and the query service is healthy.
-    pub(crate) fn wait_ready(&self, dc_name: &str) -> anyhow::Result<()> {
-        wait_until(
-            &format!("{dc_name}'s collector socket"),
-            Duration::from_secs(30),
-            || self.socket.exists(),
-        )?;
-        wait_until(
-            &format!("{dc_name}'s query service"),
-            Duration::from_secs(30),
-            || query_get(self.query, "/healthz").is_ok_and(|v| v["ok"] == true),
-        )
-    }
+/// Waits until `services` of `dc_name` serve (Ctrl-C stops the wait).
+pub(crate) fn wait_ready(services: &Services, dc_name: &str) -> anyhow::Result<()> {
+    wait_until(
+        &format!("{dc_name}'s services serving"),
+        Duration::from_secs(60),
+        || services.ready(),
+    )
+    .with_context(|| services.log_tails(10))
 }
 
 pub(crate) fn wait_until(

@@ -474,7 +474,7 @@ fn site_deploys_two_datacenters_into_a_prefix_and_rolling_restart_replaces_every
     let input = d.path("event.jsonl");
     std::fs::write(
         &input,
-        format!("{{\"event\":\"vote\",\"time\":{},\"attrs\":{{\"user_id\":1,\"target_user_id\":2,\"vote\":\"yes\",\"country_id\":3}}}}\n", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()),
+        format!("{{\"event\":\"vote\",\"time\":{},\"attrs\":{{\"user_id\":1,\"target_user_id\":2,\"vote\":\"yes\",\"country_id\":3}}}}\n", dc_config::event::now_ms()),
     )
     .unwrap();
     let sent = Command::new(env!("CARGO_BIN_EXE_spoolhouse"))

@@ -4,7 +4,8 @@
 //! complete line once, and deletes a rotated file once it is fully spooled
 //! and no process holds it open.
 //!
-//! Exactly once across crashes: each record spooled from a file carries an
+//! Exactly once across crashes (docs/adr/0003-inbox-offsets-live-in-the-spool.md):
+//! each record spooled from a file carries an
 //! [`InboxSource`] (file identity, end offset of its line) inside the same
 //! durable batch, so the spool itself says how far every file got. On start
 //! the collector rebuilds those offsets from its state file

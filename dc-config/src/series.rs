@@ -324,7 +324,8 @@ impl MinuteOf<'_> {
     /// [`FOLDED_VALUE`]: the choice depends on the minute's events alone,
     /// so a re-aggregated minute folds the same way, and every roll-up and
     /// metric of the minute agrees. `GLOBAL IN`: the top values are
-    /// computed once, over the whole DC, not per shard.
+    /// computed once, over the whole DC, not per shard
+    /// (docs/adr/0011-dimension-values-fold-per-minute.md).
     fn dimension_sql(&self, d: &str) -> String {
         let bound = self.event.fields.get(d).and_then(|f| f.dimension_bound());
         let Some(bound) = bound else {

@@ -1,7 +1,10 @@
 //! The local launcher: real ZooKeeper, ClickHouse and Redis servers for any
 //! topology, as child processes of this process, on free ports, in a state
 //! directory of their own. The main job and every integration test use this
-//! one piece of code.
+//! one piece of code; [`services`] starts Spoolhouse's own services beside
+//! them. A client of `dc-config`, never the reverse
+//! (docs/adr/0013-launcher-crate.md, amending
+//! docs/adr/0001-local-launcher-in-dc-config.md).
 //!
 //! Where the servers listen is [`LaunchOptions::network`]: all on
 //! 127.0.0.1 ([`Network::Loopback`]), or each datacenter as a host of its
@@ -33,6 +36,7 @@ pub mod netns;
 pub mod ports;
 pub mod probe;
 pub mod process;
+pub mod services;
 pub mod tmpfs;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -161,6 +165,14 @@ pub enum LaunchError {
     /// The topology with local ports and paths broke a rule: a launcher bug.
     #[error("the localized topology is invalid (a launcher bug): {0}")]
     Localize(ConfigErrors),
+    /// A service's config could not be written as TOML (a bug).
+    #[error("the {service}'s config cannot be written as TOML: {reason}")]
+    ServiceConfig {
+        /// The service.
+        service: String,
+        /// What the TOML writer said.
+        reason: String,
+    },
     /// Ctrl-C arrived while waiting.
     #[error("interrupted")]
     Interrupted,

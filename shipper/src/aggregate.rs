@@ -7,7 +7,8 @@
 //! watermark). Aggregating runs one `INSERT … SELECT` per metric over the
 //! DC's events (`events_dc`) into `metric_states_local` of a shard chosen
 //! from the minute, with a version (wall-clock ms, always increasing). The
-//! states table keeps the highest version per (series, minute, DC), so:
+//! states table keeps the highest version per (series, minute, DC)
+//! (docs/adr/0002-aggregation-versions-and-watermark.md), so:
 //!
 //! - a late event (its minute already aggregated) makes the minute pending
 //!   again, and the next round replaces the minute with an exact one;

@@ -143,7 +143,8 @@
 //! past `quota_bytes` first runs retention, then fails with [`Error::Full`]
 //! without writing anything.
 //!
-//! The disk can fill before the quota does. An append that finds it full
+//! The disk can fill before the quota does
+//! (docs/adr/0008-a-full-disk-drains-by-itself.md). An append that finds it full
 //! (`ENOSPC`/`EDQUOT`, [`Error::is_disk_full`]) cuts off what it wrote, runs
 //! retention and tries once more; rotation creates the next segment before
 //! sealing the current one, so a full disk leaves the current one active

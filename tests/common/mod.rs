@@ -68,13 +68,7 @@ const PAUSE: Duration = Duration::from_millis(50);
 /// No sender runs longer than this, whatever the test does.
 const LOAD_MAX: Duration = Duration::from_secs(300);
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+pub use dc_config::event::now_ms;
 
 /// The example topology's two DCs, every cross-DC path through a relay
 /// adding `delay` each way, so a DC can be cut (`LocalCluster::cut`).
@@ -118,54 +112,30 @@ pub fn start_dc_with(
     dir: &std::path::Path,
     edit: impl FnOnce(&mut dc_config::services::CollectorConfig),
 ) -> Vec<launcher::process::Proc> {
-    use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
-    let t = cluster.topology();
-    let dc = t.dc(dc_name).unwrap();
-    let mut collector = CollectorConfig::for_dc(dc);
-    edit(&mut collector);
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("events.toml"), dc_config::examples::REGISTRY).unwrap();
-    let mut shipper = ShipperConfig::for_dc(t, dc);
-    shipper.limits.batch_age_ms = 200;
-    shipper.limits.aggregation_grace_ms = 500;
-    let mut query = QueryConfig::for_dc(t, dc);
-    query.timeout_ms = 3_000;
-    let configs = [
-        ("collector", toml::to_string(&collector).unwrap()),
-        ("shipper", toml::to_string(&shipper).unwrap()),
-        ("query", toml::to_string(&query).unwrap()),
-    ];
-    let mut procs = Vec::new();
-    for (service, text) in configs {
-        let path = dir.join(format!("{service}.toml"));
-        std::fs::write(&path, text).unwrap();
-        // In the DC's network namespace, when the cluster has them.
-        let args = [service, "--config", path.to_str().unwrap()];
-        let log = dir.join(format!("{service}.log"));
-        let spec = spoolhouse(&args, &log);
-        procs.push(cluster.spawn_in(dc_name, args.join(" "), spec).unwrap());
-    }
-    wait_serving(cluster, dc_name);
-    procs
+    let mut configs = launcher::services::Configs::for_dc(cluster, dc_name).unwrap();
+    edit(&mut configs.collector);
+    configs.shipper.limits.batch_age_ms = 200;
+    configs.shipper.limits.aggregation_grace_ms = 500;
+    configs.query.timeout_ms = 3_000;
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_spoolhouse"));
+    let services = launcher::services::start(cluster, dc_name, program, dir, configs)
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_or_show(
+        &format!("{dc_name}'s services serving"),
+        LIMIT,
+        || services.ready(),
+        || services.log_tails(20),
+    );
+    services.procs
 }
 
 /// Waits until `dc_name`'s collector socket exists and its shipper and
-/// query service answer `/healthz` with 200.
+/// query service answer `/healthz` with 200 (after a restart).
 pub fn wait_serving(cluster: &launcher::LocalCluster, dc_name: &str) {
     let dc = cluster.topology().dc(dc_name).unwrap();
-    let socket = dc.collector.socket.clone();
-    wait_for(&format!("{dc_name}'s collector"), LIMIT, || socket.exists());
-    for (what, addr) in [
-        ("shipper", dc.shipper.admin),
-        ("query service", dc.query.listen),
-    ] {
-        wait_for(&format!("{dc_name}'s {what}"), LIMIT, || {
-            matches!(
-                httpd::client::get_blocking(addr, "/healthz", Duration::from_secs(5)),
-                Ok((200, _))
-            )
-        });
-    }
+    wait_for(&format!("{dc_name}'s services serving"), LIMIT, || {
+        launcher::services::serving(&dc.collector.socket, dc.shipper.admin, dc.query.listen)
+    });
 }
 
 /// Status and JSON body of a GET.

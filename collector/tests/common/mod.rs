@@ -87,13 +87,10 @@ pub fn config_in(dir: &Path, limits: CollectorLimits, quota_bytes: u64) -> Colle
     config
 }
 
-/// The value of the unlabelled series `name` in Prometheus `text`; 0 when
-/// absent.
+/// The value of the samples called `name` in Prometheus `text`, summed over
+/// their labels; 0 when absent.
 pub fn metric_value(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    httpd::exposition::sum(&httpd::exposition::samples(text), name, "").unwrap_or(0.0) as u64
 }
 
 /// Every record in the spool, read by a fresh reader.
@@ -153,13 +150,7 @@ pub fn vote(id: u64) -> String {
     )
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+pub use dc_config::event::now_ms;
 
 pub fn user_ids(records: &[Record]) -> Vec<u64> {
     records
