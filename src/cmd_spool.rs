@@ -36,7 +36,7 @@ pub fn run(args: SpoolArgs) -> anyhow::Result<()> {
         SpoolCommand::Inspect { dir } => (dir, false, false),
         SpoolCommand::Verify { dir, quarantine } => (dir, quarantine, true),
     };
-    let report = spooler::tools::examine(&dir, quarantine)
+    let report = spooler::inspect::examine(&dir, quarantine)
         .with_context(|| format!("examining spool {}", dir.display()))?;
     let mut out = std::io::stdout().lock();
     write!(out, "{report}")?;

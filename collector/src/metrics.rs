@@ -304,13 +304,13 @@ impl prometheus_client::collector::Collector for SpoolExport {
     ) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
         use prometheus_client::metrics::MetricType;
-        use spooler::MetricKind;
+        use spooler::StatKind;
         // A scrape while the spool cannot be read shows no spool figures;
         // the collector's own health and error metrics say why.
         let Ok(stats) = self.spool.stats() else {
             return Ok(());
         };
-        let samples = stats.metrics();
+        let samples = stats.figures();
         let mut i = 0;
         while i < samples.len() {
             let first = &samples[i];
@@ -325,11 +325,11 @@ impl prometheus_client::collector::Collector for SpoolExport {
             }
             let (name, kind) = match first.kind {
                 // The encoder appends `_total` to counters itself.
-                MetricKind::Counter => (
+                StatKind::Counter => (
                     first.name.strip_suffix("_total").unwrap_or(first.name),
                     MetricType::Counter,
                 ),
-                MetricKind::Gauge => (first.name, MetricType::Gauge),
+                StatKind::Gauge => (first.name, MetricType::Gauge),
             };
             let mut metric = encoder.encode_descriptor(name, first.help, None, kind)?;
             for m in family {
@@ -337,10 +337,10 @@ impl prometheus_client::collector::Collector for SpoolExport {
                 // segments; integers print as Prometheus users expect.
                 let value = m.value as i64;
                 let encode = |sample: &mut MetricEncoder| match m.kind {
-                    MetricKind::Counter => {
+                    StatKind::Counter => {
                         sample.encode_counter::<NoLabelSet, u64, f64>(&(value as u64), None)
                     }
-                    MetricKind::Gauge => sample.encode_gauge(&value),
+                    StatKind::Gauge => sample.encode_gauge(&value),
                 };
                 if m.labels.is_empty() {
                     encode(&mut metric)?;

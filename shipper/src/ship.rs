@@ -457,10 +457,10 @@ impl Shipper {
         &self,
         reader: &Mutex<Reader>,
         handed: Position,
-    ) -> Result<Option<Vec<spooler::Record>>> {
+    ) -> Result<Option<Vec<spooler::Frame>>> {
         let l = &self.config.limits;
         let age = Duration::from_millis(l.batch_age_ms);
-        let mut out: Vec<spooler::Record> = Vec::new();
+        let mut out: Vec<spooler::Frame> = Vec::new();
         let mut bytes = 0usize;
         let mut first_at: Option<Instant> = None;
         loop {
@@ -508,9 +508,9 @@ impl Shipper {
         &self,
         reader: &Mutex<Reader>,
         intent: Intent,
-    ) -> Result<Option<Vec<spooler::Record>>> {
+    ) -> Result<Option<Vec<spooler::Frame>>> {
         let mut reader = reader.lock().expect("reader lock");
-        let mut out: Vec<spooler::Record> = Vec::with_capacity(intent.frames as usize);
+        let mut out: Vec<spooler::Frame> = Vec::with_capacity(intent.frames as usize);
         while out.len() < intent.frames as usize {
             let got = reader.next(intent.frames as usize - out.len(), usize::MAX)?;
             if got.is_empty() {
@@ -537,7 +537,7 @@ impl Shipper {
     /// Decodes frames into rows; a frame that is not a record goes to the
     /// dead-letter folder (counted and logged), never silently away.
     /// `None` on shutdown while a dead letter waits for disk space.
-    fn build(&self, intent: Intent, records: &[spooler::Record]) -> Result<Option<Batch>> {
+    fn build(&self, intent: Intent, records: &[spooler::Frame]) -> Result<Option<Batch>> {
         let mut body = Vec::with_capacity(records.iter().map(|r| r.payload.len() + 32).sum());
         let mut rows = Vec::with_capacity(records.len());
         let mut events: Vec<String> = Vec::new();

@@ -741,7 +741,7 @@ impl Orphan {
 
 /// `records` as a shipper of `cfg` with `epoch` sends them to
 /// `events_ingest` (RowBinary, the epoch after each row).
-fn ingest_rows(cfg: &ShipperConfig, records: &[spooler::Record], epoch: u64) -> Vec<u8> {
+fn ingest_rows(cfg: &ShipperConfig, records: &[spooler::Frame], epoch: u64) -> Vec<u8> {
     let mut rows = Vec::new();
     for r in records {
         let ev = Record::decode(&r.payload).unwrap().event;
@@ -993,7 +993,7 @@ fn a_batch_in_flight_across_a_segment_boundary_is_checked_before_it_is_sent_agai
         .expect("more than one segment");
     let sink = shipper::sink::Sink::new(&cfg).unwrap();
     // Rows as a shipper of an earlier epoch inserted them.
-    let insert = |recs: &[spooler::Record]| {
+    let insert = |recs: &[spooler::Frame]| {
         let shard = sink.shard_for(recs[0].position);
         let rows = ingest_rows(&cfg, recs, 1);
         writer(&cfg, sink.url(shard, 0))

@@ -7,7 +7,7 @@
 //!
 //! Main types: [`Spool`] (the one writer of a directory), [`Reader`] (a named
 //! consumer with a checkpoint), [`Config`], [`Error`], [`SpoolStats`], and
-//! [`tools::examine`] behind `spoolhouse spool inspect|verify`.
+//! [`inspect::examine`] behind `spoolhouse spool inspect|verify`.
 //!
 //! ```
 //! use spooler::{Config, Durability, Spool};
@@ -159,16 +159,16 @@ pub mod config;
 pub mod error;
 mod files;
 pub mod format;
+pub mod inspect;
 pub mod reader;
-mod signal;
 pub mod spool;
 pub mod stats;
-pub mod tools;
+mod watermark;
 
 pub use config::{Compression, Config, Durability};
 pub use error::{Error, Result};
 pub use files::SegmentState;
 pub use format::{Position, FRAME_PAYLOAD_MAX, SEGMENT_BYTES_MAX};
-pub use reader::{Reader, Record};
+pub use reader::{Frame, Reader};
 pub use spool::{PendingAppend, SegmentIo, Spool, StdIo};
-pub use stats::{Metric, MetricKind, ReaderLag, ReaderStats, SpoolStats, FSYNC_BUCKETS_US};
+pub use stats::{ReaderLag, ReaderStats, SpoolStats, Stat, StatKind, FSYNC_BUCKETS_US};

@@ -16,8 +16,8 @@ use crate::files::{
     CheckpointRead, Layout, SegmentState,
 };
 use crate::format::{Position, Scanned, Scanner, SegmentHeader, SEGMENT_HEADER_LEN};
-use crate::signal::{Shared, Signal};
 use crate::stats::ReaderStats;
+use crate::watermark::{Shared, Signal};
 
 /// Most segments one `next` call moves through before returning, so a call
 /// over a long run of empty or damaged segments stays bounded.
@@ -25,7 +25,7 @@ const SEGMENT_HOPS_MAX: usize = 64;
 
 /// One frame handed to a reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+pub struct Frame {
     /// Where the frame starts.
     pub position: Position,
     /// Where the next frame starts: commit this to mark the frame done.
@@ -367,7 +367,7 @@ impl Reader {
     /// even if larger than `max_bytes`) from the read position, advancing it.
     /// Empty means caught up: call `wait`. Damaged bytes are skipped, counted
     /// in `stats` and quarantined.
-    pub fn next(&mut self, max_frames: usize, max_bytes: usize) -> Result<Vec<Record>> {
+    pub fn next(&mut self, max_frames: usize, max_bytes: usize) -> Result<Vec<Frame>> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for _ in 0..SEGMENT_HOPS_MAX {
@@ -433,7 +433,7 @@ impl Reader {
                             let next = offset + crate::format::frame_len(payload.len());
                             bytes += payload.len();
                             self.stats.frames_read += 1;
-                            out.push(Record {
+                            out.push(Frame {
                                 position: Position::new(seq, offset as u64),
                                 next: Position::new(seq, next as u64),
                                 payload: payload.to_vec(),

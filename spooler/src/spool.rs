@@ -23,8 +23,8 @@ use crate::format::{
     SEGMENT_BYTES_MAX, SEGMENT_HEADER_LEN,
 };
 use crate::reader::Reader;
-use crate::signal::Shared;
 use crate::stats::{Counters, ReaderLag, SpoolStats};
+use crate::watermark::Shared;
 
 /// The file operations of the append path: every frame write and every
 /// fdatasync of a segment goes through it, so tests can make them fail or

@@ -122,7 +122,7 @@ impl SpoolStats {
 
 /// How a metric behaves, in Prometheus terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricKind {
+pub enum StatKind {
     /// Only goes up while the spool is open.
     Counter,
     /// Goes up and down.
@@ -132,13 +132,13 @@ pub enum MetricKind {
 /// One sample, named `spoolhouse_spooler_<thing>_<unit>` as every crate's
 /// metrics are, ready for a service to register with its exporter.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Metric {
+pub struct Stat {
     /// Full metric name (for a histogram: `…_bucket`, `…_sum`, `…_count`).
     pub name: &'static str,
     /// One-line help text.
     pub help: &'static str,
     /// Counter or gauge.
-    pub kind: MetricKind,
+    pub kind: StatKind,
     /// Label pairs (`reader`, or `le` for histogram buckets).
     pub labels: Vec<(&'static str, String)>,
     /// The value.
@@ -148,9 +148,9 @@ pub struct Metric {
 impl SpoolStats {
     /// Every figure as a named sample; the fsync histogram in seconds as
     /// cumulative `_bucket{le}` samples plus `_sum` and `_count`.
-    pub fn metrics(&self) -> Vec<Metric> {
-        use MetricKind::{Counter, Gauge};
-        let plain = |name, help, kind, value: u64| Metric {
+    pub fn figures(&self) -> Vec<Stat> {
+        use StatKind::{Counter, Gauge};
+        let plain = |name, help, kind, value: u64| Stat {
             name,
             help,
             kind,
@@ -249,7 +249,7 @@ impl SpoolStats {
             } else {
                 (le as f64 / 1e6).to_string()
             };
-            m.push(Metric {
+            m.push(Stat {
                 name: "spoolhouse_spooler_fsync_duration_seconds_bucket",
                 help: "fdatasync latency of segment files.",
                 kind: Counter,
@@ -257,7 +257,7 @@ impl SpoolStats {
                 value: count as f64,
             });
         }
-        m.push(Metric {
+        m.push(Stat {
             name: "spoolhouse_spooler_fsync_duration_seconds_sum",
             help: "fdatasync latency of segment files.",
             kind: Counter,
@@ -288,7 +288,7 @@ impl SpoolStats {
         ];
         for (name, help, value) in lags {
             for r in &self.readers {
-                m.push(Metric {
+                m.push(Stat {
                     name,
                     help,
                     kind: Gauge,
@@ -324,7 +324,7 @@ pub struct ReaderStats {
 impl ReaderStats {
     /// This reader's figures as samples labelled `reader = name`, for the
     /// service that owns the reader to export beside `SpoolStats::metrics`.
-    pub fn metrics(&self, name: &str) -> Vec<Metric> {
+    pub fn figures(&self, name: &str) -> Vec<Stat> {
         [
             (
                 "spoolhouse_spooler_reader_frames_read_total",
@@ -363,10 +363,10 @@ impl ReaderStats {
             ),
         ]
         .into_iter()
-        .map(|(metric, help, value)| Metric {
+        .map(|(metric, help, value)| Stat {
             name: metric,
             help,
-            kind: MetricKind::Counter,
+            kind: StatKind::Counter,
             labels: vec![("reader", name.to_string())],
             value: value as f64,
         })
@@ -410,7 +410,7 @@ mod tests {
             }],
             ..SpoolStats::default()
         };
-        let m = s.metrics();
+        let m = s.figures();
         assert!(m.iter().all(|x| x.name.starts_with("spoolhouse_spooler_")));
         let get = |n: &str| m.iter().find(|x| x.name == n).unwrap();
         assert_eq!(get("spoolhouse_spooler_appended_frames_total").value, 7.0);
@@ -430,7 +430,7 @@ mod tests {
             missing_segments: 2,
             ..ReaderStats::default()
         }
-        .metrics("ship");
+        .figures("ship");
         let missing = r
             .iter()
             .find(|x| x.name == "spoolhouse_spooler_reader_missing_segments_total")

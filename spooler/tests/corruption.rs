@@ -1,5 +1,5 @@
 //! Hand-written damage: each case breaks the files in one known way, then
-//! checks recovery, readers and `tools::examine` skip exactly the damage,
+//! checks recovery, readers and `inspect::examine` skip exactly the damage,
 //! count it, quarantine it and keep everything else.
 
 mod common;
@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::{active_segment, drain, payload, segment_files, small_config};
 use spooler::format::SEGMENT_HEADER_LEN;
-use spooler::tools::{examine, ProblemKind};
+use spooler::inspect::{examine, ProblemKind};
 use spooler::{Compression, Durability, Position, Spool};
 
 const OFF: Compression = Compression::Off;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use spooler::{Compression, Config, Durability, Reader, Record};
+use spooler::{Compression, Config, Durability, Frame, Reader};
 
 /// A config small enough that rotation happens within a test, with sealing
 /// driven explicitly so tests are deterministic.
@@ -19,7 +19,7 @@ pub fn small_config(durability: Durability, compression: Compression) -> Config 
 }
 
 /// Reads everything the reader can see now, in bounded calls.
-pub fn drain(r: &mut Reader) -> Vec<Record> {
+pub fn drain(r: &mut Reader) -> Vec<Frame> {
     let mut out = Vec::new();
     for _ in 0..10_000 {
         let b = r.next(97, 1 << 20).unwrap();
