@@ -322,27 +322,7 @@ impl check::Declaration for Topology {
             "declare at least one [[datacenter]]",
         );
         let mut names: HashMap<&str, usize> = HashMap::new();
-        // Every listening (host, port) and socket path must be unique across
-        // the whole topology: two services on one port fail only at start-up.
-        let mut ports: HashMap<(String, u16), KeyPath> = HashMap::new();
-        let mut claim = |c: &mut Checker, host: &str, port: u16, path: KeyPath| {
-            if port == 0 {
-                c.fail(
-                    &path,
-                    "port 0 is not a fixed port; choose one from 1 to 65535",
-                );
-                return;
-            }
-            let host = normalise_host(host);
-            if let Some(first) = ports.get(&(host.clone(), port)) {
-                c.fail(
-                    &path,
-                    format!("duplicate port: {host}:{port} is already used by `{first}`"),
-                );
-            } else {
-                ports.insert((host, port), path);
-            }
-        };
+        let mut ports = PortBook::default();
         for (i, dc) in self.datacenter.iter().enumerate() {
             let at = root.key("datacenter").index(i);
             if !check::is_identifier(&dc.name) {
@@ -368,164 +348,208 @@ impl check::Declaration for Topology {
                 &at.key("host"),
                 "must be a non-empty host name of at most 255 bytes",
             );
-            c.require(
-                !dc.zookeeper.is_empty(),
-                &at.key("zookeeper"),
-                "declare at least one ZooKeeper node: replicated tables need one",
-            );
-            let ensemble = dc.zookeeper.len() > 1;
-            for (z, node) in dc.zookeeper.iter().enumerate() {
-                let zp = at.key("zookeeper").index(z);
-                claim(c, &node.host, node.port, zp.key("port"));
-                // An ensemble member also listens on its quorum and election ports.
-                if ensemble {
-                    let off = crate::render::zookeeper::PEER_PORT_OFFSET;
-                    for (k, name) in [(1, "port + 1000 (quorum)"), (2, "port + 2000 (election)")] {
-                        match node.port.checked_add(k * off) {
-                            Some(p) => claim(c, &node.host, p, zp.key(name)),
-                            None => c.fail(
-                                &zp.key("port"),
-                                format!("{name} is above 65535; choose a lower port"),
-                            ),
-                        }
-                    }
-                }
-                require_absolute(c, &node.data_path, &zp.key("data_path"));
-            }
-            let ch = at.key("clickhouse");
-            c.require(
-                !dc.clickhouse.shard.is_empty(),
-                &ch.key("shard"),
-                "declare at least one [[datacenter.clickhouse.shard]]",
-            );
-            for (s, shard) in dc.clickhouse.shard.iter().enumerate() {
-                let sp = ch.key("shard").index(s);
-                c.require(
-                    shard.weight > 0,
-                    &sp.key("weight"),
-                    "must be at least 1: a shard of weight 0 would never receive data",
-                );
-                c.require(
-                    !shard.replica.is_empty(),
-                    &sp.key("replica"),
-                    "declare at least one replica",
-                );
-                for (r, rep) in shard.replica.iter().enumerate() {
-                    let rp = sp.key("replica").index(r);
-                    claim(c, &rep.host, rep.tcp_port, rp.key("tcp_port"));
-                    claim(c, &rep.host, rep.http_port, rp.key("http_port"));
-                    claim(
-                        c,
-                        &rep.host,
-                        rep.interserver_port,
-                        rp.key("interserver_port"),
-                    );
-                    require_absolute(c, &rep.data_path, &rp.key("data_path"));
-                }
-            }
-            let rp = at.key("redis").key("nodes");
-            match dc.redis.mode {
-                RedisMode::Single => c.require(
-                    dc.redis.nodes.len() == 1,
-                    &rp,
-                    "mode `single` takes exactly one node",
-                ),
-                RedisMode::Cluster => c.require(
-                    !dc.redis.nodes.is_empty(),
-                    &rp,
-                    "mode `cluster` takes at least one node (its masters)",
-                ),
-            }
-            for (n, node) in dc.redis.nodes.iter().enumerate() {
-                claim(c, &node.ip().to_string(), node.port(), rp.index(n));
-                if dc.redis.mode == RedisMode::Cluster {
-                    let bus = rp.index(n).key("port + 10000 (cluster bus)");
-                    match node.port().checked_add(REDIS_CLUSTER_BUS_OFFSET) {
-                        Some(p) => claim(c, &node.ip().to_string(), p, bus),
-                        None => c.fail(&rp.index(n), "its cluster bus port (port + 10000) is above 65535; choose a port below 55536"),
-                    }
-                }
-            }
-            let col = at.key("collector");
-            claim(
-                c,
-                &dc.collector.tcp.ip().to_string(),
-                dc.collector.tcp.port(),
-                col.key("tcp"),
-            );
-            c.require(
-                dc.collector.tcp.ip().is_loopback(),
-                &col.key("tcp"),
-                "the collector's TCP listener must be on loopback (127.0.0.0/8 or ::1): apps hand events to their own host",
-            );
-            claim(
-                c,
-                &dc.collector.admin.ip().to_string(),
-                dc.collector.admin.port(),
-                col.key("admin"),
-            );
-            require_absolute(c, &dc.collector.socket, &col.key("socket"));
-            require_absolute(c, &dc.collector.inbox, &col.key("inbox"));
-            c.require(
-                dc.collector.socket_mode <= 0o777,
-                &col.key("socket_mode"),
-                "must be a file mode of at most 0o777 (write it as 0o660)",
-            );
-            claim(
-                c,
-                &dc.shipper.admin.ip().to_string(),
-                dc.shipper.admin.port(),
-                at.key("shipper").key("admin"),
-            );
-            claim(
-                c,
-                &dc.query.listen.ip().to_string(),
-                dc.query.listen.port(),
-                at.key("query").key("listen"),
-            );
-            require_absolute(c, &dc.spool.dir, &at.key("spool").key("dir"));
-            c.require(
-                dc.spool.quota_bytes >= MIN_SPOOL_QUOTA_BYTES,
-                &at.key("spool").key("quota_bytes"),
-                format!("must be at least {MIN_SPOOL_QUOTA_BYTES} (64 MiB)"),
-            );
+            dc.check_zookeeper(c, &at, &mut ports);
+            dc.check_clickhouse(c, &at, &mut ports);
+            dc.check_redis(c, &at, &mut ports);
+            dc.check_services(c, &at, &mut ports);
         }
-        // Paths must not collide either: two servers on one data directory
-        // corrupt each other.
-        let mut paths: HashMap<&Path, KeyPath> = HashMap::new();
-        for (i, dc) in self.datacenter.iter().enumerate() {
-            let at = root.key("datacenter").index(i);
-            let mut owned = vec![
-                (dc.spool.dir.as_path(), at.key("spool").key("dir")),
-                (
-                    dc.collector.socket.as_path(),
-                    at.key("collector").key("socket"),
-                ),
-                (
-                    dc.collector.inbox.as_path(),
-                    at.key("collector").key("inbox"),
-                ),
-            ];
-            for (z, node) in dc.zookeeper.iter().enumerate() {
+        self.check_paths(c, &root);
+    }
+}
+
+/// Every listening (host, port) of the topology, with where it was
+/// declared: each must be unique across the whole topology, since two
+/// services on one port fail only at start-up.
+#[derive(Default)]
+struct PortBook(HashMap<(String, u16), KeyPath>);
+
+impl PortBook {
+    /// Takes `host:port` for `path`, or fails `path` if it is taken or 0.
+    fn claim(&mut self, c: &mut Checker, host: &str, port: u16, path: KeyPath) {
+        if port == 0 {
+            c.fail(
+                &path,
+                "port 0 is not a fixed port; choose one from 1 to 65535",
+            );
+            return;
+        }
+        let host = normalise_host(host);
+        if let Some(first) = self.0.get(&(host.clone(), port)) {
+            c.fail(
+                &path,
+                format!("duplicate port: {host}:{port} is already used by `{first}`"),
+            );
+        } else {
+            self.0.insert((host, port), path);
+        }
+    }
+
+    /// [`PortBook::claim`] for a socket address.
+    fn claim_addr(&mut self, c: &mut Checker, addr: SocketAddr, path: KeyPath) {
+        self.claim(c, &addr.ip().to_string(), addr.port(), path);
+    }
+}
+
+impl Datacenter {
+    fn check_zookeeper(&self, c: &mut Checker, at: &KeyPath, ports: &mut PortBook) {
+        c.require(
+            !self.zookeeper.is_empty(),
+            &at.key("zookeeper"),
+            "declare at least one ZooKeeper node: replicated tables need one",
+        );
+        let ensemble = self.zookeeper.len() > 1;
+        for (z, node) in self.zookeeper.iter().enumerate() {
+            let zp = at.key("zookeeper").index(z);
+            ports.claim(c, &node.host, node.port, zp.key("port"));
+            // An ensemble member also listens on its quorum and election ports.
+            if ensemble {
+                let off = crate::render::zookeeper::PEER_PORT_OFFSET;
+                for (k, name) in [(1, "port + 1000 (quorum)"), (2, "port + 2000 (election)")] {
+                    match node.port.checked_add(k * off) {
+                        Some(p) => ports.claim(c, &node.host, p, zp.key(name)),
+                        None => c.fail(
+                            &zp.key("port"),
+                            format!("{name} is above 65535; choose a lower port"),
+                        ),
+                    }
+                }
+            }
+            require_absolute(c, &node.data_path, &zp.key("data_path"));
+        }
+    }
+
+    fn check_clickhouse(&self, c: &mut Checker, at: &KeyPath, ports: &mut PortBook) {
+        let ch = at.key("clickhouse");
+        c.require(
+            !self.clickhouse.shard.is_empty(),
+            &ch.key("shard"),
+            "declare at least one [[datacenter.clickhouse.shard]]",
+        );
+        for (s, shard) in self.clickhouse.shard.iter().enumerate() {
+            let sp = ch.key("shard").index(s);
+            c.require(
+                shard.weight > 0,
+                &sp.key("weight"),
+                "must be at least 1: a shard of weight 0 would never receive data",
+            );
+            c.require(
+                !shard.replica.is_empty(),
+                &sp.key("replica"),
+                "declare at least one replica",
+            );
+            for (r, rep) in shard.replica.iter().enumerate() {
+                let rp = sp.key("replica").index(r);
+                ports.claim(c, &rep.host, rep.tcp_port, rp.key("tcp_port"));
+                ports.claim(c, &rep.host, rep.http_port, rp.key("http_port"));
+                ports.claim(
+                    c,
+                    &rep.host,
+                    rep.interserver_port,
+                    rp.key("interserver_port"),
+                );
+                require_absolute(c, &rep.data_path, &rp.key("data_path"));
+            }
+        }
+    }
+
+    fn check_redis(&self, c: &mut Checker, at: &KeyPath, ports: &mut PortBook) {
+        let rp = at.key("redis").key("nodes");
+        match self.redis.mode {
+            RedisMode::Single => c.require(
+                self.redis.nodes.len() == 1,
+                &rp,
+                "mode `single` takes exactly one node",
+            ),
+            RedisMode::Cluster => c.require(
+                !self.redis.nodes.is_empty(),
+                &rp,
+                "mode `cluster` takes at least one node (its masters)",
+            ),
+        }
+        for (n, node) in self.redis.nodes.iter().enumerate() {
+            ports.claim_addr(c, *node, rp.index(n));
+            if self.redis.mode == RedisMode::Cluster {
+                let bus = rp.index(n).key("port + 10000 (cluster bus)");
+                match node.port().checked_add(REDIS_CLUSTER_BUS_OFFSET) {
+                    Some(p) => ports.claim(c, &node.ip().to_string(), p, bus),
+                    None => c.fail(&rp.index(n), "its cluster bus port (port + 10000) is above 65535; choose a port below 55536"),
+                }
+            }
+        }
+    }
+
+    /// The collector's, shipper's and query service's listeners and paths,
+    /// and the spool.
+    fn check_services(&self, c: &mut Checker, at: &KeyPath, ports: &mut PortBook) {
+        let col = at.key("collector");
+        ports.claim_addr(c, self.collector.tcp, col.key("tcp"));
+        c.require(
+            self.collector.tcp.ip().is_loopback(),
+            &col.key("tcp"),
+            "the collector's TCP listener must be on loopback (127.0.0.0/8 or ::1): apps hand events to their own host",
+        );
+        ports.claim_addr(c, self.collector.admin, col.key("admin"));
+        require_absolute(c, &self.collector.socket, &col.key("socket"));
+        require_absolute(c, &self.collector.inbox, &col.key("inbox"));
+        c.require(
+            self.collector.socket_mode <= 0o777,
+            &col.key("socket_mode"),
+            "must be a file mode of at most 0o777 (write it as 0o660)",
+        );
+        ports.claim_addr(c, self.shipper.admin, at.key("shipper").key("admin"));
+        ports.claim_addr(c, self.query.listen, at.key("query").key("listen"));
+        require_absolute(c, &self.spool.dir, &at.key("spool").key("dir"));
+        c.require(
+            self.spool.quota_bytes >= MIN_SPOOL_QUOTA_BYTES,
+            &at.key("spool").key("quota_bytes"),
+            format!("must be at least {MIN_SPOOL_QUOTA_BYTES} (64 MiB)"),
+        );
+    }
+
+    /// The paths this DC's servers and services own, with where each is
+    /// declared.
+    fn owned_paths(&self, at: &KeyPath) -> Vec<(&Path, KeyPath)> {
+        let mut owned = vec![
+            (self.spool.dir.as_path(), at.key("spool").key("dir")),
+            (
+                self.collector.socket.as_path(),
+                at.key("collector").key("socket"),
+            ),
+            (
+                self.collector.inbox.as_path(),
+                at.key("collector").key("inbox"),
+            ),
+        ];
+        for (z, node) in self.zookeeper.iter().enumerate() {
+            owned.push((
+                node.data_path.as_path(),
+                at.key("zookeeper").index(z).key("data_path"),
+            ));
+        }
+        for (s, shard) in self.clickhouse.shard.iter().enumerate() {
+            for (r, rep) in shard.replica.iter().enumerate() {
                 owned.push((
-                    node.data_path.as_path(),
-                    at.key("zookeeper").index(z).key("data_path"),
+                    rep.data_path.as_path(),
+                    at.key("clickhouse")
+                        .key("shard")
+                        .index(s)
+                        .key("replica")
+                        .index(r)
+                        .key("data_path"),
                 ));
             }
-            for (s, shard) in dc.clickhouse.shard.iter().enumerate() {
-                for (r, rep) in shard.replica.iter().enumerate() {
-                    owned.push((
-                        rep.data_path.as_path(),
-                        at.key("clickhouse")
-                            .key("shard")
-                            .index(s)
-                            .key("replica")
-                            .index(r)
-                            .key("data_path"),
-                    ));
-                }
-            }
-            for (p, key) in owned {
+        }
+        owned
+    }
+}
+
+impl Topology {
+    /// Paths must not collide either: two servers on one data directory
+    /// corrupt each other.
+    fn check_paths(&self, c: &mut Checker, root: &KeyPath) {
+        let mut paths: HashMap<&Path, KeyPath> = HashMap::new();
+        for (i, dc) in self.datacenter.iter().enumerate() {
+            for (p, key) in dc.owned_paths(&root.key("datacenter").index(i)) {
                 if let Some(first) = paths.get(p) {
                     c.fail(
                         &key,
