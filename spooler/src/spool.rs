@@ -335,128 +335,17 @@ impl Spool {
         // Each reader clears its own leftover when it attaches.
         files::remove_temp_files(&layout.quarantine)?;
         let counters = Counters::default();
-
-        let listed = list_segments(&layout.segments)?;
-        let last_seq = listed.keys().next_back().copied();
-        let mut catalog = BTreeMap::new();
-        let mut active: Option<Recovered> = None;
-        for (&seq, states) in &listed {
-            if states.contains(&SegmentState::Sealed) && states.contains(&SegmentState::Compressed)
-            {
-                // Interrupted between renaming the compressed copy in and
-                // deleting the raw one: both are complete; keep the raw
-                // one, which sealing will compress again.
-                let p = layout.segment(seq, SegmentState::Compressed);
-                fs::remove_file(&p).map_err(|e| Error::io("remove duplicate", &p, e))?;
-                fsync_dir(&layout.segments)?;
-            }
-            let state = if states.contains(&SegmentState::Active) {
-                SegmentState::Active
-            } else if states.contains(&SegmentState::Sealed) {
-                SegmentState::Sealed
-            } else {
-                SegmentState::Compressed
-            };
-            let path = layout.segment(seq, state);
-            let meta = match state {
-                SegmentState::Active => {
-                    let r = recover_active(&layout, seq, &counters)?;
-                    let meta = SegMeta {
-                        state,
-                        raw_len: r.len,
-                        disk_len: r.len,
-                    };
-                    if Some(seq) == last_seq {
-                        active = Some(r);
-                        meta
-                    } else {
-                        // Only the newest segment may stay active; an older
-                        // active one is sealed as rotation would have.
-                        let sealed = layout.segment(seq, SegmentState::Sealed);
-                        fs::rename(&path, &sealed).map_err(|e| Error::io("seal", &path, e))?;
-                        fsync_dir(&layout.segments)?;
-                        SegMeta {
-                            state: SegmentState::Sealed,
-                            ..meta
-                        }
-                    }
-                }
-                SegmentState::Sealed => {
-                    let l = disk_len(&path);
-                    SegMeta {
-                        state,
-                        raw_len: l,
-                        disk_len: l,
-                    }
-                }
-                SegmentState::Compressed => SegMeta {
-                    state,
-                    raw_len: compressed_content_size(&path).unwrap_or(0),
-                    disk_len: disk_len(&path),
-                },
-            };
-            catalog.insert(seq, meta);
-        }
-        let ckpt_max = list_readers(&layout)?
-            .iter()
-            .filter_map(|(_, ck)| match ck {
-                CheckpointRead::At(p) => Some(p.segment),
-                _ => None,
-            })
-            .max();
-        // Positions are identities downstream (deduplication by position),
-        // so none may be handed out twice. Appending after a cut tail, or
-        // below a checkpoint that read further than what survived, could
-        // reuse a position some reader already saw: start a new segment
-        // instead.
-        let active = match active {
-            Some(r) => {
-                let seq = last_seq.expect("an active segment was found");
-                let end = Position::new(seq, r.len);
-                let clamped = clamp_checkpoints(&layout, end, &counters)?;
-                if !r.cut && clamped == 0 {
-                    Some(r)
-                } else {
-                    tracing::warn!(
-                        segment = seq,
-                        "recovery cut data; sealing the segment so no position is reused"
-                    );
-                    let path = layout.segment(seq, SegmentState::Active);
-                    r.file
-                        .sync_all()
-                        .map_err(|e| Error::io("fsync segment", &path, e))?;
-                    let sealed = layout.segment(seq, SegmentState::Sealed);
-                    fs::rename(&path, &sealed).map_err(|e| Error::io("seal", &path, e))?;
-                    fsync_dir(&layout.segments)?;
-                    if let Some(m) = catalog.get_mut(&seq) {
-                        m.state = SegmentState::Sealed;
-                    }
-                    None
-                }
-            }
-            None => None,
-        };
-        let active = match active {
+        let Found {
+            mut catalog,
+            active,
+            last_seq,
+        } = recover_segments(&layout, &counters)?;
+        // Read before keep_active clamps checkpoints: a new segment goes
+        // after every position any reader has seen.
+        let ckpt_max = newest_checkpoint_segment(&layout)?;
+        let active = match keep_active(&layout, active, last_seq, &mut catalog, &counters)? {
             Some(a) => a,
-            None => {
-                let seq = last_seq.max(ckpt_max).map_or(1, |s| s + 1);
-                let (file, created) = create_segment(&layout, seq)?;
-                catalog.insert(
-                    seq,
-                    SegMeta {
-                        state: SegmentState::Active,
-                        raw_len: SEGMENT_HEADER_LEN as u64,
-                        disk_len: SEGMENT_HEADER_LEN as u64,
-                    },
-                );
-                Recovered {
-                    file,
-                    len: SEGMENT_HEADER_LEN as u64,
-                    frames: 0,
-                    created_unix_ms: created,
-                    cut: false,
-                }
-            }
+            None => new_active(&layout, last_seq.max(ckpt_max), &mut catalog)?,
         };
         let seq = *catalog
             .keys()
@@ -489,29 +378,7 @@ impl Spool {
             bg_cv: Condvar::new(),
             _lock: lock,
         });
-        let mut threads = Vec::new();
-        if inner.config.background_seal && inner.config.compression != Compression::Off {
-            let i = inner.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("spool-sealer".into())
-                    .spawn(move || i.sealer_loop())
-                    .map_err(|e| Error::io("spawn sealer thread for", &inner.layout.root, e))?,
-            );
-        }
-        if matches!(inner.config.durability, Durability::Interval { .. })
-            || inner.config.segment_age_ms > 0
-        {
-            let i = inner.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("spool-housekeeper".into())
-                    .spawn(move || i.housekeeper_loop())
-                    .map_err(|e| {
-                        Error::io("spawn housekeeper thread for", &inner.layout.root, e)
-                    })?,
-            );
-        }
+        let threads = spawn_background(&inner)?;
         Ok(Spool { inner, threads })
     }
 
@@ -679,6 +546,187 @@ impl Drop for Spool {
             tracing::warn!(error = %e, "final spool sync failed");
         }
     }
+}
+/// The segments found in the spool's folder, each recovered: its catalog
+/// entry, the newest active segment (the one appends continue), and the
+/// newest sequence number. An older active segment is sealed, as rotation
+/// would have; a segment both sealed and compressed (a crash between the
+/// rename and the delete) keeps its raw copy.
+fn recover_segments(layout: &Layout, counters: &Counters) -> Result<Found> {
+    let listed = list_segments(&layout.segments)?;
+    let last_seq = listed.keys().next_back().copied();
+    let mut catalog = BTreeMap::new();
+    let mut active: Option<Recovered> = None;
+    for (&seq, states) in &listed {
+        if states.contains(&SegmentState::Sealed) && states.contains(&SegmentState::Compressed) {
+            // Interrupted between renaming the compressed copy in and
+            // deleting the raw one: both are complete; keep the raw
+            // one, which sealing will compress again.
+            let p = layout.segment(seq, SegmentState::Compressed);
+            fs::remove_file(&p).map_err(|e| Error::io("remove duplicate", &p, e))?;
+            fsync_dir(&layout.segments)?;
+        }
+        let state = if states.contains(&SegmentState::Active) {
+            SegmentState::Active
+        } else if states.contains(&SegmentState::Sealed) {
+            SegmentState::Sealed
+        } else {
+            SegmentState::Compressed
+        };
+        let path = layout.segment(seq, state);
+        let meta = match state {
+            SegmentState::Active => {
+                let r = recover_active(layout, seq, counters)?;
+                let meta = SegMeta {
+                    state,
+                    raw_len: r.len,
+                    disk_len: r.len,
+                };
+                if Some(seq) == last_seq {
+                    active = Some(r);
+                    meta
+                } else {
+                    // Only the newest segment may stay active; an older
+                    // active one is sealed as rotation would have.
+                    let sealed = layout.segment(seq, SegmentState::Sealed);
+                    fs::rename(&path, &sealed).map_err(|e| Error::io("seal", &path, e))?;
+                    fsync_dir(&layout.segments)?;
+                    SegMeta {
+                        state: SegmentState::Sealed,
+                        ..meta
+                    }
+                }
+            }
+            SegmentState::Sealed => {
+                let l = disk_len(&path);
+                SegMeta {
+                    state,
+                    raw_len: l,
+                    disk_len: l,
+                }
+            }
+            SegmentState::Compressed => SegMeta {
+                state,
+                raw_len: compressed_content_size(&path).unwrap_or(0),
+                disk_len: disk_len(&path),
+            },
+        };
+        catalog.insert(seq, meta);
+    }
+    Ok(Found {
+        catalog,
+        active,
+        last_seq,
+    })
+}
+
+/// What [`recover_segments`] found.
+struct Found {
+    catalog: BTreeMap<u64, SegMeta>,
+    active: Option<Recovered>,
+    last_seq: Option<u64>,
+}
+
+/// The recovered active segment if appends may continue in it, or `None`
+/// after sealing it. Positions are identities downstream (deduplication by
+/// position), so none may be handed out twice. Appending after a cut tail,
+/// or below a checkpoint that read further than what survived, could reuse
+/// a position some reader already saw: start a new segment instead.
+fn keep_active(
+    layout: &Layout,
+    recovered: Option<Recovered>,
+    last_seq: Option<u64>,
+    catalog: &mut BTreeMap<u64, SegMeta>,
+    counters: &Counters,
+) -> Result<Option<Recovered>> {
+    let Some(r) = recovered else {
+        return Ok(None);
+    };
+    let seq = last_seq.expect("an active segment was found");
+    let end = Position::new(seq, r.len);
+    let clamped = clamp_checkpoints(layout, end, counters)?;
+    if !r.cut && clamped == 0 {
+        return Ok(Some(r));
+    }
+    tracing::warn!(
+        segment = seq,
+        "recovery cut data; sealing the segment so no position is reused"
+    );
+    let path = layout.segment(seq, SegmentState::Active);
+    r.file
+        .sync_all()
+        .map_err(|e| Error::io("fsync segment", &path, e))?;
+    let sealed = layout.segment(seq, SegmentState::Sealed);
+    fs::rename(&path, &sealed).map_err(|e| Error::io("seal", &path, e))?;
+    fsync_dir(&layout.segments)?;
+    if let Some(m) = catalog.get_mut(&seq) {
+        m.state = SegmentState::Sealed;
+    }
+    Ok(None)
+}
+
+/// The newest segment a reader's checkpoint names, if any.
+fn newest_checkpoint_segment(layout: &Layout) -> Result<Option<u64>> {
+    Ok(list_readers(layout)?
+        .iter()
+        .filter_map(|(_, ck)| match ck {
+            CheckpointRead::At(p) => Some(p.segment),
+            _ => None,
+        })
+        .max())
+}
+
+/// A new, empty active segment after `after` (the newest segment, or the
+/// newest a checkpoint names: no position is handed out twice).
+fn new_active(
+    layout: &Layout,
+    after: Option<u64>,
+    catalog: &mut BTreeMap<u64, SegMeta>,
+) -> Result<Recovered> {
+    let seq = after.map_or(1, |s| s + 1);
+    let (file, created) = create_segment(layout, seq)?;
+    catalog.insert(
+        seq,
+        SegMeta {
+            state: SegmentState::Active,
+            raw_len: SEGMENT_HEADER_LEN as u64,
+            disk_len: SEGMENT_HEADER_LEN as u64,
+        },
+    );
+    Ok(Recovered {
+        file,
+        len: SEGMENT_HEADER_LEN as u64,
+        frames: 0,
+        created_unix_ms: created,
+        cut: false,
+    })
+}
+
+/// The background threads the config asks for: the sealer (compression
+/// off the append path) and the housekeeper (interval fsyncs, age rotation).
+fn spawn_background(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::new();
+    if inner.config.background_seal && inner.config.compression != Compression::Off {
+        let i = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("spool-sealer".into())
+                .spawn(move || i.sealer_loop())
+                .map_err(|e| Error::io("spawn sealer thread for", &inner.layout.root, e))?,
+        );
+    }
+    if matches!(inner.config.durability, Durability::Interval { .. })
+        || inner.config.segment_age_ms > 0
+    {
+        let i = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("spool-housekeeper".into())
+                .spawn(move || i.housekeeper_loop())
+                .map_err(|e| Error::io("spawn housekeeper thread for", &inner.layout.root, e))?,
+        );
+    }
+    Ok(threads)
 }
 
 /// Moves checkpoints that point past the recovered end back to it: data they
