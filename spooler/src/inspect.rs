@@ -150,28 +150,31 @@ pub fn examine(dir: impl AsRef<Path>, quarantine_damage: bool) -> Result<Report>
         ));
     }
     let readers = list_readers(&layout)?;
-    let mut reader_reports: Vec<ReaderReport> = readers
-        .iter()
-        .map(|(name, ck)| ReaderReport {
-            name: name.clone(),
-            committed: match ck {
-                CheckpointRead::At(p) => Some(*p),
-                _ => None,
-            },
-            lag_frames: 0,
-            lag_bytes: 0,
-        })
-        .collect();
-    let mut problems = Vec::new();
+    let mut walk = Walk {
+        layout: &layout,
+        quarantine_damage,
+        readers: readers
+            .iter()
+            .map(|(name, ck)| ReaderReport {
+                name: name.clone(),
+                committed: match ck {
+                    CheckpointRead::At(p) => Some(*p),
+                    _ => None,
+                },
+                lag_frames: 0,
+                lag_bytes: 0,
+            })
+            .collect(),
+        problems: Vec::new(),
+        quarantined_now: 0,
+    };
     let mut segments = Vec::new();
-    let mut quarantined_now = 0;
     let mut prev: Option<u64> = None;
-    let listed = list_segments(&layout.segments)?;
     let mut ends = Vec::new();
-    for (&seq, states) in &listed {
+    for (&seq, states) in &list_segments(&layout.segments)? {
         if let Some(p) = prev {
             if seq > p + 1 {
-                problems.push(Problem {
+                walk.problems.push(Problem {
                     segment: p + 1,
                     offset: 0,
                     bytes: 0,
@@ -184,38 +187,42 @@ pub fn examine(dir: impl AsRef<Path>, quarantine_damage: bool) -> Result<Report>
         }
         prev = Some(seq);
         // The earliest stage present is the authoritative copy.
-        let state = states[0];
-        let path = layout.segment(seq, state);
+        if let Some(rep) = walk.segment(seq, states[0])? {
+            ends.push((seq, rep.raw_bytes));
+            segments.push(rep);
+        }
+    }
+    let mut problems = walk.problems;
+    problems.extend(checkpoint_problems(&readers, &ends));
+    let (quarantine_files, quarantine_bytes) = quarantine_totals(&layout);
+    Ok(Report {
+        dir: layout.root.clone(),
+        segments,
+        readers: walk.readers,
+        problems,
+        quarantine_files,
+        quarantine_bytes,
+        quarantined_now: walk.quarantined_now,
+    })
+}
+
+/// One walk of [`examine`] over the segments: what it found so far.
+struct Walk<'a> {
+    layout: &'a Layout,
+    quarantine_damage: bool,
+    readers: Vec<ReaderReport>,
+    problems: Vec<Problem>,
+    quarantined_now: u64,
+}
+
+impl Walk<'_> {
+    /// Examines segment `seq` in `state`: its report, or `None` when it
+    /// cannot be read at all (a problem says why).
+    fn segment(&mut self, seq: u64, state: SegmentState) -> Result<Option<SegmentReport>> {
+        let path = self.layout.segment(seq, state);
         let disk_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let data = match state {
-            SegmentState::Compressed => match files::read_compressed(&path) {
-                Ok(sb) => {
-                    if let Some(reason) = sb.damage {
-                        problems.push(Problem {
-                            segment: seq,
-                            offset: sb.data.len() as u64,
-                            bytes: disk_bytes,
-                            kind: ProblemKind::DamagedCompression(reason),
-                        });
-                        if quarantine_damage {
-                            let whole = fs::read(&path).unwrap_or_default();
-                            quarantined_now += files::quarantine(&layout, seq, u64::MAX, &whole)?;
-                        }
-                    }
-                    sb.data
-                }
-                Err(e) => {
-                    problems.push(unreadable(seq, e));
-                    continue;
-                }
-            },
-            _ => match files::read_raw(&path) {
-                Ok(d) => d,
-                Err(e) => {
-                    problems.push(unreadable(seq, e));
-                    continue;
-                }
-            },
+        let Some(data) = self.read(seq, state, &path, disk_bytes)? else {
+            return Ok(None);
         };
         let mut rep = SegmentReport {
             seq,
@@ -226,37 +233,87 @@ pub fn examine(dir: impl AsRef<Path>, quarantine_damage: bool) -> Result<Report>
             frames: 0,
             payload_bytes: 0,
         };
-        match SegmentHeader::decode(&data) {
-            Ok(h) if h.seq == seq => rep.created_unix_ms = Some(h.created_unix_ms),
+        rep.created_unix_ms = self.header(seq, &data)?;
+        self.frames(&mut rep, &data)?;
+        Ok(Some(rep))
+    }
+
+    /// The segment's bytes, decompressed; damage to a compressed copy is a
+    /// problem (its readable start still counts).
+    fn read(
+        &mut self,
+        seq: u64,
+        state: SegmentState,
+        path: &Path,
+        disk_bytes: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        let read = match state {
+            SegmentState::Compressed => files::read_compressed(path).map(|sb| {
+                if let Some(reason) = sb.damage {
+                    self.problems.push(Problem {
+                        segment: seq,
+                        offset: sb.data.len() as u64,
+                        bytes: disk_bytes,
+                        kind: ProblemKind::DamagedCompression(reason),
+                    });
+                    (sb.data, true)
+                } else {
+                    (sb.data, false)
+                }
+            }),
+            _ => files::read_raw(path).map(|d| (d, false)),
+        };
+        match read {
+            Ok((data, damaged)) => {
+                if damaged && self.quarantine_damage {
+                    let whole = fs::read(path).unwrap_or_default();
+                    self.quarantined_now += files::quarantine(self.layout, seq, u64::MAX, &whole)?;
+                }
+                Ok(Some(data))
+            }
+            Err(e) => {
+                self.problems.push(unreadable(seq, e));
+                Ok(None)
+            }
+        }
+    }
+
+    /// The creation time the segment's header gives, or a problem.
+    fn header(&mut self, seq: u64, data: &[u8]) -> Result<Option<u64>> {
+        match SegmentHeader::decode(data) {
+            Ok(h) if h.seq == seq => Ok(Some(h.created_unix_ms)),
             other => {
                 let reason = match other {
                     Ok(h) => format!("header names segment {}", h.seq),
                     Err(p) => p.to_string(),
                 };
                 let n = data.len().min(SEGMENT_HEADER_LEN);
-                problems.push(Problem {
+                self.problems.push(Problem {
                     segment: seq,
                     offset: 0,
                     bytes: n as u64,
                     kind: ProblemKind::BadHeader(reason),
                 });
-                if quarantine_damage {
-                    quarantined_now += files::quarantine(&layout, seq, 0, &data[..n])?;
+                if self.quarantine_damage {
+                    self.quarantined_now += files::quarantine(self.layout, seq, 0, &data[..n])?;
                 }
+                Ok(None)
             }
         }
-        for item in Scanner::new(&data, SEGMENT_HEADER_LEN) {
+    }
+
+    /// Counts the segment's frames (and each reader's lag) and reports
+    /// every damaged stretch, quarantining it when asked.
+    fn frames(&mut self, rep: &mut SegmentReport, data: &[u8]) -> Result<()> {
+        let seq = rep.seq;
+        for item in Scanner::new(data, SEGMENT_HEADER_LEN) {
             let (offset, len, kind) = match item {
                 Scanned::Frame { offset, payload } => {
                     rep.frames += 1;
                     rep.payload_bytes += payload.len() as u64;
                     let pos = Position::new(seq, offset as u64);
-                    for r in reader_reports.iter_mut() {
-                        let counts = match r.committed {
-                            Some(c) => pos >= c,
-                            None => true,
-                        };
-                        if counts {
+                    for r in self.readers.iter_mut() {
+                        if r.committed.is_none_or(|c| pos >= c) {
                             r.lag_frames += 1;
                             r.lag_bytes += frame_len(payload.len()) as u64;
                         }
@@ -264,27 +321,36 @@ pub fn examine(dir: impl AsRef<Path>, quarantine_damage: bool) -> Result<Report>
                     continue;
                 }
                 Scanned::Corrupt { offset, len } => (offset, len, ProblemKind::Corrupt),
-                Scanned::Tail { offset } if state == SegmentState::Active => {
+                Scanned::Tail { offset } if rep.state == SegmentState::Active => {
                     (offset, data.len() - offset, ProblemKind::TornTail)
                 }
                 Scanned::Tail { offset } => (offset, data.len() - offset, ProblemKind::CorruptTail),
             };
-            if quarantine_damage && kind != ProblemKind::TornTail {
-                quarantined_now +=
-                    files::quarantine(&layout, seq, offset as u64, &data[offset..offset + len])?;
+            if self.quarantine_damage && kind != ProblemKind::TornTail {
+                self.quarantined_now += files::quarantine(
+                    self.layout,
+                    seq,
+                    offset as u64,
+                    &data[offset..offset + len],
+                )?;
             }
-            problems.push(Problem {
+            self.problems.push(Problem {
                 segment: seq,
                 offset: offset as u64,
                 bytes: len as u64,
                 kind,
             });
         }
-        ends.push((seq, data.len() as u64));
-        segments.push(rep);
+        Ok(())
     }
+}
+
+/// Checkpoints that cannot be read, or that name a position past the end
+/// of what the segments hold (`ends`: each readable segment's length).
+fn checkpoint_problems(readers: &[(String, CheckpointRead)], ends: &[(u64, u64)]) -> Vec<Problem> {
     let last = ends.last().copied();
-    for (name, ck) in &readers {
+    let mut problems = Vec::new();
+    for (name, ck) in readers {
         match ck {
             CheckpointRead::Corrupt => problems.push(Problem {
                 segment: 0,
@@ -314,24 +380,21 @@ pub fn examine(dir: impl AsRef<Path>, quarantine_damage: bool) -> Result<Report>
             CheckpointRead::Missing => {}
         }
     }
-    let (mut quarantine_files, mut quarantine_bytes) = (0, 0);
+    problems
+}
+
+/// Files and bytes in the quarantine folder.
+fn quarantine_totals(layout: &Layout) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
     if let Ok(rd) = fs::read_dir(&layout.quarantine) {
         for e in rd.flatten() {
             if e.file_name().to_string_lossy().ends_with(".bad") {
-                quarantine_files += 1;
-                quarantine_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                files += 1;
+                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
             }
         }
     }
-    Ok(Report {
-        dir: layout.root,
-        segments,
-        readers: reader_reports,
-        problems,
-        quarantine_files,
-        quarantine_bytes,
-        quarantined_now,
-    })
+    (files, bytes)
 }
 
 fn unreadable(seq: u64, e: std::io::Error) -> Problem {
