@@ -676,6 +676,288 @@ fn latency_row(label: &str, h: &Histogram<u64>) {
     );
 }
 
+/// What phase 1 measured: the KION load, then Redis and one ClickHouse
+/// lookup alone.
+struct Phase1 {
+    reads: Reads,
+    write_secs: f64,
+    writes: u64,
+    ack: Histogram<u64>,
+    write_errors: BTreeMap<String, u64>,
+    lag: Histogram<u64>,
+    lag_errors: BTreeMap<String, u64>,
+    sources_before: BTreeMap<String, u64>,
+    sources_after: BTreeMap<String, u64>,
+    cpu_before: Vec<Option<u64>>,
+    cpu_after: Vec<Option<u64>>,
+    load_after: String,
+    bench: anyhow::Result<RedisBench>,
+    progress_rows: String,
+    lookups: Histogram<u64>,
+}
+
+/// Phase 1: `args.seconds` of reads at `args.read_rate` beside the writes,
+/// each process's CPU time around it; then `redis-benchmark` and the cost
+/// of one ClickHouse lookup, with the reads paused.
+fn measure_phase1(
+    rt: &tokio::runtime::Runtime,
+    ctx: &Arc<Ctx>,
+    args: &ProgressBench,
+    procs: &[(String, u32)],
+    ch: &launcher::probe::ClickHouseHttp,
+    redis: SocketAddr,
+) -> anyhow::Result<Phase1> {
+    let sources_before = rt.block_on(service_sources(ctx.query));
+    let cpu_before: Vec<Option<u64>> = procs.iter().map(|(_, p)| cpu_ticks(*p)).collect();
+    let acked_before = ctx.acked.load(Ordering::Relaxed);
+    *ctx.ack_latency.lock().expect("ack lock") = histogram();
+    ctx.sampling.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let phase1 = rt.block_on(read_load(
+        ctx,
+        args.read_rate,
+        Duration::from_secs(args.seconds),
+        args.cold_percent,
+        args.expired_keys,
+        1,
+    ));
+    let write_secs = started.elapsed().as_secs_f64();
+    let writes = ctx.acked.load(Ordering::Relaxed) - acked_before;
+    ctx.sampling.store(false, Ordering::Relaxed);
+    let cpu_after: Vec<Option<u64>> = procs.iter().map(|(_, p)| cpu_ticks(*p)).collect();
+    let load_after = load_average();
+    let ack = ctx.ack_latency.lock().expect("ack lock").clone();
+    let write_errors = ctx.write_errors.lock().expect("errors lock").clone();
+    // Lag polls still running end within LAG_POLL_MAX.
+    std::thread::sleep(LAG_POLL_MAX.min(Duration::from_secs(args.seconds)));
+    let sources_after = rt.block_on(service_sources(ctx.query));
+    let lag = ctx.lag.lock().expect("lag lock").clone();
+    let lag_errors = ctx.lag_errors.lock().expect("lag lock").clone();
+
+    let bench = redis_benchmark(redis);
+    // What one ClickHouse lookup costs alone (the reads paused, the writes
+    // going on): keys of the expired range the reads are unlikely to have drawn.
+    let progress_rows = ch
+        .query("SELECT count() FROM spoolhouse.events_local WHERE event = 'watch_progress'")?
+        .trim()
+        .to_string();
+    let lookups = rt.block_on(async {
+        let mut h = histogram();
+        let mut conn = connect(ctx.query).await?;
+        for i in 0..COLD_LOOKUPS.min(args.expired_keys) {
+            let k = args.expired_keys - 1 - i;
+            let path = format!("/v1/progress/{}/{}", EXPIRED_USER_BASE + k, 1 + k % VIDEOS);
+            let started = Instant::now();
+            if let Ok((200, _)) = get(&mut conn, &path).await {
+                record(&mut h, started.elapsed());
+            }
+        }
+        anyhow::Ok(h)
+    })?;
+
+    Ok(Phase1 {
+        reads: phase1,
+        write_secs,
+        writes,
+        ack,
+        write_errors,
+        lag,
+        lag_errors,
+        sources_before,
+        sources_after,
+        cpu_before,
+        cpu_after,
+        load_after,
+        bench,
+        progress_rows,
+        lookups,
+    })
+}
+
+/// Prints phase 1's tables and figures, and whether the targets were met.
+fn print_phase1(args: &ProgressBench, ctx: &Ctx, p1: &Phase1, procs: &[(String, u32)]) {
+    let Phase1 {
+        reads: phase1,
+        write_secs,
+        writes,
+        ack,
+        write_errors,
+        lag,
+        lag_errors,
+        sources_before,
+        sources_after,
+        cpu_before,
+        cpu_after,
+        load_after,
+        bench,
+        progress_rows,
+        lookups,
+    } = p1;
+    let (write_secs, writes) = (*write_secs, *writes);
+    println!(
+        "\nphase 1, the KION load for {} s: writes through the collector ({WRITERS} Unix-socket connections, {} users with 1-3 videos each), reads through the query service (keep-alive HTTP, open loop; {:.1} % of keys only in ClickHouse as after a Redis expiry, {:.1} % never written, the rest drawn from the last {HOT_KEYS_MAX} acknowledged writes)",
+        args.seconds,
+        args.write_rate * USERS_PER_WRITE_RATE,
+        args.cold_percent as f64 / 2.0,
+        args.cold_percent as f64 / 2.0,
+    );
+    println!("| | target/s | achieved/s | count | errors |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| writes (acked) | {} | {:.0} | {writes} | {} |",
+        args.write_rate,
+        writes as f64 / write_secs,
+        errors_text(write_errors)
+    );
+    println!(
+        "| reads (answered) | {} | {:.0} | {} | {} |",
+        args.read_rate,
+        phase1.rate(),
+        phase1.answered,
+        errors_text(&phase1.errors)
+    );
+    println!(
+        "\n| get latency, ms (client side, send to whole body) | count | p50 | p99 | p99.9 | max |"
+    );
+    println!("|---|---|---|---|---|---|");
+    latency_row("all answers", &phase1.all);
+    for (source, h) in &phase1.by_source {
+        latency_row(source, h);
+    }
+    let hits = phase1
+        .by_source
+        .get("redis")
+        .cloned()
+        .unwrap_or_else(histogram);
+    let delta = |s: &str| {
+        sources_after.get(s).copied().unwrap_or(0) - sources_before.get(s).copied().unwrap_or(0)
+    };
+    let service_total: u64 = ["redis", "clickhouse_dc", "clickhouse_global"]
+        .iter()
+        .map(|s| delta(s))
+        .sum();
+    println!(
+        "\nRedis hit ratio: {:.1} % of answers ({} of {}); {:.2} % of reads of recently written keys; the query service's metrics: {} of {} progress answers from Redis (lag polls included)",
+        100.0 * phase1.redis_hits() as f64 / phase1.answered.max(1) as f64,
+        phase1.redis_hits(),
+        phase1.answered,
+        100.0 * phase1.hot_redis as f64 / phase1.hot_answers.max(1) as f64,
+        delta("redis"),
+        service_total
+    );
+    if phase1.not_yet_visible > 0 {
+        println!(
+            "recently written keys read before they reached Redis (404 within {} s of the ack, not errors): {}",
+            VISIBLE_AFTER.as_secs(),
+            phase1.not_yet_visible
+        );
+    }
+    println!(
+        "collector ack latency (batch sent to acked, fsync policy group): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+        ms(ack, 0.5),
+        ms(ack, 0.99),
+        ms(ack, 0.999)
+    );
+    if lag.is_empty() {
+        println!(
+            "read-your-write lag: no samples ({})",
+            errors_text(lag_errors)
+        );
+    } else {
+        println!(
+            "read-your-write lag (collector ack to the first read returning the write; {} samples, each read at once and then every ~1 ms; {} returned by the first read, {} reads returned an older value): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; errors {}",
+            lag.len(),
+            ctx.lag_first_read.load(Ordering::Relaxed),
+            ctx.lag_polls.load(Ordering::Relaxed),
+            ms(lag, 0.5),
+            ms(lag, 0.99),
+            lag.max() as f64 / 1000.0,
+            errors_text(lag_errors)
+        );
+    }
+    match &bench {
+        Ok(b) => println!(
+            "redis-benchmark -t get -c 1 -n {REDIS_BENCH_REQUESTS}, same Redis, under the same write load: {:.0} GET/s, p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            b.rps, b.p50_ms, b.p95_ms, b.p99_ms, b.max_ms
+        ),
+        Err(e) => println!("redis-benchmark: {e:#}"),
+    }
+    println!(
+        "one ClickHouse lookup alone (reads paused, writes on; {} lookups of expired keys, {progress_rows} watch_progress rows in ClickHouse): p50 {:.1} ms, max {:.1} ms",
+        lookups.len(),
+        ms(lookups, 0.5),
+        lookups.max() as f64 / 1000.0
+    );
+    let p99_hit = ms(&hits, 0.99);
+    let errors = phase1.errors.values().sum::<u64>()
+        + write_errors.values().sum::<u64>()
+        + lag_errors.values().sum::<u64>();
+    println!(
+        "targets: p99 get on a Redis hit < 1 ms: {p99_hit:.3} ms, {}; errors 0: {errors}, {}",
+        if !hits.is_empty() && p99_hit < 1.0 {
+            "met"
+        } else {
+            "MISSED"
+        },
+        if errors == 0 { "met" } else { "MISSED" }
+    );
+    println!(
+        "CPU during phase 1, % of one core ({} cores; load average {load_after} at its end):",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let shares: Vec<String> = procs
+        .iter()
+        .zip(cpu_before.iter().zip(cpu_after.iter()))
+        .filter_map(|((name, _), (b, a))| {
+            let used = a.as_ref()? - b.as_ref()?;
+            Some(format!("{name} {:.0} %", used as f64 / write_secs))
+        })
+        .collect();
+    println!("  {}", shares.join(", "));
+}
+
+/// Phase 2: reads of recently written keys stepped up through
+/// `args.steps`, until p99 or the achieved rate gives out.
+fn run_phase2(rt: &tokio::runtime::Runtime, ctx: &Arc<Ctx>, args: &ProgressBench) {
+    println!(
+        "\nphase 2, reads of recently written keys stepped up under the same write load, {} s per step (stops at p99 >= {STEP_P99_MAX_MS} ms or < {:.0} % of the rate):",
+        args.step_seconds,
+        100.0 * STEP_RATE_MIN
+    );
+    println!("| target reads/s | achieved/s | p50 ms | p99 ms | p99.9 ms | Redis hits | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut best = None;
+    for (i, &rate) in args.steps.iter().enumerate() {
+        let r = rt.block_on(read_load(
+            ctx,
+            rate,
+            Duration::from_secs(args.step_seconds),
+            0,
+            args.expired_keys,
+            100 + i as u64,
+        ));
+        let p99 = ms(&r.all, 0.99);
+        println!(
+            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1} % | {} |",
+            r.target,
+            r.rate(),
+            ms(&r.all, 0.5),
+            p99,
+            ms(&r.all, 0.999),
+            100.0 * r.redis_hits() as f64 / r.answered.max(1) as f64,
+            errors_text(&r.errors)
+        );
+        if r.all.is_empty() || p99 >= STEP_P99_MAX_MS || r.rate() < STEP_RATE_MIN * rate as f64 {
+            break;
+        }
+        best = Some(rate);
+    }
+    match best {
+        Some(b) => println!("highest sustained read rate with p99 < {STEP_P99_MAX_MS} ms: {b} reads/s (of the steps tried)"),
+        None => println!("no step sustained its rate with p99 < {STEP_P99_MAX_MS} ms"),
+    }
+}
+
 /// Runs `spoolhouse bench progress`.
 pub fn run(args: ProgressBench) -> anyhow::Result<()> {
     let load_before = load_average();
@@ -754,216 +1036,10 @@ pub fn run(args: ProgressBench) -> anyhow::Result<()> {
     // Warm-up: reads begin once the first reports are in Redis.
     rt.block_on(warm_up(&ctx, args.lag_samples))
         .with_context(|| format!("shipper log:\n{}", services.procs[1].log_tail(20)))?;
-    let sources_before = rt.block_on(service_sources(ctx.query));
-    let cpu_before: Vec<Option<u64>> = procs.iter().map(|(_, p)| cpu_ticks(*p)).collect();
-    let acked_before = ctx.acked.load(Ordering::Relaxed);
-    *ctx.ack_latency.lock().expect("ack lock") = histogram();
-    ctx.sampling.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    let phase1 = rt.block_on(read_load(
-        &ctx,
-        args.read_rate,
-        Duration::from_secs(args.seconds),
-        args.cold_percent,
-        args.expired_keys,
-        1,
-    ));
-    let write_secs = started.elapsed().as_secs_f64();
-    let writes = ctx.acked.load(Ordering::Relaxed) - acked_before;
-    ctx.sampling.store(false, Ordering::Relaxed);
-    let cpu_after: Vec<Option<u64>> = procs.iter().map(|(_, p)| cpu_ticks(*p)).collect();
-    let load_after = load_average();
-    let ack = ctx.ack_latency.lock().expect("ack lock").clone();
-    let write_errors = ctx.write_errors.lock().expect("errors lock").clone();
-    // Lag polls still running end within LAG_POLL_MAX.
-    std::thread::sleep(LAG_POLL_MAX.min(Duration::from_secs(args.seconds)));
-    let sources_after = rt.block_on(service_sources(ctx.query));
-    let lag = ctx.lag.lock().expect("lag lock").clone();
-    let lag_errors = ctx.lag_errors.lock().expect("lag lock").clone();
-
-    let bench = redis_benchmark(redis);
-    // What one ClickHouse lookup costs alone (the reads paused, the writes
-    // going on): keys of the expired range the reads are unlikely to have drawn.
-    let progress_rows = ch
-        .query("SELECT count() FROM spoolhouse.events_local WHERE event = 'watch_progress'")?
-        .trim()
-        .to_string();
-    let lookups = rt.block_on(async {
-        let mut h = histogram();
-        let mut conn = connect(ctx.query).await?;
-        for i in 0..COLD_LOOKUPS.min(args.expired_keys) {
-            let k = args.expired_keys - 1 - i;
-            let path = format!("/v1/progress/{}/{}", EXPIRED_USER_BASE + k, 1 + k % VIDEOS);
-            let started = Instant::now();
-            if let Ok((200, _)) = get(&mut conn, &path).await {
-                record(&mut h, started.elapsed());
-            }
-        }
-        anyhow::Ok(h)
-    })?;
-
-    println!(
-        "\nphase 1, the KION load for {} s: writes through the collector ({WRITERS} Unix-socket connections, {} users with 1-3 videos each), reads through the query service (keep-alive HTTP, open loop; {:.1} % of keys only in ClickHouse as after a Redis expiry, {:.1} % never written, the rest drawn from the last {HOT_KEYS_MAX} acknowledged writes)",
-        args.seconds,
-        args.write_rate * USERS_PER_WRITE_RATE,
-        args.cold_percent as f64 / 2.0,
-        args.cold_percent as f64 / 2.0,
-    );
-    println!("| | target/s | achieved/s | count | errors |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| writes (acked) | {} | {:.0} | {writes} | {} |",
-        args.write_rate,
-        writes as f64 / write_secs,
-        errors_text(&write_errors)
-    );
-    println!(
-        "| reads (answered) | {} | {:.0} | {} | {} |",
-        args.read_rate,
-        phase1.rate(),
-        phase1.answered,
-        errors_text(&phase1.errors)
-    );
-    println!(
-        "\n| get latency, ms (client side, send to whole body) | count | p50 | p99 | p99.9 | max |"
-    );
-    println!("|---|---|---|---|---|---|");
-    latency_row("all answers", &phase1.all);
-    for (source, h) in &phase1.by_source {
-        latency_row(source, h);
-    }
-    let hits = phase1
-        .by_source
-        .get("redis")
-        .cloned()
-        .unwrap_or_else(histogram);
-    let delta = |s: &str| {
-        sources_after.get(s).copied().unwrap_or(0) - sources_before.get(s).copied().unwrap_or(0)
-    };
-    let service_total: u64 = ["redis", "clickhouse_dc", "clickhouse_global"]
-        .iter()
-        .map(|s| delta(s))
-        .sum();
-    println!(
-        "\nRedis hit ratio: {:.1} % of answers ({} of {}); {:.2} % of reads of recently written keys; the query service's metrics: {} of {} progress answers from Redis (lag polls included)",
-        100.0 * phase1.redis_hits() as f64 / phase1.answered.max(1) as f64,
-        phase1.redis_hits(),
-        phase1.answered,
-        100.0 * phase1.hot_redis as f64 / phase1.hot_answers.max(1) as f64,
-        delta("redis"),
-        service_total
-    );
-    if phase1.not_yet_visible > 0 {
-        println!(
-            "recently written keys read before they reached Redis (404 within {} s of the ack, not errors): {}",
-            VISIBLE_AFTER.as_secs(),
-            phase1.not_yet_visible
-        );
-    }
-    println!(
-        "collector ack latency (batch sent to acked, fsync policy group): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
-        ms(&ack, 0.5),
-        ms(&ack, 0.99),
-        ms(&ack, 0.999)
-    );
-    if lag.is_empty() {
-        println!(
-            "read-your-write lag: no samples ({})",
-            errors_text(&lag_errors)
-        );
-    } else {
-        println!(
-            "read-your-write lag (collector ack to the first read returning the write; {} samples, each read at once and then every ~1 ms; {} returned by the first read, {} reads returned an older value): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; errors {}",
-            lag.len(),
-            ctx.lag_first_read.load(Ordering::Relaxed),
-            ctx.lag_polls.load(Ordering::Relaxed),
-            ms(&lag, 0.5),
-            ms(&lag, 0.99),
-            lag.max() as f64 / 1000.0,
-            errors_text(&lag_errors)
-        );
-    }
-    match &bench {
-        Ok(b) => println!(
-            "redis-benchmark -t get -c 1 -n {REDIS_BENCH_REQUESTS}, same Redis, under the same write load: {:.0} GET/s, p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-            b.rps, b.p50_ms, b.p95_ms, b.p99_ms, b.max_ms
-        ),
-        Err(e) => println!("redis-benchmark: {e:#}"),
-    }
-    println!(
-        "one ClickHouse lookup alone (reads paused, writes on; {} lookups of expired keys, {progress_rows} watch_progress rows in ClickHouse): p50 {:.1} ms, max {:.1} ms",
-        lookups.len(),
-        ms(&lookups, 0.5),
-        lookups.max() as f64 / 1000.0
-    );
-    let p99_hit = ms(&hits, 0.99);
-    let errors = phase1.errors.values().sum::<u64>()
-        + write_errors.values().sum::<u64>()
-        + lag_errors.values().sum::<u64>();
-    println!(
-        "targets: p99 get on a Redis hit < 1 ms: {p99_hit:.3} ms, {}; errors 0: {errors}, {}",
-        if !hits.is_empty() && p99_hit < 1.0 {
-            "met"
-        } else {
-            "MISSED"
-        },
-        if errors == 0 { "met" } else { "MISSED" }
-    );
-    println!(
-        "CPU during phase 1, % of one core ({} cores; load average {load_after} at its end):",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    let shares: Vec<String> = procs
-        .iter()
-        .zip(cpu_before.iter().zip(&cpu_after))
-        .filter_map(|((name, _), (b, a))| {
-            let used = a.as_ref()? - b.as_ref()?;
-            Some(format!("{name} {:.0} %", used as f64 / write_secs))
-        })
-        .collect();
-    println!("  {}", shares.join(", "));
-
+    let p1 = measure_phase1(&rt, &ctx, &args, &procs, &ch, redis)?;
+    print_phase1(&args, &ctx, &p1, &procs);
     if !args.steps.is_empty() {
-        println!(
-            "\nphase 2, reads of recently written keys stepped up under the same write load, {} s per step (stops at p99 >= {STEP_P99_MAX_MS} ms or < {:.0} % of the rate):",
-            args.step_seconds,
-            100.0 * STEP_RATE_MIN
-        );
-        println!(
-            "| target reads/s | achieved/s | p50 ms | p99 ms | p99.9 ms | Redis hits | errors |"
-        );
-        println!("|---|---|---|---|---|---|---|");
-        let mut best = None;
-        for (i, &rate) in args.steps.iter().enumerate() {
-            let r = rt.block_on(read_load(
-                &ctx,
-                rate,
-                Duration::from_secs(args.step_seconds),
-                0,
-                args.expired_keys,
-                100 + i as u64,
-            ));
-            let p99 = ms(&r.all, 0.99);
-            println!(
-                "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1} % | {} |",
-                r.target,
-                r.rate(),
-                ms(&r.all, 0.5),
-                p99,
-                ms(&r.all, 0.999),
-                100.0 * r.redis_hits() as f64 / r.answered.max(1) as f64,
-                errors_text(&r.errors)
-            );
-            if r.all.is_empty() || p99 >= STEP_P99_MAX_MS || r.rate() < STEP_RATE_MIN * rate as f64
-            {
-                break;
-            }
-            best = Some(rate);
-        }
-        match best {
-            Some(b) => println!("highest sustained read rate with p99 < {STEP_P99_MAX_MS} ms: {b} reads/s (of the steps tried)"),
-            None => println!("no step sustained its rate with p99 < {STEP_P99_MAX_MS} ms"),
-        }
+        run_phase2(&rt, &ctx, &args);
     }
 
     ctx.stop_writes.store(true, Ordering::Relaxed);
