@@ -327,6 +327,164 @@ fn pending_minutes(state_dir: &std::path::Path) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// Starts each DC's collector, shipper (with `shipper_limits`) and query
+/// service, and waits until every one serves.
+fn start_dcs(
+    cluster: &LocalCluster,
+    shipper_limits: &dc_config::services::ShipperLimits,
+) -> anyhow::Result<Vec<Dc>> {
+    let mut dcs = Vec::new();
+    for dc in cluster.topology().datacenter.clone() {
+        let services = start_services(cluster, &dc.name, shipper_limits.clone())?;
+        dcs.push(Dc {
+            name: dc.name.clone(),
+            services,
+            collector_admin: dc.collector.admin,
+            shipper_admin: dc.shipper.admin,
+            load: Arc::default(),
+        });
+    }
+    for d in &dcs {
+        wait_ready(&d.services, &d.name)?;
+    }
+    Ok(dcs)
+}
+
+/// Sends each DC's history, then `args.seconds` of live traffic, into its
+/// collector, the progress line ticking.
+fn send_traffic(
+    rt: &tokio::runtime::Runtime,
+    dcs: &[Dc],
+    plan: &Plan,
+    args: &DemoArgs,
+    progress: &mut ProgressLine,
+) -> anyhow::Result<()> {
+    let sending = Instant::now();
+    let sends: Vec<_> = dcs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let lines = traffic::backfill(plan, i);
+            rt.spawn(send_backfill(
+                d.services.socket.clone(),
+                lines,
+                d.load.clone(),
+            ))
+        })
+        .collect();
+    run_with_progress(rt, sends, progress, "history", dcs).context("sending the history")?;
+    for d in dcs {
+        println!(
+            "{}: {} events of history sent to the collector over its Unix socket, {} acknowledged ({} h of a daily curve, one minute per hour, then the last {} minutes minute by minute), in {:.1} s",
+            d.name,
+            d.load.sent.load(Ordering::Relaxed),
+            d.load.backfill_acked.load(Ordering::Relaxed),
+            traffic::HISTORY_HOURS,
+            traffic::RECENT_MINUTES,
+            sending.elapsed().as_secs_f64()
+        );
+    }
+    println!(
+        "live traffic: {} events/s into each collector for {} s (registrations, votes, screen views, watch progress)",
+        args.rate, args.seconds
+    );
+    progress.restart(dcs);
+    let live: Vec<_> = dcs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            rt.spawn(send_live(
+                d.services.socket.clone(),
+                d.load.clone(),
+                args.rate,
+                args.seconds,
+                0x11fe + i as u64,
+            ))
+        })
+        .collect();
+    run_with_progress(rt, live, progress, "live", dcs).context("sending live traffic")?;
+    Ok(())
+}
+
+/// Waits until every acknowledged event is in ClickHouse and every minute
+/// is aggregated, then prints, per DC, what was acknowledged and what
+/// ClickHouse holds; true when every DC holds each event exactly once.
+fn drain_and_count(
+    ch: &launcher::probe::ClickHouseHttp,
+    db: &str,
+    dcs: &[Dc],
+    progress: &mut ProgressLine,
+    last_minute_closes_ms: u64,
+) -> anyhow::Result<bool> {
+    let per_dc = |sql: &str| -> BTreeMap<String, Vec<u64>> {
+        ch.query(sql)
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| {
+                        let mut f = l.split('\t');
+                        let dc = f.next()?.to_string();
+                        Some((dc, f.filter_map(|x| x.parse().ok()).collect()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let count_sql = format!(
+        "SELECT dc, count(), uniqExact(host, spool_segment, spool_offset) FROM {db}.{} GROUP BY dc FORMAT TSV",
+        table::EVENTS_ALL
+    );
+    progress.restart(dcs);
+    wait_until("shipping every acknowledged event", DRAIN_LIMIT, || {
+        progress.tick("shipping", dcs);
+        let shipped = per_dc(&count_sql);
+        dcs.iter().all(|d| {
+            shipped
+                .get(&d.name)
+                .and_then(|v| v.first())
+                .copied()
+                .unwrap_or(0)
+                >= d.load.acked.load(Ordering::Relaxed)
+        })
+    })?;
+    wait_until("aggregating every minute", DRAIN_LIMIT, || {
+        let left_s = last_minute_closes_ms
+            .saturating_sub(now_ms())
+            .div_ceil(1000);
+        let note = if left_s > 0 {
+            format!(" (the last live minute ends in {left_s} s)")
+        } else {
+            String::new()
+        };
+        progress.tick_noting("aggregating", &note, dcs);
+        dcs.iter()
+            .all(|d| pending_minutes(&d.services.shipper_state) == 0)
+    })?;
+    progress.finish();
+    let shipped = per_dc(&count_sql);
+    let mut all_once = true;
+    for d in dcs {
+        let acked = d.load.acked.load(Ordering::Relaxed);
+        let backfill = d.load.backfill_acked.load(Ordering::Relaxed);
+        let (rows, distinct) = match shipped.get(&d.name).map(Vec::as_slice) {
+            Some([rows, distinct, ..]) => (*rows, *distinct),
+            _ => (0, 0),
+        };
+        let once = rows == acked && distinct == rows;
+        all_once &= once;
+        println!(
+            "{}: {acked} acknowledged ({backfill} history, {} live; {} refused), {rows} in ClickHouse, {distinct} distinct spool positions: exactly once: {}",
+            d.name,
+            acked - backfill,
+            d.load.refused.load(Ordering::Relaxed),
+            if once { "yes" } else { "NO" }
+        );
+        if let Some(why) = d.load.first_refusal.lock().expect("load lock").as_ref() {
+            println!("  the first refused event was {why}");
+        }
+    }
+    Ok(all_once)
+}
+
 /// Runs the main job.
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     install_ctrlc()?;
@@ -349,20 +507,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         aggregation_grace_ms: 500,
         ..Default::default()
     };
-    let mut dcs = Vec::new();
-    for dc in cluster.topology().datacenter.clone() {
-        let services = start_services(&cluster, &dc.name, shipper_limits.clone())?;
-        dcs.push(Dc {
-            name: dc.name.clone(),
-            services,
-            collector_admin: dc.collector.admin,
-            shipper_admin: dc.shipper.admin,
-            load: Arc::default(),
-        });
-    }
-    for d in &dcs {
-        wait_ready(&d.services, &d.name)?;
-    }
+    let dcs = start_dcs(&cluster, &shipper_limits)?;
     println!("collector, shipper and query service running in each datacenter");
 
     let plan = Plan::new((now_ms() / 1000) as u32);
@@ -370,51 +515,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let sending = Instant::now();
     let mut progress = ProgressLine::new();
-    let sends: Vec<_> = dcs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let lines = traffic::backfill(&plan, i);
-            rt.spawn(send_backfill(
-                d.services.socket.clone(),
-                lines,
-                d.load.clone(),
-            ))
-        })
-        .collect();
-    run_with_progress(&rt, sends, &mut progress, "history", &dcs).context("sending the history")?;
-    for d in &dcs {
-        println!(
-            "{}: {} events of history sent to the collector over its Unix socket, {} acknowledged ({} h of a daily curve, one minute per hour, then the last {} minutes minute by minute), in {:.1} s",
-            d.name,
-            d.load.sent.load(Ordering::Relaxed),
-            d.load.backfill_acked.load(Ordering::Relaxed),
-            traffic::HISTORY_HOURS,
-            traffic::RECENT_MINUTES,
-            sending.elapsed().as_secs_f64()
-        );
-    }
-    println!(
-        "live traffic: {} events/s into each collector for {} s (registrations, votes, screen views, watch progress)",
-        args.rate, args.seconds
-    );
-    progress.restart(&dcs);
-    let live: Vec<_> = dcs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            rt.spawn(send_live(
-                d.services.socket.clone(),
-                d.load.clone(),
-                args.rate,
-                args.seconds,
-                0x11fe + i as u64,
-            ))
-        })
-        .collect();
-    run_with_progress(&rt, live, &mut progress, "live", &dcs).context("sending live traffic")?;
+    send_traffic(&rt, &dcs, &plan, &args, &mut progress)?;
     if INTERRUPTED.load(Ordering::SeqCst) {
         anyhow::bail!("interrupted");
     }
@@ -430,72 +532,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .expect("checked")
         .name();
     let ch = cluster.clickhouse(&first)?;
-    let per_dc = |sql: &str| -> BTreeMap<String, Vec<u64>> {
-        ch.query(sql)
-            .map(|t| {
-                t.lines()
-                    .filter_map(|l| {
-                        let mut f = l.split('\t');
-                        let dc = f.next()?.to_string();
-                        Some((dc, f.filter_map(|x| x.parse().ok()).collect()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let count_sql = format!(
-        "SELECT dc, count(), uniqExact(host, spool_segment, spool_offset) FROM {db}.{} GROUP BY dc FORMAT TSV",
-        table::EVENTS_ALL
-    );
-    progress.restart(&dcs);
-    wait_until("shipping every acknowledged event", DRAIN_LIMIT, || {
-        progress.tick("shipping", &dcs);
-        let shipped = per_dc(&count_sql);
-        dcs.iter().all(|d| {
-            shipped
-                .get(&d.name)
-                .and_then(|v| v.first())
-                .copied()
-                .unwrap_or(0)
-                >= d.load.acked.load(Ordering::Relaxed)
-        })
-    })?;
-    wait_until("aggregating every minute", DRAIN_LIMIT, || {
-        let left_s = last_minute_closes_ms
-            .saturating_sub(now_ms())
-            .div_ceil(1000);
-        let note = if left_s > 0 {
-            format!(" (the last live minute ends in {left_s} s)")
-        } else {
-            String::new()
-        };
-        progress.tick_noting("aggregating", &note, &dcs);
-        dcs.iter()
-            .all(|d| pending_minutes(&d.services.shipper_state) == 0)
-    })?;
-    progress.finish();
-    let shipped = per_dc(&count_sql);
-    let mut all_once = true;
-    for d in &dcs {
-        let acked = d.load.acked.load(Ordering::Relaxed);
-        let backfill = d.load.backfill_acked.load(Ordering::Relaxed);
-        let (rows, distinct) = match shipped.get(&d.name).map(Vec::as_slice) {
-            Some([rows, distinct, ..]) => (*rows, *distinct),
-            _ => (0, 0),
-        };
-        let once = rows == acked && distinct == rows;
-        all_once &= once;
-        println!(
-            "{}: {acked} acknowledged ({backfill} history, {} live; {} refused), {rows} in ClickHouse, {distinct} distinct spool positions: exactly once: {}",
-            d.name,
-            acked - backfill,
-            d.load.refused.load(Ordering::Relaxed),
-            if once { "yes" } else { "NO" }
-        );
-        if let Some(why) = d.load.first_refusal.lock().expect("load lock").as_ref() {
-            println!("  the first refused event was {why}");
-        }
-    }
+    let all_once = drain_and_count(&ch, &db, &dcs, &mut progress, last_minute_closes_ms)?;
     println!(
         "every acknowledged event shipped exactly once: {}; every minute aggregated",
         if all_once { "yes" } else { "NO" }
