@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{is_disk_full, Error, Result};
+use crate::fileio::SpoolIo;
 use crate::format::{decode_checkpoint, encode_checkpoint, Position, SEGMENT_BYTES_MAX};
 
 /// The lifecycle stage of a segment file, in the order a segment goes
@@ -66,11 +67,11 @@ impl Layout {
             .all(|d| d.is_dir())
     }
 
-    pub(crate) fn create_dirs(&self) -> Result<()> {
+    pub(crate) fn create_dirs(&self, io: &dyn SpoolIo) -> Result<()> {
         for d in [&self.root, &self.segments, &self.readers, &self.quarantine] {
             fs::create_dir_all(d).map_err(|e| Error::io("create directory", d, e))?;
         }
-        fsync_dir(&self.root)
+        fsync_dir(io, &self.root)
     }
 
     pub(crate) fn segment(&self, seq: u64, state: SegmentState) -> PathBuf {
@@ -128,9 +129,8 @@ pub(crate) fn list_segments(dir: &Path) -> Result<BTreeMap<u64, Vec<SegmentState
 }
 
 /// Makes renames, creations and deletions in `dir` durable.
-pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
+pub(crate) fn fsync_dir(io: &dyn SpoolIo, dir: &Path) -> Result<()> {
+    io.sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
@@ -205,7 +205,13 @@ pub(crate) fn compressed_content_size(path: &Path) -> Option<u64> {
 /// Copies damaged bytes into `quarantine/SEQ-OFFSET.bad`. Idempotent: the
 /// same region found again (on every open, by every reader) is written once.
 /// Returns the bytes newly quarantined.
-pub(crate) fn quarantine(layout: &Layout, seq: u64, offset: u64, bytes: &[u8]) -> Result<u64> {
+pub(crate) fn quarantine(
+    io: &dyn SpoolIo,
+    layout: &Layout,
+    seq: u64,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<u64> {
     let path = layout
         .quarantine
         .join(format!("{seq:020}-{offset:020}.bad"));
@@ -213,14 +219,10 @@ pub(crate) fn quarantine(layout: &Layout, seq: u64, offset: u64, bytes: &[u8]) -
         return Ok(0);
     }
     let tmp = path.with_extension("bad.tmp");
-    let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
-    };
-    write().map_err(|e| Error::io("write quarantine file", &path, e))?;
-    fsync_dir(&layout.quarantine)?;
+    io.write_file(&tmp, bytes)
+        .and_then(|()| io.rename(&tmp, &path))
+        .map_err(|e| Error::io("write quarantine file", &path, e))?;
+    fsync_dir(io, &layout.quarantine)?;
     tracing::warn!(segment = seq, offset, bytes = bytes.len(), path = %path.display(), "quarantined corrupt spool bytes");
     Ok(bytes.len() as u64)
 }
@@ -267,22 +269,20 @@ pub(crate) fn read_checkpoint(path: &Path) -> Result<CheckpointRead> {
 /// place, which needs no new block. A crash during that 32-byte write could
 /// at worst tear it; a torn checkpoint fails its CRC and reads as "read
 /// nothing", so nothing is lost, only read again.
-pub(crate) fn write_checkpoint(layout: &Layout, name: &str, pos: Position) -> Result<()> {
+pub(crate) fn write_checkpoint(
+    io: &dyn SpoolIo,
+    layout: &Layout,
+    name: &str,
+    pos: Position,
+) -> Result<()> {
     let path = layout.checkpoint(name);
     let tmp = layout.checkpoint_tmp(name);
     let bytes = encode_checkpoint(pos);
-    let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
-    };
-    match write() {
-        Ok(()) => fsync_dir(&layout.readers),
+    match io
+        .write_file(&tmp, &bytes)
+        .and_then(|()| io.rename(&tmp, &path))
+    {
+        Ok(()) => fsync_dir(io, &layout.readers),
         Err(e) if is_disk_full(&e) => {
             let _ = fs::remove_file(&tmp);
             overwrite_in_place(&path, &bytes).map_err(|_| Error::io("write checkpoint", &path, e))

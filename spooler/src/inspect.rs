@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fileio::StdIo;
 use crate::files::{self, list_readers, list_segments, CheckpointRead, Layout, SegmentState};
 use crate::format::{frame_len, Position, Scanned, Scanner, SegmentHeader, SEGMENT_HEADER_LEN};
 
@@ -267,7 +268,8 @@ impl Walk<'_> {
             Ok((data, damaged)) => {
                 if damaged && self.quarantine_damage {
                     let whole = fs::read(path).unwrap_or_default();
-                    self.quarantined_now += files::quarantine(self.layout, seq, u64::MAX, &whole)?;
+                    self.quarantined_now +=
+                        files::quarantine(&StdIo, self.layout, seq, u64::MAX, &whole)?;
                 }
                 Ok(Some(data))
             }
@@ -295,7 +297,8 @@ impl Walk<'_> {
                     kind: ProblemKind::BadHeader(reason),
                 });
                 if self.quarantine_damage {
-                    self.quarantined_now += files::quarantine(self.layout, seq, 0, &data[..n])?;
+                    self.quarantined_now +=
+                        files::quarantine(&StdIo, self.layout, seq, 0, &data[..n])?;
                 }
                 Ok(None)
             }
@@ -328,6 +331,7 @@ impl Walk<'_> {
             };
             if self.quarantine_damage && kind != ProblemKind::TornTail {
                 self.quarantined_now += files::quarantine(
+                    &StdIo,
                     self.layout,
                     seq,
                     offset as u64,

@@ -85,7 +85,10 @@
 //! error poisons the spool (fsync errors may drop dirty pages, so nothing
 //! after it can be trusted) until it is reopened and recovered; a write error
 //! first cuts the partial batch off so it cannot become mid-segment garbage.
-//! Both go through [`SegmentIo`], which tests replace to inject the faults.
+//! Both go through [`SpoolIo`], which tests replace to inject the faults;
+//! so do renames (sealing, compressed copies moved in, checkpoints put in
+//! place), directory syncs and checkpoint writes, so a test can fail a
+//! checkpoint's rename or a seal midway (`tests/faults.rs`).
 //! `append_deferred` + `wait_durable` split an append so one caller can keep
 //! several batches in flight and acknowledge each when the group commit
 //! covers it.
@@ -157,6 +160,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fileio;
 mod files;
 pub mod format;
 pub mod inspect;
@@ -167,8 +171,9 @@ mod watermark;
 
 pub use config::{Compression, Config, Durability};
 pub use error::{Error, Result};
+pub use fileio::{SpoolIo, StdIo};
 pub use files::SegmentState;
 pub use format::{Position, FRAME_PAYLOAD_MAX, SEGMENT_BYTES_MAX};
 pub use reader::{Frame, Reader};
-pub use spool::{PendingAppend, SegmentIo, Spool, StdIo};
+pub use spool::{PendingAppend, Spool};
 pub use stats::{ReaderLag, ReaderStats, SpoolStats, Stat, StatKind, FSYNC_BUCKETS_US};

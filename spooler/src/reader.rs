@@ -11,6 +11,7 @@ use notify::event::ModifyKind;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::error::{Error, Result};
+use crate::fileio::{SpoolIo, StdIo};
 use crate::files::{
     self, list_segments, quarantine, read_checkpoint, validate_reader_name, write_checkpoint,
     CheckpointRead, Layout, SegmentState,
@@ -52,6 +53,8 @@ struct Loaded {
 pub struct Reader {
     name: String,
     layout: Layout,
+    /// Checkpoint writes and quarantine copies go through it.
+    io: Arc<dyn SpoolIo>,
     shared: Option<Arc<Shared>>,
     signal: Arc<Signal>,
     _watcher: Option<RecommendedWatcher>,
@@ -91,10 +94,15 @@ impl Reader {
     /// durable watermark it may see frames written but not yet synced (only
     /// possible with the `Interval` policy).
     pub fn open(dir: impl AsRef<Path>, name: &str) -> Result<Reader> {
-        Reader::attach(dir.as_ref(), name, None)
+        Reader::attach(dir.as_ref(), name, None, Arc::new(StdIo))
     }
 
-    pub(crate) fn attach(dir: &Path, name: &str, shared: Option<Arc<Shared>>) -> Result<Reader> {
+    pub(crate) fn attach(
+        dir: &Path,
+        name: &str,
+        shared: Option<Arc<Shared>>,
+        io: Arc<dyn SpoolIo>,
+    ) -> Result<Reader> {
         validate_reader_name(name)?;
         let layout = Layout::new(dir);
         if !layout.segments.is_dir() {
@@ -132,7 +140,7 @@ impl Reader {
                 let p = first.map_or(Position::default(), |s| {
                     Position::new(s, SEGMENT_HEADER_LEN as u64)
                 });
-                write_checkpoint(&layout, name, p)?;
+                write_checkpoint(&*io, &layout, name, p)?;
                 p
             }
         };
@@ -175,6 +183,7 @@ impl Reader {
         let mut r = Reader {
             name: name.to_string(),
             layout,
+            io,
             shared,
             signal,
             _watcher: watcher,
@@ -230,7 +239,7 @@ impl Reader {
         self.stats.stale_checkpoints += 1;
         self.cursor = to;
         self.committed = to;
-        write_checkpoint(&self.layout, &self.name, to)
+        write_checkpoint(&*self.io, &self.layout, &self.name, to)
     }
 
     /// Finds segment `seq` in whichever lifecycle stage it is. The file can
@@ -280,7 +289,7 @@ impl Reader {
                         self.stats.corrupt_regions += 1;
                         self.stats.corrupt_bytes += whole.len() as u64;
                         self.stats.quarantined_bytes +=
-                            quarantine(&self.layout, seq, u64::MAX, &whole)?;
+                            quarantine(&*self.io, &self.layout, seq, u64::MAX, &whole)?;
                     }
                     return Ok(Some(Loaded {
                         seq,
@@ -359,7 +368,8 @@ impl Reader {
         self.stats.corrupt_bytes += len as u64;
         let l = self.seg.as_ref().expect("segment loaded");
         let bytes = l.data[offset..offset + len].to_vec();
-        self.stats.quarantined_bytes += quarantine(&self.layout, seq, offset as u64, &bytes)?;
+        self.stats.quarantined_bytes +=
+            quarantine(&*self.io, &self.layout, seq, offset as u64, &bytes)?;
         Ok(())
     }
 
@@ -522,7 +532,8 @@ impl Reader {
         let n = l.data.len().min(SEGMENT_HEADER_LEN);
         self.stats.corrupt_regions += 1;
         self.stats.corrupt_bytes += n as u64;
-        self.stats.quarantined_bytes += quarantine(&self.layout, l.seq, 0, &l.data[..n])?;
+        self.stats.quarantined_bytes +=
+            quarantine(&*self.io, &self.layout, l.seq, 0, &l.data[..n])?;
         Ok(())
     }
 
@@ -536,7 +547,7 @@ impl Reader {
                 committed: self.committed,
             });
         }
-        write_checkpoint(&self.layout, &self.name, upto)?;
+        write_checkpoint(&*self.io, &self.layout, &self.name, upto)?;
         self.committed = upto;
         Ok(())
     }

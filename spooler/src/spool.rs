@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Compression, Config, Durability};
 use crate::error::{Error, Result};
+use crate::fileio::{SpoolIo, StdIo};
 use crate::files::{
     self, compressed_content_size, fsync_dir, list_readers, list_segments, quarantine,
     write_checkpoint, CheckpointRead, Layout, SegmentState,
@@ -25,56 +25,6 @@ use crate::format::{
 use crate::reader::Reader;
 use crate::stats::{Counters, ReaderLag, SpoolStats};
 use crate::watermark::Shared;
-
-/// The file operations of the append path: every frame write and every
-/// fdatasync of a segment goes through it, so tests can make them fail or
-/// tear and check that nothing unconfirmed is acknowledged.
-pub trait SegmentIo: Send + Sync {
-    /// Writes all of `buf` at `offset` (a partial write must return an error).
-    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()>;
-    /// fdatasync.
-    fn sync_data(&self, file: &File) -> io::Result<()>;
-}
-
-/// The real thing: `pwrite` and `fdatasync`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct StdIo;
-
-impl SegmentIo for StdIo {
-    /// Reserves the blocks first (`fallocate`, size unchanged), so a full
-    /// disk refuses the append before any byte of it is written: a reader in
-    /// another process, which sees bytes as they are written, never sees
-    /// part of an append that then fails and is cut off (it could take the
-    /// frames of a refused batch, or lose its place when the next append
-    /// writes other bytes there). File systems without `fallocate` write
-    /// directly, as before.
-    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        if !buf.is_empty() {
-            // SAFETY: fallocate on a file descriptor this call borrows.
-            let rc = unsafe {
-                libc::fallocate(
-                    file.as_raw_fd(),
-                    libc::FALLOC_FL_KEEP_SIZE,
-                    offset as libc::off_t,
-                    buf.len() as libc::off_t,
-                )
-            };
-            if rc != 0 {
-                let e = io::Error::last_os_error();
-                if crate::error::is_disk_full(&e) {
-                    return Err(e);
-                }
-                // EOPNOTSUPP and the like: nothing reserved, write anyway.
-            }
-        }
-        file.write_all_at(buf, offset)
-    }
-
-    fn sync_data(&self, file: &File) -> io::Result<()> {
-        file.sync_data()
-    }
-}
 
 /// What the writer knows of one segment.
 #[derive(Debug, Clone, Copy)]
@@ -99,7 +49,7 @@ struct Writer {
 struct Inner {
     layout: Layout,
     config: Config,
-    io: Arc<dyn SegmentIo>,
+    io: Arc<dyn SpoolIo>,
     writer: Mutex<Writer>,
     shared: Arc<Shared>,
     counters: Counters,
@@ -174,7 +124,7 @@ fn lock_dir(layout: &Layout) -> Result<File> {
     Ok(f)
 }
 
-fn create_segment(layout: &Layout, seq: u64) -> Result<(File, u64)> {
+fn create_segment(io: &dyn SpoolIo, layout: &Layout, seq: u64) -> Result<(File, u64)> {
     let path = layout.segment(seq, SegmentState::Active);
     let created = now_unix_ms();
     let write = || -> io::Result<File> {
@@ -195,7 +145,7 @@ fn create_segment(layout: &Layout, seq: u64) -> Result<(File, u64)> {
         Ok(f)
     };
     let f = write().map_err(|e| Error::io("create segment", &path, e))?;
-    fsync_dir(&layout.segments)?;
+    fsync_dir(io, &layout.segments)?;
     Ok((f, created))
 }
 
@@ -209,7 +159,12 @@ struct Recovered {
     cut: bool,
 }
 
-fn recover_active(layout: &Layout, seq: u64, counters: &Counters) -> Result<Recovered> {
+fn recover_active(
+    io: &dyn SpoolIo,
+    layout: &Layout,
+    seq: u64,
+    counters: &Counters,
+) -> Result<Recovered> {
     let path = layout.segment(seq, SegmentState::Active);
     let file = OpenOptions::new()
         .read(true)
@@ -232,7 +187,7 @@ fn recover_active(layout: &Layout, seq: u64, counters: &Counters) -> Result<Reco
             .torn_tail_bytes
             .fetch_add(data.len() as u64, Relaxed);
         drop(file);
-        let (file, created) = create_segment(layout, seq)?;
+        let (file, created) = create_segment(io, layout, seq)?;
         return Ok(Recovered {
             file,
             len: SEGMENT_HEADER_LEN as u64,
@@ -258,7 +213,7 @@ fn recover_active(layout: &Layout, seq: u64, counters: &Counters) -> Result<Reco
             counters
                 .corrupt_bytes
                 .fetch_add(SEGMENT_HEADER_LEN as u64, Relaxed);
-            let q = quarantine(layout, seq, 0, &data[..SEGMENT_HEADER_LEN])?;
+            let q = quarantine(io, layout, seq, 0, &data[..SEGMENT_HEADER_LEN])?;
             counters.quarantined_bytes.fetch_add(q, Relaxed);
         }
     }
@@ -277,7 +232,7 @@ fn recover_active(layout: &Layout, seq: u64, counters: &Counters) -> Result<Reco
                 );
                 counters.corrupt_regions.fetch_add(1, Relaxed);
                 counters.corrupt_bytes.fetch_add(len as u64, Relaxed);
-                let q = quarantine(layout, seq, offset as u64, &data[offset..offset + len])?;
+                let q = quarantine(io, layout, seq, offset as u64, &data[offset..offset + len])?;
                 counters.quarantined_bytes.fetch_add(q, Relaxed);
             }
             Scanned::Tail { offset } => {
@@ -322,11 +277,11 @@ impl Spool {
     pub fn open_with_io(
         dir: impl AsRef<Path>,
         config: Config,
-        io: Arc<dyn SegmentIo>,
+        io: Arc<dyn SpoolIo>,
     ) -> Result<Spool> {
         config.validate()?;
         let layout = Layout::new(dir.as_ref());
-        layout.create_dirs()?;
+        layout.create_dirs(&*io)?;
         let lock = lock_dir(&layout)?;
         files::remove_temp_files(&layout.segments)?;
         // Readers' temp files are their own: a reader in another process (a
@@ -339,13 +294,13 @@ impl Spool {
             mut catalog,
             active,
             last_seq,
-        } = recover_segments(&layout, &counters)?;
+        } = recover_segments(&*io, &layout, &counters)?;
         // Read before keep_active clamps checkpoints: a new segment goes
         // after every position any reader has seen.
         let ckpt_max = newest_checkpoint_segment(&layout)?;
-        let active = match keep_active(&layout, active, last_seq, &mut catalog, &counters)? {
+        let active = match keep_active(&*io, &layout, active, last_seq, &mut catalog, &counters)? {
             Some(a) => a,
-            None => new_active(&layout, last_seq.max(ckpt_max), &mut catalog)?,
+            None => new_active(&*io, &layout, last_seq.max(ckpt_max), &mut catalog)?,
         };
         let seq = *catalog
             .keys()
@@ -416,6 +371,7 @@ impl Spool {
             &self.inner.layout.root,
             name,
             Some(self.inner.shared.clone()),
+            self.inner.io.clone(),
         )
     }
 
@@ -552,7 +508,7 @@ impl Drop for Spool {
 /// newest sequence number. An older active segment is sealed, as rotation
 /// would have; a segment both sealed and compressed (a crash between the
 /// rename and the delete) keeps its raw copy.
-fn recover_segments(layout: &Layout, counters: &Counters) -> Result<Found> {
+fn recover_segments(io: &dyn SpoolIo, layout: &Layout, counters: &Counters) -> Result<Found> {
     let listed = list_segments(&layout.segments)?;
     let last_seq = listed.keys().next_back().copied();
     let mut catalog = BTreeMap::new();
@@ -564,7 +520,7 @@ fn recover_segments(layout: &Layout, counters: &Counters) -> Result<Found> {
             // one, which sealing will compress again.
             let p = layout.segment(seq, SegmentState::Compressed);
             fs::remove_file(&p).map_err(|e| Error::io("remove duplicate", &p, e))?;
-            fsync_dir(&layout.segments)?;
+            fsync_dir(io, &layout.segments)?;
         }
         let state = if states.contains(&SegmentState::Active) {
             SegmentState::Active
@@ -576,7 +532,7 @@ fn recover_segments(layout: &Layout, counters: &Counters) -> Result<Found> {
         let path = layout.segment(seq, state);
         let meta = match state {
             SegmentState::Active => {
-                let r = recover_active(layout, seq, counters)?;
+                let r = recover_active(io, layout, seq, counters)?;
                 let meta = SegMeta {
                     state,
                     raw_len: r.len,
@@ -589,8 +545,9 @@ fn recover_segments(layout: &Layout, counters: &Counters) -> Result<Found> {
                     // Only the newest segment may stay active; an older
                     // active one is sealed as rotation would have.
                     let sealed = layout.segment(seq, SegmentState::Sealed);
-                    fs::rename(&path, &sealed).map_err(|e| Error::io("seal", &path, e))?;
-                    fsync_dir(&layout.segments)?;
+                    io.rename(&path, &sealed)
+                        .map_err(|e| Error::io("seal", &path, e))?;
+                    fsync_dir(io, &layout.segments)?;
                     SegMeta {
                         state: SegmentState::Sealed,
                         ..meta
@@ -633,6 +590,7 @@ struct Found {
 /// or below a checkpoint that read further than what survived, could reuse
 /// a position some reader already saw: start a new segment instead.
 fn keep_active(
+    io: &dyn SpoolIo,
     layout: &Layout,
     recovered: Option<Recovered>,
     last_seq: Option<u64>,
@@ -644,7 +602,7 @@ fn keep_active(
     };
     let seq = last_seq.expect("an active segment was found");
     let end = Position::new(seq, r.len);
-    let clamped = clamp_checkpoints(layout, end, counters)?;
+    let clamped = clamp_checkpoints(io, layout, end, counters)?;
     if !r.cut && clamped == 0 {
         return Ok(Some(r));
     }
@@ -657,8 +615,9 @@ fn keep_active(
         .sync_all()
         .map_err(|e| Error::io("fsync segment", &path, e))?;
     let sealed = layout.segment(seq, SegmentState::Sealed);
-    fs::rename(&path, &sealed).map_err(|e| Error::io("seal", &path, e))?;
-    fsync_dir(&layout.segments)?;
+    io.rename(&path, &sealed)
+        .map_err(|e| Error::io("seal", &path, e))?;
+    fsync_dir(io, &layout.segments)?;
     if let Some(m) = catalog.get_mut(&seq) {
         m.state = SegmentState::Sealed;
     }
@@ -679,12 +638,13 @@ fn newest_checkpoint_segment(layout: &Layout) -> Result<Option<u64>> {
 /// A new, empty active segment after `after` (the newest segment, or the
 /// newest a checkpoint names: no position is handed out twice).
 fn new_active(
+    io: &dyn SpoolIo,
     layout: &Layout,
     after: Option<u64>,
     catalog: &mut BTreeMap<u64, SegMeta>,
 ) -> Result<Recovered> {
     let seq = after.map_or(1, |s| s + 1);
-    let (file, created) = create_segment(layout, seq)?;
+    let (file, created) = create_segment(io, layout, seq)?;
     catalog.insert(
         seq,
         SegMeta {
@@ -732,14 +692,19 @@ fn spawn_background(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
 /// Moves checkpoints that point past the recovered end back to it: data they
 /// claim was read is gone (torn before it was durable), and a reader left
 /// ahead would skip the frames appended next silently. Returns how many moved.
-fn clamp_checkpoints(layout: &Layout, end: Position, counters: &Counters) -> Result<usize> {
+fn clamp_checkpoints(
+    io: &dyn SpoolIo,
+    layout: &Layout,
+    end: Position,
+    counters: &Counters,
+) -> Result<usize> {
     let mut n = 0;
     for (name, ck) in list_readers(layout)? {
         if let CheckpointRead::At(p) = ck {
             if p > end {
                 tracing::warn!(reader = %name, checkpoint = %p, end = %end, "checkpoint past the end of the spool; moving it back");
                 counters.stale_checkpoints.fetch_add(1, Relaxed);
-                write_checkpoint(layout, &name, end)?;
+                write_checkpoint(io, layout, &name, end)?;
                 n += 1;
             }
         }
@@ -974,7 +939,7 @@ impl Inner {
         // crash between the two steps leaves two active segments, which
         // recovery resolves by sealing the older.
         let seq = w.seq + 1;
-        let (file, created) = match create_segment(&self.layout, seq) {
+        let (file, created) = match create_segment(&*self.io, &self.layout, seq) {
             Ok(x) => x,
             Err(e) => {
                 let _ = fs::remove_file(self.layout.segment(seq, SegmentState::Active));
@@ -985,9 +950,11 @@ impl Inner {
             }
         };
         let sealed = self.layout.segment(w.seq, SegmentState::Sealed);
-        let step = fs::rename(&old, &sealed)
+        let step = self
+            .io
+            .rename(&old, &sealed)
             .map_err(|e| Error::io("seal", &old, e))
-            .and_then(|_| fsync_dir(&self.layout.segments));
+            .and_then(|_| fsync_dir(&*self.io, &self.layout.segments));
         if let Err(e) = step {
             self.poison(w);
             return Err(e);
@@ -1051,7 +1018,7 @@ impl Inner {
             self.counters.segments_deleted.fetch_add(1, Relaxed);
         }
         if !doomed.is_empty() {
-            fsync_dir(&self.layout.segments)?;
+            fsync_dir(&*self.io, &self.layout.segments)?;
             tracing::info!(
                 segments = doomed.len(),
                 below = min,
@@ -1144,10 +1111,12 @@ impl Inner {
             let _ = fs::remove_file(&tmp);
             return Ok(false);
         }
-        fs::rename(&tmp, &fin).map_err(|e| Error::io("rename compressed segment", &tmp, e))?;
-        fsync_dir(&self.layout.segments)?;
+        self.io
+            .rename(&tmp, &fin)
+            .map_err(|e| Error::io("rename compressed segment", &tmp, e))?;
+        fsync_dir(&*self.io, &self.layout.segments)?;
         fs::remove_file(&raw).map_err(|e| Error::io("remove raw sealed segment", &raw, e))?;
-        fsync_dir(&self.layout.segments)?;
+        fsync_dir(&*self.io, &self.layout.segments)?;
         let zlen = disk_len(&fin);
         let w = &mut *w;
         if let Some(m) = w.catalog.get_mut(&seq) {

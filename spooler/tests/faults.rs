@@ -1,17 +1,20 @@
 //! Injected write and fsync failures on the append path: an append that
 //! fails is never acknowledged, a failed fsync stops the spool until it is
-//! reopened, and reopening keeps every acknowledged frame.
+//! reopened, and reopening keeps every acknowledged frame. And the rest of
+//! the spool's I/O seam: a checkpoint whose rename never happens, and a seal
+//! that fails midway, lose nothing and are recovered by reopening.
 
 mod common;
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::SeqCst};
 use std::sync::Arc;
 
 use common::{drain, payload, small_config};
-use spooler::{Compression, Durability, Error, Position, SegmentIo, Spool};
+use spooler::{Compression, Durability, Error, Position, Spool, SpoolIo};
 
 /// Fails the nth sync or tears the nth write (counting down; negative:
 /// never), then behaves.
@@ -30,7 +33,7 @@ impl Faulty {
     }
 }
 
-impl SegmentIo for Faulty {
+impl SpoolIo for Faulty {
     fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
         if self.writes_until_tear.fetch_sub(1, SeqCst) == 0 {
             // Half the batch reaches the file, as when the disk fills mid-write.
@@ -163,4 +166,142 @@ fn concurrent_group_appenders_sharing_a_failed_sync_all_fail() {
     }
     let mut r = spool.reader("a").unwrap();
     assert!(drain(&mut r).is_empty(), "nothing unconfirmed is visible");
+}
+
+/// Fails renames whose target ends in `suffix` (once armed), or, with
+/// `then_sync_dir`, lets the rename happen and fails the directory sync
+/// after it: the two halves of a step a crash can split.
+struct FailingStep {
+    suffix: &'static str,
+    then_sync_dir: bool,
+    armed: AtomicBool,
+    sync_dir_fails: AtomicBool,
+}
+
+impl FailingStep {
+    fn new(suffix: &'static str, then_sync_dir: bool) -> Arc<Self> {
+        Arc::new(FailingStep {
+            suffix,
+            then_sync_dir,
+            armed: AtomicBool::new(false),
+            sync_dir_fails: AtomicBool::new(false),
+        })
+    }
+}
+
+impl SpoolIo for FailingStep {
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let hit = self.armed.load(SeqCst) && to.to_string_lossy().ends_with(self.suffix);
+        if hit && !self.then_sync_dir {
+            self.armed.store(false, SeqCst);
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
+        std::fs::rename(from, to)?;
+        if hit {
+            self.armed.store(false, SeqCst);
+            self.sync_dir_fails.store(true, SeqCst);
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.sync_dir_fails.swap(false, SeqCst) {
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
+        File::open(dir)?.sync_all()
+    }
+}
+
+#[test]
+fn a_checkpoint_whose_rename_fails_loses_nothing_and_its_reader_reads_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = FailingStep::new(".ckpt", false);
+    let spool = Spool::open_with_io(
+        dir.path(),
+        small_config(Durability::Always, Compression::Off),
+        io.clone(),
+    )
+    .unwrap();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let p = spool.append(&[payload(i)]).unwrap();
+        acked.push((p[0], payload(i)));
+    }
+    let mut r = spool.reader("ship").unwrap();
+    let first = r.next(5, 1 << 20).unwrap();
+    r.commit_read().unwrap();
+    let committed = r.committed();
+    assert_eq!(committed, first.last().unwrap().next);
+    // The next checkpoint's temp file is written, its rename fails: the
+    // commit is refused and the old checkpoint stands.
+    let _ = r.next(10, 1 << 20).unwrap();
+    io.armed.store(true, SeqCst);
+    let e = r.commit_read().expect_err("the rename fails");
+    assert_eq!(e.code(), "io", "{e}");
+    assert_eq!(r.committed(), committed);
+    assert!(dir.path().join("readers/ship.ckpt.tmp").exists());
+    drop(r);
+    drop(spool);
+    // Reopened: the leftover temp file is gone, the reader resumes at its
+    // last good checkpoint and reads the rest again, nothing lost.
+    let spool = Spool::open(
+        dir.path(),
+        small_config(Durability::Always, Compression::Off),
+    )
+    .unwrap();
+    let mut r = spool.reader("ship").unwrap();
+    assert!(!dir.path().join("readers/ship.ckpt.tmp").exists());
+    assert_eq!(r.committed(), committed);
+    let rest: Vec<(Position, Vec<u8>)> = drain(&mut r)
+        .into_iter()
+        .map(|f| (f.position, f.payload))
+        .collect();
+    assert_eq!(rest, acked[5..].to_vec());
+    drop(r);
+    drop(spool);
+    acked_survive_reopen(dir.path(), &acked);
+}
+
+#[test]
+fn a_seal_that_fails_midway_loses_nothing_and_reopening_recovers() {
+    // Two places a seal can fail: renaming the compressed copy in, and the
+    // directory sync after it (the copy in place, the raw segment not yet
+    // removed: reopening finds both and keeps one).
+    for then_sync_dir in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let io = FailingStep::new(".seg.zst", then_sync_dir);
+        let config = small_config(Durability::Always, Compression::Zstd { level: 3 });
+        let spool = Spool::open_with_io(dir.path(), config.clone(), io.clone()).unwrap();
+        let mut acked = Vec::new();
+        for i in 0..300 {
+            let p = spool.append(&[payload(i)]).unwrap();
+            acked.push((p[0], payload(i)));
+        }
+        io.armed.store(true, SeqCst);
+        let e = spool.seal_pending().expect_err("the seal fails midway");
+        assert_eq!(e.code(), "io", "{e}");
+        // Acknowledged frames are all still readable from the live spool.
+        let mut r = spool.reader("live").unwrap();
+        assert_eq!(
+            drain(&mut r).len(),
+            acked.len(),
+            "then_sync_dir {then_sync_dir}"
+        );
+        drop(r);
+        drop(spool);
+        let spool = Spool::open(dir.path(), config.clone()).unwrap();
+        assert_eq!(spool.stats().unwrap().corrupt_regions, 0);
+        // Sealing goes on where it stopped.
+        spool.seal_pending().unwrap();
+        drop(spool);
+        acked_survive_reopen(dir.path(), &acked);
+    }
 }
