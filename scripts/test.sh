@@ -8,4 +8,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The service binary a host is deployed with, without the lab commands.
+cargo clippy -p spoolhouse --no-default-features --bins -- -D warnings
 cargo test --workspace

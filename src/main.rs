@@ -1,20 +1,29 @@
 //! `spoolhouse`: the one binary, a thin command-line front over the crates.
 
 mod admin;
+#[cfg(feature = "lab")]
 mod bench_progress;
+#[cfg(feature = "lab")]
 mod bench_report;
+#[cfg(feature = "lab")]
 mod bench_series;
+#[cfg(feature = "lab")]
 mod bench_shipper;
+#[cfg(feature = "lab")]
 mod cmd_bench;
 mod cmd_collector;
 mod cmd_config;
+#[cfg(feature = "lab")]
 mod cmd_dc;
+#[cfg(feature = "lab")]
 mod cmd_demo;
+#[cfg(feature = "lab")]
 mod cmd_local;
 mod cmd_query;
 mod cmd_send;
 mod cmd_shipper;
 mod cmd_spool;
+#[cfg(feature = "lab")]
 mod demo_traffic;
 mod logging;
 
@@ -41,8 +50,10 @@ enum Command {
     /// Check the topology and registry, and render everything from them.
     Config(cmd_config::ConfigArgs),
     /// Run real ZooKeeper, ClickHouse and Redis servers for a topology on this machine.
+    #[cfg(feature = "lab")]
     Local(cmd_local::LocalArgs),
     /// The main job: two datacenters, history and a minute of live traffic, then what the query services find.
+    #[cfg(feature = "lab")]
     Demo(cmd_demo::DemoArgs),
     /// Serve a datacenter's HTTP API: watch progress (Redis, then ClickHouse).
     Query(cmd_query::QueryArgs),
@@ -51,12 +62,14 @@ enum Command {
     /// Inspect or verify (fsck) a spool directory.
     Spool(cmd_spool::SpoolArgs),
     /// Benchmarks measured beside a reference on the same machine.
+    #[cfg(feature = "lab")]
     Bench(cmd_bench::BenchArgs),
     /// Take events from apps (Unix socket, loopback TCP, inbox files) into the spool.
     Collector(cmd_collector::CollectorArgs),
     /// Send JSON lines from a file or stdin to a collector; print what was acked and rejected.
     Send(cmd_send::SendArgs),
     /// Cut a local datacenter's links to the others, or heal them.
+    #[cfg(feature = "lab")]
     Dc(cmd_dc::DcArgs),
 }
 
@@ -65,14 +78,18 @@ fn main() -> std::process::ExitCode {
     logging::init(&cli.log);
     let result = match cli.command {
         Command::Config(a) => cmd_config::run(a),
+        #[cfg(feature = "lab")]
         Command::Local(a) => cmd_local::run(a),
+        #[cfg(feature = "lab")]
         Command::Demo(a) => cmd_demo::demo(a),
         Command::Query(a) => cmd_query::run(a),
         Command::Shipper(a) => cmd_shipper::run(a),
         Command::Spool(a) => cmd_spool::run(a),
+        #[cfg(feature = "lab")]
         Command::Bench(a) => cmd_bench::run(a),
         Command::Collector(a) => cmd_collector::run(a),
         Command::Send(a) => cmd_send::run(a),
+        #[cfg(feature = "lab")]
         Command::Dc(a) => cmd_dc::run(a),
     };
     match result {
