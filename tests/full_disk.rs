@@ -108,14 +108,16 @@ fn run(limit: Limit) {
     assert_eq!(status, 503, "{health}");
     assert_eq!(health["spool_full"], true, "{health}");
     let (_, metrics) = http_get(admin2, "/metrics");
-    let counter = match limit {
-        Limit::Quota => "spoolhouse_collector_quota_refusals_total ",
-        Limit::Disk => "spoolhouse_collector_events_refused_total{reason=\"disk_full\"} ",
+    let (counter, label) = match limit {
+        Limit::Quota => ("spoolhouse_collector_quota_refusals_total", ""),
+        Limit::Disk => (
+            "spoolhouse_collector_events_refused_total",
+            "reason=\"disk_full\"",
+        ),
     };
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with(counter) && !l.ends_with(" 0")),
+        httpd::exposition::sum(&httpd::exposition::samples(&metrics), counter, label)
+            .is_some_and(|n| n > 0.0),
         "{metrics}"
     );
     // dc1 is not affected: it keeps acknowledging everything.

@@ -413,13 +413,13 @@ mod tests {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }
         // One frame of two is still unread by the shipper's reader.
-        let lag = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("spoolhouse_spooler_reader_lag_bytes{reader=\"shipper\"} ")
-            })
-            .unwrap_or_else(|| panic!("no reader lag in\n{text}"));
-        assert!(lag.parse::<f64>().unwrap() > 0.0, "{lag}");
+        let lag = httpd::exposition::sum(
+            &httpd::exposition::samples(&text),
+            "spoolhouse_spooler_reader_lag_bytes",
+            "reader=\"shipper\"",
+        )
+        .unwrap_or_else(|| panic!("no reader lag in\n{text}"));
+        assert!(lag > 0.0, "{lag}");
         assert_eq!(
             text.matches("# TYPE").count(),
             text.matches("# HELP").count()

@@ -30,11 +30,13 @@ fn accept_errors_back_off_and_serving_resumes() {
         std::future::pending(),
     ));
     let errors = || {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("spoolhouse_http_accept_errors_total{listener=\"test\"} "))
-            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        let text = httpd::exposition::encode(&registry).unwrap();
+        httpd::exposition::sum(
+            &httpd::exposition::samples(&text),
+            "spoolhouse_http_accept_errors_total",
+            "listener=\"test\"",
+        )
+        .map_or(0, |v| v as u64)
     };
 
     // Use up every descriptor but one, which the client takes: the server's

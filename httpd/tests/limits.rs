@@ -72,13 +72,20 @@ impl Server {
         }
     }
 
+    /// The value of the sample written as `line_start` (`name{labels} `).
     fn metric(&self, line_start: &str) -> u64 {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry.lock().unwrap())
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_start))
-            .map_or(0, |v| v.trim().parse().unwrap())
+        let text = httpd::exposition::encode(&self.registry.lock().unwrap()).unwrap();
+        httpd::exposition::samples(&text)
+            .into_iter()
+            .find(|(name, labels, _)| {
+                let series = if labels.is_empty() {
+                    format!("{name} ")
+                } else {
+                    format!("{name}{{{labels}}} ")
+                };
+                series == line_start
+            })
+            .map_or(0, |(_, _, v)| v as u64)
     }
 
     fn connect(&self) -> TcpStream {

@@ -118,10 +118,12 @@ fn progress_reads_redis_then_clickhouse_then_every_dc() {
 fn lookups_in_flight(base: &str) -> u64 {
     let (_, m) = get(base, "/metrics");
     let m = m.as_str().unwrap_or_default().to_string();
-    m.lines()
-        .find_map(|l| l.strip_prefix("spoolhouse_query_progress_lookups "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no lookups gauge in {m}"))
+    httpd::exposition::sum(
+        &httpd::exposition::samples(&m),
+        "spoolhouse_query_progress_lookups",
+        "",
+    )
+    .unwrap_or_else(|| panic!("no lookups gauge in {m}")) as u64
 }
 
 fn source_count(base: &str, source: &str) -> u64 {
