@@ -485,6 +485,55 @@ fn drain_and_count(
     Ok(all_once)
 }
 
+/// Watch progress written in the last DC, read in the first: Redis there
+/// has never seen it, so the answer comes from across the link. Returns
+/// the (user, video) read, if the live traffic wrote one.
+fn print_watch_progress(dcs: &[Dc]) -> anyhow::Result<Option<(u64, u64)>> {
+    let watched = dcs
+        .last()
+        .and_then(|d| *d.load.last_watch.lock().expect("load lock"));
+    if let Some((user, video)) = watched {
+        let path = format!("/v1/progress/{user}/{video}");
+        let v = query_get(dcs[0].services.query, &path)?;
+        println!(
+            "\nWatch progress written in {}, read in {} (GET {path}): {} s into video {video}, from {}",
+            dcs.last().expect("checked").name,
+            dcs[0].name,
+            v["value"],
+            v["source"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(watched)
+}
+
+/// Cuts DC `last` off (its links dropped) or, with no links to cut, stops
+/// its ClickHouse; says which.
+fn take_down(cluster: &mut LocalCluster, last: &str, args: &DemoArgs) -> anyhow::Result<String> {
+    if args.link.delay().is_some() {
+        cluster.cut(last)?;
+        // The relays look at the cut flag every few tens of milliseconds.
+        std::thread::sleep(launcher::link::CUT_POLL * 3);
+        Ok(format!("{last} cut off (its links dropped)"))
+    } else {
+        for server in clickhouse_servers(cluster, last) {
+            cluster.kill(&server)?;
+        }
+        Ok(format!("{last}'s ClickHouse down"))
+    }
+}
+
+/// Undoes [`take_down`].
+fn bring_back(cluster: &mut LocalCluster, last: &str, args: &DemoArgs) -> anyhow::Result<()> {
+    if args.link.delay().is_some() {
+        cluster.heal(last)?;
+    } else {
+        for server in clickhouse_servers(cluster, last) {
+            cluster.restart(&server)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the main job.
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     install_ctrlc()?;
@@ -568,49 +617,18 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     print_report(&v);
 
-    // Watch progress written in the last DC, read in the first: Redis there
-    // has never seen it, so the answer comes from across the link.
-    let watched = dcs
-        .last()
-        .and_then(|d| *d.load.last_watch.lock().expect("load lock"));
-    if let Some((user, video)) = watched {
-        let path = format!("/v1/progress/{user}/{video}");
-        let v = query_get(q, &path)?;
-        println!(
-            "\nWatch progress written in {}, read in {} (GET {path}): {} s into video {video}, from {}",
-            dcs.last().expect("checked").name,
-            dcs[0].name,
-            v["value"],
-            v["source"].as_str().unwrap_or("?")
-        );
-    }
+    let watched = print_watch_progress(&dcs)?;
 
     // A datacenter cut off: global answers go on, and say what they miss.
     let last = dcs.last().expect("checked").name.clone();
-    let how = if args.link.delay().is_some() {
-        cluster.cut(&last)?;
-        // The relays look at the cut flag every few tens of milliseconds.
-        std::thread::sleep(launcher::link::CUT_POLL * 3);
-        format!("{last} cut off (its links dropped)")
-    } else {
-        for server in clickhouse_servers(&cluster, &last) {
-            cluster.kill(&server)?;
-        }
-        format!("{last}'s ClickHouse down")
-    };
+    let how = take_down(&mut cluster, &last, &args)?;
     let v = query_get(q, &report)?;
     println!("\nWith {how}, asked again:");
     print_report(&v);
 
     print_urls(&dcs, &plan, end_s, watched);
     if args.stay {
-        if args.link.delay().is_some() {
-            cluster.heal(&last)?;
-        } else {
-            for server in clickhouse_servers(&cluster, &last) {
-                cluster.restart(&server)?;
-            }
-        }
+        bring_back(&mut cluster, &last, &args)?;
         println!(
             "\n{last} is back; everything keeps running (state under {}); Ctrl-C stops every service and server.",
             cluster.state_dir().display()
