@@ -193,25 +193,16 @@ pub(crate) fn wait_ready(services: &Services, dc_name: &str) -> anyhow::Result<(
     .with_context(|| services.log_tails(10))
 }
 
+/// [`launcher::wait::until`], failing with where the logs are.
 pub(crate) fn wait_until(
     what: &str,
     limit: Duration,
-    mut ok: impl FnMut() -> bool,
+    ok: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
-    let until = Instant::now() + limit;
-    while !ok() {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            anyhow::bail!("interrupted");
-        }
-        if Instant::now() > until {
-            anyhow::bail!(
-                "{what} did not happen within {} s; logs are under the state directory",
-                limit.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+    launcher::wait::until(what, limit, ok).map_err(|e| match e {
+        launcher::wait::WaitError::Interrupted(_) => anyhow::anyhow!("interrupted"),
+        e => anyhow::anyhow!("{e}; logs are under the state directory"),
+    })
 }
 
 /// A GET to a local HTTP service (a query service, an admin port): the

@@ -38,6 +38,7 @@ pub mod probe;
 pub mod process;
 pub mod services;
 pub mod tmpfs;
+pub mod wait;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

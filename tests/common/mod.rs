@@ -45,17 +45,11 @@ pub fn wait_for(what: &str, limit: Duration, ok: impl FnMut() -> bool) {
 pub fn wait_for_or_show(
     what: &str,
     limit: Duration,
-    mut ok: impl FnMut() -> bool,
+    ok: impl FnMut() -> bool,
     show: impl Fn() -> String,
 ) {
-    let until = std::time::Instant::now() + limit;
-    while !ok() {
-        assert!(
-            std::time::Instant::now() < until,
-            "timed out waiting for {what}\n{}",
-            show()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    if let Err(e) = launcher::wait::until(what, limit, ok) {
+        panic!("timed out waiting for {what} ({e})\n{}", show());
     }
 }
 
