@@ -127,22 +127,16 @@ fn lock_dir(layout: &Layout) -> Result<File> {
 fn create_segment(io: &dyn SpoolIo, layout: &Layout, seq: u64) -> Result<(File, u64)> {
     let path = layout.segment(seq, SegmentState::Active);
     let created = now_unix_ms();
+    let header = SegmentHeader {
+        seq,
+        created_unix_ms: created,
+    }
+    .encode();
+    // The header goes through the seam, durably; appends then write at
+    // offsets after it through the same seam.
     let write = || -> io::Result<File> {
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
-        f.write_all(
-            &SegmentHeader {
-                seq,
-                created_unix_ms: created,
-            }
-            .encode(),
-        )?;
-        f.sync_all()?;
-        Ok(f)
+        io.write_file(&path, &header)?;
+        OpenOptions::new().read(true).write(true).open(&path)
     };
     let f = write().map_err(|e| Error::io("create segment", &path, e))?;
     fsync_dir(io, &layout.segments)?;
@@ -1066,6 +1060,8 @@ impl Inner {
         let build = || -> io::Result<u64> {
             let mut src = File::open(&raw)?;
             let raw_len = src.metadata()?.len();
+            // Streamed to the temp file (a segment may be large); the
+            // rename and syncs that make it the copy go through the seam.
             let out = File::create(&tmp)?;
             let mut enc = zstd::stream::write::Encoder::new(out, level)?;
             enc.include_checksum(true)?;
