@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use launcher::netns::{LINK_PREFIX, NETNS_PREFIX};
 use launcher::{probe, LaunchError, LaunchOptions, LocalCluster, Network, Placement};
@@ -59,11 +59,9 @@ fn dcs_answering(cluster: &LocalCluster) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let until = Instant::now() + LIMIT;
-    while !ok() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
+fn wait_for(what: &str, ok: impl FnMut() -> bool) {
+    if let Err(e) = launcher::wait::until(what, LIMIT, ok) {
+        panic!("timed out waiting for {what} ({e})");
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dc_config::event::{ValidEvent, Value};
 use dc_config::record::Record;
@@ -171,11 +171,9 @@ fn counts(cluster: &LocalCluster, host: &str) -> (u64, u64) {
     (it.next().unwrap(), it.next().unwrap())
 }
 
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
+fn wait_for(what: &str, limit: Duration, ok: impl FnMut() -> bool) {
+    if let Err(e) = launcher::wait::until(what, limit, ok) {
+        panic!("timed out waiting for {what} ({e})");
     }
 }
 
@@ -243,18 +241,30 @@ fn ships_every_event_once_and_keeps_the_newest_state() {
         .unwrap();
     assert_eq!(dc2.trim(), "0");
     // The keyed-state table, what a Redis miss reads, has the newest state
-    // of each key too (fed from what the shipper inserts).
+    // of each key too (fed from what the shipper inserts). Its view runs
+    // after the events table's within the same INSERT, so the events can be
+    // visible a moment before it: waited for, with a bound.
     let key = dc_config::state_key::table_key(&["7", "42"]);
-    let keyed = cluster
-        .clickhouse("dc1-s1-r1")
-        .unwrap()
-        .query(&format!(
-            "SELECT argMax(value, time_ms), max(time_ms) FROM spoolhouse.keyed_state_dc \
-             WHERE event = 'watch_progress' AND key = {} FORMAT TSV",
-            dc_config::sql::quote_str(&key)
-        ))
-        .unwrap();
-    assert_eq!(keyed.trim(), format!("300\t{}", T0 + 3_000));
+    let keyed = || {
+        cluster
+            .clickhouse("dc1-s1-r1")
+            .unwrap()
+            .query(&format!(
+                "SELECT argMax(value, time_ms), max(time_ms) FROM spoolhouse.keyed_state_dc \
+                 WHERE event = 'watch_progress' AND key = {} FORMAT TSV",
+                dc_config::sql::quote_str(&key)
+            ))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let newest = format!("300\t{}", T0 + 3_000);
+    wait_for(
+        "the keyed state of (7, 42)",
+        Duration::from_secs(30),
+        || keyed() == newest,
+    );
+    assert_eq!(keyed(), newest);
     let health = running.health.to_json();
     assert_eq!(health["ok"], true, "{health}");
     assert_eq!(health["clickhouse"]["state"], "ok", "{health}");
