@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use dc_config::event::{ValidEvent, Value};
 use dc_config::registry::Registry;
-use dc_config::series::{aggregate_minute_sql, decode_points, rollups, series_points_sql};
+use dc_config::rollup::{aggregate_minute_sql, decode_points, rollups, series_points_sql};
 use launcher::probe::ClickHouseHttp;
 use launcher::{LaunchOptions, LocalCluster};
 use rand::{Rng, SeedableRng};

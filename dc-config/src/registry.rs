@@ -333,132 +333,10 @@ fn check_event(c: &mut Checker, at: &KeyPath, ev: &EventType) {
         format!("at most {MAX_FIELDS} fields per event type"),
     );
     for (fname, f) in &ev.fields {
-        let fp = at.key("fields").key(fname);
-        if !check::is_identifier(fname) {
-            c.fail(&fp, format!("field name {IDENTIFIER_RULE}"));
-        }
-        match f.ty {
-            FieldType::String => {
-                let n = f.string_max_len();
-                c.require(
-                    (1..=MAX_STRING_LEN).contains(&n),
-                    &fp.key("max_len"),
-                    format!("max_len must be from 1 to {MAX_STRING_LEN}"),
-                );
-            }
-            _ => c.require(
-                f.max_len.is_none(),
-                &fp.key("max_len"),
-                format!(
-                    "max_len applies to `string` fields only, not `{}`",
-                    f.ty.name()
-                ),
-            ),
-        }
-        if let Some(n) = f.max_values_per_minute {
-            let at = fp.key("max_values_per_minute");
-            if f.dimension_bound().is_none() {
-                c.fail(
-                    &at,
-                    format!(
-                        "`{}` fields are bounded by their type; the key is for the other types",
-                        f.ty.name()
-                    ),
-                );
-            } else {
-                c.require(
-                    (1..=MAX_DIMENSION_VALUES).contains(&n),
-                    &at,
-                    format!("must be from 1 to {MAX_DIMENSION_VALUES}"),
-                );
-            }
-        }
-        if f.ty == FieldType::Enum {
-            c.require(
-                !f.values.is_empty(),
-                &fp.key("values"),
-                "an enum needs at least one value",
-            );
-            c.require(
-                f.values.len() <= MAX_ENUM_VALUES,
-                &fp.key("values"),
-                format!("an enum takes at most {MAX_ENUM_VALUES} values"),
-            );
-            let mut seen = HashSet::new();
-            for (i, v) in f.values.iter().enumerate() {
-                if v.is_empty() || v.len() > 256 {
-                    c.fail(
-                        &fp.key("values").index(i),
-                        "enum values must be 1 to 256 bytes",
-                    );
-                }
-                if v.contains(crate::state_key::TABLE_SEPARATOR) {
-                    c.fail(
-                        &fp.key("values").index(i),
-                        "enum values may not contain U+001F (it separates key fields in the keyed-state table)",
-                    );
-                }
-                if !seen.insert(v) {
-                    c.fail(
-                        &fp.key("values").index(i),
-                        format!("duplicate enum value `{v}`"),
-                    );
-                }
-            }
-        } else {
-            c.require(
-                f.values.is_empty(),
-                &fp.key("values"),
-                format!("values apply to `enum` fields only, not `{}`", f.ty.name()),
-            );
-        }
+        check_field(c, &at.key("fields").key(fname), fname, f);
     }
     if let Some(st) = &ev.state {
-        let sp = at.key("state");
-        c.require(
-            !st.key.is_empty(),
-            &sp.key("key"),
-            "a state needs at least one key field",
-        );
-        for (i, k) in st.key.iter().enumerate() {
-            match ev.fields.get(k) {
-                None => c.fail(
-                    &sp.key("key").index(i),
-                    format!("no field `{k}` in this event"),
-                ),
-                Some(f) => {
-                    c.require(
-                        f.required,
-                        &sp.key("key").index(i),
-                        format!("key field `{k}` must be required: an event without it has no key"),
-                    );
-                    c.require(
-                        f.ty != FieldType::Float,
-                        &sp.key("key").index(i),
-                        format!("key field `{k}` is a float; floats make unstable keys"),
-                    );
-                }
-            }
-        }
-        match ev.fields.get(&st.value) {
-            None => c.fail(
-                &sp.key("value"),
-                format!("no field `{}` in this event", st.value),
-            ),
-            Some(_) if st.key.contains(&st.value) => c.fail(
-                &sp.key("value"),
-                format!(
-                    "`{}` is part of the key; the value must be another field",
-                    st.value
-                ),
-            ),
-            Some(_) => {}
-        }
-        c.require(
-            (1..=MAX_STATE_TTL_S).contains(&st.ttl_s),
-            &sp.key("ttl_s"),
-            format!("must be from 1 second (Redis keeps the latest state only for a while) to {MAX_STATE_TTL_S} (ten years)"),
-        );
+        check_state(c, &at.key("state"), ev, st);
     }
     c.require(
         (60..=100 * 365 * 86_400).contains(&ev.accept_past_s),
@@ -473,51 +351,7 @@ fn check_event(c: &mut Checker, at: &KeyPath, ev: &EventType) {
     let mut seen = HashSet::new();
     for (i, m) in ev.metric.iter().enumerate() {
         let mp = at.key("metric").index(i);
-        match (&m.field, m.kind) {
-            (Some(_), MetricKind::Count) => {
-                c.fail(&mp.key("field"), "`count` counts events and takes no field")
-            }
-            (None, MetricKind::Count) => {}
-            (None, k) => c.fail(&mp, format!("`{}` needs a `field`", k.name())),
-            (Some(fname), k) => match ev.fields.get(fname) {
-                None => c.fail(
-                    &mp.key("field"),
-                    format!("no field `{fname}` in this event"),
-                ),
-                Some(f) if k != MetricKind::Uniq && !f.ty.is_numeric() => c.fail(
-                    &mp.key("field"),
-                    format!(
-                        "`{}` needs a numeric field; `{fname}` is `{}`",
-                        k.name(),
-                        f.ty.name()
-                    ),
-                ),
-                Some(_) => {}
-            },
-        }
-        c.require(
-            m.dimensions.len() <= MAX_DIMENSIONS,
-            &mp.key("dimensions"),
-            format!("at most {MAX_DIMENSIONS} dimensions: each adds a doubling of roll-ups"),
-        );
-        let mut dims = HashSet::new();
-        for (d, dim) in m.dimensions.iter().enumerate() {
-            let dp = mp.key("dimensions").index(d);
-            match ev.fields.get(dim) {
-                None => c.fail(&dp, format!("no field `{dim}` in this event")),
-                Some(f) if matches!(f.ty, FieldType::Float | FieldType::Timestamp) => c.fail(
-                    &dp,
-                    format!(
-                        "`{dim}` is `{}`; a dimension must take few distinct values",
-                        f.ty.name()
-                    ),
-                ),
-                Some(_) => {}
-            }
-            if !dims.insert(dim) {
-                c.fail(&dp, format!("dimension `{dim}` is listed twice"));
-            }
-        }
+        check_metric(c, &mp, ev, m);
         if !seen.insert((m.kind, m.field.clone())) {
             c.fail(
                 &mp,
@@ -526,6 +360,193 @@ fn check_event(c: &mut Checker, at: &KeyPath, ev: &EventType) {
                     m.kind.name()
                 ),
             );
+        }
+    }
+}
+
+/// One field: its name, `max_len`, `max_values_per_minute`, enum values.
+fn check_field(c: &mut Checker, fp: &KeyPath, fname: &str, f: &Field) {
+    if !check::is_identifier(fname) {
+        c.fail(fp, format!("field name {IDENTIFIER_RULE}"));
+    }
+    match f.ty {
+        FieldType::String => {
+            let n = f.string_max_len();
+            c.require(
+                (1..=MAX_STRING_LEN).contains(&n),
+                &fp.key("max_len"),
+                format!("max_len must be from 1 to {MAX_STRING_LEN}"),
+            );
+        }
+        _ => c.require(
+            f.max_len.is_none(),
+            &fp.key("max_len"),
+            format!(
+                "max_len applies to `string` fields only, not `{}`",
+                f.ty.name()
+            ),
+        ),
+    }
+    if let Some(n) = f.max_values_per_minute {
+        let at = fp.key("max_values_per_minute");
+        if f.dimension_bound().is_none() {
+            c.fail(
+                &at,
+                format!(
+                    "`{}` fields are bounded by their type; the key is for the other types",
+                    f.ty.name()
+                ),
+            );
+        } else {
+            c.require(
+                (1..=MAX_DIMENSION_VALUES).contains(&n),
+                &at,
+                format!("must be from 1 to {MAX_DIMENSION_VALUES}"),
+            );
+        }
+    }
+    check_enum_values(c, fp, f);
+}
+
+/// An enum's values (at least one, bounded, unique, no key separator); no
+/// `values` on other types.
+fn check_enum_values(c: &mut Checker, fp: &KeyPath, f: &Field) {
+    if f.ty == FieldType::Enum {
+        c.require(
+            !f.values.is_empty(),
+            &fp.key("values"),
+            "an enum needs at least one value",
+        );
+        c.require(
+            f.values.len() <= MAX_ENUM_VALUES,
+            &fp.key("values"),
+            format!("an enum takes at most {MAX_ENUM_VALUES} values"),
+        );
+        let mut seen = HashSet::new();
+        for (i, v) in f.values.iter().enumerate() {
+            if v.is_empty() || v.len() > 256 {
+                c.fail(
+                    &fp.key("values").index(i),
+                    "enum values must be 1 to 256 bytes",
+                );
+            }
+            if v.contains(crate::state_key::TABLE_SEPARATOR) {
+                c.fail(
+                    &fp.key("values").index(i),
+                    "enum values may not contain U+001F (it separates key fields in the keyed-state table)",
+                );
+            }
+            if !seen.insert(v) {
+                c.fail(
+                    &fp.key("values").index(i),
+                    format!("duplicate enum value `{v}`"),
+                );
+            }
+        }
+    } else {
+        c.require(
+            f.values.is_empty(),
+            &fp.key("values"),
+            format!("values apply to `enum` fields only, not `{}`", f.ty.name()),
+        );
+    }
+}
+
+/// The keyed state: key fields required and not floats, the value another
+/// field, the TTL bounded.
+fn check_state(c: &mut Checker, sp: &KeyPath, ev: &EventType, st: &State) {
+    c.require(
+        !st.key.is_empty(),
+        &sp.key("key"),
+        "a state needs at least one key field",
+    );
+    for (i, k) in st.key.iter().enumerate() {
+        match ev.fields.get(k) {
+            None => c.fail(
+                &sp.key("key").index(i),
+                format!("no field `{k}` in this event"),
+            ),
+            Some(f) => {
+                c.require(
+                    f.required,
+                    &sp.key("key").index(i),
+                    format!("key field `{k}` must be required: an event without it has no key"),
+                );
+                c.require(
+                    f.ty != FieldType::Float,
+                    &sp.key("key").index(i),
+                    format!("key field `{k}` is a float; floats make unstable keys"),
+                );
+            }
+        }
+    }
+    match ev.fields.get(&st.value) {
+        None => c.fail(
+            &sp.key("value"),
+            format!("no field `{}` in this event", st.value),
+        ),
+        Some(_) if st.key.contains(&st.value) => c.fail(
+            &sp.key("value"),
+            format!(
+                "`{}` is part of the key; the value must be another field",
+                st.value
+            ),
+        ),
+        Some(_) => {}
+    }
+    c.require(
+        (1..=MAX_STATE_TTL_S).contains(&st.ttl_s),
+        &sp.key("ttl_s"),
+        format!("must be from 1 second (Redis keeps the latest state only for a while) to {MAX_STATE_TTL_S} (ten years)"),
+    );
+}
+
+/// One metric: its field fits its kind, its dimensions exist, are few and
+/// take few distinct values.
+fn check_metric(c: &mut Checker, mp: &KeyPath, ev: &EventType, m: &Metric) {
+    match (&m.field, m.kind) {
+        (Some(_), MetricKind::Count) => {
+            c.fail(&mp.key("field"), "`count` counts events and takes no field")
+        }
+        (None, MetricKind::Count) => {}
+        (None, k) => c.fail(mp, format!("`{}` needs a `field`", k.name())),
+        (Some(fname), k) => match ev.fields.get(fname) {
+            None => c.fail(
+                &mp.key("field"),
+                format!("no field `{fname}` in this event"),
+            ),
+            Some(f) if k != MetricKind::Uniq && !f.ty.is_numeric() => c.fail(
+                &mp.key("field"),
+                format!(
+                    "`{}` needs a numeric field; `{fname}` is `{}`",
+                    k.name(),
+                    f.ty.name()
+                ),
+            ),
+            Some(_) => {}
+        },
+    }
+    c.require(
+        m.dimensions.len() <= MAX_DIMENSIONS,
+        &mp.key("dimensions"),
+        format!("at most {MAX_DIMENSIONS} dimensions: each adds a doubling of roll-ups"),
+    );
+    let mut dims = HashSet::new();
+    for (d, dim) in m.dimensions.iter().enumerate() {
+        let dp = mp.key("dimensions").index(d);
+        match ev.fields.get(dim) {
+            None => c.fail(&dp, format!("no field `{dim}` in this event")),
+            Some(f) if matches!(f.ty, FieldType::Float | FieldType::Timestamp) => c.fail(
+                &dp,
+                format!(
+                    "`{dim}` is `{}`; a dimension must take few distinct values",
+                    f.ty.name()
+                ),
+            ),
+            Some(_) => {}
+        }
+        if !dims.insert(dim) {
+            c.fail(&dp, format!("dimension `{dim}` is listed twice"));
         }
     }
 }

@@ -64,7 +64,7 @@ impl EventRow {
 
 impl EventRow {
     /// Appends the row in ClickHouse's RowBinary format (columns as
-    /// [`EVENT_COLUMNS`]); the same bytes as [`write_row_binary`] gives for
+    /// [`EVENT_COLUMNS`](crate::schema::column::EVENT_COLUMNS)); the same bytes as [`write_row_binary`] gives for
     /// the event it was made from.
     pub fn write_row_binary(&self, out: &mut Vec<u8>) {
         let attrs = self
@@ -89,7 +89,7 @@ impl EventRow {
 }
 
 /// Appends one `events_local` row in ClickHouse's RowBinary format (columns
-/// as [`EVENT_COLUMNS`]) straight from an event's parts. The same event
+/// as [`EVENT_COLUMNS`](crate::schema::column::EVENT_COLUMNS)) straight from an event's parts. The same event
 /// always gives the same bytes, which a replayed insert block relies on to
 /// be deduplicated.
 pub fn write_row_binary<'v>(

@@ -425,7 +425,7 @@ impl SqlLimits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdRule {
-    /// A series name (see `dc_config::series`); `*` in a dimension value
+    /// A series name (see `dc_config::rollup`); `*` in a dimension value
     /// matches any text. The event, metric and dimensions must exist.
     pub series: String,
     /// Fires when a figure is below this.
@@ -500,7 +500,7 @@ impl QueryConfig {
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                crate::series::parse_name(registry, &r.series)
+                crate::rollup::parse_name(registry, &r.series)
                     .err()
                     .map(|e| format!("rule[{i}].series: {e}"))
             })

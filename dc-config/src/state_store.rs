@@ -38,8 +38,8 @@ pub enum Error {
 /// Result of a state operation.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Sets `KEYS[1]` to (ARGV[1] = time ms, ARGV[2] = value) unless it already
-/// holds a time at least as new; (re)arms the TTL (ARGV[3] ms) on write.
+/// Sets `KEYS[1]` to (`ARGV[1]` = time ms, `ARGV[2]` = value) unless it already
+/// holds a time at least as new; (re)arms the TTL (`ARGV[3]` ms) on write.
 /// Returns 1 if written, 0 if an equal or newer state was kept.
 pub const NEWER_WINS: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 't')

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use dc_config::event::{ValidEvent, Value};
-use dc_config::series::{aggregate_minute_sql, folded_values_sql, rollups, series_name};
+use dc_config::rollup::{aggregate_minute_sql, folded_values_sql, rollups, series_name};
 use launcher::{LaunchOptions, LocalCluster};
 
 const MINUTE: u32 = 1_764_028_800; // 2025-11-25 00:00:00 UTC
@@ -223,7 +223,7 @@ fn minute_states_match_the_events_and_merge_across_datacenters() {
     ];
     let ch = cluster.clickhouse("dc1-s1-r1").unwrap();
     let raw = ch
-        .query_bytes(&dc_config::series::series_points_sql(
+        .query_bytes(&dc_config::rollup::series_points_sql(
             "spoolhouse",
             "series_all",
             &names,
@@ -231,9 +231,9 @@ fn minute_states_match_the_events_and_merge_across_datacenters() {
             MINUTE + 60,
         ))
         .unwrap();
-    let points = dc_config::series::decode_points(&raw).unwrap().points;
+    let points = dc_config::rollup::decode_points(&raw).unwrap().points;
     let hashes = ch
-        .query(&dc_config::series::series_hashes_sql(&names))
+        .query(&dc_config::rollup::series_hashes_sql(&names))
         .unwrap();
     let hash_of = |name: &str| -> u64 {
         hashes

@@ -6,7 +6,7 @@
 //! rules of the config ([`ThresholdRule`]).
 
 use dc_config::registry::{MetricKind, Registry};
-use dc_config::series::parse_name;
+use dc_config::rollup::parse_name;
 use dc_config::services::ThresholdRule;
 
 use crate::buckets::{self, Selection, SeriesData};

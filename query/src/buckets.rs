@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use dc_config::registry::{MetricKind, Registry};
-use dc_config::series::{merged_states_sql, parse_name, ParsedName};
+use dc_config::rollup::{merged_states_sql, parse_name, ParsedName};
 use dc_config::sql::quote_str;
 
 use crate::ch::{ClickHouse, Coverage};

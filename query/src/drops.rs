@@ -307,7 +307,7 @@ mod tests {
         }
         SeriesData {
             name: name.into(),
-            parsed: dc_config::series::parse_name(r, name).unwrap(),
+            parsed: dc_config::rollup::parse_name(r, name).unwrap(),
             values,
         }
     }

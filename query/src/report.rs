@@ -3,14 +3,14 @@
 //!
 //! Grouping by dimensions `D` reads the roll-up of each metric that keeps
 //! exactly `D` (every subset of a metric's dimensions is stored as its own
-//! series family, see [`dc_config::series`]), and merges its states over
+//! series family, see [`dc_config::rollup`]), and merges its states over
 //! the range: a report of uniques counts distinct values over the whole
 //! range, never a sum of minutes.
 
 use std::collections::BTreeMap;
 
 use dc_config::registry::{Metric, Registry};
-use dc_config::series::{merged_states_sql, parse_name, rollup_filter_sql, Rollup};
+use dc_config::rollup::{merged_states_sql, parse_name, rollup_filter_sql, Rollup};
 
 use crate::ch::ClickHouse;
 use crate::error::Result;
@@ -77,7 +77,7 @@ impl<'a> ReportRequest<'a> {
             }
         }
         let with_metrics = || {
-            let names: Vec<&str> = dc_config::series::aggregated_events(registry)
+            let names: Vec<&str> = dc_config::rollup::aggregated_events(registry)
                 .map(|(n, _)| n)
                 .collect();
             format!(

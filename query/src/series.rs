@@ -5,8 +5,8 @@
 //! average of minutes.
 
 use dc_config::registry::{MetricKind, Registry};
+use dc_config::rollup::{merged_states_by_dc_sql, merged_states_sql, parse_name};
 use dc_config::schema::table;
-use dc_config::series::{merged_states_by_dc_sql, merged_states_sql, parse_name};
 use dc_config::sql::quote_str;
 
 use crate::ch::{ClickHouse, Coverage};

@@ -208,9 +208,9 @@ pub fn minute_statements(
     minute_s: u32,
     version: u64,
 ) -> Vec<String> {
-    dc_config::series::aggregated_events(registry)
+    dc_config::rollup::aggregated_events(registry)
         .flat_map(|(name, ev)| {
-            dc_config::series::aggregate_minute_sql(
+            dc_config::rollup::aggregate_minute_sql(
                 &config.database,
                 &config.dc,
                 name,
@@ -229,9 +229,9 @@ pub fn folded_values_statements<'a>(
     registry: &'a Registry,
     minute_s: u32,
 ) -> Vec<(&'a str, &'a str, String)> {
-    dc_config::series::aggregated_events(registry)
+    dc_config::rollup::aggregated_events(registry)
         .flat_map(|(name, ev)| {
-            dc_config::series::folded_values_sql(&config.database, name, ev, minute_s)
+            dc_config::rollup::folded_values_sql(&config.database, name, ev, minute_s)
                 .into_iter()
                 .map(move |(dim, sql)| (name, dim, sql))
         })
@@ -343,7 +343,7 @@ pub const LAST_REGISTRY_FILE: &str = "registry.last.toml";
 /// messages for the operator: new and removed metrics, changed state keys.
 pub fn registry_changes(old: &Registry, new: &Registry) -> Vec<String> {
     let bases = |r: &Registry| -> BTreeSet<String> {
-        dc_config::series::aggregated_events(r)
+        dc_config::rollup::aggregated_events(r)
             .flat_map(|(name, ev)| ev.metric.iter().map(move |m| m.base_name(name)))
             .collect()
     };

@@ -1,4 +1,4 @@
-//! Metric series: how each metric definition of the registry expands into
+//! Metric roll-ups: how each metric definition of the registry expands into
 //! roll-ups (one series family per subset of its dimensions), how a series
 //! is named, and the SQL that aggregates one minute of one datacenter into
 //! aggregate states. The query service names series with the same code.
