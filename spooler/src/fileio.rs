@@ -7,7 +7,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// The spool's file operations that decide what survives a crash: every
-/// frame write and fdatasync of a segment, every rename (sealing, a
+/// frame write and fdatasync of a segment and of a compressed copy (streamed
+/// through [`SeamWriter`]), every rename (sealing, a
 /// compressed copy moved in, a checkpoint put in place), every directory
 /// sync, and every small file written whole (a checkpoint's temp file). Tests
 /// replace it to fail or tear any of them and check that nothing
@@ -77,5 +78,40 @@ impl SpoolIo for StdIo {
 
     fn sync_data(&self, file: &File) -> io::Result<()> {
         file.sync_data()
+    }
+}
+
+/// A [`Write`] that appends to `file` through a seam's [`SpoolIo::write_at`],
+/// so a file streamed in pieces (a compressed copy, which may be as large as
+/// a segment and is never held whole in memory) fails and tears where a
+/// test's seam says.
+pub(crate) struct SeamWriter<'a> {
+    io: &'a dyn SpoolIo,
+    file: File,
+    pos: u64,
+}
+
+impl<'a> SeamWriter<'a> {
+    /// Writes `file` from its start.
+    pub(crate) fn new(io: &'a dyn SpoolIo, file: File) -> Self {
+        SeamWriter { io, file, pos: 0 }
+    }
+
+    /// fdatasyncs what was written through the seam and gives the file back.
+    pub(crate) fn sync(self) -> io::Result<File> {
+        self.io.sync_data(&self.file)?;
+        Ok(self.file)
+    }
+}
+
+impl Write for SeamWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.io.write_at(&self.file, buf, self.pos)?;
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Compression, Config, Durability};
 use crate::error::{Error, Result};
-use crate::fileio::{SpoolIo, StdIo};
+use crate::fileio::{SeamWriter, SpoolIo, StdIo};
 use crate::files::{
     self, compressed_content_size, fsync_dir, list_readers, list_segments, quarantine,
     write_checkpoint, CheckpointRead, Layout, SegmentState,
@@ -1060,9 +1060,9 @@ impl Inner {
         let build = || -> io::Result<u64> {
             let mut src = File::open(&raw)?;
             let raw_len = src.metadata()?.len();
-            // Streamed to the temp file (a segment may be large); the
-            // rename and syncs that make it the copy go through the seam.
-            let out = File::create(&tmp)?;
+            // Streamed to the temp file through the seam (a segment may be
+            // large: it is never held whole in memory).
+            let out = SeamWriter::new(&*self.io, File::create(&tmp)?);
             let mut enc = zstd::stream::write::Encoder::new(out, level)?;
             enc.include_checksum(true)?;
             enc.include_contentsize(true)?;
@@ -1077,9 +1077,7 @@ impl Inner {
                 hasher.update(&chunk[..n]);
                 enc.write_all(&chunk[..n])?;
             }
-            let out = enc.finish()?;
-            out.sync_all()?;
-            drop(out);
+            drop(enc.finish()?.sync()?);
             // Read the copy back before trusting it with the only copy.
             let back = files::read_compressed(&tmp)?;
             if back.damage.is_some()

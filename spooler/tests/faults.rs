@@ -2,7 +2,9 @@
 //! fails is never acknowledged, a failed fsync stops the spool until it is
 //! reopened, and reopening keeps every acknowledged frame. And the rest of
 //! the spool's I/O seam: a checkpoint whose rename never happens, and a seal
-//! that fails midway, lose nothing and are recovered by reopening.
+//! that fails midway (its compressed copy torn while written, its rename or
+//! the directory sync after it failing), lose nothing and are recovered by
+//! reopening.
 
 mod common;
 
@@ -304,4 +306,84 @@ fn a_seal_that_fails_midway_loses_nothing_and_reopening_recovers() {
         drop(spool);
         acked_survive_reopen(dir.path(), &acked);
     }
+}
+
+/// Tears the next write to a file whose name ends in `suffix` (once armed):
+/// half of it lands, then ENOSPC. A `File` carries no name, so the name is
+/// read from `/proc/self/fd`.
+struct TornFileWrite {
+    suffix: &'static str,
+    armed: AtomicBool,
+    torn: AtomicBool,
+}
+
+impl SpoolIo for TornFileWrite {
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        if self.armed.load(SeqCst) {
+            let name = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+            if name.to_string_lossy().ends_with(self.suffix) {
+                self.armed.store(false, SeqCst);
+                self.torn.store(true, SeqCst);
+                file.write_all_at(&buf[..buf.len() / 2], offset)?;
+                return Err(io::Error::from_raw_os_error(ENOSPC));
+            }
+        }
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+}
+
+#[test]
+fn a_compressed_copy_torn_while_written_loses_nothing_and_sealing_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(TornFileWrite {
+        suffix: ".seg.zst.tmp",
+        armed: AtomicBool::new(false),
+        torn: AtomicBool::new(false),
+    });
+    let config = small_config(Durability::Always, Compression::Zstd { level: 3 });
+    let spool = Spool::open_with_io(dir.path(), config.clone(), io.clone()).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..300 {
+        let p = spool.append(&[payload(i)]).unwrap();
+        acked.push((p[0], payload(i)));
+    }
+    io.armed.store(true, SeqCst);
+    let e = spool.seal_pending().expect_err("the copy's write is torn");
+    assert_eq!(e.code(), "io", "{e}");
+    assert!(
+        io.torn.load(SeqCst),
+        "the copy was written through the seam"
+    );
+    // The torn temp file is gone; the raw segments still hold everything.
+    let segments: Vec<String> = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        segments.iter().all(|n| !n.ends_with(".tmp")),
+        "{segments:?}"
+    );
+    let mut r = spool.reader("live").unwrap();
+    assert_eq!(drain(&mut r).len(), acked.len());
+    drop(r);
+    // The seam behaves again: sealing goes on where it stopped.
+    spool.seal_pending().unwrap();
+    let compressed = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg.zst")
+        })
+        .count();
+    assert!(compressed > 0, "no compressed copy after the retry");
+    drop(spool);
+    acked_survive_reopen(dir.path(), &acked);
 }
