@@ -127,6 +127,13 @@ pub async fn get(
     }
 }
 
+thread_local! {
+    /// The runtime [`get_blocking`] runs its requests on, one per calling
+    /// thread, built on first use: the harness polls every 100 ms, and a
+    /// runtime per request would be most of each poll's cost.
+    static RUNTIME: std::cell::OnceCell<tokio::runtime::Runtime> = const { std::cell::OnceCell::new() };
+}
+
 /// Largest body [`get_blocking`] reads.
 pub const BLOCKING_MAX_BYTES: usize = 64 << 20;
 
@@ -139,16 +146,24 @@ pub fn get_blocking(
     timeout: Duration,
 ) -> Result<(u16, String), GetError> {
     let run = || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| GetError::Connect {
-                addr,
-                reason: format!("no runtime for the request: {e}"),
-            })?;
-        let (status, body) = rt.block_on(get(addr, path, timeout, BLOCKING_MAX_BYTES))?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        RUNTIME.with(|cell| {
+            let rt = match cell.get() {
+                Some(rt) => rt,
+                None => {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_io()
+                        .enable_time()
+                        .build()
+                        .map_err(|e| GetError::Connect {
+                            addr,
+                            reason: format!("no runtime for the request: {e}"),
+                        })?;
+                    cell.get_or_init(|| rt)
+                }
+            };
+            let (status, body) = rt.block_on(get(addr, path, timeout, BLOCKING_MAX_BYTES))?;
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        })
     };
     // A runtime cannot start inside another one's thread: from async code
     // (a test's, say) the request runs on a thread of its own.

@@ -252,3 +252,38 @@ fn a_request_that_takes_longer_than_the_idle_timeout_is_not_cut() {
         "{answer}"
     );
 }
+
+#[test]
+fn the_blocking_client_reads_answers_from_plain_and_async_callers_and_bounds_its_wait() {
+    let server = Server::start(LIMITS);
+    let t = Duration::from_secs(5);
+    // Twice on one thread (its runtime is built once and reused), then from
+    // inside a runtime, where it runs on a thread of its own.
+    for _ in 0..2 {
+        let (status, body) = httpd::client::get_blocking(server.addr, "/", t).unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+    let addr = server.addr;
+    let inside = server
+        .rt
+        .block_on(async move { httpd::client::get_blocking(addr, "/", t) })
+        .unwrap();
+    assert_eq!(inside, (200, "ok".to_string()));
+    // An answer slower than the timeout is a Timeout, within about it.
+    let short = Duration::from_millis(200);
+    let started = Instant::now();
+    let e = httpd::client::get_blocking(server.addr, "/slow", short).unwrap_err();
+    assert!(matches!(e, httpd::client::GetError::Timeout { .. }), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A port nobody listens on is a Connect error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let e = httpd::client::get_blocking(closed, "/", t).unwrap_err();
+    assert!(matches!(e, httpd::client::GetError::Connect { .. }), "{e}");
+}

@@ -659,26 +659,29 @@ fn new_active(
 /// The background threads the config asks for: the sealer (compression
 /// off the append path) and the housekeeper (interval fsyncs, age rotation).
 fn spawn_background(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
+    let spawn = |name: &str, op: &'static str, body: fn(&Inner)| {
+        let i = inner.clone();
+        std::thread::Builder::new()
+            .name(format!("spool-{name}"))
+            .spawn(move || body(&i))
+            .map_err(|e| Error::io(op, &inner.layout.root, e))
+    };
     let mut threads = Vec::new();
     if inner.config.background_seal && inner.config.compression != Compression::Off {
-        let i = inner.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("spool-sealer".into())
-                .spawn(move || i.sealer_loop())
-                .map_err(|e| Error::io("spawn sealer thread for", &inner.layout.root, e))?,
-        );
+        threads.push(spawn(
+            "sealer",
+            "spawn sealer thread for",
+            Inner::sealer_loop,
+        )?);
     }
     if matches!(inner.config.durability, Durability::Interval { .. })
         || inner.config.segment_age_ms > 0
     {
-        let i = inner.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("spool-housekeeper".into())
-                .spawn(move || i.housekeeper_loop())
-                .map_err(|e| Error::io("spawn housekeeper thread for", &inner.layout.root, e))?,
-        );
+        threads.push(spawn(
+            "housekeeper",
+            "spawn housekeeper thread for",
+            Inner::housekeeper_loop,
+        )?);
     }
     Ok(threads)
 }
