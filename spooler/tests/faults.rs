@@ -53,6 +53,13 @@ impl SpoolIo for Faulty {
     }
 }
 
+/// Appends payloads `0..n` one frame per append; what was acknowledged.
+fn append_one_by_one(spool: &Spool, n: usize) -> Vec<(Position, Vec<u8>)> {
+    (0..n)
+        .map(|i| (spool.append(&[payload(i)]).unwrap()[0], payload(i)))
+        .collect()
+}
+
 /// errno values, Linux.
 const ENOSPC: i32 = 28;
 const EIO: i32 = 5;
@@ -232,11 +239,7 @@ fn a_checkpoint_whose_rename_fails_loses_nothing_and_its_reader_reads_again() {
         io.clone(),
     )
     .unwrap();
-    let mut acked = Vec::new();
-    for i in 0..20 {
-        let p = spool.append(&[payload(i)]).unwrap();
-        acked.push((p[0], payload(i)));
-    }
+    let acked = append_one_by_one(&spool, 20);
     let mut r = spool.reader("ship").unwrap();
     let first = r.next(5, 1 << 20).unwrap();
     r.commit_read().unwrap();
@@ -282,11 +285,7 @@ fn a_seal_that_fails_midway_loses_nothing_and_reopening_recovers() {
         let io = FailingStep::new(".seg.zst", then_sync_dir);
         let config = small_config(Durability::Always, Compression::Zstd { level: 3 });
         let spool = Spool::open_with_io(dir.path(), config.clone(), io.clone()).unwrap();
-        let mut acked = Vec::new();
-        for i in 0..300 {
-            let p = spool.append(&[payload(i)]).unwrap();
-            acked.push((p[0], payload(i)));
-        }
+        let acked = append_one_by_one(&spool, 300);
         io.armed.store(true, SeqCst);
         let e = spool.seal_pending().expect_err("the seal fails midway");
         assert_eq!(e.code(), "io", "{e}");
@@ -347,11 +346,7 @@ fn a_compressed_copy_torn_while_written_loses_nothing_and_sealing_goes_on() {
     });
     let config = small_config(Durability::Always, Compression::Zstd { level: 3 });
     let spool = Spool::open_with_io(dir.path(), config.clone(), io.clone()).unwrap();
-    let mut acked = Vec::new();
-    for i in 0..300 {
-        let p = spool.append(&[payload(i)]).unwrap();
-        acked.push((p[0], payload(i)));
-    }
+    let acked = append_one_by_one(&spool, 300);
     io.armed.store(true, SeqCst);
     let e = spool.seal_pending().expect_err("the copy's write is torn");
     assert_eq!(e.code(), "io", "{e}");
