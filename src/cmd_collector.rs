@@ -11,7 +11,7 @@ use dc_config::services::CollectorConfig;
 /// Arguments of `spoolhouse collector`.
 #[derive(Debug, Args)]
 pub struct CollectorArgs {
-    /// Collector config (`services/<dc>/collector.toml` from `spoolhouse config render`).
+    /// Collector config (`services/<dc>/<host>/collector.toml` from `spoolhouse config render`).
     #[arg(long)]
     config: PathBuf,
 }

@@ -54,9 +54,15 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
         ConfigCommand::Validate(files) => {
             let d = load(&files)?;
             let servers = d.topology.replicas().count();
+            let hosts: usize = d
+                .topology
+                .datacenter
+                .iter()
+                .map(|dc| dc.app_hosts().len())
+                .sum();
             let metrics: usize = d.registry.event.values().map(|e| e.metric.len()).sum();
             println!(
-                "ok: {} datacenter(s), {servers} ClickHouse server(s); {} event type(s), {metrics} metric(s)",
+                "ok: {} datacenter(s), {hosts} app host(s), {servers} ClickHouse server(s); {} event type(s), {metrics} metric(s)",
                 d.topology.datacenter.len(),
                 d.registry.event.len(),
             );

@@ -13,7 +13,7 @@ use shipper::{Guards, Health, Metrics, Shipper};
 /// Arguments of `spoolhouse shipper`.
 #[derive(Debug, Args)]
 pub struct ShipperArgs {
-    /// Shipper config (`services/<dc>/shipper.toml` from `spoolhouse config render`).
+    /// Shipper config (`services/<dc>/<host>/shipper.toml` from `spoolhouse config render`).
     #[arg(long)]
     config: PathBuf,
     /// Turn off the check of which spool positions ClickHouse already holds

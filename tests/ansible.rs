@@ -461,8 +461,8 @@ fn site_deploys_two_datacenters_into_a_prefix_and_rolling_restart_replaces_every
     }
     verify_units(&units);
     let collector_unit =
-        std::fs::read_to_string(units.join("spoolhouse-collector-dc1.service")).unwrap();
-    let config = d.path("etc/spoolhouse/dc1/collector.toml");
+        std::fs::read_to_string(units.join("spoolhouse-collector-dc1-app1.service")).unwrap();
+    let config = d.path("etc/spoolhouse/dc1/dc1-app1/collector.toml");
     assert!(
         collector_unit.contains(&format!("collector --config {}", config.display())),
         "{collector_unit}"

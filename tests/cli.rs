@@ -41,7 +41,56 @@ fn validate_accepts_the_examples() {
     assert!(o.status.success(), "{err}");
     assert_eq!(
         out,
-        "ok: 2 datacenter(s), 3 ClickHouse server(s); 4 event type(s), 10 metric(s)\n"
+        "ok: 2 datacenter(s), 2 app host(s), 3 ClickHouse server(s); 4 event type(s), 10 metric(s)\n"
+    );
+}
+
+#[test]
+fn a_fleet_of_401_hosts_in_18_lines_validates_and_renders_every_host() {
+    let src = std::fs::read_to_string("examples/fleet.toml").unwrap();
+    assert!(
+        src.lines().count() < 20,
+        "the example is meant to stay short"
+    );
+    let o = spoolhouse(&[
+        "config",
+        "validate",
+        "examples/fleet.toml",
+        "examples/events.toml",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.starts_with("ok: 1 datacenter(s), 401 app host(s), 4 ClickHouse server(s)"),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let o = spoolhouse(&[
+        "config",
+        "render",
+        "examples/fleet.toml",
+        "examples/events.toml",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let hosts = std::fs::read_dir(dir.path().join("services/dc1"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("collector.toml").exists())
+        .count();
+    assert_eq!(hosts, 401);
+    let inventory = std::fs::read_to_string(dir.path().join("ansible/inventory.ini")).unwrap();
+    assert!(inventory.contains("\ndc1-app001\ndc1-app002\n"));
+    assert!(
+        inventory.contains("\ndc1-batch1 spool_quota_bytes=107374182400\n"),
+        "{inventory}"
+    );
+    assert!(inventory.contains("\n[dc1_query]\ndc1-query1 query_listen=10.1.0.10:7104\n"));
+    // Hosts listening on every address are reached by name for pipeline health.
+    let query = std::fs::read_to_string(dir.path().join("services/dc1/query.toml")).unwrap();
+    assert!(
+        query.contains("collector_admin = \"dc1-app400:7102\""),
+        "{query}"
     );
 }
 
@@ -142,13 +191,13 @@ fn render_writes_every_file() {
     // and says what to do.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let config = std::fs::read_to_string(out.join("services/dc1/shipper.toml"))
+    let config = std::fs::read_to_string(out.join("services/dc1/dc1-app1/shipper.toml"))
         .unwrap()
         .replace(
             "/etc/spoolhouse/secrets/clickhouse-spoolhouse_shipper.password",
             secret.to_str().unwrap(),
         );
-    let shipper_toml = out.join("services/dc1/shipper-test.toml");
+    let shipper_toml = out.join("services/dc1/dc1-app1/shipper-test.toml");
     std::fs::write(&shipper_toml, config).unwrap();
     let o = spoolhouse(&["shipper", "--config", shipper_toml.to_str().unwrap()]);
     let (_, err) = text(&o);

@@ -27,6 +27,11 @@ impl Checker {
         }
     }
 
+    /// The broken rules so far, as (key path, rule).
+    pub fn into_found(self) -> Vec<(KeyPath, String)> {
+        self.found
+    }
+
     /// True when no rule has been broken yet.
     pub fn is_clean(&self) -> bool {
         self.found.is_empty()

@@ -15,6 +15,7 @@
 //!   points are per-minute aggregate states (`metric_states_*`) and their
 //!   finalized values (`series_*`); the query service's `/v1/series` merges
 //!   the states over any step.
+pub mod app_hosts;
 pub mod check;
 pub mod credentials;
 pub mod declared;

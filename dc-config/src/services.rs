@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::app_hosts::AppHost;
 use crate::topology::{Datacenter, Redis, Topology};
 
 /// File name of the registry copied beside the service configs.
@@ -261,12 +262,35 @@ pub struct QueryDatacenter {
     /// Shards of its ClickHouse cluster: a global read is whole only when
     /// every one of them answered.
     pub shards: usize,
-    /// Its collector's admin address (`/metrics`), as this DC reaches it.
-    pub collector_admin: SocketAddr,
-    /// Its shipper's admin address (`/metrics`), as this DC reaches it.
-    pub shipper_admin: SocketAddr,
+    /// Its app hosts, each with its collector's and shipper's admin
+    /// addresses as this DC reaches them.
+    pub hosts: Vec<QueryHost>,
     /// Its query service's address (`/metrics`), as this DC reaches it.
     pub query: SocketAddr,
+}
+
+/// One app host as the query service reaches it for pipeline health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryHost {
+    /// Host name.
+    pub name: String,
+    /// Its collector's admin address, `host:port` (a name or an IP).
+    pub collector_admin: String,
+    /// Its shipper's admin address, `host:port`.
+    pub shipper_admin: String,
+}
+
+/// Where another machine reaches a listener on app host `host`: the
+/// declared address, or the host's name when it listens on every address
+/// (`0.0.0.0:7102` on `dc1-app007` is reached at `dc1-app007:7102`), the
+/// form a fleet's defaults take.
+pub fn reach(host: &str, listen: SocketAddr) -> String {
+    if listen.ip().is_unspecified() {
+        format!("{host}:{}", listen.port())
+    } else {
+        listen.to_string()
+    }
 }
 
 /// The query service of one DC.
@@ -517,23 +541,39 @@ fn default_progress_lookups_max() -> usize {
 }
 
 impl CollectorConfig {
-    /// The collector config of `dc`.
-    pub fn for_dc(dc: &Datacenter) -> Self {
+    /// The collector config of app host `host` of `dc`.
+    pub fn for_host(dc: &Datacenter, host: &AppHost) -> Self {
         Self {
             dc: dc.name.clone(),
-            host: dc.host.clone(),
+            host: host.name.clone(),
             registry: REGISTRY_FILE.into(),
-            tcp: dc.collector.tcp,
-            socket: dc.collector.socket.clone(),
-            socket_mode: dc.collector.socket_mode,
+            tcp: host.collector.tcp,
+            socket: host.collector.socket.clone(),
+            socket_mode: host.collector.socket_mode,
             socket_group: None,
-            inbox: dc.collector.inbox.clone(),
-            admin: dc.collector.admin,
-            spool_dir: dc.spool.dir.clone(),
-            spool_quota_bytes: dc.spool.quota_bytes,
+            inbox: host.collector.inbox.clone(),
+            admin: host.collector.admin,
+            spool_dir: host.spool.dir.clone(),
+            spool_quota_bytes: host.spool.quota_bytes,
             limits: CollectorLimits::default(),
         }
     }
+
+    /// [`CollectorConfig::for_host`] of the DC's first app host: a DC of
+    /// one host, as the tests and benches run.
+    pub fn for_dc(dc: &Datacenter) -> Self {
+        Self::for_host(dc, &first_host(dc))
+    }
+}
+
+/// The first app host of a checked DC (which has at least one).
+fn first_host(dc: &Datacenter) -> AppHost {
+    dc.first_app_host().unwrap_or_else(|| {
+        panic!(
+            "datacenter {} has no app host: check the topology first",
+            dc.name
+        )
+    })
 }
 
 impl crate::check::Declaration for CollectorConfig {
@@ -593,14 +633,19 @@ impl crate::check::Declaration for CollectorConfig {
 }
 
 impl ShipperConfig {
-    /// The shipper config of `dc`.
+    /// [`ShipperConfig::for_host`] of the DC's first app host.
     pub fn for_dc(topology: &Topology, dc: &Datacenter) -> Self {
+        Self::for_host(topology, dc, &first_host(dc))
+    }
+
+    /// The shipper config of app host `host` of `dc`.
+    pub fn for_host(topology: &Topology, dc: &Datacenter, host: &AppHost) -> Self {
         Self {
             dc: dc.name.clone(),
-            host: dc.host.clone(),
+            host: host.name.clone(),
             registry: REGISTRY_FILE.into(),
-            spool_dir: dc.spool.dir.clone(),
-            admin: dc.shipper.admin,
+            spool_dir: host.spool.dir.clone(),
+            admin: host.shipper.admin,
             database: topology.database.clone(),
             shards: dc
                 .clickhouse
@@ -617,7 +662,7 @@ impl ShipperConfig {
                 })
                 .collect(),
             redis: dc.redis.clone(),
-            state_dir: shipper_state_dir(&dc.spool.dir),
+            state_dir: shipper_state_dir(&host.spool.dir),
             clickhouse_password_file: crate::credentials::password_file(
                 &topology.secrets_dir,
                 crate::schema::user::WRITER_USER,
@@ -676,6 +721,19 @@ impl crate::check::Declaration for ShipperConfig {
     }
 }
 
+/// `host:port` naming a machine and a port to connect to.
+fn is_reachable(addr: &str) -> bool {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return a.port() != 0 && !a.ip().is_unspecified();
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            crate::app_hosts::is_host_name(host) && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+        None => false,
+    }
+}
+
 /// A config's path to a secret must not depend on the working directory.
 fn require_absolute(c: &mut crate::check::Checker, path: &std::path::Path, key: &str) {
     c.require(
@@ -717,19 +775,29 @@ impl QueryConfig {
                     // Another DC's services are reached the way its
                     // ClickHouse is: through the launcher's relay when
                     // there is one, so a cut DC stops answering here too.
-                    let via = |addr: SocketAddr| match topology
-                        .cross_dc_routes
-                        .get(&(dc.name.clone(), addr.to_string()))
-                    {
-                        Some(route) if d.name != dc.name => *route,
-                        _ => addr,
+                    let route = |addr: String| {
+                        topology
+                            .cross_dc_routes
+                            .get(&(dc.name.clone(), addr.clone()))
+                            .filter(|_| d.name != dc.name)
+                            .map_or(addr, |r| r.to_string())
                     };
+                    let query = route(d.query.listen.to_string())
+                        .parse()
+                        .unwrap_or(d.query.listen);
                     QueryDatacenter {
                         name: d.name.clone(),
                         shards: d.clickhouse.shard.len(),
-                        collector_admin: via(d.collector.admin),
-                        shipper_admin: via(d.shipper.admin),
-                        query: via(d.query.listen),
+                        hosts: d
+                            .app_hosts()
+                            .into_iter()
+                            .map(|h| QueryHost {
+                                collector_admin: route(reach(&h.name, h.collector.admin)),
+                                shipper_admin: route(reach(&h.name, h.shipper.admin)),
+                                name: h.name,
+                            })
+                            .collect(),
+                        query,
                     }
                 })
                 .collect(),
@@ -779,16 +847,23 @@ impl crate::check::Declaration for QueryConfig {
                 &at.key("name"),
                 "must name each datacenter once",
             );
-            for (key, addr) in [
-                ("collector_admin", d.collector_admin),
-                ("shipper_admin", d.shipper_admin),
-                ("query", d.query),
-            ] {
-                c.require(
-                    addr.port() != 0 && !addr.ip().is_unspecified(),
-                    &at.key(key),
-                    "must be an address to connect to (no port 0, no 0.0.0.0 or ::): GET /v1/pipeline reads /metrics there; declare the service's address in the topology as other DCs reach it",
-                );
+            const REACHABLE: &str = "must be an address to connect to (no port 0, no 0.0.0.0 or ::): GET /v1/pipeline reads /metrics there; declare the service's address in the topology as other DCs reach it";
+            c.require(
+                d.query.port() != 0 && !d.query.ip().is_unspecified(),
+                &at.key("query"),
+                REACHABLE,
+            );
+            for (h, host) in d.hosts.iter().enumerate() {
+                for (key, addr) in [
+                    ("collector_admin", &host.collector_admin),
+                    ("shipper_admin", &host.shipper_admin),
+                ] {
+                    c.require(
+                        is_reachable(addr),
+                        &at.key("hosts").index(h).key(key),
+                        REACHABLE,
+                    );
+                }
             }
         }
         for (i, r) in self.rule.iter().enumerate() {
@@ -909,8 +984,8 @@ mod tests {
     fn every_datacenter_has_addresses_to_scrape() {
         let mut c = config(vec![]);
         assert_ne!(c.datacenters[1].query, c.datacenters[0].query);
-        c.datacenters[1].shipper_admin = "0.0.0.0:7203".parse().unwrap();
-        c.datacenters[0].collector_admin = "127.0.0.1:0".parse().unwrap();
+        c.datacenters[1].hosts[0].shipper_admin = "0.0.0.0:7203".into();
+        c.datacenters[0].hosts[0].collector_admin = "127.0.0.1:0".into();
         let mut ch = Checker::default();
         c.check(&mut ch);
         let errors = ch.into_errors(std::path::Path::new("query.toml"), "");
@@ -918,8 +993,8 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "datacenters[0].collector_admin",
-                "datacenters[1].shipper_admin"
+                "datacenters[0].hosts[0].collector_admin",
+                "datacenters[1].hosts[0].shipper_admin"
             ],
             "{errors:?}"
         );

@@ -7,9 +7,11 @@
 //!
 //! [[datacenter]]
 //! name = "dc1"
-//! host = "dc1-app1"             # recorded in each event's `host` column
+//! host = "dc1-app1"             # the app host, recorded in each event's `host` column;
+//!                               # a fleet: `hosts = ["dc1-app[001:400]"]` (see crate::app_hosts)
 //! zookeeper = [{ host = "127.0.0.1", port = 2181, data_path = "/var/lib/spoolhouse/dc1/zk1" }]
 //! redis = { mode = "single", nodes = ["127.0.0.1:6379"] }
+//! # every app host's collector, spool and shipper (per-host overrides: [[datacenter.app_host]])
 //! collector = { tcp = "127.0.0.1:7101", socket = "/run/spoolhouse/dc1.sock", inbox = "/var/lib/spoolhouse/dc1/inbox", admin = "127.0.0.1:7102" }
 //! spool = { dir = "/var/lib/spoolhouse/dc1/spool", quota_bytes = 10737418240 }
 //! shipper = { admin = "127.0.0.1:7103" }
@@ -84,20 +86,31 @@ pub struct Topology {
 pub struct Datacenter {
     /// Datacenter name; also its ClickHouse cluster name and `{dc}` macro.
     pub name: String,
-    /// Name of the app host running this DC's collector and shipper.
-    pub host: String,
+    /// The one app host of a DC that has one (the form before fleets);
+    /// give `hosts` instead for several ([`crate::app_hosts`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The app hosts, each running a collector and a shipper over its own
+    /// spool: names and ranges (`dc1-app[001:400]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// ZooKeeper ensemble used by this DC's replicated tables.
     pub zookeeper: Vec<ZkNode>,
     /// This DC's ClickHouse cluster.
     pub clickhouse: ClickHouse,
     /// This DC's Redis, for the latest keyed state.
     pub redis: Redis,
-    /// Where the collector listens.
+    /// Where each app host's collector listens (the defaults; a host's
+    /// own values come from [`Datacenter::app_hosts`]).
     pub collector: Collector,
-    /// The local spool.
+    /// Each app host's spool (the defaults).
     pub spool: Spool,
-    /// Where the shipper serves its admin endpoints.
+    /// Where each app host's shipper serves its admin endpoints (the
+    /// defaults).
     pub shipper: Shipper,
+    /// Per-host overrides of the three defaults above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_host: Vec<crate::app_hosts::HostOverride>,
     /// Where the query service listens.
     pub query: Query,
 }
@@ -213,6 +226,10 @@ pub struct Shipper {
 pub struct Query {
     /// HTTP API, `/metrics` and `/healthz`.
     pub listen: SocketAddr,
+    /// The machine it runs on (an inventory name; default: the DC's first
+    /// app host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 fn default_database() -> String {
@@ -322,6 +339,7 @@ impl check::Declaration for Topology {
             "declare at least one [[datacenter]]",
         );
         let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut host_names: HashMap<String, KeyPath> = HashMap::new();
         let mut ports = PortBook::default();
         for (i, dc) in self.datacenter.iter().enumerate() {
             let at = root.key("datacenter").index(i);
@@ -343,29 +361,90 @@ impl check::Declaration for Topology {
                     format!("duplicate datacenter name: also datacenter[{first}]"),
                 );
             }
-            c.require(
-                !dc.host.is_empty() && dc.host.len() <= 255,
-                &at.key("host"),
-                "must be a non-empty host name of at most 255 bytes",
-            );
             dc.check_zookeeper(c, &at, &mut ports);
             dc.check_clickhouse(c, &at, &mut ports);
             dc.check_redis(c, &at, &mut ports);
-            dc.check_services(c, &at, &mut ports);
+            ports.claim_addr(c, dc.query.listen, at.key("query").key("listen"));
+            dc.check_app_hosts(c, &at, &mut host_names, &mut ports);
         }
         self.check_paths(c, &root);
     }
 }
 
-/// Every listening (host, port) of the topology, with where it was
-/// declared: each must be unique across the whole topology, since two
-/// services on one port fail only at start-up.
+/// Who may share a listener or a path with whom. Servers and the query
+/// service are [`Scope::Shared`]: their addresses name their machine, so
+/// each must be unique across the topology. An app host's listeners and
+/// paths are its own machine's ([`Scope::AppHost`]): every host of a fleet
+/// may use the same ones, but not one host twice, nor one a server uses.
+#[derive(Clone, PartialEq, Eq)]
+enum Scope {
+    /// A server's or the query service's: unique across the topology.
+    Shared,
+    /// A server's data path on machine `host`: two servers on one machine
+    /// need two folders; two machines may use the same path. A loopback
+    /// machine is the one the app hosts run on too (all on one host).
+    Machine(String),
+    /// What the hosts of a DC left to its defaults use.
+    Defaults(String),
+    /// One overridden app host's.
+    AppHost(String),
+}
+
+impl Scope {
+    fn clashes(&self, other: &Scope) -> bool {
+        match (self, other) {
+            (Scope::Shared, _) | (_, Scope::Shared) => true,
+            (Scope::Machine(a), Scope::Machine(b)) => a == b,
+            (Scope::Machine(m), _) | (_, Scope::Machine(m)) => is_loopback_host(m),
+            (Scope::Defaults(a), Scope::Defaults(b)) | (Scope::AppHost(a), Scope::AppHost(b)) => {
+                a == b
+            }
+            _ => false,
+        }
+    }
+
+    /// Words naming the scope in an error (empty for a shared one).
+    fn on(&self) -> String {
+        match self {
+            Scope::Shared => String::new(),
+            Scope::Machine(m) => format!(" on {m}"),
+            Scope::Defaults(dc) => format!(" on {dc}'s app hosts"),
+            Scope::AppHost(h) => format!(" on app host `{h}`"),
+        }
+    }
+}
+
+/// Every claimed key (a listener's `(host, port)` or a path) with its
+/// scope and where it was declared: two services on one port, or two
+/// servers on one data directory, fail only at start-up.
+struct Book<K>(HashMap<K, Vec<(Scope, KeyPath)>>);
+
+impl<K> Default for Book<K> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Book<K> {
+    /// Takes `key` for `path` in `scope`; where it was first taken, if it
+    /// was already, in a scope that clashes.
+    fn take(&mut self, key: K, scope: Scope, path: KeyPath) -> Option<KeyPath> {
+        let owners = self.0.entry(key).or_default();
+        if let Some((_, first)) = owners.iter().find(|(s, _)| s.clashes(&scope)) {
+            return Some(first.clone());
+        }
+        owners.push((scope, path));
+        None
+    }
+}
+
+/// The topology's listeners ([`Book`] of `(host, port)`).
 #[derive(Default)]
-struct PortBook(HashMap<(String, u16), KeyPath>);
+struct PortBook(Book<(String, u16)>);
 
 impl PortBook {
     /// Takes `host:port` for `path`, or fails `path` if it is taken or 0.
-    fn claim(&mut self, c: &mut Checker, host: &str, port: u16, path: KeyPath) {
+    fn claim_in(&mut self, c: &mut Checker, scope: Scope, host: &str, port: u16, path: KeyPath) {
         if port == 0 {
             c.fail(
                 &path,
@@ -374,14 +453,18 @@ impl PortBook {
             return;
         }
         let host = normalise_host(host);
-        if let Some(first) = self.0.get(&(host.clone(), port)) {
+        let on = scope.on();
+        if let Some(first) = self.0.take((host.clone(), port), scope, path.clone()) {
             c.fail(
                 &path,
-                format!("duplicate port: {host}:{port} is already used by `{first}`"),
+                format!("duplicate port{on}: {host}:{port} is already used by `{first}`"),
             );
-        } else {
-            self.0.insert((host, port), path);
         }
+    }
+
+    /// [`PortBook::claim_in`] for a server's listener.
+    fn claim(&mut self, c: &mut Checker, host: &str, port: u16, path: KeyPath) {
+        self.claim_in(c, Scope::Shared, host, port, path);
     }
 
     /// [`PortBook::claim`] for a socket address.
@@ -478,58 +561,125 @@ impl Datacenter {
         }
     }
 
-    /// The collector's, shipper's and query service's listeners and paths,
-    /// and the spool.
-    fn check_services(&self, c: &mut Checker, at: &KeyPath, ports: &mut PortBook) {
-        let col = at.key("collector");
-        ports.claim_addr(c, self.collector.tcp, col.key("tcp"));
+    /// The app hosts: names (each once in the topology), overrides, and
+    /// each host's listeners and paths. Hosts left to the defaults share
+    /// them, so the defaults are checked once, located at the DC's own
+    /// `collector`, `spool` and `shipper`; an overridden host is checked
+    /// again with its own values, located at its `app_host` entry.
+    fn check_app_hosts(
+        &self,
+        c: &mut Checker,
+        at: &KeyPath,
+        seen: &mut HashMap<String, KeyPath>,
+        ports: &mut PortBook,
+    ) {
+        let mut entries: Vec<(KeyPath, String)> = Vec::new();
+        if let Some(h) = &self.host {
+            entries.push((at.key("host"), h.clone()));
+        }
+        for (i, e) in self.hosts.iter().enumerate() {
+            for name in crate::app_hosts::expand(e).unwrap_or_default() {
+                entries.push((at.key("hosts").index(i), name));
+            }
+        }
         c.require(
-            self.collector.tcp.ip().is_loopback(),
-            &col.key("tcp"),
-            "the collector's TCP listener must be on loopback (127.0.0.0/8 or ::1): apps hand events to their own host",
+            self.host.is_some() || !self.hosts.is_empty(),
+            &at.key("hosts"),
+            "declare the DC's app hosts, e.g. `hosts = [\"dc1-app[001:400]\"]` (or `host = \"dc1-app1\"` for one)",
         );
-        ports.claim_addr(c, self.collector.admin, col.key("admin"));
-        require_absolute(c, &self.collector.socket, &col.key("socket"));
-        require_absolute(c, &self.collector.inbox, &col.key("inbox"));
         c.require(
-            self.collector.socket_mode <= 0o777,
-            &col.key("socket_mode"),
-            "must be a file mode of at most 0o777 (write it as 0o660)",
+            entries.len() <= crate::app_hosts::MAX_APP_HOSTS,
+            &at.key("hosts"),
+            format!(
+                "at most {} app hosts per datacenter; this one has {}",
+                crate::app_hosts::MAX_APP_HOSTS,
+                entries.len()
+            ),
         );
-        ports.claim_addr(c, self.shipper.admin, at.key("shipper").key("admin"));
-        ports.claim_addr(c, self.query.listen, at.key("query").key("listen"));
-        require_absolute(c, &self.spool.dir, &at.key("spool").key("dir"));
-        c.require(
-            self.spool.quota_bytes >= MIN_SPOOL_QUOTA_BYTES,
-            &at.key("spool").key("quota_bytes"),
-            format!("must be at least {MIN_SPOOL_QUOTA_BYTES} (64 MiB)"),
-        );
+        for (path, name) in &entries {
+            if !crate::app_hosts::is_host_name(name) {
+                c.fail(
+                    path,
+                    format!("app host `{name}`: a host name is 1 to 255 letters, digits, `.`, `-` or `_`"),
+                );
+            } else if let Some(first) = seen.get(name) {
+                c.fail(
+                    path,
+                    format!("app host `{name}` is already declared by `{first}`: a host belongs to one datacenter, once"),
+                );
+            } else {
+                seen.insert(name.clone(), path.clone());
+            }
+        }
+        let (hosts, problems) = self.resolve_app_hosts();
+        for p in problems {
+            let mut path = at.clone();
+            for seg in &p.at {
+                path = match seg.parse::<usize>() {
+                    Ok(n) => path.index(n),
+                    Err(_) => path.key(seg),
+                };
+            }
+            c.fail(&path, p.rule);
+        }
+        let defaults = crate::app_hosts::AppHost {
+            name: String::new(),
+            collector: self.collector.clone(),
+            spool: self.spool.clone(),
+            shipper: self.shipper.clone(),
+            overridden: None,
+        };
+        check_host(c, at, Scope::Defaults(self.name.clone()), &defaults, ports);
+        for h in hosts.iter().filter(|h| h.overridden.is_some()) {
+            let o = h.overridden.unwrap_or(0);
+            let ap = at.key("app_host").index(o);
+            let own = &self.app_host[o];
+            // A key the override leaves alone is located at the default.
+            let loc = |section: &str, table: &Option<toml::Table>, key: &str| {
+                if table.as_ref().is_some_and(|t| t.contains_key(key)) {
+                    Some(ap.key(section).key(key))
+                } else {
+                    None
+                }
+            };
+            let mut sub = Checker::default();
+            check_host(&mut sub, at, Scope::AppHost(h.name.clone()), h, ports);
+            for (path, rule) in sub.into_found() {
+                let (section, key) = section_key(&path, at);
+                let table = match section.as_str() {
+                    "collector" => &own.collector,
+                    "spool" => &own.spool,
+                    _ => &own.shipper,
+                };
+                match loc(&section, table, &key) {
+                    Some(p) => c.fail(&p, format!("app host `{}`: {rule}", h.name)),
+                    // A clash of two default values on this host (say, an
+                    // overridden port now used by a default one) is still this host's.
+                    None if rule.starts_with("duplicate") => {
+                        c.fail(&ap.key("name"), format!("app host `{}`: {rule}", h.name))
+                    }
+                    None => {}
+                }
+            }
+        }
     }
 
-    /// The paths this DC's servers and services own, with where each is
-    /// declared.
-    fn owned_paths(&self, at: &KeyPath) -> Vec<(&Path, KeyPath)> {
-        let mut owned = vec![
-            (self.spool.dir.as_path(), at.key("spool").key("dir")),
-            (
-                self.collector.socket.as_path(),
-                at.key("collector").key("socket"),
-            ),
-            (
-                self.collector.inbox.as_path(),
-                at.key("collector").key("inbox"),
-            ),
-        ];
+    /// The paths this DC's servers and app hosts own, each with its scope
+    /// and where it is declared.
+    fn owned_paths(&self, at: &KeyPath) -> Vec<(PathBuf, Scope, KeyPath)> {
+        let mut owned = Vec::new();
         for (z, node) in self.zookeeper.iter().enumerate() {
             owned.push((
-                node.data_path.as_path(),
+                node.data_path.clone(),
+                Scope::Machine(normalise_host(&node.host)),
                 at.key("zookeeper").index(z).key("data_path"),
             ));
         }
         for (s, shard) in self.clickhouse.shard.iter().enumerate() {
             for (r, rep) in shard.replica.iter().enumerate() {
                 owned.push((
-                    rep.data_path.as_path(),
+                    rep.data_path.clone(),
+                    Scope::Machine(normalise_host(&rep.host)),
                     at.key("clickhouse")
                         .key("shard")
                         .index(s)
@@ -539,24 +689,128 @@ impl Datacenter {
                 ));
             }
         }
+        let host_paths = |h: &crate::app_hosts::AppHost| {
+            [
+                (h.spool.dir.clone(), "spool", "dir"),
+                (h.collector.socket.clone(), "collector", "socket"),
+                (h.collector.inbox.clone(), "collector", "inbox"),
+            ]
+        };
+        let defaults = crate::app_hosts::AppHost {
+            name: String::new(),
+            collector: self.collector.clone(),
+            spool: self.spool.clone(),
+            shipper: self.shipper.clone(),
+            overridden: None,
+        };
+        for (p, section, key) in host_paths(&defaults) {
+            owned.push((
+                p,
+                Scope::Defaults(self.name.clone()),
+                at.key(section).key(key),
+            ));
+        }
+        for h in self.app_hosts() {
+            let Some(o) = h.overridden else { continue };
+            let ap = at.key("app_host").index(o);
+            for (p, section, key) in host_paths(&h) {
+                let own = &self.app_host[o];
+                let table = match section {
+                    "collector" => &own.collector,
+                    _ => &own.spool,
+                };
+                let path = if table.as_ref().is_some_and(|t| t.contains_key(key)) {
+                    ap.key(section).key(key)
+                } else {
+                    ap.key("name")
+                };
+                owned.push((p, Scope::AppHost(h.name.clone()), path));
+            }
+        }
         owned
     }
+}
+
+/// One app host's listeners and paths (or the defaults, in
+/// [`Scope::Defaults`]), located at the DC's `collector`, `spool` and
+/// `shipper` under `at`.
+fn check_host(
+    c: &mut Checker,
+    at: &KeyPath,
+    scope: Scope,
+    h: &crate::app_hosts::AppHost,
+    ports: &mut PortBook,
+) {
+    let col = at.key("collector");
+    let addr = |a: SocketAddr| a.ip().to_string();
+    ports.claim_in(
+        c,
+        scope.clone(),
+        &addr(h.collector.tcp),
+        h.collector.tcp.port(),
+        col.key("tcp"),
+    );
+    c.require(
+        h.collector.tcp.ip().is_loopback(),
+        &col.key("tcp"),
+        "the collector's TCP listener must be on loopback (127.0.0.0/8 or ::1): apps hand events to their own host",
+    );
+    ports.claim_in(
+        c,
+        scope.clone(),
+        &addr(h.collector.admin),
+        h.collector.admin.port(),
+        col.key("admin"),
+    );
+    require_absolute(c, &h.collector.socket, &col.key("socket"));
+    require_absolute(c, &h.collector.inbox, &col.key("inbox"));
+    c.require(
+        h.collector.socket_mode <= 0o777,
+        &col.key("socket_mode"),
+        "must be a file mode of at most 0o777 (write it as 0o660)",
+    );
+    let admin = h.shipper.admin;
+    ports.claim_in(
+        c,
+        scope,
+        &addr(admin),
+        admin.port(),
+        at.key("shipper").key("admin"),
+    );
+    require_absolute(c, &h.spool.dir, &at.key("spool").key("dir"));
+    c.require(
+        h.spool.quota_bytes >= MIN_SPOOL_QUOTA_BYTES,
+        &at.key("spool").key("quota_bytes"),
+        format!("must be at least {MIN_SPOOL_QUOTA_BYTES} (64 MiB)"),
+    );
+}
+
+/// The `(section, key)` of a path `at.section.key` that [`check_host`] reported.
+fn section_key(path: &KeyPath, at: &KeyPath) -> (String, String) {
+    let rest = &path.0[at.0.len().min(path.0.len())..];
+    let name = |i: usize| match rest.get(i) {
+        Some(crate::locate::Seg::Key(k)) => k.clone(),
+        _ => String::new(),
+    };
+    (name(0), name(1))
 }
 
 impl Topology {
     /// Paths must not collide either: two servers on one data directory
     /// corrupt each other.
     fn check_paths(&self, c: &mut Checker, root: &KeyPath) {
-        let mut paths: HashMap<&Path, KeyPath> = HashMap::new();
+        let mut paths: Book<PathBuf> = Book::default();
         for (i, dc) in self.datacenter.iter().enumerate() {
-            for (p, key) in dc.owned_paths(&root.key("datacenter").index(i)) {
-                if let Some(first) = paths.get(p) {
+            for (p, scope, key) in dc.owned_paths(&root.key("datacenter").index(i)) {
+                let on = scope.on();
+                if let Some(first) = paths.take(p.clone(), scope, key.clone()) {
                     c.fail(
                         &key,
-                        format!("duplicate path {}: already used by `{first}`", p.display()),
+                        format!(
+                            "duplicate path {}{on}: already used by `{first}`",
+                            p.display()
+                        ),
                     );
-                } else {
-                    paths.insert(p, key);
                 }
             }
         }
@@ -569,6 +823,12 @@ fn require_absolute(c: &mut Checker, p: &Path, key: &KeyPath) {
         key,
         format!("must be an absolute path (got `{}`)", p.display()),
     );
+}
+
+/// A host (as [`normalise_host`] gives it) that is the local machine.
+fn is_loopback_host(h: &str) -> bool {
+    h.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `localhost` and `127.0.0.1` name the same listener for port clashes.

@@ -21,8 +21,8 @@ fn renders_every_file_once() {
         "zookeeper/dc2-zk1/zoo.cfg",
         "ddl/dc1.sql",
         "ddl/dc2.sql",
-        "services/dc1/collector.toml",
-        "services/dc1/shipper.toml",
+        "services/dc1/dc1-app1/collector.toml",
+        "services/dc1/dc1-app1/shipper.toml",
         "services/dc2/query.toml",
         "services/dc2/events.toml",
         "ansible/inventory.ini",
@@ -178,10 +178,18 @@ fn service_configs_round_trip() {
             .text
             .clone()
     };
-    let c: CollectorConfig = toml::from_str(&text("services/dc1/collector.toml")).unwrap();
-    assert_eq!(c, CollectorConfig::for_dc(d.topology.dc("dc1").unwrap()));
+    let c: CollectorConfig = toml::from_str(&text("services/dc1/dc1-app1/collector.toml")).unwrap();
+    // The host's files name the DC's registry, one folder up.
+    assert_eq!(c.registry, Path::new("../events.toml"));
+    assert_eq!(
+        c,
+        CollectorConfig {
+            registry: "../events.toml".into(),
+            ..CollectorConfig::for_dc(d.topology.dc("dc1").unwrap())
+        }
+    );
     assert_eq!(c.tcp.to_string(), "127.0.0.1:17101");
-    let s: ShipperConfig = toml::from_str(&text("services/dc1/shipper.toml")).unwrap();
+    let s: ShipperConfig = toml::from_str(&text("services/dc1/dc1-app1/shipper.toml")).unwrap();
     assert_eq!(s.shards.len(), 2);
     assert_eq!(s.shards[1].replicas, ["http://127.0.0.1:18102"]);
     let secrets = Path::new("/etc/spoolhouse/secrets");
@@ -226,13 +234,18 @@ fn inventory_groups_every_role_per_dc() {
         "[dc1_zookeeper]",
         "[dc1_clickhouse]",
         "[dc1_redis]",
-        "[dc1_spoolhouse]",
+        "[dc1_app]",
+        "[dc1_app:vars]",
+        "[dc1_query]",
+        "[dc1_spoolhouse:children]\ndc1_app\ndc1_query\n",
         "[dc1:children]",
         "[dc2:children]",
         "[zookeeper:children]\ndc1_zookeeper\ndc2_zookeeper\n",
         "[clickhouse:children]\ndc1_clickhouse\ndc2_clickhouse\n",
         "[redis:children]\ndc1_redis\ndc2_redis\n",
         "[spoolhouse:children]\ndc1_spoolhouse\ndc2_spoolhouse\n",
+        "[app:children]\ndc1_app\ndc2_app\n",
+        "[query:children]\ndc1_query\ndc2_query\n",
         "[all:vars]",
         "\nspoolhouse_secrets_dir=/etc/spoolhouse/secrets\n",
     ] {
@@ -241,9 +254,76 @@ fn inventory_groups_every_role_per_dc() {
     assert!(inv.contains(
         "dc1-s2-r1 ansible_host=127.0.0.1 ch_shard=2 ch_replica=1 ch_host=127.0.0.1 ch_tcp_port=19102"
     ));
-    // The app host is reached by its name: its collector listens on loopback.
+    // The app host is reached by its name: its collector listens on loopback;
+    // its values are the group's.
+    assert!(inv.contains("\n[dc1_app]\ndc1-app1\n"));
     assert!(inv.contains(
-        "\ndc1-app1 spool_dir=/var/lib/spoolhouse/dc1/spool spool_quota_bytes=10737418240 \
-         shipper_state_dir=/var/lib/spoolhouse/dc1/shipper "
+        "\n[dc1_app:vars]\nspool_dir=/var/lib/spoolhouse/dc1/spool\nspool_quota_bytes=10737418240\n\
+         shipper_state_dir=/var/lib/spoolhouse/dc1/shipper\n"
     ));
+    assert!(inv.contains("\n[dc1_query]\ndc1-app1 query_listen=127.0.0.1:17104\n"));
+}
+
+#[test]
+fn a_fleet_renders_each_host_and_groups_them_with_the_defaults() {
+    let src = dc_config::examples::TOPOLOGY.replacen(
+        "host = \"dc1-app1\"",
+        "hosts = [\"dc1-app[01:03]\"]\n\
+         [[datacenter.app_host]]\n\
+         name = \"dc1-app02\"\n\
+         spool = { quota_bytes = 20_000_000_000, dir = \"/data/spool\" }",
+        1,
+    );
+    // The override table must come after the DC's own keys in TOML: move it last.
+    let src = move_override_last(&src);
+    let t = dc_config::topology::Topology::parse(Path::new("fleet.toml"), &src).unwrap();
+    let d = dc_config::examples::declared();
+    let files = render::render(&t, &d.registry, &d.registry_text, &Credentials::generate());
+    let text = |p: &str| {
+        files
+            .iter()
+            .find(|f| f.path == Path::new(p))
+            .unwrap_or_else(|| panic!("{p} not rendered"))
+            .text
+            .clone()
+    };
+    for h in ["dc1-app01", "dc1-app02", "dc1-app03"] {
+        let c: CollectorConfig =
+            toml::from_str(&text(&format!("services/dc1/{h}/collector.toml"))).unwrap();
+        assert_eq!(c.host, h);
+        let s: ShipperConfig =
+            toml::from_str(&text(&format!("services/dc1/{h}/shipper.toml"))).unwrap();
+        assert_eq!(s.host, h);
+        let quota = if h == "dc1-app02" {
+            20_000_000_000
+        } else {
+            10_737_418_240
+        };
+        assert_eq!(c.spool_quota_bytes, quota, "{h}");
+    }
+    let inv = inventory::inventory(&t);
+    assert!(
+        inv.contains("\n[dc1_app]\ndc1-app01\ndc1-app02 spool_dir=/data/spool spool_quota_bytes=20000000000 shipper_state_dir=/data/shipper\ndc1-app03\n"),
+        "{inv}"
+    );
+    let q: QueryConfig = toml::from_str(&text("services/dc1/query.toml")).unwrap();
+    let hosts: Vec<&str> = q.datacenters[0]
+        .hosts
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(hosts, ["dc1-app01", "dc1-app02", "dc1-app03"]);
+}
+
+/// The example with its `[[datacenter.app_host]]` block (inserted after
+/// `hosts`) moved to the end of dc1's keys, before dc1's shard tables.
+fn move_override_last(src: &str) -> String {
+    let start = src.find("[[datacenter.app_host]]").unwrap();
+    let end = start
+        + src[start..].find("dir = \"/data/spool\" }").unwrap()
+        + "dir = \"/data/spool\" }".len();
+    let block = &src[start..end];
+    let rest = format!("{}{}", &src[..start], &src[end + 1..]);
+    let at = rest.find("[[datacenter.clickhouse.shard]]").unwrap();
+    format!("{}{block}\n\n{}", &rest[..at], &rest[at..])
 }

@@ -186,7 +186,7 @@ fn paths_quota_and_loopback() {
         "/var/lib/spoolhouse/dc1/ch-s1-r1",
     );
     let line = line_of(&src, "tcp_port = 19111");
-    expect_one(&src, &format!("t.toml:{line}: `datacenter[1].clickhouse.shard[0].replica[0].data_path`: duplicate path /var/lib/spoolhouse/dc1/ch-s1-r1: already used by `datacenter[0].clickhouse.shard[0].replica[0].data_path`"));
+    expect_one(&src, &format!("t.toml:{line}: `datacenter[1].clickhouse.shard[0].replica[0].data_path`: duplicate path /var/lib/spoolhouse/dc1/ch-s1-r1 on 127.0.0.1: already used by `datacenter[0].clickhouse.shard[0].replica[0].data_path`"));
 }
 
 #[test]
@@ -227,7 +227,7 @@ fn derived_ports_are_claimed_too() {
     let got = errors(&src);
     assert!(
         got.iter()
-            .any(|e| e.contains("duplicate port: 127.0.0.1:17101") && e.contains("cluster bus")),
+            .any(|e| e.contains("127.0.0.1:17101 is already used") && e.contains("cluster bus")),
         "{got:?}"
     );
     // An ensemble member's quorum port (port + 1000) on another's client port.
@@ -241,4 +241,147 @@ fn derived_ports_are_claimed_too() {
             .any(|e| e.contains("duplicate port: 127.0.0.1:22810")),
         "{got:?}"
     );
+}
+
+/// The example with dc1's `host = "dc1-app1"` replaced by `hosts`, and
+/// `extra` (override tables) put after dc1's own keys.
+fn fleet(hosts: &str, extra: &str) -> String {
+    let src = BASE.replacen("host = \"dc1-app1\"", &format!("hosts = {hosts}"), 1);
+    let at = src.find("[[datacenter.clickhouse.shard]]").unwrap();
+    format!("{}{extra}\n{}", &src[..at], &src[at..])
+}
+
+#[test]
+fn a_fleet_of_ranges_resolves_with_defaults_and_overrides() {
+    let src = fleet(
+        "[\"dc1-app[001:400]\", \"dc1-batch1\"]",
+        "[[datacenter.app_host]]\nname = \"dc1-batch1\"\nspool = { quota_bytes = 107_374_182_400 }\ncollector = { socket = \"/run/batch.sock\" }\n",
+    );
+    let t = Topology::parse(Path::new("t.toml"), &src).unwrap();
+    let hosts = t.dc("dc1").unwrap().app_hosts();
+    assert_eq!(hosts.len(), 401);
+    assert_eq!(hosts[0].name, "dc1-app001");
+    assert_eq!(hosts[399].name, "dc1-app400");
+    let batch = &hosts[400];
+    assert_eq!(batch.spool.quota_bytes, 107_374_182_400);
+    assert_eq!(batch.collector.socket, Path::new("/run/batch.sock"));
+    assert_eq!(
+        batch.collector.tcp, hosts[0].collector.tcp,
+        "the rest stays default"
+    );
+    assert_eq!(batch.overridden, Some(0));
+}
+
+#[test]
+fn a_default_path_may_hold_the_host_name() {
+    let src = fleet("[\"dc1-app[1:2]\"]", "").replace(
+        "dir = \"/var/lib/spoolhouse/dc1/spool\"",
+        "dir = \"/var/lib/spoolhouse/{host}/spool\"",
+    );
+    let t = Topology::parse(Path::new("t.toml"), &src).unwrap();
+    let dirs: Vec<_> = t
+        .dc("dc1")
+        .unwrap()
+        .app_hosts()
+        .into_iter()
+        .map(|h| h.spool.dir.display().to_string())
+        .collect();
+    assert_eq!(
+        dirs,
+        [
+            "/var/lib/spoolhouse/dc1-app1/spool",
+            "/var/lib/spoolhouse/dc1-app2/spool"
+        ]
+    );
+}
+
+#[test]
+fn fleet_errors_name_the_host_and_the_line() {
+    // A range that is not one.
+    let src = fleet("[\"dc1-app[1-4]\"]", "");
+    let line = line_of(&src, "dc1-app[1-4]");
+    expect_one(&src, &format!("t.toml:{line}: `datacenter[0].hosts[0]`: a range is written `prefix[FIRST:LAST]suffix` with decimal bounds, e.g. `dc1-app[001:400]`"));
+    let src = fleet("[\"dc1-app[9:2]\"]", "");
+    expect_one(
+        &src,
+        &format!(
+            "t.toml:{line}: `datacenter[0].hosts[0]`: the range ends before it starts (9 > 2)"
+        ),
+    );
+    // A host in two DCs.
+    let src = fleet("[\"dc1-app[1:3]\", \"dc2-app1\"]", "");
+    let line2 = line_of(&src, "host = \"dc2-app1\"");
+    expect_one(&src, &format!("t.toml:{line2}: `datacenter[1].host`: app host `dc2-app1` is already declared by `datacenter[0].hosts[1]`: a host belongs to one datacenter, once"));
+    // A bad name.
+    let src = fleet("[\"dc1 app\"]", "");
+    expect_one(&src, &format!("t.toml:{line}: `datacenter[0].hosts[0]`: app host `dc1 app`: a host name is 1 to 255 letters, digits, `.`, `-` or `_`"));
+    // Both forms, and neither.
+    let src = BASE.replacen(
+        "host = \"dc1-app1\"",
+        "host = \"dc1-app1\"\nhosts = [\"dc1-app2\"]",
+        1,
+    );
+    let line = line_of(&src, "host = \"dc1-app1\"");
+    expect_one(&src, &format!("t.toml:{line}: `datacenter[0].host`: give either `host` (one app host) or `hosts` (a list), not both"));
+    let src = BASE.replacen("host = \"dc1-app1\"\n", "", 1);
+    let got = errors(&src);
+    assert!(
+        got.iter()
+            .any(|e| e.contains("`datacenter[0].hosts`: declare the DC's app hosts")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn overrides_are_checked_where_they_are_written() {
+    // An override of a host the DC does not have.
+    let src = fleet(
+        "[\"dc1-app[1:3]\"]",
+        "[[datacenter.app_host]]\nname = \"dc1-app9\"\n",
+    );
+    let line = line_of(&src, "name = \"dc1-app9\"");
+    expect_one(&src, &format!("t.toml:{line}: `datacenter[0].app_host[0].name`: no app host `dc1-app9` in this datacenter's `hosts`; add it there or remove this entry"));
+    // An unknown key, a wrong type.
+    let src = fleet(
+        "[\"dc1-app[1:3]\"]",
+        "[[datacenter.app_host]]\nname = \"dc1-app2\"\nspool = { quota = 5 }\n",
+    );
+    let got = errors(&src);
+    assert!(
+        got.iter()
+            .any(|e| e.contains("`datacenter[0].app_host[0].spool`")
+                && e.contains("unknown field `quota`")),
+        "{got:?}"
+    );
+    // A value breaking a rule, located at the override, naming the host.
+    let src = fleet(
+        "[\"dc1-app[1:3]\"]",
+        "[[datacenter.app_host]]\nname = \"dc1-app2\"\nspool = { quota_bytes = 1000 }\n",
+    );
+    let line = line_of(&src, "quota_bytes = 1000");
+    expect_one(&src, &format!("t.toml:{line}: `datacenter[0].app_host[0].spool.quota_bytes`: app host `dc1-app2`: must be at least 67108864 (64 MiB)"));
+    // A port clash inside one host; the same ports on other hosts are fine.
+    let src = fleet(
+        "[\"dc1-app[1:3]\"]",
+        "[[datacenter.app_host]]\nname = \"dc1-app3\"\nshipper = { admin = \"127.0.0.1:17102\" }\n",
+    );
+    let line = line_of(&src, "shipper = { admin = \"127.0.0.1:17102\" }");
+    expect_one(&src, &format!("t.toml:{line}: `datacenter[0].app_host[0].shipper.admin`: app host `dc1-app3`: duplicate port on app host `dc1-app3`: 127.0.0.1:17102 is already used by `datacenter[0].collector.admin`"));
+    // Overriding the same host twice.
+    let src = fleet(
+        "[\"dc1-app[1:3]\"]",
+        "[[datacenter.app_host]]\nname = \"dc1-app2\"\n[[datacenter.app_host]]\nname = \"dc1-app2\"\n",
+    );
+    assert!(errors(&src)
+        .iter()
+        .any(|e| e.contains("`dc1-app2` is overridden twice")));
+}
+
+#[test]
+fn a_rule_the_defaults_break_is_reported_once_not_per_host() {
+    let src = fleet("[\"dc1-app[001:400]\"]", "")
+        .replace("dir = \"/var/lib/spoolhouse/dc1/spool\"", "dir = \"spool\"");
+    let got = errors(&src);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("`datacenter[0].spool.dir`: must be an absolute path"));
 }

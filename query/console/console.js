@@ -496,7 +496,7 @@ function rate(now, before, key) {
 async function healthPage(main) {
   main.append(
     h('h2', {}, 'Pipeline health'),
-    h('p', { class: 'hint' }, `Every datacenter's collector, shipper and query service, read from their /metrics every ${HEALTH_POLL_MS / 1000} s through ${registry.dc}'s query service; rates are the change between two readings.`),
+    h('p', { class: 'hint' }, `Every datacenter's collectors and shippers (one of each per app host) and query service, read from their /metrics every ${HEALTH_POLL_MS / 1000} s through ${registry.dc}'s query service; rates are the change between two readings.`),
   );
   const table = h('table', { id: 'health' });
   const chart = h('div', { id: 'health-chart', class: 'chart' });
@@ -511,7 +511,14 @@ async function healthPage(main) {
       const state = !dc.answered ? 'missing' : dc.partial ? 'partial' : 'ok';
       const evps = rate(dc, before, 'events_in_total');
       const lag = dc.shipper_lag_seconds || {};
-      const services = Object.entries(dc.services).map(([n, s]) => h('span', { class: s.up ? 'up' : 'down', title: s.error || s.address }, `${n} ${s.up ? 'up' : 'down'}`));
+      // Collectors and shippers run on every app host: "3/3 up", the hosts
+      // that did not answer in the title.
+      const services = Object.entries(dc.services).map(([n, s]) => {
+        const many = s.hosts !== undefined && s.hosts !== 1;
+        const text = many ? `${n} ${s.hosts_up}/${s.hosts} up` : `${n} ${s.up ? 'up' : 'down'}`;
+        const title = s.error ? (s.down && s.down.length ? `down: ${s.down.join(', ')}; ${s.error}` : s.error) : (s.address || `${s.hosts} hosts`);
+        return h('span', { class: s.up ? 'up' : 'down', title }, text);
+      });
       table.append(h('tr', { class: state, data: { dc: dc.name, state, eventsPerS: evps ?? '' } },
         h('th', {}, dc.name),
         h('td', { class: 'state' }, state === 'missing' ? 'missing: did not answer' : state),

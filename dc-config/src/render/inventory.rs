@@ -1,20 +1,23 @@
 //! The Ansible inventory: one group per role per datacenter, a group per
 //! datacenter holding them, and a group per role across datacenters, with
-//! every address, port and path as host variables. The playbooks in
+//! every address, port and path as host variables (an app host's as its
+//! group's variables, overridden per host where the topology does). The playbooks in
 //! `ansible/` target the role groups and are limited to one DC with
 //! `--limit <dc>`; they find the rest of the rendered folder beside this file.
 
 use std::fmt::Write;
 
+use crate::app_hosts::{AppHost, HOST_PLACEHOLDER};
 use crate::services::ShipperConfig;
-use crate::topology::Topology;
+use crate::topology::{Datacenter, Topology};
 
 /// `inventory.ini` for `topology`.
 pub fn inventory(topology: &Topology) -> String {
     let mut s = String::from(
         "# Rendered by `spoolhouse config render` from the topology.\n\
-         # Groups: <dc>_zookeeper, <dc>_clickhouse, <dc>_redis, <dc>_spoolhouse; <dc> holds all four;\n\
-         # zookeeper, clickhouse, redis, spoolhouse hold that role of every DC.\n\n",
+         # Groups: <dc>_zookeeper, <dc>_clickhouse, <dc>_redis, <dc>_app (collector and\n\
+         # shipper), <dc>_query; <dc>_spoolhouse holds <dc>_app and <dc>_query, <dc> all;\n\
+         # zookeeper, clickhouse, redis, app, query, spoolhouse hold that role of every DC.\n\n",
     );
     for dc in &topology.datacenter {
         let d = &dc.name;
@@ -62,29 +65,31 @@ pub fn inventory(topology: &Topology) -> String {
                 }
             );
         }
-        // No ansible_host: the collector listens on loopback by design, so
-        // the app host is reached by its name, the inventory name.
-        let _ = writeln!(s, "\n[{d}_spoolhouse]");
+        app_hosts(&mut s, topology, dc);
+        let query_host = dc
+            .query
+            .host
+            .clone()
+            .or_else(|| dc.first_app_host().map(|h| h.name))
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            "{} spool_dir={} spool_quota_bytes={} shipper_state_dir={} collector_tcp={} collector_socket={} collector_inbox={} collector_admin={} shipper_admin={} query_listen={}",
-            dc.host,
-            dc.spool.dir.display(),
-            dc.spool.quota_bytes,
-            ShipperConfig::for_dc(topology, dc).state_dir.display(),
-            dc.collector.tcp,
-            dc.collector.socket.display(),
-            dc.collector.inbox.display(),
-            dc.collector.admin,
-            dc.shipper.admin,
+            "\n[{d}_query]\n{query_host} query_listen={}\n",
             dc.query.listen
         );
         let _ = writeln!(
             s,
-            "\n[{d}:children]\n{d}_zookeeper\n{d}_clickhouse\n{d}_redis\n{d}_spoolhouse\n\n[{d}:vars]\ndc={d}\n"
+            "[{d}_spoolhouse:children]\n{d}_app\n{d}_query\n\n[{d}:children]\n{d}_zookeeper\n{d}_clickhouse\n{d}_redis\n{d}_spoolhouse\n\n[{d}:vars]\ndc={d}\n"
         );
     }
-    for role in ["zookeeper", "clickhouse", "redis", "spoolhouse"] {
+    for role in [
+        "zookeeper",
+        "clickhouse",
+        "redis",
+        "app",
+        "query",
+        "spoolhouse",
+    ] {
         let _ = writeln!(s, "[{role}:children]");
         for dc in &topology.datacenter {
             let _ = writeln!(s, "{}_{role}", dc.name);
@@ -99,4 +104,57 @@ pub fn inventory(topology: &Topology) -> String {
         topology.secrets_dir.display()
     );
     s
+}
+
+/// The app-host group of `dc`: one line per host (with host variables only
+/// where an override differs from the defaults) and the defaults as group
+/// variables, so 400 hosts take 400 short lines. `{host}` in a default path
+/// becomes Ansible's `{{ inventory_hostname }}`.
+fn app_hosts(s: &mut String, topology: &Topology, dc: &Datacenter) {
+    let d = &dc.name;
+    let vars = |h: &AppHost| -> Vec<(&'static str, String)> {
+        let shipper = ShipperConfig::for_host(topology, dc, h);
+        vec![
+            ("spool_dir", h.spool.dir.display().to_string()),
+            ("spool_quota_bytes", h.spool.quota_bytes.to_string()),
+            ("shipper_state_dir", shipper.state_dir.display().to_string()),
+            ("collector_tcp", h.collector.tcp.to_string()),
+            ("collector_socket", h.collector.socket.display().to_string()),
+            ("collector_inbox", h.collector.inbox.display().to_string()),
+            ("collector_admin", h.collector.admin.to_string()),
+            ("shipper_admin", h.shipper.admin.to_string()),
+        ]
+    };
+    let defaults = AppHost {
+        name: String::new(),
+        collector: dc.collector.clone(),
+        spool: dc.spool.clone(),
+        shipper: dc.shipper.clone(),
+        overridden: None,
+    };
+    let group = vars(&defaults);
+    // No ansible_host: the collector listens on loopback by design, so an
+    // app host is reached by its name, the inventory name.
+    let _ = writeln!(s, "\n[{d}_app]");
+    for h in dc.app_hosts() {
+        let _ = write!(s, "{}", h.name);
+        if h.overridden.is_some() {
+            for ((key, value), (_, default)) in vars(&h).into_iter().zip(&group) {
+                // A path the defaults derive from the name is the same
+                // value; only what the override changed is written.
+                if value != default.replace(HOST_PLACEHOLDER, &h.name) {
+                    let _ = write!(s, " {key}={value}");
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(s, "\n[{d}_app:vars]");
+    for (key, value) in group {
+        let _ = writeln!(
+            s,
+            "{key}={}",
+            value.replace(HOST_PLACEHOLDER, "{{ inventory_hostname }}")
+        );
+    }
 }

@@ -55,7 +55,8 @@ fn to_toml<T: serde::Serialize>(header: &str, v: &T) -> String {
 /// clickhouse/<replica>/client.xml *            the writer's login, for clickhouse-client
 /// zookeeper/<dc>-zk<n>/zoo.cfg                 one folder per ZooKeeper node
 /// ddl/<dc>.sql                                 the schema of each DC
-/// services/<dc>/{collector,shipper,query}.toml, events.toml
+/// services/<dc>/query.toml, events.toml       the DC's query service, its registry
+/// services/<dc>/<host>/{collector,shipper}.toml one folder per app host
 /// ansible/inventory.ini
 /// ```
 pub fn render(
@@ -102,20 +103,34 @@ pub fn render(
     }
     for dc in &topology.datacenter {
         let dir = Path::new("services").join(&dc.name);
-        out.push(file(
-            dir.join("collector.toml"),
-            to_toml(
-                &format!("Collector of datacenter {}.", dc.name),
-                &CollectorConfig::for_dc(dc),
-            ),
-        ));
-        out.push(file(
-            dir.join("shipper.toml"),
-            to_toml(
-                &format!("Shipper of datacenter {}.", dc.name),
-                &ShipperConfig::for_dc(topology, dc),
-            ),
-        ));
+        for host in dc.app_hosts() {
+            let host_dir = dir.join(&host.name);
+            // The host's files name the DC's one registry copy.
+            let mut collector = CollectorConfig::for_host(dc, &host);
+            collector.registry = Path::new("..").join(REGISTRY_FILE);
+            let mut shipper = ShipperConfig::for_host(topology, dc, &host);
+            shipper.registry = Path::new("..").join(REGISTRY_FILE);
+            out.push(file(
+                host_dir.join("collector.toml"),
+                to_toml(
+                    &format!(
+                        "Collector of app host {} of datacenter {}.",
+                        host.name, dc.name
+                    ),
+                    &collector,
+                ),
+            ));
+            out.push(file(
+                host_dir.join("shipper.toml"),
+                to_toml(
+                    &format!(
+                        "Shipper of app host {} of datacenter {}.",
+                        host.name, dc.name
+                    ),
+                    &shipper,
+                ),
+            ));
+        }
         out.push(file(
             dir.join("query.toml"),
             to_toml(
