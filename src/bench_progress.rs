@@ -993,7 +993,7 @@ pub fn run(args: ProgressBench) -> anyhow::Result<()> {
 
     let ctx = Arc::new(Ctx {
         query: services.query,
-        socket: services.socket.clone(),
+        socket: services.first().socket.clone(),
         hot: Mutex::new(HotKeys {
             keys: Vec::new(),
             next: 0,

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,11 @@ pub struct DemoArgs {
     rate: u64,
     #[command(flatten)]
     link: LinkArgs,
+    /// App hosts per datacenter, each with its own collector, shipper and
+    /// spool; the traffic is spread over them, and one host of the first
+    /// DC is killed (SIGKILL) and restarted during the live traffic.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
+    hosts: u64,
     /// After the summary, with the cut datacenter back, keep every server
     /// and service running until Ctrl-C, so the printed URLs and each
     /// datacenter's web console can be tried.
@@ -63,9 +68,14 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(300);
 const PROGRESS_TTY: Duration = Duration::from_secs(1);
 const PROGRESS_LOG: Duration = Duration::from_secs(5);
 
-/// What the load did in one datacenter, shared with the progress line.
+/// What the load did on one app host, shared with the progress line.
 #[derive(Debug, Default)]
 struct Load {
+    /// Set to hold this host's live traffic (its host is about to go down):
+    /// an app keeps its events while its collector is away.
+    hold: AtomicBool,
+    /// Set by the sender once it holds, with no batch in flight.
+    held: AtomicBool,
     sent: AtomicU64,
     acked: AtomicU64,
     /// Acknowledged events of the history and recent minutes.
@@ -163,6 +173,11 @@ async fn send_live(
     let mut done = 0u64;
     while Instant::now() < until && !INTERRUPTED.load(Ordering::SeqCst) {
         tick.tick().await;
+        if load.hold.load(Ordering::SeqCst) {
+            load.held.store(true, Ordering::SeqCst);
+            continue;
+        }
+        load.held.store(false, Ordering::SeqCst);
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         let n = due.saturating_sub(done).min(LIVE_BATCH_MAX);
         if n == 0 {
@@ -181,15 +196,26 @@ async fn send_live(
 struct Dc {
     name: String,
     services: Services,
-    collector_admin: SocketAddr,
-    shipper_admin: SocketAddr,
-    load: Arc<Load>,
+    /// One per app host, in `services.hosts` order.
+    loads: Vec<Arc<Load>>,
+}
+
+impl Dc {
+    /// `f` summed over the app hosts' loads.
+    fn sum(&self, f: impl Fn(&Load) -> &AtomicU64) -> u64 {
+        self.loads
+            .iter()
+            .map(|l| f(l).load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// The shipper's own view, from its `/metrics`.
 #[derive(Debug, Default, Clone, Copy)]
 struct ShipperView {
-    rows: u64,
+    /// Age of the oldest event not yet in ClickHouse, seconds (a gauge:
+    /// unlike a row count it means the same after a restart).
+    lag_s: f64,
     /// Minute aggregation rounds done; the pending gauge moves only
     /// between rounds, and one round can take all the history's minutes.
     minutes_aggregated: u64,
@@ -203,7 +229,11 @@ fn shipper_view(admin: SocketAddr) -> Option<ShipperView> {
     let samples = httpd::exposition::samples(&text);
     let value = |name: &str| httpd::exposition::sum(&samples, name, "").map(|v| v as u64);
     Some(ShipperView {
-        rows: value(shipper::metrics::names::ROWS_TOTAL)?,
+        lag_s: httpd::exposition::sum(
+            &samples,
+            shipper::metrics::names::LAG_SECONDS,
+            "sink=\"clickhouse\"",
+        )?,
         minutes_aggregated: value(shipper::metrics::names::AGGREGATION_ROUNDS_TOTAL)?,
     })
 }
@@ -263,14 +293,25 @@ impl ProgressLine {
         }
         let per_dc: Vec<String> = dcs
             .iter()
-            .map(|d| match shipper_view(d.shipper_admin) {
-                Some(v) => format!(
-                    "{} lag {} ev, {} min aggregated",
+            .map(|d| {
+                let views: Vec<ShipperView> = d
+                    .services
+                    .hosts
+                    .iter()
+                    .filter_map(|h| shipper_view(h.shipper_admin))
+                    .collect();
+                let lag = views.iter().map(|v| v.lag_s).fold(0.0, f64::max);
+                let rounds: u64 = views.iter().map(|v| v.minutes_aggregated).sum();
+                let down = d.services.hosts.len() - views.len();
+                format!(
+                    "{} shipper lag {lag:.1} s, {rounds} min aggregated{}",
                     d.name,
-                    d.load.acked.load(Ordering::Relaxed).saturating_sub(v.rows),
-                    v.minutes_aggregated
-                ),
-                None => format!("{} shipper not answering", d.name),
+                    if down > 0 {
+                        format!(", {down} shipper(s) not answering")
+                    } else {
+                        String::new()
+                    }
+                )
             })
             .collect();
         let line = format!(
@@ -312,10 +353,7 @@ impl ProgressLine {
 
 fn totals(dcs: &[Dc]) -> (u64, u64) {
     dcs.iter().fold((0, 0), |(s, a), d| {
-        (
-            s + d.load.sent.load(Ordering::Relaxed),
-            a + d.load.acked.load(Ordering::Relaxed),
-        )
+        (s + d.sum(|l| &l.sent), a + d.sum(|l| &l.acked))
     })
 }
 
@@ -338,10 +376,8 @@ fn start_dcs(
         let services = start_services(cluster, &dc.name, shipper_limits.clone())?;
         dcs.push(Dc {
             name: dc.name.clone(),
+            loads: services.hosts.iter().map(|_| Arc::default()).collect(),
             services,
-            collector_admin: dc.collector.admin,
-            shipper_admin: dc.shipper.admin,
-            load: Arc::default(),
         });
     }
     for d in &dcs {
@@ -354,61 +390,86 @@ fn start_dcs(
 /// collector, the progress line ticking.
 fn send_traffic(
     rt: &tokio::runtime::Runtime,
-    dcs: &[Dc],
+    dcs: &mut [Dc],
     plan: &Plan,
     args: &DemoArgs,
     progress: &mut ProgressLine,
 ) -> anyhow::Result<()> {
     let sending = Instant::now();
+    // Each DC's history dealt out over its app hosts, batch by batch, as
+    // its apps would spread over a fleet.
     let sends: Vec<_> = dcs
         .iter()
         .enumerate()
-        .map(|(i, d)| {
+        .flat_map(|(i, d)| {
             let lines = traffic::backfill(plan, i);
-            rt.spawn(send_backfill(
-                d.services.socket.clone(),
-                lines,
-                d.load.clone(),
-            ))
+            let n = d.services.hosts.len();
+            let mut shares: Vec<Vec<String>> = vec![Vec::new(); n];
+            for (b, chunk) in lines.chunks(BATCH_LINES).enumerate() {
+                shares[b % n].extend_from_slice(chunk);
+            }
+            d.services
+                .hosts
+                .iter()
+                .zip(&d.loads)
+                .zip(shares)
+                .map(|((h, load), share)| {
+                    rt.spawn(send_backfill(h.socket.clone(), share, load.clone()))
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
-    run_with_progress(rt, sends, progress, "history", dcs).context("sending the history")?;
-    for d in dcs {
+    run_with_progress(rt, sends, progress, "history", dcs, None).context("sending the history")?;
+    for d in dcs.iter() {
         println!(
-            "{}: {} events of history sent to the collector over its Unix socket, {} acknowledged ({} h of a daily curve, one minute per hour, then the last {} minutes minute by minute), in {:.1} s",
+            "{}: {} events of history sent to its {} app hosts' collectors over their Unix sockets, {} acknowledged ({} h of a daily curve, one minute per hour, then the last {} minutes minute by minute), in {:.1} s",
             d.name,
-            d.load.sent.load(Ordering::Relaxed),
-            d.load.backfill_acked.load(Ordering::Relaxed),
+            d.sum(|l| &l.sent),
+            d.services.hosts.len(),
+            d.sum(|l| &l.backfill_acked),
             traffic::HISTORY_HOURS,
             traffic::RECENT_MINUTES,
             sending.elapsed().as_secs_f64()
         );
     }
     println!(
-        "live traffic: {} events/s into each collector for {} s (registrations, votes, screen views, watch progress)",
+        "live traffic: {} events/s into each datacenter, spread over its app hosts, for {} s (registrations, votes, screen views, watch progress)",
         args.rate, args.seconds
     );
     progress.restart(dcs);
     let live: Vec<_> = dcs
         .iter()
         .enumerate()
-        .map(|(i, d)| {
-            rt.spawn(send_live(
-                d.services.socket.clone(),
-                d.load.clone(),
-                args.rate,
-                args.seconds,
-                0x11fe + i as u64,
-            ))
+        .flat_map(|(i, d)| {
+            let n = d.loads.len() as u64;
+            d.services
+                .hosts
+                .iter()
+                .zip(&d.loads)
+                .enumerate()
+                .map(|(k, (h, load))| {
+                    // The DC's rate split evenly, the remainder on the first hosts.
+                    let rate = args.rate / n + u64::from((k as u64) < args.rate % n);
+                    rt.spawn(send_live(
+                        h.socket.clone(),
+                        load.clone(),
+                        rate.max(1),
+                        args.seconds,
+                        0x11fe + (i * 64 + k) as u64,
+                    ))
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
-    run_with_progress(rt, live, progress, "live", dcs).context("sending live traffic")?;
+    let crash = (dcs[0].services.hosts.len() > 1).then(|| HostCrash::new(args.seconds));
+    run_with_progress(rt, live, progress, "live", dcs, crash).context("sending live traffic")?;
     Ok(())
 }
 
 /// Waits until every acknowledged event is in ClickHouse and every minute
-/// is aggregated, then prints, per DC, what was acknowledged and what
-/// ClickHouse holds; true when every DC holds each event exactly once.
+/// is aggregated, then prints, per DC and per app host, what was
+/// acknowledged and what ClickHouse holds; true when every host's events
+/// are there exactly once.
 fn drain_and_count(
     ch: &launcher::probe::ClickHouseHttp,
     db: &str,
@@ -416,34 +477,45 @@ fn drain_and_count(
     progress: &mut ProgressLine,
     last_minute_closes_ms: u64,
 ) -> anyhow::Result<bool> {
-    let per_dc = |sql: &str| -> BTreeMap<String, Vec<u64>> {
-        ch.query(sql)
+    // (dc, host) -> [rows, distinct spool positions]
+    let per_host = || -> BTreeMap<(String, String), Vec<u64>> {
+        let sql = format!(
+            "SELECT dc, host, count(), uniqExact(spool_segment, spool_offset) FROM {db}.{} GROUP BY dc, host FORMAT TSV",
+            table::EVENTS_ALL
+        );
+        ch.query(&sql)
             .map(|t| {
                 t.lines()
                     .filter_map(|l| {
                         let mut f = l.split('\t');
-                        let dc = f.next()?.to_string();
-                        Some((dc, f.filter_map(|x| x.parse().ok()).collect()))
+                        let key = (f.next()?.to_string(), f.next()?.to_string());
+                        Some((key, f.filter_map(|x| x.parse().ok()).collect()))
                     })
                     .collect()
             })
             .unwrap_or_default()
     };
-    let count_sql = format!(
-        "SELECT dc, count(), uniqExact(host, spool_segment, spool_offset) FROM {db}.{} GROUP BY dc FORMAT TSV",
-        table::EVENTS_ALL
-    );
+    let hosts = |d: &Dc| {
+        d.services
+            .hosts
+            .iter()
+            .zip(&d.loads)
+            .map(|(h, l)| (h.name.clone(), l.clone()))
+            .collect::<Vec<_>>()
+    };
     progress.restart(dcs);
     wait_until("shipping every acknowledged event", DRAIN_LIMIT, || {
         progress.tick("shipping", dcs);
-        let shipped = per_dc(&count_sql);
+        let shipped = per_host();
         dcs.iter().all(|d| {
-            shipped
-                .get(&d.name)
-                .and_then(|v| v.first())
-                .copied()
-                .unwrap_or(0)
-                >= d.load.acked.load(Ordering::Relaxed)
+            hosts(d).iter().all(|(h, load)| {
+                let rows = shipped
+                    .get(&(d.name.clone(), h.clone()))
+                    .and_then(|v| v.first())
+                    .copied()
+                    .unwrap_or(0);
+                rows >= load.acked.load(Ordering::Relaxed)
+            })
         })
     })?;
     wait_until("aggregating every minute", DRAIN_LIMIT, || {
@@ -456,30 +528,42 @@ fn drain_and_count(
             String::new()
         };
         progress.tick_noting("aggregating", &note, dcs);
-        dcs.iter()
-            .all(|d| pending_minutes(&d.services.shipper_state) == 0)
+        dcs.iter().all(|d| {
+            d.services
+                .hosts
+                .iter()
+                .all(|h| pending_minutes(&h.shipper_state) == 0)
+        })
     })?;
     progress.finish();
-    let shipped = per_dc(&count_sql);
+    let shipped = per_host();
     let mut all_once = true;
     for d in dcs {
-        let acked = d.load.acked.load(Ordering::Relaxed);
-        let backfill = d.load.backfill_acked.load(Ordering::Relaxed);
-        let (rows, distinct) = match shipped.get(&d.name).map(Vec::as_slice) {
-            Some([rows, distinct, ..]) => (*rows, *distinct),
-            _ => (0, 0),
-        };
-        let once = rows == acked && distinct == rows;
-        all_once &= once;
+        let acked = d.sum(|l| &l.acked);
+        let backfill = d.sum(|l| &l.backfill_acked);
         println!(
-            "{}: {acked} acknowledged ({backfill} history, {} live; {} refused), {rows} in ClickHouse, {distinct} distinct spool positions: exactly once: {}",
+            "{}: {acked} acknowledged ({backfill} history, {} live; {} refused) over {} app hosts:",
             d.name,
             acked - backfill,
-            d.load.refused.load(Ordering::Relaxed),
-            if once { "yes" } else { "NO" }
+            d.sum(|l| &l.refused),
+            d.loads.len()
         );
-        if let Some(why) = d.load.first_refusal.lock().expect("load lock").as_ref() {
-            println!("  the first refused event was {why}");
+        for (h, load) in hosts(d) {
+            let acked = load.acked.load(Ordering::Relaxed);
+            let (rows, distinct) =
+                match shipped.get(&(d.name.clone(), h.clone())).map(Vec::as_slice) {
+                    Some([rows, distinct, ..]) => (*rows, *distinct),
+                    _ => (0, 0),
+                };
+            let once = rows == acked && distinct == rows;
+            all_once &= once;
+            println!(
+                "  {h}: {acked} acknowledged, {rows} in ClickHouse, {distinct} distinct spool positions: exactly once: {}",
+                if once { "yes" } else { "NO" }
+            );
+            if let Some(why) = load.first_refusal.lock().expect("load lock").as_ref() {
+                println!("    the first refused event was {why}");
+            }
         }
     }
     Ok(all_once)
@@ -489,9 +573,12 @@ fn drain_and_count(
 /// has never seen it, so the answer comes from across the link. Returns
 /// the (user, video) read, if the live traffic wrote one.
 fn print_watch_progress(dcs: &[Dc]) -> anyhow::Result<Option<(u64, u64)>> {
-    let watched = dcs
-        .last()
-        .and_then(|d| *d.load.last_watch.lock().expect("load lock"));
+    let watched = dcs.last().and_then(|d| {
+        d.loads
+            .iter()
+            .rev()
+            .find_map(|l| *l.last_watch.lock().expect("load lock"))
+    });
     if let Some((user, video)) = watched {
         let path = format!("/v1/progress/{user}/{video}");
         let v = query_get(dcs[0].services.query, &path)?;
@@ -538,7 +625,7 @@ fn bring_back(cluster: &mut LocalCluster, last: &str, args: &DemoArgs) -> anyhow
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     install_ctrlc()?;
     let started = Instant::now();
-    let mut cluster = launch(&args.files, None, &args.link)?;
+    let mut cluster = launch(&args.files, None, &args.link, Some(args.hosts as usize))?;
     println!(
         "{} datacenters up in {:.1} s: {} servers, schema applied; {}",
         cluster.topology().datacenter.len(),
@@ -556,8 +643,11 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         aggregation_grace_ms: 500,
         ..Default::default()
     };
-    let dcs = start_dcs(&cluster, &shipper_limits)?;
-    println!("collector, shipper and query service running in each datacenter");
+    let mut dcs = start_dcs(&cluster, &shipper_limits)?;
+    println!(
+        "{} app hosts per datacenter, each with its collector and shipper; a query service per datacenter",
+        dcs[0].services.hosts.len()
+    );
 
     let plan = Plan::new((now_ms() / 1000) as u32);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -565,7 +655,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut progress = ProgressLine::new();
-    send_traffic(&rt, &dcs, &plan, &args, &mut progress)?;
+    send_traffic(&rt, &mut dcs, &plan, &args, &mut progress)?;
     if INTERRUPTED.load(Ordering::SeqCst) {
         anyhow::bail!("interrupted");
     }
@@ -664,17 +754,138 @@ fn run_with_progress(
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     progress: &mut ProgressLine,
     phase: &str,
-    dcs: &[Dc],
+    dcs: &mut [Dc],
+    mut crash: Option<HostCrash>,
 ) -> anyhow::Result<()> {
     while !tasks.iter().all(|t| t.is_finished()) {
         progress.tick(phase, dcs);
+        if let Some(c) = crash.as_mut() {
+            c.step(dcs)?;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     progress.finish();
     for t in tasks {
         rt.block_on(t)??;
     }
+    if let Some(c) = crash {
+        c.finish(dcs)?;
+    }
     Ok(())
+}
+
+/// The app host of the first DC that goes down during the live traffic:
+/// its second.
+const CRASH_HOST: usize = 1;
+/// How long the crashed host stays down before it is started again.
+const CRASH_DOWN: Duration = Duration::from_secs(2);
+
+/// One app host's collector and shipper killed with SIGKILL halfway
+/// through the live traffic and started again, while the DC's other hosts
+/// go on taking theirs. The host's sender holds its events meanwhile, as
+/// an app does while its collector is away: a batch in flight at the kill
+/// could have been spooled with its acknowledgement lost, and resent
+/// (the collector promises clients at least once; its own crash campaign
+/// counts spool frames for that), which would blur the exact count this
+/// job prints per host.
+struct HostCrash {
+    at: Instant,
+    live_started: Instant,
+    step: CrashStep,
+    report: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CrashStep {
+    Waiting,
+    Holding(Instant),
+    Down(Instant),
+    Restarting(Instant, Instant),
+    Done,
+}
+
+impl HostCrash {
+    fn new(live_seconds: u64) -> Self {
+        let now = Instant::now();
+        Self {
+            at: now + Duration::from_secs(live_seconds) / 2,
+            live_started: now,
+            step: CrashStep::Waiting,
+            report: None,
+        }
+    }
+
+    /// Moves on when it is time to; bounded waits, each failing loudly.
+    fn step(&mut self, dcs: &mut [Dc]) -> anyhow::Result<()> {
+        let d = &mut dcs[0];
+        let (host, load) = (&d.services.hosts[CRASH_HOST], &d.loads[CRASH_HOST]);
+        let now = Instant::now();
+        self.step = match self.step {
+            CrashStep::Waiting if now >= self.at => {
+                load.hold.store(true, Ordering::SeqCst);
+                CrashStep::Holding(now)
+            }
+            // A sender that already finished holds nothing in flight either.
+            CrashStep::Holding(since)
+                if load.held.load(Ordering::SeqCst) || now >= since + Duration::from_secs(10) =>
+            {
+                for p in host.procs {
+                    d.services.procs[p].kill();
+                }
+                CrashStep::Down(now)
+            }
+            CrashStep::Down(since) if now >= since + CRASH_DOWN => {
+                for p in host.procs {
+                    d.services.procs[p]
+                        .start()
+                        .with_context(|| format!("restarting {}", d.services.procs[p].name))?;
+                }
+                CrashStep::Restarting(since, now)
+            }
+            CrashStep::Restarting(killed, started) => {
+                if launcher::services::host_serving(&host.socket, host.shipper_admin) {
+                    load.hold.store(false, Ordering::SeqCst);
+                    self.report = Some(format!(
+                        "{}: collector and shipper killed (SIGKILL) {:.1} s into the live traffic, started again {:.1} s later, serving after {:.1} s more; the other hosts kept taking traffic, this host's sender held its events meanwhile",
+                        host.name,
+                        (killed - self.live_started).as_secs_f64(),
+                        (started - killed).as_secs_f64(),
+                        started.elapsed().as_secs_f64(),
+                    ));
+                    CrashStep::Done
+                } else if started.elapsed() > Duration::from_secs(60) {
+                    anyhow::bail!(
+                        "{} did not serve again within 60 s of its restart:\n{}",
+                        host.name,
+                        d.services.log_tails(20)
+                    );
+                } else {
+                    self.step
+                }
+            }
+            other => other,
+        };
+        Ok(())
+    }
+
+    /// After the live traffic: a host still down is started and waited
+    /// for (the traffic may have ended first); prints what happened.
+    fn finish(mut self, dcs: &mut [Dc]) -> anyhow::Result<()> {
+        let limit = Instant::now() + Duration::from_secs(90);
+        while !matches!(self.step, CrashStep::Done | CrashStep::Waiting) {
+            anyhow::ensure!(Instant::now() < limit, "the crashed host did not come back");
+            self.step(dcs)?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        dcs[0].loads[CRASH_HOST].hold.store(false, Ordering::SeqCst);
+        match self.report {
+            Some(r) => println!("{r}"),
+            None => println!(
+                "(the live traffic ended before a host could be taken down: no crash this run)"
+            ),
+        }
+        Ok(())
+    }
 }
 
 /// The daily curve of the busiest series over the last three days of
@@ -812,13 +1023,15 @@ fn print_urls(dcs: &[Dc], plan: &Plan, end_s: u32, watched: Option<(u64, u64)>) 
     println!("\nTry it (with --stay, while it runs):");
     for d in dcs {
         println!(
-            "  {}: Q=http://{}   web console http://{}/console/   collector admin http://{}/metrics   shipper admin http://{}/metrics",
-            d.name,
-            d.services.query,
-            d.services.query,
-            d.collector_admin,
-            d.shipper_admin
+            "  {}: Q=http://{}   web console http://{}/console/",
+            d.name, d.services.query, d.services.query,
         );
+        for h in &d.services.hosts {
+            println!(
+                "    app host {}: collector admin http://{}/metrics   shipper admin http://{}/metrics",
+                h.name, h.collector_admin, h.shipper_admin
+            );
+        }
     }
     let (u, v) = watched.unwrap_or((7, 42));
     for route in [

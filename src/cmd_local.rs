@@ -94,8 +94,12 @@ pub(crate) fn launch(
     files: &Files,
     state: Option<PathBuf>,
     link: &LinkArgs,
+    app_hosts: Option<usize>,
 ) -> anyhow::Result<LocalCluster> {
-    let declared = Declared::load(&files.topology, &files.registry)?;
+    let mut declared = Declared::load(&files.topology, &files.registry)?;
+    if let Some(n) = app_hosts {
+        declared.topology = launcher::with_app_hosts(&declared.topology, n);
+    }
     let started = Instant::now();
     let opts = LaunchOptions {
         state_dir: state,
@@ -148,7 +152,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     install_ctrlc()?;
     match args.command {
         LocalCommand::Up { files, state, link } => {
-            let cluster = launch(&files, state, &link)?;
+            let cluster = launch(&files, state, &link, None)?;
             print_endpoints(&cluster);
             if let Some(d) = link.delay() {
                 println!(
@@ -176,7 +180,9 @@ pub(crate) fn start_services(
 ) -> anyhow::Result<Services> {
     let mut configs = launcher::services::Configs::for_dc(cluster, dc_name)
         .with_context(|| format!("no datacenter {dc_name} in this topology"))?;
-    configs.shipper.limits = shipper_limits;
+    for s in configs.shippers() {
+        s.limits = shipper_limits.clone();
+    }
     let exe = std::env::current_exe().context("finding the spoolhouse binary")?;
     let dir = cluster.state_dir().join("services").join(dc_name);
     launcher::services::start(cluster, dc_name, &exe, &dir, configs)

@@ -1,6 +1,6 @@
-//! The main job, short: two DCs with 100 ms between them, each DC's
-//! services, the history and 10 s of live traffic; every acknowledged event
-//! shipped once, the injected drop and the injected anomaly found first, a
+//! The main job, short: two DCs with 100 ms between them, three app hosts
+//! each, the history and 10 s of live traffic with one host killed and
+//! restarted; every acknowledged event shipped once per host, the injected drop and the injected anomaly found first, a
 //! global report, the same report partial with dc2 cut off, and the URLs to
 //! try. The demo bounds its own waits (the load by `--seconds`, shipping and
 //! aggregation by a limit it reports), so this test ends on its own.
@@ -28,7 +28,7 @@ fn the_main_job_runs_end_to_end() {
     assert!(out.status.success(), "{text}");
     for expected in [
         "100 ms each way between datacenters",
-        "live traffic: 300 events/s into each collector for 10 s",
+        "live traffic: 300 events/s into each datacenter, spread over its app hosts, for 10 s",
         "every acknowledged event shipped exactly once: yes; every minute aggregated",
         "Global report, registrations by gender",
         "partial: false, missing: []",
@@ -42,26 +42,45 @@ fn the_main_job_runs_end_to_end() {
         assert!(text.contains(expected), "{expected:?} missing from\n{text}");
     }
     // Each DC: everything acknowledged is in ClickHouse once, live traffic
-    // included, nothing refused.
+    // included, nothing refused; per app host, each of the three.
+    let n = |line: &str, after: &str| -> u64 {
+        line.split(after)
+            .next()
+            .and_then(|s| s.rsplit(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("no figure before {after:?} in {line:?}"))
+    };
     for dc in ["dc1", "dc2"] {
         let line = text
             .lines()
-            .find(|l| l.starts_with(&format!("{dc}: ")) && l.contains("exactly once"))
+            .find(|l| l.starts_with(&format!("{dc}: ")) && l.contains(" app hosts:"))
             .unwrap_or_else(|| panic!("no acknowledgement line of {dc} in\n{text}"));
-        let n = |after: &str| -> u64 {
-            line.split(after)
-                .next()
-                .and_then(|s| s.rsplit(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|d| d.parse().ok())
-                .unwrap_or_else(|| panic!("no figure before {after:?} in {line:?}"))
-        };
-        let acked = n(" acknowledged (");
-        assert!(n(" live;") > 0, "{line}");
-        assert_eq!(n(" refused)"), 0, "{line}");
-        assert_eq!(n(" in ClickHouse"), acked, "{line}");
-        assert_eq!(n(" distinct spool positions"), acked, "{line}");
-        assert!(line.ends_with("exactly once: yes"), "{line}");
+        let acked = n(line, " acknowledged (");
+        assert!(n(line, " live;") > 0, "{line}");
+        assert_eq!(n(line, " refused)"), 0, "{line}");
+        assert_eq!(n(line, " app hosts:"), 3, "{line}");
+        let mut sum = 0;
+        for host in 1..=3 {
+            let prefix = format!("  {dc}-app{host}: ");
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&prefix) && l.contains("exactly once"))
+                .unwrap_or_else(|| panic!("no line of {prefix:?} in\n{text}"));
+            let host_acked = n(line, " acknowledged,");
+            assert!(host_acked > 0, "{line}");
+            assert_eq!(n(line, " in ClickHouse"), host_acked, "{line}");
+            assert_eq!(n(line, " distinct spool positions"), host_acked, "{line}");
+            assert!(line.ends_with("exactly once: yes"), "{line}");
+            sum += host_acked;
+        }
+        assert_eq!(sum, acked, "{dc}'s hosts add up to its total");
     }
+    // One host was killed and came back during the live traffic.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("dc1-app2: collector and shipper killed (SIGKILL)")),
+        "{text}"
+    );
     // The injected drop (iOS screen views, -80 % for three minutes) and the
     // injected anomaly (a vote farm in country 7, one hour) rank first.
     assert!(

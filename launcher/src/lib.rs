@@ -425,6 +425,19 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LaunchError + '_ {
     }
 }
 
+/// `topology` with each datacenter's app hosts named `<dc>-app1` …
+/// `<dc>-app<n>` (their overrides dropped: [`localize`] gives each its
+/// own ports and folders).
+pub fn with_app_hosts(topology: &Topology, n: usize) -> Topology {
+    let mut t = topology.clone();
+    for dc in &mut t.datacenter {
+        dc.host = None;
+        dc.hosts = vec![format!("{}-app[1:{}]", dc.name, n.max(1))];
+        dc.app_host.clear();
+    }
+    t
+}
+
 /// `topology` with every server on a free loopback port and every path
 /// inside `state`: what the launcher runs, and what the Ansible test
 /// (`tests/ansible.rs`) deploys into a prefix.
@@ -478,13 +491,44 @@ fn localize_on(
                 rep.data_path = dir.join(format!("ch-s{}-r{}", s + 1, r + 1));
             }
         }
-        dc.collector.tcp = SocketAddr::from((Ipv4Addr::LOCALHOST, book.take(&[])?));
-        dc.collector.admin = at(book.take(&[])?);
-        dc.shipper.admin = at(book.take(&[])?);
         dc.query.listen = at(book.take(&[])?);
-        dc.collector.socket = dir.join("collector.sock");
-        dc.collector.inbox = dir.join("inbox");
-        dc.spool.dir = dir.join("spool");
+        // Every app host on this machine: the first takes the defaults (the
+        // DC's folder, as a DC of one host always had), each other one its
+        // own ports and a folder named after it, as overrides.
+        dc.app_host.clear();
+        let (names, _) = dc.host_names();
+        for (i, name) in names.iter().enumerate() {
+            let tcp = SocketAddr::from((Ipv4Addr::LOCALHOST, book.take(&[])?));
+            let (admin, shipper_admin) = (at(book.take(&[])?), at(book.take(&[])?));
+            if i == 0 {
+                dc.collector.tcp = tcp;
+                dc.collector.admin = admin;
+                dc.shipper.admin = shipper_admin;
+                dc.collector.socket = dir.join("collector.sock");
+                dc.collector.inbox = dir.join("inbox");
+                dc.spool.dir = dir.join("spool");
+                continue;
+            }
+            let own = dir.join(name);
+            let text = |p: PathBuf| toml::Value::String(p.display().to_string());
+            let addr = |a: SocketAddr| toml::Value::String(a.to_string());
+            let table = |kv: Vec<(&str, toml::Value)>| {
+                kv.into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect::<toml::Table>()
+            };
+            dc.app_host.push(dc_config::app_hosts::HostOverride {
+                name: name.clone(),
+                collector: Some(table(vec![
+                    ("tcp", addr(tcp)),
+                    ("admin", addr(admin)),
+                    ("socket", text(own.join("collector.sock"))),
+                    ("inbox", text(own.join("inbox"))),
+                ])),
+                spool: Some(table(vec![("dir", text(own.join("spool")))])),
+                shipper: Some(table(vec![("admin", addr(shipper_admin))])),
+            });
+        }
     }
     t.secrets_dir = state.join("secrets");
     Ok((t, book))
@@ -575,7 +619,11 @@ impl LocalCluster {
                 // service reads their /metrics (GET /v1/pipeline) across
                 // the same link, so a cut DC stops answering there as well.
                 for d in topology.datacenter.iter().filter(|d| d.name != viewer.name) {
-                    for target in [d.collector.admin, d.shipper.admin, d.query.listen] {
+                    let admins = d
+                        .app_hosts()
+                        .into_iter()
+                        .flat_map(|h| [h.collector.admin, h.shipper.admin]);
+                    for target in admins.chain([d.query.listen]) {
                         let relay = link::Relay::start(
                             &viewer.name,
                             &d.name,

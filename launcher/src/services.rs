@@ -1,5 +1,5 @@
-//! One datacenter's Spoolhouse services — collector, shipper and query
-//! service — as child processes of a launch, in the DC's network namespace
+//! One datacenter's Spoolhouse services — each app host's collector and
+//! shipper, and the query service — as child processes of a launch, in the DC's network namespace
 //! when it has one. The one way the main job, the benches and the process
 //! tests start them (docs/adr/0013-launcher-crate.md): each caller says
 //! which program runs them and with which configs, then waits on
@@ -15,13 +15,20 @@ use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
 use crate::process::{Proc, Spec};
 use crate::{LaunchError, LocalCluster};
 
-/// The three services' configs for one DC.
+/// One app host's collector and shipper configs.
 #[derive(Debug, Clone)]
-pub struct Configs {
+pub struct HostConfigs {
     /// The collector's.
     pub collector: CollectorConfig,
     /// The shipper's.
     pub shipper: ShipperConfig,
+}
+
+/// One DC's services' configs: every app host's, and the query service's.
+#[derive(Debug, Clone)]
+pub struct Configs {
+    /// Each app host's, in the topology's order.
+    pub hosts: Vec<HostConfigs>,
     /// The query service's.
     pub query: QueryConfig,
 }
@@ -32,33 +39,62 @@ impl Configs {
         let t = cluster.topology();
         let dc = t.dc(dc_name)?;
         Some(Self {
-            collector: CollectorConfig::for_dc(dc),
-            shipper: ShipperConfig::for_dc(t, dc),
+            hosts: dc
+                .app_hosts()
+                .iter()
+                .map(|h| HostConfigs {
+                    collector: CollectorConfig::for_host(dc, h),
+                    shipper: ShipperConfig::for_host(t, dc, h),
+                })
+                .collect(),
             query: QueryConfig::for_dc(t, dc),
         })
     }
+
+    /// Every shipper's config, to change them alike.
+    pub fn shippers(&mut self) -> impl Iterator<Item = &mut ShipperConfig> {
+        self.hosts.iter_mut().map(|h| &mut h.shipper)
+    }
+
+    /// Every collector's config, to change them alike.
+    pub fn collectors(&mut self) -> impl Iterator<Item = &mut CollectorConfig> {
+        self.hosts.iter_mut().map(|h| &mut h.collector)
+    }
+}
+
+/// One app host's running collector and shipper.
+#[derive(Debug, Clone)]
+pub struct HostServices {
+    /// The host's name.
+    pub name: String,
+    /// Its collector's Unix socket.
+    pub socket: PathBuf,
+    /// Its collector's admin port.
+    pub collector_admin: SocketAddr,
+    /// Its shipper's admin port.
+    pub shipper_admin: SocketAddr,
+    /// Its shipper's state folder.
+    pub shipper_state: PathBuf,
+    /// Its collector's and shipper's places in [`Services::procs`].
+    pub procs: [usize; 2],
 }
 
 /// One DC's running services; each dies with its [`Proc`].
 pub struct Services {
-    /// Collector, shipper and query service, in that order.
+    /// Each app host's collector and shipper, in that order, then the
+    /// query service (one host: collector, shipper, query).
     pub procs: Vec<Proc>,
-    /// The collector's Unix socket.
-    pub socket: PathBuf,
-    /// The collector's admin port.
-    pub collector_admin: SocketAddr,
-    /// The shipper's admin port.
-    pub shipper_admin: SocketAddr,
+    /// The app hosts, in the topology's order.
+    pub hosts: Vec<HostServices>,
     /// The query service.
     pub query: SocketAddr,
-    /// The shipper's state folder.
-    pub shipper_state: PathBuf,
 }
 
 /// Writes `configs` and the cluster's registry into `dir` and starts
-/// `dc_name`'s collector, shipper and query service (in that order) as
-/// `program <service> --config <dir>/<service>.toml`, each logging to
-/// `<dir>/<service>.log`. Returns at once: see [`Services::ready`].
+/// `dc_name`'s services as `program <service> --config <file>`: each app
+/// host's collector and shipper (its files and logs in `dir/<host>/`, or
+/// in `dir` itself for the first host), then the query service (`dir`).
+/// Returns at once: see [`Services::ready`].
 pub fn start(
     cluster: &LocalCluster,
     dc_name: &str,
@@ -76,39 +112,62 @@ pub fn start(
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let registry = dir.join("events.toml");
     std::fs::write(&registry, &cluster.declared().registry_text).map_err(io(&registry))?;
-    let texts = [
-        ("collector", toml::to_string(&configs.collector)),
-        ("shipper", toml::to_string(&configs.shipper)),
-        ("query", toml::to_string(&configs.query)),
-    ];
     let mut procs = Vec::new();
-    for (service, text) in texts {
-        let text = text.map_err(|e| LaunchError::ServiceConfig {
-            service: service.to_string(),
-            reason: e.to_string(),
-        })?;
-        let path = dir.join(format!("{service}.toml"));
-        std::fs::write(&path, text).map_err(io(&path))?;
-        let args = vec![
-            service.to_string(),
-            "--config".to_string(),
-            path.display().to_string(),
-        ];
-        let spec = Spec {
-            program: program.to_path_buf(),
-            args,
-            cwd: dir.to_path_buf(),
-            log: dir.join(format!("{service}.log")),
+    let mut spawn =
+        |service: &str, who: &str, text: Result<String, toml::ser::Error>, at: &Path| {
+            let text = text.map_err(|e| LaunchError::ServiceConfig {
+                service: service.to_string(),
+                reason: e.to_string(),
+            })?;
+            let path = at.join(format!("{service}.toml"));
+            std::fs::write(&path, text).map_err(io(&path))?;
+            let spec = Spec {
+                program: program.to_path_buf(),
+                args: vec![
+                    service.to_string(),
+                    "--config".to_string(),
+                    path.display().to_string(),
+                ],
+                cwd: at.to_path_buf(),
+                log: at.join(format!("{service}.log")),
+            };
+            procs.push(cluster.spawn_in(dc_name, format!("{who} {service}"), spec)?);
+            Ok::<usize, LaunchError>(procs.len() - 1)
         };
-        procs.push(cluster.spawn_in(dc_name, format!("{dc_name} {service}"), spec)?);
+    let mut hosts = Vec::new();
+    for (i, h) in configs.hosts.into_iter().enumerate() {
+        let (mut collector, mut shipper) = (h.collector, h.shipper);
+        let at = if i == 0 {
+            dir.to_path_buf()
+        } else {
+            dir.join(&collector.host)
+        };
+        std::fs::create_dir_all(&at).map_err(io(&at))?;
+        if i > 0 {
+            collector.registry = Path::new("..").join("events.toml");
+            shipper.registry = Path::new("..").join("events.toml");
+        }
+        let who = if i == 0 {
+            dc_name.to_string()
+        } else {
+            collector.host.clone()
+        };
+        let c = spawn("collector", &who, toml::to_string(&collector), &at)?;
+        let s = spawn("shipper", &who, toml::to_string(&shipper), &at)?;
+        hosts.push(HostServices {
+            name: collector.host.clone(),
+            socket: collector.socket.clone(),
+            collector_admin: collector.admin,
+            shipper_admin: shipper.admin,
+            shipper_state: shipper.state_dir.clone(),
+            procs: [c, s],
+        });
     }
+    spawn("query", dc_name, toml::to_string(&configs.query), dir)?;
     Ok(Services {
         procs,
-        socket: configs.collector.socket.clone(),
-        collector_admin: configs.collector.admin,
-        shipper_admin: configs.shipper.admin,
+        hosts,
         query: configs.query.listen,
-        shipper_state: configs.shipper.state_dir,
     })
 }
 
@@ -116,22 +175,41 @@ pub fn start(
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// True once the collector's `socket` exists and the shipper (its admin
-/// port) and the query service answer `/healthz` with 200.
-pub fn serving(socket: &Path, shipper_admin: SocketAddr, query: SocketAddr) -> bool {
-    let healthy = |addr| {
-        matches!(
-            httpd::client::get_blocking(addr, "/healthz", PROBE_TIMEOUT),
-            Ok((200, _))
-        )
-    };
-    socket.exists() && healthy(shipper_admin) && healthy(query)
+/// port) answers `/healthz` with 200.
+pub fn host_serving(socket: &Path, shipper_admin: SocketAddr) -> bool {
+    socket.exists() && healthy(shipper_admin)
+}
+
+/// True once `addr` answers `/healthz` with 200.
+pub fn healthy(addr: SocketAddr) -> bool {
+    matches!(
+        httpd::client::get_blocking(addr, "/healthz", PROBE_TIMEOUT),
+        Ok((200, _))
+    )
+}
+
+/// True once every app host of `dc` serves ([`host_serving`]) and its
+/// query service answers `/healthz` with 200.
+pub fn serving(dc: &dc_config::topology::Datacenter) -> bool {
+    dc.app_hosts()
+        .iter()
+        .all(|h| host_serving(&h.collector.socket, h.shipper.admin))
+        && healthy(dc.query.listen)
 }
 
 impl Services {
-    /// [`serving`]: the collector's socket exists, the shipper and the
-    /// query service are healthy.
+    /// Every app host's collector socket exists and its shipper is
+    /// healthy, and so is the query service.
     pub fn ready(&self) -> bool {
-        serving(&self.socket, self.shipper_admin, self.query)
+        self.hosts
+            .iter()
+            .all(|h| host_serving(&h.socket, h.shipper_admin))
+            && healthy(self.query)
+    }
+
+    /// The first app host: a DC of one host, as most tests run.
+    pub fn first(&self) -> &HostServices {
+        &self.hosts[0]
     }
 
     /// The last `n` lines of each service's log, headed by its name.

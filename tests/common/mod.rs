@@ -104,12 +104,14 @@ pub fn start_dc_with(
     cluster: &launcher::LocalCluster,
     dc_name: &str,
     dir: &std::path::Path,
-    edit: impl FnOnce(&mut dc_config::services::CollectorConfig),
+    edit: impl FnMut(&mut dc_config::services::CollectorConfig),
 ) -> Vec<launcher::process::Proc> {
     let mut configs = launcher::services::Configs::for_dc(cluster, dc_name).unwrap();
-    edit(&mut configs.collector);
-    configs.shipper.limits.batch_age_ms = 200;
-    configs.shipper.limits.aggregation_grace_ms = 500;
+    configs.collectors().for_each(edit);
+    for s in configs.shippers() {
+        s.limits.batch_age_ms = 200;
+        s.limits.aggregation_grace_ms = 500;
+    }
     configs.query.timeout_ms = 3_000;
     let program = std::path::Path::new(env!("CARGO_BIN_EXE_spoolhouse"));
     let services = launcher::services::start(cluster, dc_name, program, dir, configs)
@@ -128,7 +130,7 @@ pub fn start_dc_with(
 pub fn wait_serving(cluster: &launcher::LocalCluster, dc_name: &str) {
     let dc = cluster.topology().dc(dc_name).unwrap();
     wait_for(&format!("{dc_name}'s services serving"), LIMIT, || {
-        launcher::services::serving(&dc.collector.socket, dc.shipper.admin, dc.query.listen)
+        launcher::services::serving(dc)
     });
 }
 
