@@ -190,6 +190,16 @@ fn console_pages_chart_the_pipeline_and_show_a_cut_datacenter() {
                 .all(|d| d["events_in_total"].as_f64().is_some_and(|n| n > 0.0))
         })
     });
+    // Each DC's one app host is its aggregator, and none is silent.
+    wait_for("each DC's aggregator in pipeline health", LIMIT, || {
+        let (_, p) = get_json(q1, "/v1/pipeline");
+        p["datacenters"].as_array().is_some_and(|dcs| {
+            dcs.iter().all(|d| {
+                d["aggregator"] == format!("{}-app1", d["name"].as_str().unwrap_or(""))
+                    && d["silent_hosts"] == 0.0
+            })
+        })
+    });
 
     let (from, to) = (E - HOUR, E + 3 * HOUR);
     let series_hash = format!(

@@ -28,6 +28,8 @@ fn pipeline_health_reads_the_other_services_names() {
     assert_eq!(reads::COLLECTOR_SPOOL_BYTES, collector::SPOOL_BYTES);
     assert_eq!(reads::SHIPPER_LAG_SECONDS, shipper::LAG_SECONDS);
     assert_eq!(reads::SHIPPER_ROWS_TOTAL, shipper::ROWS_TOTAL);
+    assert_eq!(reads::SHIPPER_AGGREGATOR, shipper::AGGREGATOR);
+    assert_eq!(reads::SHIPPER_FLEET_HOSTS, shipper::FLEET_HOSTS);
 }
 
 /// `promtool check metrics` on `text`: its exit status and what it said.

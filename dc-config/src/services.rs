@@ -179,6 +179,13 @@ pub struct ShipperConfig {
     pub shards: Vec<ShardTarget>,
     /// This DC's Redis.
     pub redis: Redis,
+    /// This DC's ZooKeeper ensemble, `host:port` each: where the shipper
+    /// publishes its watermark and pending minutes, and where the DC's one
+    /// aggregator is elected among the shippers (docs/adr/0014).
+    pub zookeeper: Vec<String>,
+    /// Whether this shipper may become its DC's aggregator (default true).
+    #[serde(default = "yes")]
+    pub aggregator: bool,
     /// The shipper's own durable state: batch intents, dead letters.
     pub state_dir: PathBuf,
     /// File holding the password of ClickHouse's writer user
@@ -234,6 +241,14 @@ pub struct ShipperLimits {
     /// How long after a minute ends its events may still arrive before the
     /// minute is aggregated (default 5 000 ms); later ones re-aggregate it.
     pub aggregation_grace_ms: u64,
+    /// How often the shipper rewrites its watermark and pending minutes in
+    /// ZooKeeper, at the least (default 1 000 ms): its heartbeat.
+    pub publish_interval_ms: u64,
+    /// A host whose record has not changed for this long is silent: the
+    /// aggregator leaves it out of the DC's watermark (default 60 000 ms),
+    /// so a dead host does not stop every minute from closing; what it
+    /// ships when it is back is aggregated again.
+    pub host_silent_ms: u64,
 }
 
 impl Default for ShipperLimits {
@@ -249,6 +264,8 @@ impl Default for ShipperLimits {
             redis_batch_max: 5_000,
             redis_timeout_ms: 5_000,
             aggregation_grace_ms: 5_000,
+            publish_interval_ms: 1_000,
+            host_silent_ms: 60_000,
         }
     }
 }
@@ -532,6 +549,10 @@ impl QueryConfig {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn default_query_timeout_ms() -> u64 {
     5_000
 }
@@ -662,6 +683,12 @@ impl ShipperConfig {
                 })
                 .collect(),
             redis: dc.redis.clone(),
+            zookeeper: dc
+                .zookeeper
+                .iter()
+                .map(|z| format!("{}:{}", z.host, z.port))
+                .collect(),
+            aggregator: true,
             state_dir: shipper_state_dir(&host.spool.dir),
             clickhouse_password_file: crate::credentials::password_file(
                 &topology.secrets_dir,
@@ -703,6 +730,21 @@ impl crate::check::Declaration for ShipperConfig {
             l.redis_batch_max >= 1,
             &at.key("redis_batch_max"),
             "must be at least 1",
+        );
+        c.require(
+            (100..=60_000).contains(&l.publish_interval_ms),
+            &at.key("publish_interval_ms"),
+            "must be from 100 to 60000",
+        );
+        c.require(
+            l.host_silent_ms >= 3 * l.publish_interval_ms,
+            &at.key("host_silent_ms"),
+            "must be at least three publish intervals: a live host would otherwise look silent between two heartbeats",
+        );
+        c.require(
+            !self.zookeeper.is_empty(),
+            &crate::locate::KeyPath::root().key("zookeeper"),
+            "list the DC's ZooKeeper nodes (`host:port`): the shipper publishes its watermark there and the DC's aggregator is elected there",
         );
         c.require(
             !self.shards.is_empty()

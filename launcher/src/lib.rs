@@ -272,7 +272,7 @@ impl Placement {
     }
 
     /// Where the host listens for the datacenters (the relays).
-    fn host_addr(&self) -> IpAddr {
+    pub fn host_addr(&self) -> IpAddr {
         match self {
             Placement::Namespaces(f) => f.bridge_addr().into(),
             Placement::Loopback { .. } => Ipv4Addr::LOCALHOST.into(),

@@ -527,7 +527,9 @@ async function healthPage(main) {
         h('td', {}, `${fmt(lag.clickhouse, 2)} s / ${fmt(lag.redis, 2)} s`),
         h('td', {}, fmt(rate(dc, before, 'clickhouse_rows_total'))),
         h('td', {}, fmt(rate(dc, before, 'redis_hits_total'))),
-        h('td', { class: 'services' }, services)));
+        h('td', { class: 'services' }, services,
+          dc.aggregator ? h('span', { class: 'aggregator', title: 'the app host whose shipper aggregates this DC\'s minutes' }, ` aggregator ${dc.aggregator}`) : '',
+          dc.silent_hosts ? h('span', { class: 'down', title: 'hosts left out of the DC\'s watermark: their records stopped changing' }, ` ${dc.silent_hosts} silent`) : '')));
       if (!healthHistory.has(dc.name)) healthHistory.set(dc.name, []);
       const hist = healthHistory.get(dc.name);
       // A DC that does not answer has no rate: a gap in its line.

@@ -39,6 +39,10 @@ pub mod reads {
     pub const SHIPPER_LAG_SECONDS: &str = "spoolhouse_shipper_lag_seconds";
     /// `shipper::metrics::names::ROWS_TOTAL`.
     pub const SHIPPER_ROWS_TOTAL: &str = "spoolhouse_shipper_rows_total";
+    /// `shipper::metrics::names::AGGREGATOR`.
+    pub const SHIPPER_AGGREGATOR: &str = "spoolhouse_shipper_aggregator";
+    /// `shipper::metrics::names::FLEET_HOSTS`.
+    pub const SHIPPER_FLEET_HOSTS: &str = "spoolhouse_shipper_fleet_hosts";
 }
 
 /// GETs `/metrics` of `addr` within [`SCRAPE_TIMEOUT`]: its text, or why not.
@@ -125,6 +129,10 @@ pub async fn datacenter(dc: &QueryDatacenter) -> serde_json::Value {
     let query_samples = query_text.as_deref().map(samples);
     let mut per_host = Vec::with_capacity(hosts.len());
     let mut totals = Figures::default();
+    // The DC's aggregator (the shipper saying so) and the hosts it leaves
+    // out of the watermark as silent (docs/adr/0014).
+    let mut aggregator = None;
+    let mut silent_hosts = None;
     let (mut collectors_up, mut shippers_up) = (0, 0);
     let (mut collectors_down, mut shippers_down) = (Vec::new(), Vec::new());
     let (mut collector_error, mut shipper_error) = (None, None);
@@ -133,6 +141,12 @@ pub async fn datacenter(dc: &QueryDatacenter) -> serde_json::Value {
         let s = h.shipper.as_deref().ok().map(samples);
         let f = Figures::of(c.as_deref(), s.as_deref());
         totals.add(&f);
+        if let Some(s) = s.as_deref() {
+            if sum(s, reads::SHIPPER_AGGREGATOR, "") == Some(1.0) {
+                aggregator = Some(h.name.clone());
+                silent_hosts = sum(s, reads::SHIPPER_FLEET_HOSTS, "state=\"silent\"");
+            }
+        }
         for (got, up, down, first_error) in [
             (
                 &h.collector,
@@ -214,6 +228,8 @@ pub async fn datacenter(dc: &QueryDatacenter) -> serde_json::Value {
         "scraped_at_ms": started,
         "services": {"collector": collector, "shipper": shipper, "query": query_service},
         "hosts": per_host,
+        "aggregator": aggregator,
+        "silent_hosts": silent_hosts,
         "events_in_total": totals.events_in,
         "spool_bytes": totals.spool_bytes,
         "shipper_lag_seconds": {

@@ -1,13 +1,16 @@
-//! Per-minute aggregation, driven by the shipper's watermark.
+//! Per-minute aggregation: this host's pending minutes and watermark, and
+//! the statements a round runs.
 //!
 //! Every batch the shipper inserts records the minutes its events fall in as
-//! *pending*, durably, before its checkpoint is committed. A pending minute
-//! is aggregated once it is *closed*: the shipper has been caught up with the
-//! spool at a moment at least `grace_ms` after the minute ended (the
-//! watermark). Aggregating runs one `INSERT … SELECT` per metric over the
-//! DC's events (`events_dc`) into `metric_states_local` of a shard chosen
-//! from the minute, with a version (wall-clock ms, always increasing). The
-//! states table keeps the highest version per (series, minute, DC)
+//! *pending*, durably, before its checkpoint is committed; the shipper
+//! publishes them with its watermark to the DC's ZooKeeper, and the DC's one
+//! aggregator aggregates a minute once every live host's watermark has
+//! passed its end plus `grace_ms` (docs/adr/0014-fleet-watermark-and-one-aggregator.md,
+//! [`crate::fleet`]). Aggregating runs one `INSERT … SELECT` per metric over
+//! the DC's events (`events_dc`) into `metric_states_local` of a shard
+//! chosen from the minute, with a version (wall-clock ms, always
+//! increasing, across aggregators too). The states table keeps the highest
+//! version per (series, minute, DC)
 //! (docs/adr/0002-aggregation-versions-and-watermark.md), so:
 //!
 //! - a late event (its minute already aggregated) makes the minute pending
@@ -17,9 +20,7 @@
 //! - a crash before the pending set is saved replays the batch (its
 //!   checkpoint was not committed), which records the minute again.
 //!
-//! Several shippers of one DC each aggregate the minutes their own events
-//! touched, after their own watermark; the last round of a minute sees
-//! every event shipped by then, and its version wins.
+//! A host drops a pending minute once a round covered its newest touch.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
@@ -41,7 +42,9 @@ pub struct Pending {
     /// since, each with a touch count: a minute touched again while it is
     /// being aggregated stays pending for another round.
     pub minutes: BTreeMap<u32, u64>,
-    /// The highest aggregation version used so far.
+    /// The highest aggregation version this host used when each shipper
+    /// aggregated on its own (before docs/adr/0014); read, no longer written.
+    #[serde(default)]
     pub last_version: u64,
 }
 
@@ -163,17 +166,6 @@ impl Progress {
         *p = next;
         Ok(true)
     }
-
-    /// Reserves a fresh version and saves it before it is used, so a
-    /// version is never reused after a restart, whatever the clock does.
-    pub fn reserve_version(&self, state_dir: &Path) -> Result<u64> {
-        let mut p = self.pending.lock().expect("progress lock");
-        let mut next = p.clone();
-        next.last_version = next_version(p.last_version);
-        next.save(state_dir)?;
-        *p = next;
-        Ok(p.last_version)
-    }
 }
 
 /// The shard a minute's states go to: a pure function of the minute, so a
@@ -188,16 +180,6 @@ pub fn shard_for_minute(weights: &[u32], minute_s: u32) -> usize {
         pick -= u64::from(w);
     }
     unreachable!("pick < total")
-}
-
-/// Minutes in `pending` closed by watermark `wm_ms` with `grace_ms`, oldest
-/// first, each with its touch count.
-pub fn closed(pending: &BTreeMap<u32, u64>, wm_ms: u64, grace_ms: u64) -> Vec<(u32, u64)> {
-    pending
-        .iter()
-        .map(|(m, t)| (*m, *t))
-        .filter(|&(m, _)| (u64::from(m) + 60) * 1000 + grace_ms <= wm_ms)
-        .collect()
 }
 
 /// The statements aggregating `minute_s` of this shipper's DC for every
@@ -238,25 +220,12 @@ pub fn folded_values_statements<'a>(
         .collect()
 }
 
-/// A fresh version: wall-clock ms, but always above the last one.
-pub fn next_version(last: u64) -> u64 {
-    dc_config::event::now_ms().max(last + 1)
-}
-
 /// How long to wait between aggregation rounds when nothing is closed.
 pub const ROUND_INTERVAL: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn minutes_close_after_the_grace() {
-        let p: BTreeMap<u32, u64> = [(60, 1), (120, 2), (180, 1)].into_iter().collect();
-        assert_eq!(closed(&p, 125_000, 5_000), vec![(60, 1)]);
-        assert_eq!(closed(&p, 185_000, 5_000), vec![(60, 1), (120, 2)]);
-        assert!(closed(&p, 0, 5_000).is_empty());
-    }
 
     #[test]
     fn the_watermark_moves_under_steady_load() {
@@ -294,14 +263,6 @@ mod tests {
     }
 
     #[test]
-    fn versions_always_increase() {
-        let a = next_version(0);
-        assert!(a > 1_700_000_000_000);
-        assert_eq!(next_version(u64::MAX - 1), u64::MAX);
-        assert!(next_version(a) > a);
-    }
-
-    #[test]
     fn minute_shard_is_stable_and_weighted() {
         let mut counts = [0u32; 2];
         for m in 0..4000u32 {
@@ -330,8 +291,6 @@ mod tests {
         assert!(progress.done(60, 2, dir.path()).unwrap());
         assert!(progress.done(120, 1, dir.path()).unwrap());
         assert!(Pending::load(dir.path()).unwrap().minutes.is_empty());
-        let v = progress.reserve_version(dir.path()).unwrap();
-        assert_eq!(Pending::load(dir.path()).unwrap().last_version, v);
     }
 }
 

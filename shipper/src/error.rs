@@ -36,6 +36,10 @@ pub enum Error {
     /// Redis failed or timed out; always retried (the state is idempotent).
     #[error("{0}")]
     Redis(#[from] dc_config::state_store::Error),
+    /// ZooKeeper failed or timed out (aggregation's publishing and
+    /// election); always retried with a new session.
+    #[error("ZooKeeper: {0}")]
+    ZooKeeper(String),
     /// The config breaks a rule.
     #[error("{0}")]
     Config(String),
@@ -49,7 +53,7 @@ impl Error {
     pub fn retriable(&self) -> bool {
         match self {
             Error::ClickHouse { retriable, .. } => *retriable,
-            Error::Redis(_) => true,
+            Error::Redis(_) | Error::ZooKeeper(_) => true,
             Error::Spool(_) | Error::State { .. } | Error::Config(_) | Error::Stopping => false,
         }
     }
@@ -62,6 +66,7 @@ impl Error {
             Error::ClickHouse { kind, .. } => kind,
             Error::Redis(dc_config::state_store::Error::Redis(_)) => "redis",
             Error::Redis(dc_config::state_store::Error::Timeout(_)) => "redis_timeout",
+            Error::ZooKeeper(_) => "zookeeper",
             Error::Config(_) => "config",
             Error::Stopping => "stopping",
         }

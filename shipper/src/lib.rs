@@ -29,6 +29,7 @@
 pub mod aggregate;
 pub mod epoch;
 pub mod error;
+pub mod fleet;
 pub mod intent;
 pub mod metrics;
 pub mod ship;

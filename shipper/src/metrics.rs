@@ -24,6 +24,10 @@ pub mod names {
     pub const PREPARE_SECONDS: &str = "spoolhouse_shipper_prepare_seconds";
     /// Seconds per insert (histogram).
     pub const INSERT_SECONDS: &str = "spoolhouse_shipper_insert_seconds";
+    /// 1 while this shipper is its DC's aggregator (gauge).
+    pub const AGGREGATOR: &str = "spoolhouse_shipper_aggregator";
+    /// The DC's app hosts by `state` (`live`, `silent`), on the aggregator (gauge).
+    pub const FLEET_HOSTS: &str = "spoolhouse_shipper_fleet_hosts";
 }
 
 /// A label set: one (name, value) pair.
@@ -83,6 +87,14 @@ pub struct Metrics {
     pub state_disk_full_waits: Counter,
     /// Position checks, each after fencing the earlier inserts of this host.
     pub fences: Counter,
+    /// 1 while this shipper is its DC's aggregator (docs/adr/0014).
+    pub aggregator: Gauge,
+    /// The DC's app hosts as the aggregator last read them, by state
+    /// (`live`, `silent`); 0 on the other shippers.
+    pub fleet_hosts: Family<Label, Gauge>,
+    /// Seconds between now and the DC's watermark (the smallest of the live
+    /// hosts'), on the aggregator.
+    pub dc_watermark_delay_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -112,6 +124,9 @@ impl Metrics {
             state_disk_full: Gauge::default(),
             state_disk_full_waits: Counter::default(),
             fences: Counter::default(),
+            aggregator: Gauge::default(),
+            fleet_hosts: Family::default(),
+            dc_watermark_delay_seconds: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("spoolhouse_shipper");
         r.register("batches", "Batches committed, by sink", m.batches.clone());
@@ -207,6 +222,21 @@ impl Metrics {
             "Position checks, each after fencing this host's earlier inserts",
             m.fences.clone(),
         );
+        r.register(
+            "aggregator",
+            "1 while this shipper is its datacenter's aggregator",
+            m.aggregator.clone(),
+        );
+        r.register(
+            "fleet_hosts",
+            "The datacenter's app hosts by state (live, silent: left out of the watermark), as the aggregator last read them",
+            m.fleet_hosts.clone(),
+        );
+        r.register(
+            "dc_watermark_delay_seconds",
+            "Seconds between now and the datacenter's watermark (the smallest of its live hosts'), on the aggregator",
+            m.dc_watermark_delay_seconds.clone(),
+        );
         m
     }
 }
@@ -238,6 +268,11 @@ pub struct Health {
     pub schema_problems: Mutex<Vec<String>>,
     /// What waits for disk space, while something does.
     pub state_disk: Mutex<Option<String>>,
+    /// The ZooKeeper session of aggregation (publishing, election).
+    pub zookeeper: Mutex<SinkHealth>,
+    /// Hosts the aggregator left out of the DC's watermark as silent (on
+    /// the aggregator; empty elsewhere).
+    pub silent_hosts: Mutex<Vec<String>>,
 }
 
 impl Health {
@@ -268,6 +303,8 @@ impl Health {
             "clickhouse": sink(&self.clickhouse.lock().expect("health lock")),
             "redis": sink(&self.redis.lock().expect("health lock")),
             "aggregation": sink(&self.aggregation.lock().expect("health lock")),
+            "zookeeper": sink(&self.zookeeper.lock().expect("health lock")),
+            "silent_hosts": *self.silent_hosts.lock().expect("health lock"),
             "schema_problems": *self.schema_problems.lock().expect("health lock"),
             "state_disk": match &*self.state_disk.lock().expect("health lock") {
                 None => serde_json::json!({"state": "ok"}),
@@ -292,6 +329,8 @@ mod tests {
             .set(1.0);
         m.prepare_seconds.observe(0.1);
         m.insert_seconds.observe(0.1);
+        m.aggregator.set(1);
+        m.fleet_hosts.get_or_create(&label("state", "live")).set(3);
         let text = httpd::exposition::encode(&r).unwrap();
         let samples = httpd::exposition::samples(&text);
         for name in [
@@ -300,6 +339,8 @@ mod tests {
             names::AGGREGATION_ROUNDS_TOTAL,
             &format!("{}_sum", names::PREPARE_SECONDS),
             &format!("{}_sum", names::INSERT_SECONDS),
+            names::AGGREGATOR,
+            names::FLEET_HOSTS,
         ] {
             assert!(
                 httpd::exposition::sum(&samples, name, "").is_some(),

@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 use crate::intent::Intent;
 use crate::metrics::{label, Health, Metrics, SinkHealth};
 use crate::sink::{IngestBody, Sink};
+
+mod aggregation;
 use dc_config::state_store::{state_write, StateStore};
 
 /// Name of the spool reader feeding ClickHouse.
@@ -823,65 +825,21 @@ impl Shipper {
 
     // ---- Aggregation --------------------------------------------------------
 
-    fn aggregate_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
-        let sink = Sink::new(&self.config)?;
-        let weights = sink.weights();
-        let state = &self.config.state_dir;
-        let grace = self.config.limits.aggregation_grace_ms;
-        while !self.stopping() {
-            let pending = self
-                .progress
-                .pending
-                .lock()
-                .expect("progress lock")
-                .minutes
-                .clone();
-            self.metrics.aggregations_pending.set(pending.len() as i64);
-            let Some(wm) = self.progress.watermark_ms() else {
-                self.sleep(aggregate::ROUND_INTERVAL);
-                continue;
-            };
-            self.metrics
-                .watermark_delay_seconds
-                .set(now_ms().saturating_sub(wm) as f64 / 1000.0);
-            let todo = aggregate::closed(&pending, wm, grace);
-            if todo.is_empty() {
-                self.sleep(aggregate::ROUND_INTERVAL);
-                continue;
-            }
-            for (minute, touches) in todo {
-                if !self.aggregate_minute(rt, &sink, &weights, minute)? {
-                    return Ok(());
-                }
-                if self
-                    .durably("pending minutes", || {
-                        self.progress.done(minute, touches, state)
-                    })?
-                    .is_none()
-                {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Aggregates one minute until it succeeds; each try has a new version,
-    /// so a try that inserted part of its rows is replaced by the next one.
-    /// Returns false on shutdown before success.
+    /// Aggregates one minute until it succeeds; each try has a new version
+    /// from `version` (the aggregator's), so a try that inserted part of its
+    /// rows is replaced by the next one. Returns false on shutdown before
+    /// success.
     fn aggregate_minute(
         &self,
         rt: &tokio::runtime::Handle,
         sink: &Sink,
         weights: &[u32],
         minute: u32,
+        version: &mut dyn FnMut() -> Result<Option<u64>>,
     ) -> Result<bool> {
         let shard = aggregate::shard_for_minute(weights, minute);
         for attempt in 0u32.. {
-            let Some(version) = self.durably("aggregation version", || {
-                self.progress.reserve_version(&self.config.state_dir)
-            })?
-            else {
+            let Some(version) = version()? else {
                 return Ok(false);
             };
             let statements =
