@@ -52,6 +52,20 @@ pub struct HostOverride {
     pub shipper: Option<toml::Table>,
 }
 
+impl HostOverride {
+    /// Whether this override sets `key` of `section` (`collector`, `spool`
+    /// or `shipper`): where a rule broken by that value is located.
+    pub fn sets(&self, section: &str, key: &str) -> bool {
+        let table = match section {
+            "collector" => &self.collector,
+            "spool" => &self.spool,
+            "shipper" => &self.shipper,
+            _ => &None,
+        };
+        table.as_ref().is_some_and(|t| t.contains_key(key))
+    }
+}
+
 /// One app host with its defaults and overrides applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppHost {
@@ -228,6 +242,18 @@ impl Datacenter {
             });
         }
         (hosts, problems)
+    }
+
+    /// What a host without overrides gets (paths still holding
+    /// [`HOST_PLACEHOLDER`]), named `""`.
+    pub fn host_defaults(&self) -> AppHost {
+        AppHost {
+            name: String::new(),
+            collector: self.collector.clone(),
+            spool: self.spool.clone(),
+            shipper: self.shipper.clone(),
+            overridden: None,
+        }
     }
 
     /// Every app host, resolved. On a checked topology this is all of them.

@@ -622,36 +622,20 @@ impl Datacenter {
             }
             c.fail(&path, p.rule);
         }
-        let defaults = crate::app_hosts::AppHost {
-            name: String::new(),
-            collector: self.collector.clone(),
-            spool: self.spool.clone(),
-            shipper: self.shipper.clone(),
-            overridden: None,
-        };
+        let defaults = self.host_defaults();
         check_host(c, at, Scope::Defaults(self.name.clone()), &defaults, ports);
         for h in hosts.iter().filter(|h| h.overridden.is_some()) {
             let o = h.overridden.unwrap_or(0);
             let ap = at.key("app_host").index(o);
             let own = &self.app_host[o];
             // A key the override leaves alone is located at the default.
-            let loc = |section: &str, table: &Option<toml::Table>, key: &str| {
-                if table.as_ref().is_some_and(|t| t.contains_key(key)) {
-                    Some(ap.key(section).key(key))
-                } else {
-                    None
-                }
-            };
+            let loc =
+                |section: &str, key: &str| own.sets(section, key).then(|| ap.key(section).key(key));
             let mut sub = Checker::default();
             check_host(&mut sub, at, Scope::AppHost(h.name.clone()), h, ports);
             for (path, rule) in sub.into_found() {
                 let (section, key) = section_key(&path, at);
-                let table = match section.as_str() {
-                    "collector" => &own.collector,
-                    "spool" => &own.spool,
-                    _ => &own.shipper,
-                };
-                match loc(&section, table, &key) {
+                match loc(&section, &key) {
                     Some(p) => c.fail(&p, format!("app host `{}`: {rule}", h.name)),
                     // A clash of two default values on this host (say, an
                     // overridden port now used by a default one) is still this host's.
@@ -696,13 +680,7 @@ impl Datacenter {
                 (h.collector.inbox.clone(), "collector", "inbox"),
             ]
         };
-        let defaults = crate::app_hosts::AppHost {
-            name: String::new(),
-            collector: self.collector.clone(),
-            spool: self.spool.clone(),
-            shipper: self.shipper.clone(),
-            overridden: None,
-        };
+        let defaults = self.host_defaults();
         for (p, section, key) in host_paths(&defaults) {
             owned.push((
                 p,
@@ -714,12 +692,7 @@ impl Datacenter {
             let Some(o) = h.overridden else { continue };
             let ap = at.key("app_host").index(o);
             for (p, section, key) in host_paths(&h) {
-                let own = &self.app_host[o];
-                let table = match section {
-                    "collector" => &own.collector,
-                    _ => &own.spool,
-                };
-                let path = if table.as_ref().is_some_and(|t| t.contains_key(key)) {
+                let path = if self.app_host[o].sets(section, key) {
                     ap.key(section).key(key)
                 } else {
                     ap.key("name")

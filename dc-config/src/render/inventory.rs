@@ -125,14 +125,7 @@ fn app_hosts(s: &mut String, topology: &Topology, dc: &Datacenter) {
             ("shipper_admin", h.shipper.admin.to_string()),
         ]
     };
-    let defaults = AppHost {
-        name: String::new(),
-        collector: dc.collector.clone(),
-        spool: dc.spool.clone(),
-        shipper: dc.shipper.clone(),
-        overridden: None,
-    };
-    let group = vars(&defaults);
+    let group = vars(&dc.host_defaults());
     // No ansible_host: the collector listens on loopback by design, so an
     // app host is reached by its name, the inventory name.
     let _ = writeln!(s, "\n[{d}_app]");
