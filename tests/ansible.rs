@@ -3,15 +3,17 @@
 //! `scripts/ansible-venv.sh`):
 //!
 //! - `ansible-lint` (production profile) and `--syntax-check` of every playbook;
-//! - a deployment of two datacenters by `site.yml` (one `--limit` per DC)
-//!   with `ansible_connection=local` into a temporary prefix, from a topology
-//!   on free loopback ports rendered by the library, with
+//! - a deployment of two datacenters of three app hosts each by `site.yml`
+//!   (one `--limit` per DC) with `ansible_connection=local` into a temporary
+//!   prefix, from a topology on free loopback ports rendered by the library, with
 //!   `spoolhouse_service_manager=process` (no systemd as PID 1 here):
 //!   afterwards ZooKeeper, Redis (dc2's a three-master Redis Cluster) and
 //!   ClickHouse answer, the collector, shipper and query service answer
 //!   `/healthz`, an event sent to a deployed collector reaches ClickHouse, a
-//!   second run changes nothing, and `rolling-restart.yml --limit dc1`
-//!   replaces every process of dc1 (new pids) with everything healthy again.
+//!   second run changes nothing, and `rolling-restart.yml --limit dc1`, with
+//!   votes sent to each of dc1's app hosts throughout, replaces every process
+//!   of dc1 (new pids) with everything healthy again and every acknowledged
+//!   vote in ClickHouse once, per host.
 //!
 //! Everything the playbooks start is stopped when the test ends, also on
 //! failure (the supervisor's `stop-all`, from `Drop`). Skipped, with a
@@ -25,12 +27,16 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use dc_config::check::{Checker, Declaration};
 use dc_config::credentials::Credentials;
 use dc_config::schema::user::WRITER_USER;
 use dc_config::topology::{RedisMode, ReplicaRef, Topology};
 use launcher::probe::{self, ClickHouseHttp};
 
+/// App hosts per datacenter, each with its collector and shipper.
+const APP_HOSTS: usize = 3;
 /// Every playbook of `ansible/`.
 const PLAYBOOKS: &[&str] = &["site.yml", "rolling-restart.yml"];
 /// Longest one `ansible-playbook` or `ansible-lint` run may take; each wait
@@ -351,11 +357,17 @@ fn assert_all_answer(topology: &Topology, rendered: &Path) {
                 .unwrap_or_else(|e| panic!("ClickHouse {}: {e}", r.name()));
             assert_ne!(tables.trim(), "0", "no schema on {}", r.name());
         }
-        for (what, addr) in [
-            ("collector", dc.collector.admin),
-            ("shipper", dc.shipper.admin),
-            ("query service", dc.query.listen),
-        ] {
+        let hosts = dc.app_hosts();
+        let services = hosts
+            .iter()
+            .flat_map(|h| {
+                [
+                    ("collector", h.collector.admin),
+                    ("shipper", h.shipper.admin),
+                ]
+            })
+            .chain([("query service", dc.query.listen)]);
+        for (what, addr) in services {
             let (code, text) = http_status(addr, "/healthz")
                 .unwrap_or_else(|e| panic!("{} {what} at {addr}: {e}", dc.name));
             assert_eq!(code, 200, "{} {what} /healthz:\n{text}", dc.name);
@@ -386,44 +398,25 @@ fn verify_units(dir: &Path) {
     }
 }
 
-/// `n` free ports for Redis Cluster nodes: each also needs its bus port,
-/// 10 000 above it, free and at most 65 535.
-fn redis_cluster_ports(n: usize) -> Vec<u16> {
-    let mut held = Vec::new();
-    for _ in 0..1_000 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            held.push(l);
-            if held.len() == n {
-                return held
-                    .iter()
-                    .map(|l| l.local_addr().unwrap().port())
-                    .collect();
-            }
-        }
-    }
-    panic!("no {n} free ports with free Redis Cluster bus ports after 1000 tries");
-}
-
 /// The two-DC example on free loopback ports under `state`, dc2's Redis a
 /// three-master cluster (so the redis role forms one).
 fn test_topology(state: &Path) -> Topology {
-    let mut t = dc_config::examples::declared().topology;
+    let mut t = launcher::with_app_hosts(&dc_config::examples::declared().topology, APP_HOSTS);
     let dc2 = t.datacenter.iter_mut().find(|d| d.name == "dc2").unwrap();
     dc2.redis.mode = RedisMode::Cluster;
     dc2.redis.nodes = (1..=3)
         .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
         .collect();
-    let mut t = launcher::localize(&t, state).unwrap();
-    let dc2 = t.datacenter.iter_mut().find(|d| d.name == "dc2").unwrap();
-    dc2.redis.nodes = redis_cluster_ports(3)
-        .into_iter()
-        .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-        .collect();
+    // The launcher's one port book gives every port of the topology, the
+    // Redis Cluster buses (port + 10000) included, so none of them clash.
+    let t = launcher::localize(&t, state).unwrap();
     let mut c = Checker::default();
     t.check(&mut c);
-    assert!(c.is_clean(), "the test topology is invalid");
+    let problems = c.into_errors(Path::new("<test topology>"), "");
+    assert!(
+        problems.is_empty(),
+        "the test topology is invalid: {problems:?}"
+    );
     t
 }
 
@@ -453,7 +446,9 @@ fn site_deploys_two_datacenters_into_a_prefix_and_rolling_restart_replaces_every
     // its unit, with the command line the supervisor ran.
     let units = d.path("etc/systemd/system");
     let pids = d.pids();
-    assert_eq!(pids.len(), 2 + 4 + 3 + 6, "{pids:?}");
+    // ZooKeeper 2, Redis 1 + 3, ClickHouse 3, per DC a collector and a
+    // shipper per app host and a query service.
+    assert_eq!(pids.len(), 2 + 4 + 3 + 2 * (2 * APP_HOSTS + 1), "{pids:?}");
     for name in pids.keys() {
         let unit = std::fs::read_to_string(units.join(format!("{name}.service")))
             .unwrap_or_else(|e| panic!("unit of {name}: {e}"));
@@ -510,8 +505,42 @@ fn site_deploys_two_datacenters_into_a_prefix_and_rolling_restart_replaces_every
     assert_eq!(d.pids(), pids, "a second run restarted something");
 
     // One DC's rolling restart (both would double the test's time and
-    // show nothing more): every dc1 process is replaced, dc2's are not.
+    // show nothing more), under load on each of its app hosts: every dc1
+    // process is replaced, dc2's are not, and nothing is lost or doubled.
+    let hosts = dc1.app_hosts();
+    let mut load = common::Load::start(hosts.iter().map(|h| h.collector.socket.clone()).collect());
+    std::thread::sleep(Duration::from_secs(2));
     d.playbook("rolling-restart.yml", &["--limit", "dc1"]);
+    std::thread::sleep(Duration::from_secs(2));
+    load.stop();
+    for (k, h) in hosts.iter().enumerate() {
+        let acked = load.acked(k);
+        assert!(acked > 0, "{}: no vote acknowledged", h.name);
+        let sql = format!(
+            "SELECT count(), uniqExact(spool_segment, spool_offset) FROM spoolhouse.events_dc \
+             WHERE event = 'vote' AND host = '{}' AND toUInt64(attr_values[indexOf(attr_names, 'user_id')]) >= 1000000000 FORMAT TSV",
+            h.name
+        );
+        let until = Instant::now() + Duration::from_secs(120);
+        let want = format!("{acked}\t{acked}");
+        loop {
+            let got = ch.query(&sql).unwrap_or_default();
+            if got.trim() == want {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{}: {acked} votes acknowledged through the rolling restart, ClickHouse holds (rows, positions) {got:?}\n{}",
+                h.name,
+                d.service_logs()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!(
+            "{}: {acked} votes acknowledged through the rolling restart, each in ClickHouse once",
+            h.name
+        );
+    }
     let after = d.pids();
     assert_eq!(after.len(), pids.len(), "{after:?}");
     for (name, pid) in &pids {

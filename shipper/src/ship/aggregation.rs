@@ -103,7 +103,7 @@ impl Shipper {
                     *self.health.zookeeper.lock().expect("health lock") = SinkHealth::Ok;
                     self.sleep(aggregate::ROUND_INTERVAL);
                 }
-                Err(Error::Stopping) => return Ok(()),
+                Err(Error::Stopping) => break,
                 Err(e @ (Error::ZooKeeper(_) | Error::ClickHouse { .. })) => {
                     self.metrics
                         .errors
@@ -120,11 +120,30 @@ impl Shipper {
                     *self.health.zookeeper.lock().expect("health lock") =
                         SinkHealth::Retrying(e.to_string());
                     if !self.sleep(self.backoff(attempt.min(6))) {
-                        return Ok(());
+                        break;
                     }
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
+            }
+        }
+        // A clean stop hands the aggregation over at once, not after the
+        // session times out: this shipper's candidate node goes first.
+        if let Some(Session {
+            client,
+            candidate: Some(c),
+            ..
+        }) = &session
+        {
+            let path = format!("{}/{c}", fleet::CANDIDATES);
+            match wait(rt, "leaving the candidates", client.delete(&path, None)) {
+                Ok(Ok(())) => tracing::info!("left the aggregator candidates"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not leave the aggregator candidates; the session's end will")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not leave the aggregator candidates; the session's end will")
+                }
             }
         }
         Ok(())
