@@ -578,20 +578,6 @@ fn seed_expired(ch: &launcher::probe::ClickHouseHttp, n: u64) -> anyhow::Result<
     Ok(())
 }
 
-/// CPU time of a process so far, in clock ticks (1/100 s), from /proc.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 /// The query service's count of progress answers by source.
 async fn service_sources(addr: SocketAddr) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -708,7 +694,10 @@ fn measure_phase1(
     redis: SocketAddr,
 ) -> anyhow::Result<Phase1> {
     let sources_before = rt.block_on(service_sources(ctx.query));
-    let cpu_before: Vec<Option<u64>> = procs.iter().map(|(_, p)| cpu_ticks(*p)).collect();
+    let cpu_before: Vec<Option<u64>> = procs
+        .iter()
+        .map(|(_, p)| crate::cmd_bench::cpu_ticks(*p))
+        .collect();
     let acked_before = ctx.acked.load(Ordering::Relaxed);
     *ctx.ack_latency.lock().expect("ack lock") = histogram();
     ctx.sampling.store(true, Ordering::Relaxed);
@@ -724,8 +713,11 @@ fn measure_phase1(
     let write_secs = started.elapsed().as_secs_f64();
     let writes = ctx.acked.load(Ordering::Relaxed) - acked_before;
     ctx.sampling.store(false, Ordering::Relaxed);
-    let cpu_after: Vec<Option<u64>> = procs.iter().map(|(_, p)| cpu_ticks(*p)).collect();
-    let load_after = load_average();
+    let cpu_after: Vec<Option<u64>> = procs
+        .iter()
+        .map(|(_, p)| crate::cmd_bench::cpu_ticks(*p))
+        .collect();
+    let load_after = crate::cmd_bench::load_average();
     let ack = ctx.ack_latency.lock().expect("ack lock").clone();
     let write_errors = ctx.write_errors.lock().expect("errors lock").clone();
     // Lag polls still running end within LAG_POLL_MAX.
@@ -960,7 +952,7 @@ fn run_phase2(rt: &tokio::runtime::Runtime, ctx: &Arc<Ctx>, args: &ProgressBench
 
 /// Runs `spoolhouse bench progress`.
 pub fn run(args: ProgressBench) -> anyhow::Result<()> {
-    let load_before = load_average();
+    let load_before = crate::cmd_bench::load_average();
     let mut cluster = LocalCluster::start(
         &crate::bench_shipper::one_shard_dc(),
         LaunchOptions::default(),

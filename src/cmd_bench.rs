@@ -43,6 +43,10 @@ enum BenchCommand {
     /// Global reports across two DCs 100 ms apart (through the launcher's
     /// relays) and directly, beside this DC's own report, from the same states.
     Report(crate::bench_report::ReportBench),
+    /// One DC with 1, 8 and 32 app hosts at the same total event rate:
+    /// aggregation rounds, their seconds and ClickHouse's CPU per DC-minute,
+    /// INSERTs per second per shard, ZooKeeper's load.
+    Fleet(crate::bench_fleet::FleetBench),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -98,7 +102,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Collector(a) => bench_collector::run(a),
         BenchCommand::Progress(a) => crate::bench_progress::run(a),
         BenchCommand::Report(a) => crate::bench_report::run(a),
+        BenchCommand::Fleet(a) => crate::bench_fleet::run(a),
     }
+}
+
+/// CPU time of a process so far, in clock ticks (1/100 s), from /proc.
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 struct Measured {

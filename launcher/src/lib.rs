@@ -930,6 +930,16 @@ impl LocalCluster {
             .collect()
     }
 
+    /// Process id of server `name` while it runs.
+    pub fn pid(&mut self, name: &str) -> Option<u32> {
+        let m = self.member(name).ok()?;
+        if m.proc.running() {
+            m.proc.pid()
+        } else {
+            None
+        }
+    }
+
     fn member(&mut self, name: &str) -> Result<&mut Member, LaunchError> {
         self.members
             .iter_mut()

@@ -64,6 +64,17 @@ pub fn zookeeper_serving(addr: SocketAddr) -> bool {
     })
 }
 
+/// ZooKeeper's `srvr` figures as `(key, value)` pairs (`Received`,
+/// `Sent`, `Zxid`, `Node count`, …): what a benchmark reads of a server's
+/// load.
+pub fn zookeeper_srvr(addr: SocketAddr) -> std::io::Result<Vec<(String, String)>> {
+    Ok(exchange(addr, b"srvr")?
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect())
+}
+
 /// Sends one Redis command (given as its words) and returns the reply line.
 pub fn redis_command(addr: SocketAddr, words: &[&str]) -> std::io::Result<String> {
     let mut req = format!("*{}\r\n", words.len());

@@ -20,6 +20,10 @@ pub mod names {
     pub const LAG_SECONDS: &str = "spoolhouse_shipper_lag_seconds";
     /// Minute aggregation rounds done (counter).
     pub const AGGREGATION_ROUNDS_TOTAL: &str = "spoolhouse_shipper_aggregation_rounds_total";
+    /// Seconds per minute aggregation round (histogram).
+    pub const AGGREGATION_SECONDS: &str = "spoolhouse_shipper_aggregation_seconds";
+    /// Batches committed, by `sink` (counter).
+    pub const BATCHES_TOTAL: &str = "spoolhouse_shipper_batches_total";
     /// Seconds reading and encoding a batch (histogram).
     pub const PREPARE_SECONDS: &str = "spoolhouse_shipper_prepare_seconds";
     /// Seconds per insert (histogram).
@@ -324,6 +328,8 @@ mod tests {
         let m = Metrics::register(&mut r);
         m.rows.inc();
         m.aggregation_rounds.inc();
+        m.aggregation_seconds.observe(0.1);
+        m.batches.get_or_create(&label("sink", "clickhouse")).inc();
         m.lag_seconds
             .get_or_create(&label("sink", "redis"))
             .set(1.0);
@@ -337,6 +343,8 @@ mod tests {
             names::ROWS_TOTAL,
             names::LAG_SECONDS,
             names::AGGREGATION_ROUNDS_TOTAL,
+            &format!("{}_sum", names::AGGREGATION_SECONDS),
+            names::BATCHES_TOTAL,
             &format!("{}_sum", names::PREPARE_SECONDS),
             &format!("{}_sum", names::INSERT_SECONDS),
             names::AGGREGATOR,
