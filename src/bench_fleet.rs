@@ -55,6 +55,8 @@ pub struct FleetBench {
 
 /// How often a host's sender sends what is due.
 const TICK: Duration = Duration::from_millis(100);
+/// Shortest idle reference before the traffic.
+const IDLE_MIN: Duration = Duration::from_secs(20);
 /// Longest wait, after the traffic, for every host to ship and every
 /// minute to be aggregated.
 const SETTLE_MAX: Duration = Duration::from_secs(600);
@@ -72,6 +74,9 @@ struct Case {
     kept_max: u64,
     clickhouse_cpu_s: f64,
     fleet_cpu_s: f64,
+    /// CPU seconds per minute with no traffic (the idle reference).
+    clickhouse_idle_s: f64,
+    fleet_idle_s: f64,
     shipper_batches: f64,
     /// INSERT statements each shard received during the traffic.
     shard_inserts: Vec<u64>,
@@ -105,7 +110,7 @@ pub fn run(args: FleetBench) -> anyhow::Result<()> {
         "\nmedians over {} run(s), per DC-minute of traffic unless said otherwise:",
         args.runs
     );
-    println!("| hosts | rounds | round s | ClickHouse CPU s | fleet CPU s | shipper inserts/s | inserts/s per shard | ZK writes/s | ZK packets/s | settle s |");
+    println!("| hosts | rounds | round s | ClickHouse CPU s (idle) | fleet CPU s (idle) | shipper inserts/s | inserts/s per shard | ZK writes/s | ZK packets/s | settle s |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let m = f64::from(args.minutes);
     let traffic_s = m * 60.0;
@@ -120,11 +125,13 @@ pub fn run(args: FleetBench) -> anyhow::Result<()> {
             .map(|s| format!("{:.1}", med(&|c| c.shard_inserts[s] as f64 / traffic_s)))
             .collect();
         println!(
-            "| {n} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {n} | {:.2} | {:.2} | {:.2} ({:.2}) | {:.2} ({:.2}) | {:.1} | {} | {:.1} | {:.1} | {:.1} |",
             med(&|c| c.rounds / m),
             med(&|c| c.round_secs / m),
             med(&|c| c.clickhouse_cpu_s / m),
+            med(&|c| c.clickhouse_idle_s),
             med(&|c| c.fleet_cpu_s / m),
+            med(&|c| c.fleet_idle_s),
             med(&|c| c.shipper_batches / traffic_s),
             per_shard.join(" / "),
             med(&|c| c.zk_writes as f64 / traffic_s),
@@ -132,14 +139,14 @@ pub fn run(args: FleetBench) -> anyhow::Result<()> {
             med(&|c| c.settle_s),
         );
     }
-    println!("rounds: aggregation rounds every shipper did (one per minute aggregated; a minute touched again while aggregated counts again); round s: their wall time (ClickHouse answering the aggregation statements); ClickHouse CPU s: the DC's servers' user+system CPU from the first event until every minute was aggregated (inserts, merges, aggregation); fleet CPU s: every collector's and shipper's; shipper inserts/s: batches the shippers committed into ClickHouse; inserts/s per shard: INSERT statements each shard's server counted (system.events InsertQuery: the shippers' batches and the aggregation's INSERT … SELECT); ZK writes/s: ZooKeeper transactions (zxid), packets/s: requests it received; settle s: from the end of the traffic until every host shipped and every minute was aggregated");
+    println!("rounds: aggregation rounds every shipper did (one per minute aggregated; a minute touched again while aggregated counts again); round s: their wall time (ClickHouse answering the aggregation statements); ClickHouse CPU s: the DC's servers' user+system CPU from the first event until every minute was aggregated (inserts, merges, aggregation), in brackets the same per minute with every service up and no traffic just before; fleet CPU s: every collector's and shipper's, likewise; shipper inserts/s: batches the shippers committed into ClickHouse; inserts/s per shard: INSERT statements each shard's server counted (system.events InsertQuery: the shippers' batches and the aggregation's INSERT … SELECT); ZK writes/s: ZooKeeper transactions (zxid), packets/s: requests it received; settle s: from the end of the traffic until every host shipped and every minute was aggregated");
     Ok(())
 }
 
 fn print_case(run: u32, c: &Case, minutes: u32) {
     let m = f64::from(minutes);
     println!(
-        "run {run}, {} hosts: {} events acknowledged ({} unsent), {} rows in ClickHouse; per DC-minute: {:.2} rounds ({} at most kept for one minute), {:.2} s in rounds, ClickHouse CPU {:.2} s, fleet CPU {:.2} s; {} shipper inserts, INSERTs per shard {:?}, ZooKeeper {} writes, {} packets; settled {:.1} s after the traffic; load {}",
+        "run {run}, {} hosts: {} events acknowledged ({} unsent), {} rows in ClickHouse; per DC-minute: {:.2} rounds ({} at most kept for one minute), {:.2} s in rounds, ClickHouse CPU {:.2} s (idle {:.2} s), fleet CPU {:.2} s (idle {:.2} s); {} shipper inserts, INSERTs per shard {:?}, ZooKeeper {} writes, {} packets; settled {:.1} s after the traffic; load {}",
         c.hosts,
         c.acked,
         c.unsent,
@@ -148,7 +155,9 @@ fn print_case(run: u32, c: &Case, minutes: u32) {
         c.kept_max,
         c.round_secs / m,
         c.clickhouse_cpu_s / m,
+        c.clickhouse_idle_s,
         c.fleet_cpu_s / m,
+        c.fleet_idle_s,
         c.shipper_batches,
         c.shard_inserts,
         c.zk_writes,
@@ -181,17 +190,31 @@ fn case(args: &FleetBench, n: u32) -> anyhow::Result<Case> {
     let servers: Vec<(usize, String)> = dc.replicas().map(|r| (r.shard - 1, r.name())).collect();
     let shards = dc.clickhouse.shard.len();
     let zk = zookeeper_addr(&dc)?;
-    let fleet_pids: Vec<u32> = services.procs.iter().filter_map(|p| p.pid()).collect();
+    let fleet_pids: Vec<u32> = services
+        .hosts
+        .iter()
+        .flat_map(|h| h.procs)
+        .filter_map(|i| services.procs[i].pid())
+        .collect();
 
-    // Start on a minute boundary, so the traffic fills whole minutes.
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
-    std::thread::sleep(
-        Duration::from_secs(60)
-            - Duration::from_secs(now.as_secs() % 60)
-            - Duration::from_nanos(u64::from(now.subsec_nanos())),
-    );
     let ch_pids: Vec<u32> = servers.iter().filter_map(|(_, s)| cluster.pid(s)).collect();
     let cpu = |pids: &[u32]| pids.iter().filter_map(|p| cpu_ticks(*p)).sum::<u64>();
+    // The idle reference: every server and service up, no traffic, while
+    // waiting for a minute boundary at least IDLE_MIN away (the traffic
+    // fills whole minutes).
+    let idle_started = Instant::now();
+    let (ch_idle0, fleet_idle0) = (cpu(&ch_pids), cpu(&fleet_pids));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    let mut wait = Duration::from_secs(60)
+        - Duration::from_secs(now.as_secs() % 60)
+        - Duration::from_nanos(u64::from(now.subsec_nanos()));
+    if wait < IDLE_MIN {
+        wait += Duration::from_secs(60);
+    }
+    std::thread::sleep(wait);
+    let per_minute = 60.0 / idle_started.elapsed().as_secs_f64();
+    let clickhouse_idle_s = (cpu(&ch_pids) - ch_idle0) as f64 / 100.0 * per_minute;
+    let fleet_idle_s = (cpu(&fleet_pids) - fleet_idle0) as f64 / 100.0 * per_minute;
     let (ch_cpu0, fleet_cpu0) = (cpu(&ch_pids), cpu(&fleet_pids));
     let inserts0 = shard_inserts(&cluster, &servers, shards)?;
     let zk0 = zookeeper_counts(zk)?;
@@ -276,6 +299,8 @@ fn case(args: &FleetBench, n: u32) -> anyhow::Result<Case> {
         kept_max,
         clickhouse_cpu_s,
         fleet_cpu_s,
+        clickhouse_idle_s,
+        fleet_idle_s,
         shipper_batches,
         shard_inserts: inserts1.iter().zip(&inserts0).map(|(a, b)| a - b).collect(),
         zk_writes: zk1.0 - zk0.0,
