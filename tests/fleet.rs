@@ -218,7 +218,13 @@ fn a_fleet_ships_each_host_once_and_aggregates_each_minute_once_through_kills_fa
             &format!("{dc}'s hosts serving after the kills"),
             Duration::from_secs(60),
             || services.ready(),
-            || services.log_tails(10),
+            || {
+                format!(
+                    "{}\n{}",
+                    services.unready().join("\n"),
+                    services.log_tails(10)
+                )
+            },
         );
     }
     // Everything acknowledged is shipped, and every minute aggregated.

@@ -207,6 +207,35 @@ impl Services {
             && healthy(self.query)
     }
 
+    /// What keeps [`Services::ready`] false, one line per service that is
+    /// not serving (empty when ready): for a wait that timed out to say
+    /// which host, and why.
+    pub fn unready(&self) -> Vec<String> {
+        let probe =
+            |addr: SocketAddr| match httpd::client::get_blocking(addr, "/healthz", PROBE_TIMEOUT) {
+                Ok((200, _)) => None,
+                Ok((status, body)) => Some(format!("/healthz answered {status}: {body}")),
+                Err(e) => Some(format!("/healthz failed: {e}")),
+            };
+        let mut out = Vec::new();
+        for h in &self.hosts {
+            if !h.socket.exists() {
+                out.push(format!(
+                    "{}: no collector socket at {}",
+                    h.name,
+                    h.socket.display()
+                ));
+            }
+            if let Some(why) = probe(h.shipper_admin) {
+                out.push(format!("{} shipper ({}): {why}", h.name, h.shipper_admin));
+            }
+        }
+        if let Some(why) = probe(self.query) {
+            out.push(format!("query service ({}): {why}", self.query));
+        }
+        out
+    }
+
     /// The first app host: a DC of one host, as most tests run.
     pub fn first(&self) -> &HostServices {
         &self.hosts[0]

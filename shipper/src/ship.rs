@@ -26,7 +26,7 @@ use crate::aggregate::{self, Pending, Progress};
 use crate::error::{Error, Result};
 use crate::intent::Intent;
 use crate::metrics::{label, Health, Metrics, SinkHealth};
-use crate::sink::{IngestBody, Sink};
+use crate::sink::{IngestBody, SchemaCheck, Sink};
 
 mod aggregation;
 use dc_config::state_store::{state_write, StateStore};
@@ -136,11 +136,8 @@ impl Shipper {
             path: self.config.state_dir.clone(),
             source,
         })?;
-        let problems = runtime.block_on(Sink::new(&self.config)?.check_schema());
-        for p in &problems {
-            tracing::error!(problem = %p, "ClickHouse schema check failed; batches will wait until it is fixed");
-        }
-        *self.health.schema_problems.lock().expect("health lock") = problems;
+        let sink = Sink::new(&self.config)?;
+        let first = self.check_schema(&runtime, &sink, &SchemaCheck::default());
         *self.progress.pending.lock().expect("progress lock") =
             Pending::load(&self.config.state_dir)?;
         // A new epoch for this run, above every earlier run's.
@@ -160,6 +157,17 @@ impl Shipper {
                 .spawn(move || pipeline(&me, &rt))
                 .expect("spawning a thread")
         };
+        // A replica that did not answer (ClickHouse down or cut off at
+        // start) or showed a problem is asked again until all is well:
+        // `/healthz` reports what the answers say, not a stale outage.
+        let schema = (!first.settled()).then(|| {
+            let me = self.clone();
+            let rt = runtime.clone();
+            std::thread::Builder::new()
+                .name("ship-schema".into())
+                .spawn(move || me.schema_loop(&rt, sink, first))
+                .expect("spawning a thread")
+        });
         let agg = aggregating.then(|| spawn("ship-aggregate", Shipper::aggregate_loop));
         let ch = spawn("ship-clickhouse", Shipper::clickhouse_loop);
         let redis = stateful.then(|| spawn("ship-redis", Shipper::redis_loop));
@@ -173,6 +181,9 @@ impl Shipper {
         let third = agg
             .map(|h| h.join().expect("aggregation panicked"))
             .unwrap_or(Ok(()));
+        if let Some(h) = schema {
+            h.join().expect("schema check panicked");
+        }
         first.and(second).and(third)
     }
 
@@ -248,6 +259,50 @@ impl Shipper {
             std::thread::sleep(WAIT_SLICE.min(until - Instant::now()));
         }
         !self.stopping()
+    }
+
+    /// Checks the schema of every replica ([`Sink::check_schema`]) and
+    /// shows the problems in `/healthz`; logs what changed since `last`.
+    fn check_schema(
+        &self,
+        rt: &tokio::runtime::Handle,
+        sink: &Sink,
+        last: &SchemaCheck,
+    ) -> SchemaCheck {
+        let check = rt.block_on(sink.check_schema());
+        for p in check.problems.iter().filter(|p| !last.problems.contains(p)) {
+            tracing::error!(problem = %p, "ClickHouse schema check failed; inserts into that replica fail until it is fixed (checked again every blocked_retry_ms)");
+        }
+        for u in check
+            .unanswered
+            .iter()
+            .filter(|u| !last.unanswered.contains(u))
+        {
+            tracing::warn!(replica = %u, "ClickHouse did not answer the schema check; asking again");
+        }
+        if check.settled() && !last.settled() {
+            tracing::info!("ClickHouse schema checked on every replica");
+        }
+        *self.health.schema_problems.lock().expect("health lock") = check.problems.clone();
+        check
+    }
+
+    /// Checks the schema again until every replica answered without a
+    /// problem or the shipper stops: unanswered replicas after the retry
+    /// backoff's cap, problems after `blocked_retry_ms` (an operator's fix).
+    fn schema_loop(&self, rt: &tokio::runtime::Handle, sink: Sink, mut last: SchemaCheck) {
+        while !last.settled() {
+            let l = &self.config.limits;
+            let wait = if last.unanswered.is_empty() {
+                l.blocked_retry_ms
+            } else {
+                l.retry_max_ms
+            };
+            if !self.sleep(Duration::from_millis(wait)) {
+                return;
+            }
+            last = self.check_schema(rt, &sink, &last);
+        }
     }
 
     /// Capped exponential backoff with ±25 % jitter, so shippers that failed

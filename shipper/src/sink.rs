@@ -520,8 +520,10 @@ impl Sink {
     /// answers: `events_ingest` exists with exactly the columns the shipper
     /// writes, in order, and so do its view into `events_local`, that table
     /// and the fence table (without the view an insert would succeed and
-    /// store nothing). Returns the problems found.
-    pub async fn check_schema(&self) -> Vec<String> {
+    /// store nothing). Returns the problems the replicas' answers show, and
+    /// apart, the replicas that gave no answer (unreachable, timed out,
+    /// refused): not a schema problem, a question to ask again.
+    pub async fn check_schema(&self) -> SchemaCheck {
         let want_ingest: Vec<&str> = INGEST_COLUMNS.split(", ").collect();
         let want_local: Vec<&str> = EVENT_COLUMNS.split(", ").collect();
         let needed = [
@@ -538,6 +540,7 @@ impl Sink {
             db = quote_str(&self.database),
         );
         let mut problems = Vec::new();
+        let mut unanswered = Vec::new();
         for (s, shard) in self.shards.iter().enumerate() {
             for (url, client) in &shard.replicas {
                 let got = async {
@@ -548,11 +551,11 @@ impl Sink {
                 let body = match tokio::time::timeout(self.timeout, got).await {
                     Ok(Ok(body)) => body,
                     Ok(Err(e)) => {
-                        problems.push(format!("{at}: {e}"));
+                        unanswered.push(format!("{at}: {e}"));
                         continue;
                     }
                     Err(_) => {
-                        problems.push(format!("{at}: no answer within {:?}", self.timeout));
+                        unanswered.push(format!("{at}: no answer within {:?}", self.timeout));
                         continue;
                     }
                 };
@@ -568,7 +571,26 @@ impl Sink {
                 ));
             }
         }
-        problems
+        SchemaCheck {
+            problems,
+            unanswered,
+        }
+    }
+}
+
+/// What one [`Sink::check_schema`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaCheck {
+    /// Problems in the answers: a table or column missing or different.
+    pub problems: Vec<String>,
+    /// Replicas that did not answer, and why.
+    pub unanswered: Vec<String>,
+}
+
+impl SchemaCheck {
+    /// Every replica answered and none showed a problem: nothing to check again.
+    pub fn settled(&self) -> bool {
+        self.problems.is_empty() && self.unanswered.is_empty()
     }
 }
 

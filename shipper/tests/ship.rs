@@ -457,6 +457,45 @@ fn a_missing_table_blocks_the_batch_and_loses_nothing() {
     });
     assert_eq!(counts(&cluster, "dc1-app1"), (200, 200));
     assert_eq!(running.metrics.blocked.get(), 0);
+    // The schema is checked again: the problems leave `/healthz`.
+    wait_for(
+        "the schema problems cleared",
+        Duration::from_secs(30),
+        || {
+            running.health.to_json()["schema_problems"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+    );
+    assert!(running.health.ok(), "{}", running.health.to_json());
+    running.stop();
+}
+
+#[test]
+fn a_shipper_started_while_clickhouse_is_down_is_not_a_schema_problem() {
+    let mut cluster = launch();
+    let cfg = config(&cluster, "dc1");
+    let spool = open_spool(&cfg);
+    spool
+        .append(&(0..100u64).map(vote).collect::<Vec<_>>())
+        .unwrap();
+    cluster.stop("dc1-s1-r1").unwrap();
+    let running = Running::start(cfg, Guards::default());
+    // The replica gives no answer: not a problem with its tables, and no
+    // reason for `/healthz` to fail once it is back.
+    std::thread::sleep(Duration::from_secs(2));
+    let health = running.health.to_json();
+    assert!(
+        health["schema_problems"].as_array().unwrap().is_empty(),
+        "{health}"
+    );
+    cluster.restart("dc1-s1-r1").unwrap();
+    wait_for("every event shipped", Duration::from_secs(60), || {
+        counts(&cluster, "dc1-app1").0 >= 100
+    });
+    assert_eq!(counts(&cluster, "dc1-app1"), (100, 100));
+    assert!(running.health.ok(), "{}", running.health.to_json());
     running.stop();
 }
 
