@@ -73,7 +73,7 @@ fn load(cluster: &LocalCluster, args: &ReportBench) -> anyhow::Result<()> {
             .collect();
         ch.insert_events(&t.database, &dc.name, "bench", 0, &votes)?;
         for minute in 0..args.minutes {
-            for sql in dc_config::rollup::aggregate_minute_sql(
+            if let Some(sql) = dc_config::rollup::aggregate_minute_sql(
                 &t.database,
                 &dc.name,
                 "vote",

@@ -290,12 +290,9 @@ fn attr(name: &str) -> String {
     format!("attr_values[indexOf(attr_names, {})]", quote_str(name))
 }
 
-/// SQL escaping a value the way [`escape_value`] does.
-fn escaped_attr(name: &str) -> String {
-    format!(
-        "replaceRegexpAll({}, '([\\\\\\\\,={{}}])', '\\\\\\\\\\\\1')",
-        attr(name)
-    )
+/// SQL escaping the text `expr` evaluates to the way [`escape_value`] does.
+fn escaped(expr: &str) -> String {
+    format!("replaceRegexpAll({expr}, '([\\\\\\\\,={{}}])', '\\\\\\\\\\\\1')")
 }
 
 /// The minute of one event type that an aggregation statement reads.
@@ -318,68 +315,84 @@ impl MinuteOf<'_> {
         )
     }
 
-    /// The escaped value of dimension `d` in a series name. A dimension
-    /// with a bound keeps its `max_values_per_minute` most frequent values
-    /// of the minute (ties: the smaller value) and folds the rest into
-    /// [`FOLDED_VALUE`]: the choice depends on the minute's events alone,
-    /// so a re-aggregated minute folds the same way, and every roll-up and
-    /// metric of the minute agrees. `GLOBAL IN`: the top values are
-    /// computed once, over the whole DC, not per shard
+    /// The value of dimension `d` as a series name holds it, unescaped
+    /// (the aggregation escapes it once per group, not per event). A
+    /// dimension with a bound keeps its `max_values_per_minute` most
+    /// frequent values of the minute (ties: the smaller value) and folds
+    /// the rest into [`FOLDED_VALUE`]: the choice depends on the minute's
+    /// events alone, so a re-aggregated minute folds the same way, and
+    /// every roll-up and metric of the minute agrees. `GLOBAL IN`: the top
+    /// values are computed once, over the whole DC, not per shard
     /// (docs/adr/0011-dimension-values-fold-per-minute.md).
     fn dimension_sql(&self, d: &str) -> String {
         let bound = self.event.fields.get(d).and_then(|f| f.dimension_bound());
         let Some(bound) = bound else {
-            return escaped_attr(d);
+            return attr(d);
         };
         format!(
             "if({value} GLOBAL IN (SELECT s_v FROM (SELECT {value} AS s_v, count() AS s_n \
              FROM {db}.{events} WHERE {condition} GROUP BY s_v \
-             ORDER BY s_n DESC, s_v LIMIT {bound})), {escaped}, {folded})",
+             ORDER BY s_n DESC, s_v LIMIT {bound})), {value}, {folded})",
             value = attr(d),
             db = self.database,
             events = table::EVENTS_DC,
             condition = self.condition(),
-            escaped = escaped_attr(d),
-            folded = quote_str(&escape_value(FOLDED_VALUE)),
+            folded = quote_str(FOLDED_VALUE),
         )
     }
 }
 
-/// The SQL expression naming each row's series, for `rollup`.
-fn name_sql(rollup: &Rollup<'_>, minute: &MinuteOf<'_>) -> String {
-    let base = quote_str(&rollup.metric.base_name(rollup.event));
-    if rollup.dims.is_empty() {
-        return base;
-    }
-    let mut parts = vec![base, "'{'".to_string()];
-    for (i, d) in rollup.dims.iter().enumerate() {
-        let label = format!("{}{}=", if i > 0 { "," } else { "" }, d);
-        parts.push(quote_str(&label));
-        parts.push(minute.dimension_sql(d));
-    }
-    parts.push("'}'".to_string());
-    format!("concat({})", parts.join(", "))
-}
-
-/// The state column a metric kind fills, and the aggregate that fills it.
+/// The state column a metric kind fills, and the aggregate that fills it
+/// from the events that carry the metric's field (`-If`: the one scan
+/// serves metrics over different fields).
 fn state_of(metric: &Metric) -> (&'static str, String) {
     let field = metric.field.as_deref().unwrap_or("");
+    let has = format!("has(attr_names, {})", quote_str(field));
     let number = format!("toFloat64OrZero({})", attr(field));
     match metric.kind {
-        MetricKind::Count => ("count_state", "countState()".into()),
-        MetricKind::Uniq => ("uniq_state", format!("uniqState({})", attr(field))),
-        MetricKind::Sum => ("sum_state", format!("sumState({number})")),
-        MetricKind::Min => ("min_state", format!("minState({number})")),
-        MetricKind::Max => ("max_state", format!("maxState({number})")),
+        MetricKind::Count if metric.field.is_none() => ("count_state", "countState()".into()),
+        MetricKind::Count => ("count_state", format!("countStateIf({has})")),
+        MetricKind::Uniq => ("uniq_state", format!("uniqStateIf({}, {has})", attr(field))),
+        MetricKind::Sum => ("sum_state", format!("sumStateIf({number}, {has})")),
+        MetricKind::Min => ("min_state", format!("minStateIf({number}, {has})")),
+        MetricKind::Max => ("max_state", format!("maxStateIf({number}, {has})")),
     }
 }
 
-/// One `INSERT … SELECT` per metric of `event`: aggregates the minute
-/// starting at `minute_s` (unix seconds) of datacenter `dc` into
-/// `metric_states_local`, every roll-up at once (`UNION ALL`), with
-/// aggregation round `version`. Reads the DC's rows through `events_dc`.
+/// The state columns in the states table's order, each with its merge
+/// combinator: a roll-up merges the finest groups' states
+/// (`-MergeStateIf`, only for the rows of metrics of that column's kind;
+/// the other rows get the empty state).
+const STATE_COLUMNS: [(&str, &str); 5] = [
+    ("count_state", "countMergeStateIf"),
+    ("uniq_state", "uniqMergeStateIf"),
+    ("sum_state", "sumMergeStateIf"),
+    ("min_state", "minMergeStateIf"),
+    ("max_state", "maxMergeStateIf"),
+];
+
+/// One `INSERT … SELECT` aggregating the minute starting at `minute_s`
+/// (unix seconds) of event type `event_name` in datacenter `dc` into
+/// `metric_states_local`, with aggregation round `version`: every metric's
+/// every roll-up from **one scan** of the minute's events
+/// (docs/adr/0015-one-pass-aggregation.md). `None` for a type without
+/// metrics.
+///
+/// The innermost query reads the DC's rows through `events_dc` once and
+/// groups them by every dimension any metric of the type uses (the finest
+/// groups, by raw values), computing each metric's state over the events
+/// that carry its field (`-StateIf`) and how many did. The middle query `ARRAY JOIN`s
+/// each finest group with every (metric, roll-up) pair, the roll-up a
+/// bit mask of the dimensions it keeps (the others become empty keys),
+/// and merges the states per pair and kept values (`-MergeStateIf`): the
+/// coarser roll-ups come from states, not from another scan. A kept
+/// dimension's key is its label `DIM=VALUE` (escaped here, once per
+/// group), never empty. The outer query
+/// names each row's series as [`series_name`] does.
 /// Aliases are prefixed `s_`: an alias named like a column of `events_dc`
-/// (`event`, `dc`, `date`) would replace that column in `WHERE`.
+/// (`event`, `dc`, `date`) would replace that column in `WHERE`; the
+/// innermost query selects no constants (18.16 refuses constant columns
+/// coming back from remote shards, code 171).
 pub fn aggregate_minute_sql(
     database: &str,
     dc: &str,
@@ -387,56 +400,190 @@ pub fn aggregate_minute_sql(
     event: &EventType,
     minute_s: u32,
     version: u64,
-) -> Vec<String> {
+) -> Option<String> {
+    if event.metric.is_empty() {
+        return None;
+    }
     let of = MinuteOf {
         database,
         event_name,
         event,
         minute_s,
     };
-    event
-        .metric
+    // Every dimension of any metric, in the order they first appear.
+    let mut dims: Vec<&str> = Vec::new();
+    for m in &event.metric {
+        for d in &m.dimensions {
+            if !dims.contains(&d.as_str()) {
+                dims.push(d);
+            }
+        }
+    }
+    let at = |d: &str| {
+        dims.iter()
+            .position(|x| *x == d)
+            .expect("a dimension of the type")
+    };
+    // The finest groups: one scan.
+    let mut finest: Vec<String> = dims
         .iter()
-        .map(|metric| {
-            let (column, state) = state_of(metric);
-            let presence = match &metric.field {
-                Some(f) => format!(" AND has(attr_names, {})", quote_str(f)),
-                None => String::new(),
-            };
-            let selects: Vec<String> = rollups(event_name, metric)
-                .iter()
-                .map(|r| {
-                    // The inner query (over the Distributed table) selects
-                    // no constants: 18.16 refuses constant columns coming
-                    // back from remote shards (code 171), so the constant
-                    // columns, and the name of the whole-event roll-up, are
-                    // added by the outer, local query.
-                    let (key, metric_col) = if r.dims.is_empty() {
-                        ("event".to_string(), quote_str(&metric.base_name(event_name)))
-                    } else {
-                        (name_sql(r, &of), "s_key".to_string())
-                    };
-                    format!(
-                        "SELECT toDate(toDateTime({minute_s})), toDateTime({minute_s}), {dc}, {ev}, \
-                         {metric_col}, {kind}, toUInt64({version}), s_state \
-                         FROM (SELECT {key} AS s_key, {state} AS s_state \
-                         FROM {database}.{events} WHERE {condition}{presence} \
-                         GROUP BY s_key)",
-                        condition = of.condition(),
-                        dc = quote_str(dc),
-                        ev = quote_str(event_name),
-                        kind = quote_str(metric.kind.name()),
-                        events = table::EVENTS_DC,
-                    )
-                })
-                .collect();
+        .enumerate()
+        .map(|(j, d)| format!("{} AS s_d{j}", of.dimension_sql(d)))
+        .collect();
+    let states: Vec<(&str, String)> = event.metric.iter().map(state_of).collect();
+    // Per metric, how many events of a group it counts: those with its
+    // field, or all of them.
+    let mut counted = Vec::new();
+    for (i, (m, (_, state))) in event.metric.iter().zip(&states).enumerate() {
+        finest.push(format!("{state} AS s_st{i}"));
+        match &m.field {
+            Some(f) => {
+                finest.push(format!(
+                    "countIf(has(attr_names, {})) AS s_n{i}",
+                    quote_str(f)
+                ));
+                counted.push(format!("s_n{i}"));
+            }
+            None => counted.push("s_rows".into()),
+        }
+    }
+    finest.push("count() AS s_rows".into());
+    let finest_group = if dims.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " GROUP BY {}",
+            (0..dims.len())
+                .map(|j| format!("s_d{j}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    // Every (metric, roll-up) pair; a roll-up is a mask over `dims`.
+    let (mut pair_metric, mut pair_mask) = (Vec::new(), Vec::new());
+    for (i, m) in event.metric.iter().enumerate() {
+        let bits: Vec<u32> = m.dimensions.iter().map(|d| 1u32 << at(d)).collect();
+        for subset in 0..(1u32 << bits.len()) {
+            let mask: u32 = (0..bits.len())
+                .filter(|b| subset & (1 << b) != 0)
+                .map(|b| bits[b])
+                .sum();
+            pair_metric.push(i.to_string());
+            pair_mask.push(mask.to_string());
+        }
+    }
+    let keys: Vec<String> = dims
+        .iter()
+        .enumerate()
+        .map(|(j, d)| {
             format!(
-                "INSERT INTO {database}.{} (date, minute, dc, event, metric, kind, version, {column}) {}",
-                table::STATES_LOCAL,
-                selects.join(" UNION ALL ")
+                "if(bitTest(s_r, {j}), concat({}, {}), '') AS s_k{j}",
+                quote_str(&format!("{d}=")),
+                escaped(&format!("s_d{j}"))
             )
         })
-        .collect()
+        .collect();
+    let columns: Vec<(&str, &str)> = STATE_COLUMNS
+        .into_iter()
+        .filter(|(c, _)| states.iter().any(|(col, _)| col == c))
+        .collect();
+    let merged: Vec<String> = columns
+        .iter()
+        .map(|(c, merge)| {
+            let of_kind: Vec<usize> = (0..states.len()).filter(|i| states[*i].0 == *c).collect();
+            let state = match of_kind.as_slice() {
+                [one] => format!("s_st{one}"),
+                many => format!(
+                    "arrayElement([{}], indexOf([{}], s_m))",
+                    many.iter()
+                        .map(|i| format!("s_st{i}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    many.iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            let which = of_kind
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{merge}({state}, s_m IN ({which})) AS s_{c}")
+        })
+        .collect();
+    let mut middle: Vec<String> = vec!["s_m".into()];
+    middle.extend(keys);
+    middle.extend(merged);
+    middle.push(format!(
+        "sum(arrayElement([{}], s_m + 1)) AS s_have",
+        counted.join(", ")
+    ));
+    let middle_group: Vec<String> = std::iter::once("s_m".to_string())
+        .chain(std::iter::once("s_r".to_string()))
+        .chain((0..dims.len()).map(|j| format!("s_k{j}")))
+        .collect();
+    // The series name, per metric.
+    let names: Vec<String> = event
+        .metric
+        .iter()
+        .map(|m| {
+            let base = quote_str(&m.base_name(event_name));
+            if m.dimensions.is_empty() {
+                return base;
+            }
+            let labels = format!(
+                "arrayFilter(x -> notEmpty(x), [{}])",
+                m.dimensions
+                    .iter()
+                    .map(|d| format!("s_k{}", at(d)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            format!(
+                "if(notEmpty({labels}), concat({base}, '{{', arrayStringConcat({labels}, ','), '}}'), {base})"
+            )
+        })
+        .collect();
+    let name = if names.len() == 1 {
+        names[0].clone()
+    } else {
+        let mut arms: Vec<String> = names[..names.len() - 1]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("s_m = {i}, {n}"))
+            .collect();
+        arms.push(names[names.len() - 1].clone());
+        format!("multiIf({})", arms.join(", "))
+    };
+    let kinds: Vec<String> = event
+        .metric
+        .iter()
+        .map(|m| quote_str(m.kind.name()))
+        .collect();
+    Some(format!(
+        "INSERT INTO {database}.{states_table} (date, minute, dc, event, metric, kind, version, {cols}) \
+         SELECT toDate(toDateTime({minute_s})), toDateTime({minute_s}), {dc}, {ev}, {name}, \
+         arrayElement([{kinds}], s_m + 1), toUInt64({version}), {s_cols} \
+         FROM (SELECT {middle} \
+         FROM (SELECT {finest} FROM {database}.{events} WHERE {condition}{finest_group}) \
+         ARRAY JOIN [{pair_metric}] AS s_m, [{pair_mask}] AS s_r \
+         GROUP BY {middle_group} HAVING s_have > 0)",
+        states_table = table::STATES_LOCAL,
+        cols = columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", "),
+        dc = quote_str(dc),
+        ev = quote_str(event_name),
+        kinds = kinds.join(", "),
+        s_cols = columns.iter().map(|(c, _)| format!("s_{c}")).collect::<Vec<_>>().join(", "),
+        middle = middle.join(", "),
+        finest = finest.join(", "),
+        events = table::EVENTS_DC,
+        condition = of.condition(),
+        pair_metric = pair_metric.join(", "),
+        pair_mask = pair_mask.join(", "),
+        middle_group = middle_group.join(", "),
+    ))
 }
 
 /// Per bounded dimension of `event`'s metrics: the dimension and a query
@@ -752,7 +899,7 @@ mod tests {
     }
 
     #[test]
-    fn aggregation_sql_has_one_insert_per_metric() {
+    fn aggregation_sql_is_one_scan_per_event_type() {
         let r = reg();
         let sql = aggregate_minute_sql(
             "spoolhouse",
@@ -761,12 +908,34 @@ mod tests {
             &r.event["screen_view"],
             1_764_028_800,
             7,
+        )
+        .unwrap();
+        // One INSERT, one read of events_dc (and one per bounded
+        // dimension, for its most frequent values), every roll-up from its CUBE.
+        let bounded = ["screen", "platform"]
+            .iter()
+            .filter(|d| {
+                r.event["screen_view"].fields[**d]
+                    .dimension_bound()
+                    .is_some()
+            })
+            .count();
+        assert_eq!(sql.matches("INSERT INTO").count(), 1);
+        assert_eq!(
+            sql.matches("FROM spoolhouse.events_dc").count(),
+            1 + bounded
         );
-        assert_eq!(sql.len(), 4);
-        assert_eq!(sql[0].matches("UNION ALL").count(), 3);
-        assert!(sql[1]
-            .contains("sumState(toFloat64OrZero(attr_values[indexOf(attr_names, 'load_ms')]))"));
-        assert!(sql[1].contains("AND has(attr_names, 'load_ms')"));
-        assert!(sql[0].starts_with("INSERT INTO spoolhouse.metric_states_local (date, minute, dc, event, metric, kind, version, count_state) SELECT"));
+        assert!(!sql.contains("UNION ALL"));
+        // The finest groups, once; the roll-ups merged from their states.
+        assert!(sql.contains("GROUP BY s_d0, s_d1)"));
+        assert!(sql.contains("countMergeStateIf(s_st0, s_m IN (0)) AS s_count_state"));
+        assert!(sql.contains(
+            "sumStateIf(toFloat64OrZero(attr_values[indexOf(attr_names, 'load_ms')]), has(attr_names, 'load_ms'))"
+        ));
+        assert!(sql.starts_with("INSERT INTO spoolhouse.metric_states_local (date, minute, dc, event, metric, kind, version, count_state, sum_state, min_state, max_state) SELECT"));
+        // A type without metrics has nothing to aggregate.
+        let mut bare = r.event["screen_view"].clone();
+        bare.metric.clear();
+        assert!(aggregate_minute_sql("spoolhouse", "dc1", "x", &bare, 0, 1).is_none());
     }
 }

@@ -1011,7 +1011,7 @@ impl LocalCluster {
             .map(|e| (e.event.as_str(), (e.time_ms / 60_000 * 60) as u32))
             .collect();
         for (event, minute) in minutes {
-            for sql in dc_config::rollup::aggregate_minute_sql(
+            if let Some(sql) = dc_config::rollup::aggregate_minute_sql(
                 &self.declared.topology.database,
                 dc,
                 event,

@@ -59,7 +59,9 @@ fn insert(
 
 fn aggregate(cluster: &LocalCluster, server: &str, dc: &str, event: &str, version: u64) {
     let reg = &cluster.declared().registry;
-    for sql in aggregate_minute_sql("spoolhouse", dc, event, &reg.event[event], MINUTE, version) {
+    if let Some(sql) =
+        aggregate_minute_sql("spoolhouse", dc, event, &reg.event[event], MINUTE, version)
+    {
         cluster.clickhouse(server).unwrap().query(&sql).unwrap();
     }
 }
@@ -324,7 +326,7 @@ fn a_dimension_over_its_bound_folds_the_rest_into_other() {
     // c's first two; the second c's third, d, e and other.
     insert(&cluster, "dc1-s1-r1", "dc1", &views[..10], 0);
     insert(&cluster, "dc1-s2-r1", "dc1", &views[10..], 10);
-    for sql in aggregate_minute_sql("spoolhouse", "dc1", "screen_view", &ev, MINUTE, 1) {
+    if let Some(sql) = aggregate_minute_sql("spoolhouse", "dc1", "screen_view", &ev, MINUTE, 1) {
         cluster
             .clickhouse("dc1-s1-r1")
             .unwrap()
@@ -372,4 +374,65 @@ fn a_dimension_over_its_bound_folds_the_rest_into_other() {
     assert_eq!(folded[0].0, "screen");
     let ch = cluster.clickhouse("dc1-s2-r1").unwrap();
     assert_eq!(ch.query(&folded[0].1).unwrap().trim(), "4");
+}
+
+#[test]
+fn a_metric_over_an_optional_field_counts_only_the_events_that_carry_it() {
+    let cluster =
+        LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
+    let mut ev = cluster.declared().registry.event["screen_view"].clone();
+    ev.fields["load_ms"].required = false;
+    // web: load times 10 and 30 and one view without; ios: none carries
+    // one. The one scan serves the count (every view) and the load-time
+    // metrics (only the views with a load time) alike.
+    let mut views = vec![
+        screen_view(1, "home", "web", 10, 1),
+        screen_view(2, "home", "web", 30, 2),
+        screen_view(3, "home", "web", 0, 3),
+        screen_view(4, "home", "ios", 0, 4),
+        screen_view(5, "chat", "ios", 0, 5),
+    ];
+    for v in &mut views[2..] {
+        v.attrs.retain(|(k, _)| k != "load_ms");
+    }
+    insert(&cluster, "dc1-s1-r1", "dc1", &views[..2], 0);
+    insert(&cluster, "dc1-s2-r1", "dc1", &views[2..], 2);
+    let sql = aggregate_minute_sql("spoolhouse", "dc1", "screen_view", &ev, MINUTE, 1).unwrap();
+    cluster
+        .clickhouse("dc1-s1-r1")
+        .unwrap()
+        .query(&sql)
+        .unwrap();
+    let merged = |merge: &str, prefix: &str| -> BTreeMap<String, String> {
+        states(&cluster, "dc1-s2-r1", "metric_states_dc", merge)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .collect()
+    };
+    let counts = merged("countMerge(count_state)", "screen_view.count()");
+    assert_eq!(counts["screen_view.count()"], "5", "{counts:?}");
+    assert_eq!(
+        counts["screen_view.count(){platform=ios}"], "2",
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts["screen_view.count(){screen=home,platform=web}"], "3",
+        "{counts:?}"
+    );
+    let sums = merged("sumMerge(sum_state)", "screen_view.sum(load_ms)");
+    let want: BTreeMap<String, String> = [
+        ("screen_view.sum(load_ms)", "40"),
+        ("screen_view.sum(load_ms){platform=web}", "40"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    // No series for iOS: none of its views carried a load time.
+    assert_eq!(sums, want);
+    let mins = merged("minMerge(min_state)", "screen_view.min(load_ms)");
+    assert_eq!(
+        mins["screen_view.min(load_ms){platform=web}"], "10",
+        "{mins:?}"
+    );
+    assert_eq!(mins.len(), 2, "{mins:?}");
 }
