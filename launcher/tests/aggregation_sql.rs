@@ -385,7 +385,7 @@ fn a_metric_over_an_optional_field_counts_only_the_events_that_carry_it() {
     // web: load times 10 and 30 and one view without; ios: none carries
     // one. The one scan serves the count (every view) and the load-time
     // metrics (only the views with a load time) alike.
-    let mut views = vec![
+    let mut views = [
         screen_view(1, "home", "web", 10, 1),
         screen_view(2, "home", "web", 30, 2),
         screen_view(3, "home", "web", 0, 3),
