@@ -72,17 +72,16 @@ fn load(cluster: &LocalCluster, args: &ReportBench) -> anyhow::Result<()> {
             })
             .collect();
         ch.insert_events(&t.database, &dc.name, "bench", 0, &votes)?;
-        for minute in 0..args.minutes {
-            if let Some(sql) = dc_config::rollup::aggregate_minute_sql(
-                &t.database,
-                &dc.name,
-                "vote",
-                &reg.event["vote"],
-                M0 + 60 * minute,
-                1,
-            ) {
-                ch.query(&sql)?;
-            }
+        let minutes: Vec<u32> = (0..args.minutes).map(|m| M0 + 60 * m).collect();
+        if let Some(sql) = dc_config::rollup::aggregate_minutes_sql(
+            &t.database,
+            &dc.name,
+            "vote",
+            &reg.event["vote"],
+            &minutes,
+            1,
+        ) {
+            ch.query(&sql)?;
         }
     }
     Ok(())

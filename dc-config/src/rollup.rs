@@ -295,30 +295,47 @@ fn escaped(expr: &str) -> String {
     format!("replaceRegexpAll({expr}, '([\\\\\\\\,={{}}])', '\\\\\\\\\\\\1')")
 }
 
-/// The minute of one event type that an aggregation statement reads.
-struct MinuteOf<'a> {
+/// The minutes of one event type that an aggregation statement reads:
+/// one, or a backlog's many (sorted, none twice).
+struct MinutesOf<'a> {
     database: &'a str,
     event_name: &'a str,
     event: &'a EventType,
-    minute_s: u32,
+    minutes: &'a [u32],
 }
 
-impl MinuteOf<'_> {
-    /// `WHERE` condition selecting the minute's events of the type.
+impl MinutesOf<'_> {
+    /// `WHERE` condition selecting the minutes' events of the type: the
+    /// date and time bounds of the whole range (what the primary key and
+    /// partitions prune by), and the minutes themselves when the range has
+    /// gaps (another shard's minutes, ADR 0015).
     fn condition(&self) -> String {
-        format!(
-            "date = toDate(toDateTime({m})) AND event = {ev} \
-             AND time >= toDateTime({m}) AND time < toDateTime({next})",
-            m = self.minute_s,
+        let first = self.minutes.first().copied().unwrap_or(0);
+        let last = self.minutes.last().copied().unwrap_or(0);
+        let contiguous = self.minutes.windows(2).all(|w| w[1] == w[0] + 60);
+        let mut c = format!(
+            "date >= toDate(toDateTime({first})) AND date <= toDate(toDateTime({last})) \
+             AND event = {ev} AND time >= toDateTime({first}) AND time < toDateTime({end})",
             ev = quote_str(self.event_name),
-            next = self.minute_s + 60,
-        )
+            end = last + 60,
+        );
+        if !contiguous {
+            c.push_str(&format!(
+                " AND toUInt32(toStartOfMinute(time)) IN ({})",
+                self.minutes
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        c
     }
 
     /// The value of dimension `d` as a series name holds it, unescaped
     /// (the aggregation escapes it once per group, not per event). A
     /// dimension with a bound keeps its `max_values_per_minute` most
-    /// frequent values of the minute (ties: the smaller value) and folds
+    /// frequent values of each minute (ties: the smaller value) and folds
     /// the rest into [`FOLDED_VALUE`]: the choice depends on the minute's
     /// events alone, so a re-aggregated minute folds the same way, and
     /// every roll-up and metric of the minute agrees. `GLOBAL IN`: the top
@@ -330,9 +347,10 @@ impl MinuteOf<'_> {
             return attr(d);
         };
         format!(
-            "if({value} GLOBAL IN (SELECT s_v FROM (SELECT {value} AS s_v, count() AS s_n \
-             FROM {db}.{events} WHERE {condition} GROUP BY s_v \
-             ORDER BY s_n DESC, s_v LIMIT {bound})), {value}, {folded})",
+            "if((toStartOfMinute(time), {value}) GLOBAL IN (SELECT s_tm, s_v FROM (\
+             SELECT toStartOfMinute(time) AS s_tm, {value} AS s_v, count() AS s_n \
+             FROM {db}.{events} WHERE {condition} GROUP BY s_tm, s_v \
+             ORDER BY s_tm, s_n DESC, s_v LIMIT {bound} BY s_tm)), {value}, {folded})",
             value = attr(d),
             db = self.database,
             events = table::EVENTS_DC,
@@ -371,12 +389,13 @@ const STATE_COLUMNS: [(&str, &str); 5] = [
     ("max_state", "maxMergeStateIf"),
 ];
 
-/// One `INSERT … SELECT` aggregating the minute starting at `minute_s`
-/// (unix seconds) of event type `event_name` in datacenter `dc` into
-/// `metric_states_local`, with aggregation round `version`: every metric's
-/// every roll-up from **one scan** of the minute's events
-/// (docs/adr/0015-one-pass-aggregation.md). `None` for a type without
-/// metrics.
+/// One `INSERT … SELECT` aggregating `minutes` (minute starts, unix
+/// seconds, sorted, each once: one minute as it closes, or a backlog's
+/// many, all placed on the same shard) of event type `event_name` in
+/// datacenter `dc` into `metric_states_local`, with aggregation round
+/// `version`: every metric's every roll-up of every minute from **one
+/// scan** of the minutes' events (docs/adr/0015-one-pass-aggregation.md).
+/// `None` for a type without metrics or without minutes.
 ///
 /// The innermost query reads the DC's rows through `events_dc` once and
 /// groups them by every dimension any metric of the type uses (the finest
@@ -393,22 +412,22 @@ const STATE_COLUMNS: [(&str, &str); 5] = [
 /// (`event`, `dc`, `date`) would replace that column in `WHERE`; the
 /// innermost query selects no constants (18.16 refuses constant columns
 /// coming back from remote shards, code 171).
-pub fn aggregate_minute_sql(
+pub fn aggregate_minutes_sql(
     database: &str,
     dc: &str,
     event_name: &str,
     event: &EventType,
-    minute_s: u32,
+    minutes: &[u32],
     version: u64,
 ) -> Option<String> {
-    if event.metric.is_empty() {
+    if event.metric.is_empty() || minutes.is_empty() {
         return None;
     }
-    let of = MinuteOf {
+    let of = MinutesOf {
         database,
         event_name,
         event,
-        minute_s,
+        minutes,
     };
     // Every dimension of any metric, in the order they first appear.
     let mut dims: Vec<&str> = Vec::new();
@@ -425,10 +444,12 @@ pub fn aggregate_minute_sql(
             .expect("a dimension of the type")
     };
     // The finest groups: one scan.
-    let mut finest: Vec<String> = dims
-        .iter()
-        .enumerate()
-        .map(|(j, d)| format!("{} AS s_d{j}", of.dimension_sql(d)))
+    let mut finest: Vec<String> = std::iter::once("toStartOfMinute(time) AS s_minute".to_string())
+        .chain(
+            dims.iter()
+                .enumerate()
+                .map(|(j, d)| format!("{} AS s_d{j}", of.dimension_sql(d))),
+        )
         .collect();
     let states: Vec<(&str, String)> = event.metric.iter().map(state_of).collect();
     // Per metric, how many events of a group it counts: those with its
@@ -448,17 +469,10 @@ pub fn aggregate_minute_sql(
         }
     }
     finest.push("count() AS s_rows".into());
-    let finest_group = if dims.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " GROUP BY {}",
-            (0..dims.len())
-                .map(|j| format!("s_d{j}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
+    let finest_group = std::iter::once("s_minute".to_string())
+        .chain((0..dims.len()).map(|j| format!("s_d{j}")))
+        .collect::<Vec<_>>()
+        .join(", ");
     // Every (metric, roll-up) pair; a roll-up is a mask over `dims`.
     let (mut pair_metric, mut pair_mask) = (Vec::new(), Vec::new());
     for (i, m) in event.metric.iter().enumerate() {
@@ -513,14 +527,16 @@ pub fn aggregate_minute_sql(
             format!("{merge}({state}, s_m IN ({which})) AS s_{c}")
         })
         .collect();
-    let mut middle: Vec<String> = vec!["s_m".into()];
+    let mut middle: Vec<String> = vec!["s_minute".into(), "s_m".into()];
     middle.extend(keys);
     middle.extend(merged);
     middle.push(format!(
         "sum(arrayElement([{}], s_m + 1)) AS s_have",
         counted.join(", ")
     ));
-    let middle_group: Vec<String> = std::iter::once("s_m".to_string())
+    let middle_group: Vec<String> = ["s_minute", "s_m"]
+        .into_iter()
+        .map(String::from)
         .chain(std::iter::once("s_r".to_string()))
         .chain((0..dims.len()).map(|j| format!("s_k{j}")))
         .collect();
@@ -564,10 +580,10 @@ pub fn aggregate_minute_sql(
         .collect();
     Some(format!(
         "INSERT INTO {database}.{states_table} (date, minute, dc, event, metric, kind, version, {cols}) \
-         SELECT toDate(toDateTime({minute_s})), toDateTime({minute_s}), {dc}, {ev}, {name}, \
+         SELECT toDate(s_minute), s_minute, {dc}, {ev}, {name}, \
          arrayElement([{kinds}], s_m + 1), toUInt64({version}), {s_cols} \
          FROM (SELECT {middle} \
-         FROM (SELECT {finest} FROM {database}.{events} WHERE {condition}{finest_group}) \
+         FROM (SELECT {finest} FROM {database}.{events} WHERE {condition} GROUP BY {finest_group}) \
          ARRAY JOIN [{pair_metric}] AS s_m, [{pair_mask}] AS s_r \
          GROUP BY {middle_group} HAVING s_have > 0)",
         states_table = table::STATES_LOCAL,
@@ -589,18 +605,19 @@ pub fn aggregate_minute_sql(
 /// Per bounded dimension of `event`'s metrics: the dimension and a query
 /// answering how many of its distinct values in the minute starting at
 /// `minute_s` were folded into [`FOLDED_VALUE`] by
-/// [`aggregate_minute_sql`] (one `UInt64`).
+/// [`aggregate_minutes_sql`] (one `UInt64`).
 pub fn folded_values_sql<'a>(
     database: &str,
     event_name: &str,
     event: &'a EventType,
     minute_s: u32,
 ) -> Vec<(&'a str, String)> {
-    let of = MinuteOf {
+    let minutes = [minute_s];
+    let of = MinutesOf {
         database,
         event_name,
         event,
-        minute_s,
+        minutes: &minutes,
     };
     let mut dims: Vec<&str> = event
         .metric
@@ -901,17 +918,18 @@ mod tests {
     #[test]
     fn aggregation_sql_is_one_scan_per_event_type() {
         let r = reg();
-        let sql = aggregate_minute_sql(
+        let m0 = 1_764_028_800;
+        let sql = aggregate_minutes_sql(
             "spoolhouse",
             "dc1",
             "screen_view",
             &r.event["screen_view"],
-            1_764_028_800,
+            &[m0],
             7,
         )
         .unwrap();
         // One INSERT, one read of events_dc (and one per bounded
-        // dimension, for its most frequent values), every roll-up from its CUBE.
+        // dimension, for its most frequent values per minute).
         let bounded = ["screen", "platform"]
             .iter()
             .filter(|d| {
@@ -926,16 +944,49 @@ mod tests {
             1 + bounded
         );
         assert!(!sql.contains("UNION ALL"));
-        // The finest groups, once; the roll-ups merged from their states.
-        assert!(sql.contains("GROUP BY s_d0, s_d1)"));
+        // The finest groups per minute, once; the roll-ups merged from
+        // their states.
+        assert!(sql.contains("GROUP BY s_minute, s_d0, s_d1)"));
         assert!(sql.contains("countMergeStateIf(s_st0, s_m IN (0)) AS s_count_state"));
         assert!(sql.contains(
             "sumStateIf(toFloat64OrZero(attr_values[indexOf(attr_names, 'load_ms')]), has(attr_names, 'load_ms'))"
         ));
         assert!(sql.starts_with("INSERT INTO spoolhouse.metric_states_local (date, minute, dc, event, metric, kind, version, count_state, sum_state, min_state, max_state) SELECT"));
-        // A type without metrics has nothing to aggregate.
+        assert!(sql.contains(&format!(
+            "time >= toDateTime({m0}) AND time < toDateTime({})",
+            m0 + 60
+        )));
+        assert!(!sql.contains("toStartOfMinute(time)) IN"));
+        // A backlog: one statement for many minutes; a gap (another
+        // shard's minute) names the minutes.
+        let sql = aggregate_minutes_sql(
+            "spoolhouse",
+            "dc1",
+            "screen_view",
+            &r.event["screen_view"],
+            &[m0, m0 + 60, m0 + 180],
+            7,
+        )
+        .unwrap();
+        assert_eq!(sql.matches("INSERT INTO").count(), 1);
+        assert!(sql.contains(&format!(
+            "time >= toDateTime({m0}) AND time < toDateTime({}) AND toUInt32(toStartOfMinute(time)) IN ({m0}, {}, {})",
+            m0 + 240,
+            m0 + 60,
+            m0 + 180
+        )));
+        // Nothing to aggregate: a type without metrics, or no minutes.
         let mut bare = r.event["screen_view"].clone();
         bare.metric.clear();
-        assert!(aggregate_minute_sql("spoolhouse", "dc1", "x", &bare, 0, 1).is_none());
+        assert!(aggregate_minutes_sql("spoolhouse", "dc1", "x", &bare, &[m0], 1).is_none());
+        assert!(aggregate_minutes_sql(
+            "spoolhouse",
+            "dc1",
+            "screen_view",
+            &r.event["screen_view"],
+            &[],
+            1
+        )
+        .is_none());
     }
 }

@@ -996,7 +996,8 @@ impl LocalCluster {
 
     /// Aggregates, once for datacenter `dc` (on ClickHouse server `name`,
     /// reading the whole DC), every minute `events` fall in, as its shipper
-    /// would after [`Self::load_events`].
+    /// would after [`Self::load_events`]: one statement per event type, as a
+    /// backlog's catch-up.
     pub fn aggregate_minutes(
         &self,
         name: &str,
@@ -1006,17 +1007,23 @@ impl LocalCluster {
         let ch = self.clickhouse(name)?;
         let load = load_failed(name);
         let reg = &self.declared.registry;
-        let minutes: std::collections::BTreeSet<(&str, u32)> = events
-            .iter()
-            .map(|e| (e.event.as_str(), (e.time_ms / 60_000 * 60) as u32))
-            .collect();
-        for (event, minute) in minutes {
-            if let Some(sql) = dc_config::rollup::aggregate_minute_sql(
+        // Per event type, its minutes (sorted, once each): one statement.
+        let mut minutes: std::collections::BTreeMap<&str, std::collections::BTreeSet<u32>> =
+            std::collections::BTreeMap::new();
+        for e in events {
+            minutes
+                .entry(e.event.as_str())
+                .or_default()
+                .insert((e.time_ms / 60_000 * 60) as u32);
+        }
+        for (event, minutes) in minutes {
+            let minutes: Vec<u32> = minutes.into_iter().collect();
+            if let Some(sql) = dc_config::rollup::aggregate_minutes_sql(
                 &self.declared.topology.database,
                 dc,
                 event,
                 &reg.event[event],
-                minute,
+                &minutes,
                 1,
             ) {
                 ch.query(&sql).map_err(&load)?;

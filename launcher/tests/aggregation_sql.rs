@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use dc_config::event::{ValidEvent, Value};
-use dc_config::rollup::{aggregate_minute_sql, folded_values_sql, rollups, series_name};
+use dc_config::rollup::{aggregate_minutes_sql, folded_values_sql, rollups, series_name};
 use launcher::{LaunchOptions, LocalCluster};
 
 const MINUTE: u32 = 1_764_028_800; // 2025-11-25 00:00:00 UTC
@@ -59,9 +59,14 @@ fn insert(
 
 fn aggregate(cluster: &LocalCluster, server: &str, dc: &str, event: &str, version: u64) {
     let reg = &cluster.declared().registry;
-    if let Some(sql) =
-        aggregate_minute_sql("spoolhouse", dc, event, &reg.event[event], MINUTE, version)
-    {
+    if let Some(sql) = aggregate_minutes_sql(
+        "spoolhouse",
+        dc,
+        event,
+        &reg.event[event],
+        &[MINUTE],
+        version,
+    ) {
         cluster.clickhouse(server).unwrap().query(&sql).unwrap();
     }
 }
@@ -326,7 +331,8 @@ fn a_dimension_over_its_bound_folds_the_rest_into_other() {
     // c's first two; the second c's third, d, e and other.
     insert(&cluster, "dc1-s1-r1", "dc1", &views[..10], 0);
     insert(&cluster, "dc1-s2-r1", "dc1", &views[10..], 10);
-    if let Some(sql) = aggregate_minute_sql("spoolhouse", "dc1", "screen_view", &ev, MINUTE, 1) {
+    if let Some(sql) = aggregate_minutes_sql("spoolhouse", "dc1", "screen_view", &ev, &[MINUTE], 1)
+    {
         cluster
             .clickhouse("dc1-s1-r1")
             .unwrap()
@@ -397,7 +403,7 @@ fn a_metric_over_an_optional_field_counts_only_the_events_that_carry_it() {
     }
     insert(&cluster, "dc1-s1-r1", "dc1", &views[..2], 0);
     insert(&cluster, "dc1-s2-r1", "dc1", &views[2..], 2);
-    let sql = aggregate_minute_sql("spoolhouse", "dc1", "screen_view", &ev, MINUTE, 1).unwrap();
+    let sql = aggregate_minutes_sql("spoolhouse", "dc1", "screen_view", &ev, &[MINUTE], 1).unwrap();
     cluster
         .clickhouse("dc1-s1-r1")
         .unwrap()
@@ -435,4 +441,64 @@ fn a_metric_over_an_optional_field_counts_only_the_events_that_carry_it() {
         "{mins:?}"
     );
     assert_eq!(mins.len(), 2, "{mins:?}");
+}
+
+#[test]
+fn a_backlog_aggregated_in_one_statement_equals_minute_by_minute() {
+    let cluster =
+        LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
+    let mut ev = cluster.declared().registry.event["screen_view"].clone();
+    ev.fields["screen"].max_values_per_minute = Some(2);
+    // Four minutes, each with its own most frequent screens (so each
+    // minute folds its own way); the third is another shard's minute,
+    // left out of the backlog statement (a gap in its minutes).
+    let minutes = [MINUTE, MINUTE + 60, MINUTE + 120, MINUTE + 180];
+    let screens = ["a", "b", "c", "d", "e"];
+    let mut views = Vec::new();
+    for (k, m) in minutes.iter().enumerate() {
+        for i in 0..40u64 {
+            // Minute k favours screens k and k + 1.
+            let s = if i % 4 == 0 {
+                screens[(i as usize / 4) % 5]
+            } else {
+                screens[(k + (i % 2) as usize) % 5]
+            };
+            let mut v = screen_view(i, s, ["web", "ios", "android"][(i % 3) as usize], 10 + i, 0);
+            v.time_ms = u64::from(*m) * 1000 + i * 1000;
+            views.push(v);
+        }
+    }
+    insert(&cluster, "dc1-s1-r1", "dc1", &views[..80], 0);
+    insert(&cluster, "dc1-s2-r1", "dc1", &views[80..], 80);
+    let ch = cluster.clickhouse("dc1-s1-r1").unwrap();
+    let backlog = [minutes[0], minutes[1], minutes[3]];
+    // Round 1: minute by minute, as minutes close; round 2: the backlog at once.
+    for m in backlog {
+        let sql = aggregate_minutes_sql("spoolhouse", "dc1", "screen_view", &ev, &[m], 1).unwrap();
+        ch.query(&sql).unwrap();
+    }
+    let sql = aggregate_minutes_sql("spoolhouse", "dc1", "screen_view", &ev, &backlog, 2).unwrap();
+    ch.query(&sql).unwrap();
+    let round = |version: u32| {
+        ch.query(&format!(
+            "SELECT toUInt32(minute), metric, kind, toString(countMerge(count_state)), \
+             toString(sumMerge(sum_state)), toString(minMerge(min_state)), toString(maxMerge(max_state)) \
+             FROM spoolhouse.metric_states_local WHERE version = {version} \
+             GROUP BY minute, metric, kind ORDER BY minute, metric FORMAT TSV"
+        ))
+        .unwrap()
+    };
+    let (one_by_one, at_once) = (round(1), round(2));
+    assert_eq!(one_by_one, at_once);
+    // Every minute of the backlog, and not the one left out.
+    let got: HashSet<u32> = at_once
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(got, backlog.into_iter().collect::<HashSet<u32>>());
+    // Each minute folded its own way: its two most frequent screens kept.
+    assert!(at_once.contains("screen_view.count(){screen=other}"));
+    assert!(at_once.contains(&format!("{}\tscreen_view.count(){{screen=a}}", minutes[0])));
+    assert!(at_once.contains(&format!("{}\tscreen_view.count(){{screen=e}}", minutes[3])));
+    assert!(!at_once.contains(&format!("{}\tscreen_view.count(){{screen=e}}", minutes[0])));
 }

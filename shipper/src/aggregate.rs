@@ -182,22 +182,23 @@ pub fn shard_for_minute(weights: &[u32], minute_s: u32) -> usize {
     unreachable!("pick < total")
 }
 
-/// The statements aggregating `minute_s` of this shipper's DC for every
-/// event type with metrics.
-pub fn minute_statements(
+/// The statements aggregating `minutes` (sorted, each once, all placed on
+/// one shard) of this shipper's DC: one per event type with metrics, each
+/// one scan of those minutes (docs/adr/0015-one-pass-aggregation.md).
+pub fn minutes_statements(
     config: &ShipperConfig,
     registry: &Registry,
-    minute_s: u32,
+    minutes: &[u32],
     version: u64,
 ) -> Vec<String> {
     dc_config::rollup::aggregated_events(registry)
         .flat_map(|(name, ev)| {
-            dc_config::rollup::aggregate_minute_sql(
+            dc_config::rollup::aggregate_minutes_sql(
                 &config.database,
                 &config.dc,
                 name,
                 ev,
-                minute_s,
+                minutes,
                 version,
             )
         })

@@ -20,7 +20,7 @@ pub mod names {
     pub const LAG_SECONDS: &str = "spoolhouse_shipper_lag_seconds";
     /// Minute aggregation rounds done (counter).
     pub const AGGREGATION_ROUNDS_TOTAL: &str = "spoolhouse_shipper_aggregation_rounds_total";
-    /// Seconds per minute aggregation round (histogram).
+    /// Seconds per aggregation round: one statement per event type over one or more minutes of one shard (histogram).
     pub const AGGREGATION_SECONDS: &str = "spoolhouse_shipper_aggregation_seconds";
     /// Batches committed, by `sink` (counter).
     pub const BATCHES_TOTAL: &str = "spoolhouse_shipper_batches_total";
@@ -73,7 +73,7 @@ pub struct Metrics {
     /// Aggregation rounds done, one per minute aggregated (a minute
     /// aggregated again after a late event counts again).
     pub aggregation_rounds: Counter,
-    /// Seconds per minute aggregation round.
+    /// Seconds per aggregation round: one statement per event type over one or more minutes of one shard.
     pub aggregation_seconds: Histogram,
     /// Seconds between now and the watermark.
     pub watermark_delay_seconds: Gauge<f64, AtomicU64>,
@@ -188,7 +188,7 @@ impl Metrics {
         );
         r.register(
             "aggregation_seconds",
-            "Seconds per minute aggregation round",
+            "Seconds per aggregation round (one statement per event type over one or more minutes of one shard)",
             m.aggregation_seconds.clone(),
         );
         r.register(

@@ -880,25 +880,30 @@ impl Shipper {
 
     // ---- Aggregation --------------------------------------------------------
 
-    /// Aggregates one minute until it succeeds; each try has a new version
-    /// from `version` (the aggregator's), so a try that inserted part of its
-    /// rows is replaced by the next one. Returns false on shutdown before
-    /// success.
-    fn aggregate_minute(
+    /// Aggregates `minutes` (sorted, each once, all placed on `shard` by
+    /// [`aggregate::shard_for_minute`]) until it succeeds: one statement per
+    /// event type over all of them, so a backlog is caught up many minutes
+    /// per scan (ADR 0015). Each try has a new version from `version` (the
+    /// aggregator's), so a try that inserted part of its rows is replaced by
+    /// the next one. Returns false on shutdown before success.
+    fn aggregate_minutes(
         &self,
         rt: &tokio::runtime::Handle,
         sink: &Sink,
-        weights: &[u32],
-        minute: u32,
+        shard: usize,
+        minutes: &[u32],
         version: &mut dyn FnMut() -> Result<Option<u64>>,
     ) -> Result<bool> {
-        let shard = aggregate::shard_for_minute(weights, minute);
+        let (first, last) = match (minutes.first(), minutes.last()) {
+            (Some(f), Some(l)) => (*f, *l),
+            _ => return Ok(true),
+        };
         for attempt in 0u32.. {
             let Some(version) = version()? else {
                 return Ok(false);
             };
             let statements =
-                aggregate::minute_statements(&self.config, &self.registry, minute, version);
+                aggregate::minutes_statements(&self.config, &self.registry, minutes, version);
             let replica = attempt as usize % sink.replicas(shard);
             let started = Instant::now();
             let result: Result<(u64, Vec<_>)> = rt.block_on(async {
@@ -906,13 +911,16 @@ impl Shipper {
                     sink.execute(shard, replica, sql).await?;
                 }
                 let mut folded = Vec::new();
-                for (event, dim, sql) in
-                    aggregate::folded_values_statements(&self.config, &self.registry, minute)
-                {
-                    folded.push((event, dim, sink.query_u64(shard, replica, &sql).await?));
+                for &minute in minutes {
+                    for (event, dim, sql) in
+                        aggregate::folded_values_statements(&self.config, &self.registry, minute)
+                    {
+                        let values = sink.query_u64(shard, replica, &sql).await?;
+                        folded.push((minute, event, dim, values));
+                    }
                 }
                 let points = format!(
-                    "SELECT count() FROM {}.{} WHERE minute = toDateTime({minute}) AND version = {version} AND dc = {}",
+                    "SELECT count() FROM {}.{} WHERE minute >= toDateTime({first}) AND minute <= toDateTime({last}) AND version = {version} AND dc = {}",
                     self.config.database,
                     dc_config::schema::table::STATES_LOCAL,
                     dc_config::sql::quote_str(&self.config.dc)
@@ -921,7 +929,8 @@ impl Shipper {
             });
             match result {
                 Ok((points, folded)) => {
-                    for (event, dimension, values) in folded.into_iter().filter(|f| f.2 > 0) {
+                    for (minute, event, dimension, values) in folded.into_iter().filter(|f| f.3 > 0)
+                    {
                         self.metrics
                             .dimension_values_folded
                             .get_or_create(&vec![
@@ -940,10 +949,17 @@ impl Shipper {
                     self.metrics
                         .aggregation_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    self.metrics.aggregation_rounds.inc();
+                    self.metrics.aggregation_rounds.inc_by(minutes.len() as u64);
                     self.metrics.series_points.inc_by(points);
                     *self.health.aggregation.lock().expect("health lock") = SinkHealth::Ok;
-                    tracing::debug!(minute, version, points, "minute aggregated");
+                    tracing::debug!(
+                        first,
+                        last,
+                        minutes = minutes.len(),
+                        version,
+                        points,
+                        "minutes aggregated"
+                    );
                     return Ok(true);
                 }
                 Err(e) => {
@@ -951,7 +967,7 @@ impl Shipper {
                         .errors
                         .get_or_create(&label("kind", e.kind()))
                         .inc();
-                    tracing::warn!(error = %e, minute, attempt, "aggregating a minute failed; retrying with a new version");
+                    tracing::warn!(error = %e, first, last, minutes = minutes.len(), attempt, "aggregating minutes failed; retrying with a new version");
                     *self.health.aggregation.lock().expect("health lock") = if e.retriable() {
                         SinkHealth::Retrying(e.to_string())
                     } else {

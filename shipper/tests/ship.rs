@@ -38,9 +38,14 @@ fn event(name: &str, time_ms: u64, attrs: &[(&str, Value)]) -> Vec<u8> {
 }
 
 fn vote(i: u64) -> Vec<u8> {
+    vote_at(i, T0 + i)
+}
+
+/// Vote `i` (as [`vote`]) at `time_ms`.
+fn vote_at(i: u64, time_ms: u64) -> Vec<u8> {
     event(
         "vote",
-        T0 + i,
+        time_ms,
         &[
             ("user_id", Value::UInt(i % 977)),
             ("target_user_id", Value::UInt(i)),
@@ -1084,4 +1089,45 @@ fn a_batch_in_flight_across_a_segment_boundary_is_checked_before_it_is_sent_agai
     });
     running.stop();
     assert_eq!(counts(&cluster, host), (100, 100));
+}
+
+#[test]
+fn a_backlog_of_minutes_is_caught_up_many_minutes_per_statement() {
+    let cluster = launch();
+    let mut cfg = config(&cluster, "dc1");
+    cfg.limits.aggregation_grace_ms = 1_000;
+    let spool = open_spool(&cfg);
+    // An hour of history, 20 votes a minute, spooled before the shipper
+    // starts (as after an outage): 60 minutes to aggregate at once.
+    const MINUTES: u64 = 60;
+    let frames: Vec<Vec<u8>> = (0..MINUTES * 20)
+        .map(|i| vote_at(i, T0 + (i / 20) * 60_000 + (i % 20) * 1_000))
+        .collect();
+    spool.append(&frames).unwrap();
+    let running = Running::start(cfg, Guards::default());
+    let ch = cluster.clickhouse("dc2-s1-r1").unwrap();
+    let per_minute = || {
+        ch.query("SELECT n, count() FROM (SELECT minute, countMerge(count_state) AS n FROM spoolhouse.metric_states_all FINAL WHERE metric = 'vote.count()' GROUP BY minute) GROUP BY n FORMAT TSV")
+            .unwrap()
+    };
+    wait_for("every minute aggregated", Duration::from_secs(120), || {
+        per_minute().trim() == format!("20\t{MINUTES}")
+    });
+    // Each statement has its own version: far fewer than one per minute
+    // (a round's minutes go per shard, a round per batch at most here).
+    let versions: u64 = ch
+        .query("SELECT uniqExact(version) FROM spoolhouse.metric_states_all WHERE metric = 'vote.count()'")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        versions < MINUTES / 3,
+        "{versions} aggregation statements for {MINUTES} minutes"
+    );
+    // Counted as aggregated once a round's statements all returned.
+    wait_for("every minute counted", Duration::from_secs(30), || {
+        running.metrics.aggregation_rounds.get() >= MINUTES
+    });
+    running.stop();
 }

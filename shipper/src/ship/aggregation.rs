@@ -355,7 +355,17 @@ impl Shipper {
         if round.minutes.is_empty() {
             return Ok(());
         }
+        // Each shard's minutes of the round in one statement per event type.
+        let mut by_shard: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
         for &minute in &round.minutes {
+            by_shard
+                .entry(aggregate::shard_for_minute(weights, minute))
+                .or_default()
+                .push(minute);
+        }
+        for (shard, mut minutes) in by_shard {
+            minutes.sort_unstable();
+            minutes.dedup();
             let mut version = || -> Result<Option<u64>> {
                 let v = fleet::next_version(l.last_version, l.floor, now_ms());
                 if v > l.state.version_ceiling {
@@ -370,7 +380,7 @@ impl Shipper {
                 l.last_version = v;
                 Ok(Some(v))
             };
-            if !self.aggregate_minute(rt, sink, weights, minute, &mut version)? {
+            if !self.aggregate_minutes(rt, sink, shard, &minutes, &mut version)? {
                 return Err(Error::Stopping);
             }
         }
