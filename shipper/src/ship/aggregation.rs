@@ -136,11 +136,13 @@ impl Shipper {
         }) = &session
         {
             let path = format!("{}/{c}", fleet::CANDIDATES);
-            match wait(rt, "leaving the candidates", client.delete(&path, None)) {
-                Ok(Ok(())) => tracing::info!("left the aggregator candidates"),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not leave the aggregator candidates; the session's end will")
-                }
+            let left = match wait(rt, "leaving the candidates", client.delete(&path, None)) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match left {
+                Ok(()) => tracing::info!("left the aggregator candidates"),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not leave the aggregator candidates; the session's end will")
                 }
@@ -355,7 +357,8 @@ impl Shipper {
         if round.minutes.is_empty() {
             return Ok(());
         }
-        // Each shard's minutes of the round in one statement per event type.
+        // Each shard's minutes of the round in one statement per event type
+        // (the round's minutes are sorted and each once, so each shard's are).
         let mut by_shard: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
         for &minute in &round.minutes {
             by_shard
@@ -363,9 +366,7 @@ impl Shipper {
                 .or_default()
                 .push(minute);
         }
-        for (shard, mut minutes) in by_shard {
-            minutes.sort_unstable();
-            minutes.dedup();
+        for (shard, minutes) in by_shard {
             let mut version = || -> Result<Option<u64>> {
                 let v = fleet::next_version(l.last_version, l.floor, now_ms());
                 if v > l.state.version_ceiling {
