@@ -34,6 +34,7 @@ pub mod sql;
 pub mod state_key;
 #[cfg(feature = "state-store")]
 pub mod state_store;
+pub mod steps;
 pub mod topology;
 
 pub use declared::Declared;

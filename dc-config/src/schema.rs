@@ -26,6 +26,30 @@ pub mod table {
     pub const STATES_DC: &str = "metric_states_dc";
     /// Aggregate states over every DC.
     pub const STATES_ALL: &str = "metric_states_all";
+    /// Hour states on each server: each row the merge of its hour's minute
+    /// states, built once the hour is settled
+    /// (docs/adr/0016-pre-merged-hours-and-days.md); `minute` holds the
+    /// hour's start.
+    pub const STATES_HOUR_LOCAL: &str = "metric_states_hour_local";
+    /// Hour states over this DC's cluster.
+    pub const STATES_HOUR_DC: &str = "metric_states_hour_dc";
+    /// Hour states over every DC.
+    pub const STATES_HOUR_ALL: &str = "metric_states_hour_all";
+    /// Day states (UTC days) on each server, merged from the hour states;
+    /// `minute` holds the day's start.
+    pub const STATES_DAY_LOCAL: &str = "metric_states_day_local";
+    /// Day states over this DC's cluster.
+    pub const STATES_DAY_DC: &str = "metric_states_day_dc";
+    /// Day states over every DC.
+    pub const STATES_DAY_ALL: &str = "metric_states_day_all";
+    /// Per DC and coarse step: the range of periods whose states are built
+    /// (`from_s`, `through_s`), written by the DC's aggregator; a reader
+    /// takes the coarse states inside it and the finer ones outside.
+    pub const ROLLUP_MARKS_LOCAL: &str = "rollup_marks_local";
+    /// The marks over this DC's cluster.
+    pub const ROLLUP_MARKS_DC: &str = "rollup_marks_dc";
+    /// The marks over every DC.
+    pub const ROLLUP_MARKS_ALL: &str = "rollup_marks_all";
     /// The time-series table on each server.
     pub const SERIES_LOCAL: &str = "series_local";
     /// Series over this DC's cluster.

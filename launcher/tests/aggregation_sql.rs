@@ -502,3 +502,195 @@ fn a_backlog_aggregated_in_one_statement_equals_minute_by_minute() {
     assert!(at_once.contains(&format!("{}\tscreen_view.count(){{screen=e}}", minutes[3])));
     assert!(!at_once.contains(&format!("{}\tscreen_view.count(){{screen=e}}", minutes[0])));
 }
+
+/// The series a read through [`dc_config::steps::read_sql`] answers, as
+/// sorted `metric t v` lines.
+fn stepped(
+    ch: &launcher::probe::ClickHouseHttp,
+    tables: dc_config::steps::ScopeTables,
+    names: &[String],
+    parts: &[dc_config::steps::Part],
+    step_s: u32,
+) -> Vec<String> {
+    use dc_config::registry::MetricKind;
+    let reg = dc_config::examples::declared().registry;
+    let mut out = Vec::new();
+    for kind in [MetricKind::Count, MetricKind::Uniq, MetricKind::Max] {
+        let of_kind: Vec<String> = names
+            .iter()
+            .filter(|n| {
+                dc_config::rollup::parse_name(&reg, n)
+                    .unwrap()
+                    .rollup
+                    .metric
+                    .kind
+                    == kind
+            })
+            .cloned()
+            .collect();
+        if let Some(sql) =
+            dc_config::steps::read_sql("spoolhouse", tables, kind, &of_kind, parts, step_s, false)
+        {
+            out.extend(
+                ch.query(&format!("{sql} FORMAT TSV"))
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn hours_and_days_built_from_minutes_read_as_the_minutes_do() {
+    use dc_config::steps::{build_sql, mark_sql, marks_sql, parse_marks, parts, Built, Coarse};
+    const H: u32 = 3_600;
+    let cluster =
+        LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
+    let reg = cluster.declared().registry.clone();
+    // Two days and three hours of registrations every 7 minutes in both
+    // DCs, users overlapping across minutes, hours and DCs.
+    let from = MINUTE;
+    let to = MINUTE + 2 * 86_400 + 3 * H;
+    let mut by_dc: BTreeMap<&str, Vec<ValidEvent>> = BTreeMap::new();
+    for (k, m) in (from..to).step_by(7 * 60).enumerate() {
+        for (d, dc) in ["dc1", "dc2"].into_iter().enumerate() {
+            for i in 0..3u64 {
+                let user = (k as u64 * 3 + i + d as u64 * 50) % 400;
+                let mut e = registration(user, ["male", "female"][(i % 2) as usize], i);
+                e.time_ms = u64::from(m) * 1000 + i * 1000;
+                by_dc.entry(dc).or_default().push(e);
+            }
+        }
+    }
+    let servers = [("dc1", "dc1-s1-r1"), ("dc2", "dc2-s1-r1")];
+    let minutes = |events: &[ValidEvent]| -> Vec<u32> {
+        let set: std::collections::BTreeSet<u32> = events
+            .iter()
+            .map(|e| (e.time_ms / 60_000 * 60) as u32)
+            .collect();
+        set.into_iter().collect()
+    };
+    let ev = &reg.event["registration"];
+    let build = |dc: &str, server: &str, hours: &[u32], days: &[u32], version: u64| {
+        let ch = cluster.clickhouse(server).unwrap();
+        for (coarse, periods) in [(Coarse::Hour, hours), (Coarse::Day, days)] {
+            if let Some(sql) = build_sql("spoolhouse", dc, coarse, periods, version) {
+                ch.query(&sql).unwrap();
+            }
+        }
+    };
+    let first_day = MINUTE; // a day start
+    let hours: Vec<u32> = (from..to).step_by(H as usize).collect();
+    let days = [first_day, first_day + 86_400];
+    for (dc, server) in servers {
+        insert(&cluster, server, dc, &by_dc[dc], 0);
+        let sql = aggregate_minutes_sql(
+            "spoolhouse",
+            dc,
+            "registration",
+            ev,
+            &minutes(&by_dc[dc]),
+            1,
+        )
+        .unwrap();
+        cluster.clickhouse(server).unwrap().query(&sql).unwrap();
+        build(dc, server, &hours, &days, 1);
+        let ch = cluster.clickhouse(server).unwrap();
+        for (coarse, built) in [
+            (
+                Coarse::Hour,
+                Built {
+                    from_s: from,
+                    through_s: to,
+                },
+            ),
+            (
+                Coarse::Day,
+                Built {
+                    from_s: first_day,
+                    through_s: first_day + 2 * 86_400,
+                },
+            ),
+        ] {
+            ch.query(&mark_sql("spoolhouse", dc, coarse, built, 1))
+                .unwrap();
+        }
+    }
+    let ch = cluster.clickhouse("dc1-s2-r1").unwrap();
+    let marks = parse_marks(
+        &ch.query(&marks_sql("spoolhouse", "rollup_marks_all"))
+            .unwrap(),
+    );
+    let built = dc_config::steps::built_in_all(&marks, &["dc1", "dc2"]);
+    assert_eq!(
+        built,
+        [
+            Some(Built {
+                from_s: from,
+                through_s: to
+            }),
+            Some(Built {
+                from_s: first_day,
+                through_s: first_day + 2 * 86_400
+            })
+        ]
+    );
+    let names: Vec<String> = [
+        "registration.count()",
+        "registration.count(){gender=male}",
+        "registration.uniq(user_id)",
+        "registration.uniq(user_id){gender=female}",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let compare = |step: u32, range: (u32, u32), coarse_parts: usize| {
+        for tables in [dc_config::steps::ALL_TABLES, dc_config::steps::DC_TABLES] {
+            let p = parts(range.0, range.1, step, built);
+            assert_eq!(
+                p.iter().filter(|p| p.coarse.is_some()).count(),
+                coarse_parts,
+                "{p:?}"
+            );
+            let minutes_only = parts(range.0, range.1, step, [None, None]);
+            let got = stepped(&ch, tables, &names, &p, step);
+            assert!(!got.is_empty());
+            assert_eq!(got, stepped(&ch, tables, &names, &minutes_only, step));
+        }
+    };
+    // Days (two from days, the last three hours from hours), hours, and a
+    // range ending inside an hour.
+    compare(86_400, (from, to + 1_800), 2);
+    compare(H, (from + 5 * H, to), 1);
+    compare(H, (from + H, from + 30 * H + 600), 1);
+
+    // A late event in an old hour: its minute re-aggregated, its hour and
+    // day rebuilt with a later version; every step still reads the same.
+    let mut late = registration(999, "female", 1);
+    let at = from + 20 * H + 7 * 60;
+    late.time_ms = u64::from(at) * 1000 + 5;
+    insert(&cluster, "dc1-s1-r1", "dc1", &[late], 100_000);
+    let ch1 = cluster.clickhouse("dc1-s1-r1").unwrap();
+    ch1.query(&aggregate_minutes_sql("spoolhouse", "dc1", "registration", ev, &[at], 2).unwrap())
+        .unwrap();
+    build("dc1", "dc1-s1-r1", &[from + 20 * H], &[first_day], 2);
+    compare(86_400, (from, to), 2);
+    compare(H, (from, to), 1);
+    let total = |step: u32| -> f64 {
+        stepped(
+            &ch,
+            dc_config::steps::ALL_TABLES,
+            &names[..1],
+            &parts(from, to, step, built),
+            step,
+        )
+        .iter()
+        .map(|l| l.rsplit('\t').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+    };
+    let events: usize = by_dc.values().map(Vec::len).sum();
+    assert_eq!(total(86_400), (events + 1) as f64);
+    assert_eq!(total(H), (events + 1) as f64);
+}

@@ -122,6 +122,31 @@ pub fn statements(topology: &Topology, dc: &Datacenter, registry: &Registry) -> 
              ENGINE = Distributed({cluster}, {db}, {local}, rand())"
         )
     };
+    // The minute, hour and day states share one layout: a period's start
+    // in `minute`, one row per series, period and DC, the latest version
+    // kept (docs/adr/0016-pre-merged-hours-and-days.md).
+    let states_table = |name: &str| {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{name} (\n\
+             \x20   date Date,\n\
+             \x20   minute DateTime,\n\
+             \x20   dc String,\n\
+             \x20   event String,\n\
+             \x20   metric String,\n\
+             \x20   metric_hash UInt64 MATERIALIZED cityHash64(metric),\n\
+             \x20   kind Enum8('count' = 1, 'uniq' = 2, 'sum' = 3, 'min' = 4, 'max' = 5),\n\
+             \x20   version UInt64,\n\
+             \x20   count_state AggregateFunction(count),\n\
+             \x20   uniq_state AggregateFunction(uniq, String),\n\
+             \x20   sum_state AggregateFunction(sum, Float64),\n\
+             \x20   min_state AggregateFunction(min, Float64),\n\
+             \x20   max_state AggregateFunction(max, Float64)\n\
+             ) ENGINE = ReplicatedReplacingMergeTree({}, version)\n\
+             PARTITION BY toYYYYMM(date)\n\
+             ORDER BY (metric_hash, minute, dc)",
+            zk(name)
+        )
+    };
     let mut out = vec![
         format!("CREATE DATABASE IF NOT EXISTS {db}"),
         format!(
@@ -154,28 +179,28 @@ pub fn statements(topology: &Topology, dc: &Datacenter, registry: &Registry) -> 
         ),
         distributed(EVENTS_DC, cluster, EVENTS_LOCAL),
         distributed(EVENTS_ALL, global, EVENTS_LOCAL),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {db}.{STATES_LOCAL} (\n\
-             \x20   date Date,\n\
-             \x20   minute DateTime,\n\
-             \x20   dc String,\n\
-             \x20   event String,\n\
-             \x20   metric String,\n\
-             \x20   metric_hash UInt64 MATERIALIZED cityHash64(metric),\n\
-             \x20   kind Enum8('count' = 1, 'uniq' = 2, 'sum' = 3, 'min' = 4, 'max' = 5),\n\
-             \x20   version UInt64,\n\
-             \x20   count_state AggregateFunction(count),\n\
-             \x20   uniq_state AggregateFunction(uniq, String),\n\
-             \x20   sum_state AggregateFunction(sum, Float64),\n\
-             \x20   min_state AggregateFunction(min, Float64),\n\
-             \x20   max_state AggregateFunction(max, Float64)\n\
-             ) ENGINE = ReplicatedReplacingMergeTree({}, version)\n\
-             PARTITION BY toYYYYMM(date)\n\
-             ORDER BY (metric_hash, minute, dc)",
-            zk(STATES_LOCAL)
-        ),
+        states_table(STATES_LOCAL),
         distributed(STATES_DC, cluster, STATES_LOCAL),
         distributed(STATES_ALL, global, STATES_LOCAL),
+        states_table(STATES_HOUR_LOCAL),
+        distributed(STATES_HOUR_DC, cluster, STATES_HOUR_LOCAL),
+        distributed(STATES_HOUR_ALL, global, STATES_HOUR_LOCAL),
+        states_table(STATES_DAY_LOCAL),
+        distributed(STATES_DAY_DC, cluster, STATES_DAY_LOCAL),
+        distributed(STATES_DAY_ALL, global, STATES_DAY_LOCAL),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{ROLLUP_MARKS_LOCAL} (\n\
+             \x20   dc String,\n\
+             \x20   step UInt32,\n\
+             \x20   from_s UInt32,\n\
+             \x20   through_s UInt32,\n\
+             \x20   version UInt64\n\
+             ) ENGINE = ReplicatedReplacingMergeTree({}, version)\n\
+             ORDER BY (dc, step)",
+            zk(ROLLUP_MARKS_LOCAL)
+        ),
+        distributed(ROLLUP_MARKS_DC, cluster, ROLLUP_MARKS_LOCAL),
+        distributed(ROLLUP_MARKS_ALL, global, ROLLUP_MARKS_LOCAL),
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.{SERIES_LOCAL} (\n\
              \x20   date Date,\n\
