@@ -197,29 +197,7 @@ pub fn merged_states_sql(
     to_s: u32,
     step_s: Option<u32>,
 ) -> String {
-    merged_sql(database, table, kind, filter, (from_s, to_s), step_s, "")
-}
-
-/// As [`merged_states_sql`], merged per datacenter instead of across
-/// them: one row per datacenter (`dc`, the first column) as well.
-pub fn merged_states_by_dc_sql(
-    database: &str,
-    table: &str,
-    kind: MetricKind,
-    filter: &str,
-    from_s: u32,
-    to_s: u32,
-    step_s: Option<u32>,
-) -> String {
-    merged_sql(
-        database,
-        table,
-        kind,
-        filter,
-        (from_s, to_s),
-        step_s,
-        "dc, ",
-    )
+    merged_sql(database, table, kind, filter, (from_s, to_s), step_s)
 }
 
 fn merged_sql(
@@ -229,7 +207,6 @@ fn merged_sql(
     filter: &str,
     (from_s, to_s): (u32, u32),
     step_s: Option<u32>,
-    by: &str,
 ) -> String {
     let (t, group) = match step_s {
         Some(step) => (
@@ -239,11 +216,11 @@ fn merged_sql(
         None => (String::new(), ""),
     };
     format!(
-        "SELECT {by}metric{t}, {merge} AS v FROM {database}.{table} FINAL \
+        "SELECT metric{t}, {merge} AS v FROM {database}.{table} FINAL \
          WHERE ({filter}) \
          AND date >= toDate(toDateTime({from_s})) AND date <= toDate(toDateTime({last_s})) \
          AND minute >= toDateTime({from_s}) AND minute < toDateTime({to_s}) \
-         GROUP BY {by}metric{group}",
+         GROUP BY metric{group}",
         merge = merge_sql(kind),
         last_s = to_s.saturating_sub(1).max(from_s),
     )

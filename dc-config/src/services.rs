@@ -249,6 +249,11 @@ pub struct ShipperLimits {
     /// so a dead host does not stop every minute from closing; what it
     /// ships when it is back is aggregated again.
     pub host_silent_ms: u64,
+    /// How many days before the first settled hour the DC's first build of
+    /// hour and day states reaches back (default 31; 0: from then on).
+    /// Older periods stay unbuilt and are read from minutes
+    /// (docs/adr/0016-pre-merged-hours-and-days.md).
+    pub rollup_backfill_days: u32,
 }
 
 impl Default for ShipperLimits {
@@ -266,6 +271,7 @@ impl Default for ShipperLimits {
             aggregation_grace_ms: 5_000,
             publish_interval_ms: 1_000,
             host_silent_ms: 60_000,
+            rollup_backfill_days: 31,
         }
     }
 }
@@ -735,6 +741,11 @@ impl crate::check::Declaration for ShipperConfig {
             (100..=60_000).contains(&l.publish_interval_ms),
             &at.key("publish_interval_ms"),
             "must be from 100 to 60000",
+        );
+        c.require(
+            l.rollup_backfill_days <= 3_660,
+            &at.key("rollup_backfill_days"),
+            "must be from 0 to 3660: the first build of hours and days reads that many days of minute states in one round",
         );
         c.require(
             l.host_silent_ms >= 3 * l.publish_interval_ms,

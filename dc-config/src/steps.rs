@@ -29,6 +29,14 @@ impl Coarse {
     /// Finer first: the order they are built in.
     pub const ALL: [Coarse; 2] = [Coarse::Hour, Coarse::Day];
 
+    /// Its name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Coarse::Hour => "hour",
+            Coarse::Day => "day",
+        }
+    }
+
     /// Seconds per period.
     pub fn seconds(self) -> u32 {
         match self {

@@ -5,9 +5,9 @@
 //! average of minutes.
 
 use dc_config::registry::{MetricKind, Registry};
-use dc_config::rollup::{merged_states_by_dc_sql, merged_states_sql, parse_name};
+use dc_config::rollup::parse_name;
 use dc_config::schema::table;
-use dc_config::sql::quote_str;
+use dc_config::steps::{self, Built};
 
 use crate::ch::{ClickHouse, Coverage};
 use crate::error::{Error, Result};
@@ -217,10 +217,16 @@ impl SeriesRequest {
     }
 
     /// The SQL over `scope` (the request's own, or this DC's when a global
-    /// read falls back): per metric kind, merged states per step.
-    pub fn sql(&self, database: &str, scope: Scope) -> String {
-        let table_name = scope.states_table();
+    /// read falls back): per metric kind, merged states per step, each part
+    /// of the range from the coarsest states `built` in every DC read
+    /// (docs/adr/0016-pre-merged-hours-and-days.md).
+    pub fn sql(&self, database: &str, scope: Scope, built: [Option<Built>; 2]) -> String {
+        let tables = match scope {
+            Scope::Global => steps::ALL_TABLES,
+            Scope::Dc => steps::DC_TABLES,
+        };
         let step = self.step.seconds();
+        let parts = steps::parts(self.from, self.to, step, built);
         let mut selects = Vec::new();
         for kind in [
             MetricKind::Count,
@@ -233,28 +239,39 @@ impl SeriesRequest {
                 .series
                 .iter()
                 .filter(|(_, k)| *k == kind)
-                .map(|(n, _)| format!("cityHash64({})", quote_str(n)))
+                .map(|(n, _)| n.clone())
                 .collect();
-            if names.is_empty() {
-                continue;
-            }
-            let merged = if self.split_dc {
-                merged_states_by_dc_sql
-            } else {
-                merged_states_sql
-            };
-            selects.push(merged(
+            selects.extend(steps::read_sql(
                 database,
-                table_name,
+                tables,
                 kind,
-                &format!("metric_hash IN ({})", names.join(", ")),
-                self.from,
-                self.to,
-                Some(step),
+                &names,
+                &parts,
+                step,
+                self.split_dc,
             ));
         }
         format!("{} FORMAT TSV", selects.join(" UNION ALL "))
     }
+}
+
+/// The coarse periods built in every DC `scope` reads (`None` per step
+/// where one has none, or did not answer: minutes are read there).
+async fn built(ch: &ClickHouse, scope: Scope) -> Result<[Option<Built>; 2]> {
+    let marks_table = |s: Scope| match s {
+        Scope::Global => table::ROLLUP_MARKS_ALL,
+        Scope::Dc => table::ROLLUP_MARKS_DC,
+    };
+    let (body, _) = fetch_scoped(ch, scope, |s| {
+        steps::marks_sql(ch.database(), marks_table(s))
+    })
+    .await?;
+    let marks = steps::parse_marks(&String::from_utf8_lossy(&body));
+    let dcs: Vec<&str> = match scope {
+        Scope::Global => ch.datacenter_names().collect(),
+        Scope::Dc => vec![ch.dc()],
+    };
+    Ok(steps::built_in_all(&marks, &dcs))
 }
 
 /// Undoes TSV escaping of a field.
@@ -282,7 +299,9 @@ type SeriesKey = (String, Option<String>);
 
 /// Runs `req`; the JSON answer.
 pub async fn read(ch: &ClickHouse, req: &SeriesRequest) -> Result<serde_json::Value> {
-    let (body, coverage) = fetch_scoped(ch, req.scope, |s| req.sql(ch.database(), s)).await?;
+    let built = built(ch, req.scope).await?;
+    let (body, coverage) =
+        fetch_scoped(ch, req.scope, |s| req.sql(ch.database(), s, built)).await?;
     let text = String::from_utf8_lossy(&body);
     // One line per series, or per series and datacenter with `split=dc`
     // (every DC of the config, so one that did not answer has no points).
@@ -355,10 +374,17 @@ mod tests {
         assert_eq!(ok.series.len(), 2);
         assert_eq!(ok.series[1].0, "registration.uniq(user_id){gender=male}");
         assert_eq!(ok.from, 0);
-        let sql = ok.sql("spoolhouse", ok.scope);
-        assert!(sql.contains("toFloat64(countMerge(count_state))"));
-        assert!(sql.contains("toFloat64(uniqMerge(uniq_state))"));
+        let sql = ok.sql("spoolhouse", ok.scope, [None, None]);
+        assert!(sql.contains("toFloat64(countMerge(s))"), "{sql}");
+        assert!(sql.contains("toFloat64(uniqMerge(s))"), "{sql}");
         assert!(sql.contains("metric_states_all FINAL"));
+        assert!(!sql.contains("metric_states_hour_all"));
+        let hours = Some(Built {
+            from_s: 0,
+            through_s: 3_600,
+        });
+        let sql = ok.sql("spoolhouse", ok.scope, [hours, None]);
+        assert!(sql.contains("metric_states_hour_all FINAL"), "{sql}");
         let err = |q: &str| match SeriesRequest::parse(&r, q) {
             Err(Error::BadParameter { parameter, .. }) => parameter,
             other => panic!("{other:?}"),
@@ -383,9 +409,10 @@ mod tests {
         );
         let by_dc = SeriesRequest::parse(&r, "metric=vote.count()&from=0&to=60&split=dc").unwrap();
         assert!(by_dc.split_dc);
-        let sql = by_dc.sql("spoolhouse", Scope::Global);
+        let sql = by_dc.sql("spoolhouse", Scope::Global, [None, None]);
         assert!(
-            sql.contains("SELECT dc, metric") && sql.contains("GROUP BY dc, metric, t"),
+            sql.contains("SELECT dc, transform(metric_hash")
+                && sql.contains("GROUP BY dc, metric_hash, t"),
             "{sql}"
         );
     }

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use dc_config::steps::{ceil_to, floor_to, Built, Coarse};
 use serde::{Deserialize, Serialize};
 
 /// Root of the aggregation's nodes in the DC's ZooKeeper.
@@ -94,6 +95,10 @@ pub struct AggState {
     /// Minutes covered by a round, with the round's sync point: a touch
     /// listed with a zxid below it is in that round.
     pub covered: Vec<Run>,
+    /// The built hours and days of the DC (docs/adr/0016-pre-merged-hours-and-days.md),
+    /// in [`Coarse::ALL`] order; absent in a state written before they were kept.
+    #[serde(default)]
+    pub built: [Option<Built>; 2],
 }
 
 impl AggState {
@@ -139,6 +144,11 @@ pub struct Round {
     pub watermark_ms: Option<u64>,
     /// Hosts left out as silent.
     pub silent: Vec<String>,
+    /// Every minute before this (unix seconds) is aggregated once this
+    /// round's are: the watermark's closed minutes, up to the first minute
+    /// still to do that the round leaves for later. `None` without a
+    /// watermark.
+    pub settled_s: Option<u32>,
 }
 
 impl Round {
@@ -173,7 +183,14 @@ impl Round {
             .filter(|m| closes(*m))
             .take(ROUND_MINUTES_MAX)
             .collect();
+        let settled_s = watermark_ms.map(|wm| {
+            let closed =
+                (wm.saturating_sub(grace_ms) / 60_000 * 60).min(u64::from(u32::MAX)) as u32;
+            let left = todo.iter().copied().find(|m| !minutes.contains(m));
+            left.map_or(closed, |m| m.min(closed))
+        });
         Round {
+            settled_s,
             waiting: todo.len() - minutes.len(),
             minutes,
             watermark_ms,
@@ -203,6 +220,56 @@ pub fn after_round(state: &AggState, minutes: &[u32], z: i64, hosts: &[HostView]
         covered: to_runs(covered),
         ..state.clone()
     }
+}
+
+/// What a round builds of the coarse steps, and the built ranges after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoarseWork {
+    /// Per step, finer first: the periods to build (sorted, each once).
+    pub builds: Vec<(Coarse, Vec<u32>)>,
+    /// The built ranges once they are, in [`Coarse::ALL`] order.
+    pub built: [Option<Built>; 2],
+}
+
+/// The coarse periods a round that aggregated `minutes` builds, every
+/// minute before `settled_s` being aggregated after it
+/// (docs/adr/0016-pre-merged-hours-and-days.md): each step's newly settled
+/// periods (an hour when all its minutes are, a day when all its hours are
+/// built), and the built periods holding a finer period this round changed
+/// (a re-aggregated minute's hour, that hour's day). A first build starts
+/// at `floor_s` (hours) and at the first whole day of the hours.
+pub fn coarse_work(state: &AggState, minutes: &[u32], settled_s: u32, floor_s: u32) -> CoarseWork {
+    let mut changed: BTreeSet<u32> = minutes.iter().copied().collect();
+    let mut settled = settled_s;
+    let mut floor = floor_s;
+    let mut work = CoarseWork::default();
+    for (i, coarse) in Coarse::ALL.into_iter().enumerate() {
+        let s = coarse.seconds();
+        let old = state.built[i];
+        let from = old.map_or(ceil_to(floor, s), |b| b.from_s);
+        let old_through = old.map_or(from, |b| b.through_s.max(from));
+        let through = floor_to(settled, s).max(old_through);
+        let mut periods: BTreeSet<u32> = (old_through..through).step_by(s as usize).collect();
+        periods.extend(
+            changed
+                .iter()
+                .map(|c| floor_to(*c, s))
+                .filter(|p| (from..old_through).contains(p)),
+        );
+        work.built[i] = if through > from {
+            Some(Built {
+                from_s: from,
+                through_s: through,
+            })
+        } else {
+            old
+        };
+        let built_through = work.built[i].map_or(0, |b| b.through_s);
+        (settled, floor) = (built_through, from);
+        changed = periods.clone();
+        work.builds.push((coarse, periods.into_iter().collect()));
+    }
+    work
 }
 
 /// The version a round uses: the clock in ms, above the last one used and
@@ -337,6 +404,67 @@ mod tests {
         assert_eq!(r.minutes.len(), ROUND_MINUTES_MAX);
         assert_eq!(r.minutes[0], 60, "oldest first");
         assert_eq!(r.waiting, 500 - ROUND_MINUTES_MAX);
+    }
+
+    #[test]
+    fn hours_and_days_are_built_once_settled_and_again_when_a_minute_changes() {
+        const H: u32 = 3_600;
+        const D: u32 = 86_400;
+        let t0 = 20_000 * D; // a day start
+                             // First build: from the floor (rounded up to an hour) to the
+                             // settled hour; no whole day yet.
+        let state = AggState::default();
+        let w = coarse_work(&state, &[t0 + 2 * H + 60], t0 + 3 * H + 120, t0 + 1_800);
+        assert_eq!(w.builds[0], (Coarse::Hour, vec![t0 + H, t0 + 2 * H]));
+        assert_eq!(w.builds[1], (Coarse::Day, vec![]));
+        assert_eq!(
+            w.built,
+            [
+                Some(Built {
+                    from_s: t0 + H,
+                    through_s: t0 + 3 * H
+                }),
+                None
+            ]
+        );
+        // The day after: the rest of the hours, and days from the first
+        // whole one (day 1; day 0 began before the hours' floor).
+        let state = AggState {
+            built: w.built,
+            ..Default::default()
+        };
+        let w2 = coarse_work(&state, &[], t0 + 2 * D + 60, t0);
+        assert_eq!(w2.builds[0].1.len(), (2 * D - 3 * H) as usize / H as usize);
+        assert_eq!(w2.builds[1], (Coarse::Day, vec![t0 + D]));
+        // A late minute in a built hour rebuilds that hour and its day,
+        // nothing else; a minute before the built range builds nothing.
+        let state = AggState {
+            built: w2.built,
+            ..Default::default()
+        };
+        let w3 = coarse_work(&state, &[t0 + D + 5 * H + 60, t0 + 60], t0 + 2 * D + 60, t0);
+        assert_eq!(w3.builds[0], (Coarse::Hour, vec![t0 + D + 5 * H]));
+        assert_eq!(w3.builds[1], (Coarse::Day, vec![t0 + D]));
+        assert_eq!(w3.built, w2.built);
+        // Nothing settled further, nothing changed: nothing to do.
+        let w4 = coarse_work(&state, &[], t0 + 2 * D + 60, t0);
+        assert!(w4.builds.iter().all(|(_, p)| p.is_empty()));
+    }
+
+    #[test]
+    fn a_round_settles_up_to_its_first_minute_left_for_later() {
+        let state = AggState::default();
+        let wm = Some(10_000 * 1000 + 5_000);
+        // No pending minute: settled where the watermark closes minutes.
+        let r = Round::plan(&[host("a", wm, &[], 5, true)], &state, 5_000);
+        assert_eq!(r.settled_s, Some(9_960));
+        // A backlog longer than a round: settled at its first minute left.
+        let backlog: Vec<(u32, i64)> = (1..=ROUND_MINUTES_MAX as u32 + 5)
+            .map(|k| (60 * k, 1))
+            .collect();
+        let r = Round::plan(&[host("a", wm, &backlog, 5, true)], &state, 5_000);
+        assert_eq!(r.minutes.len(), ROUND_MINUTES_MAX);
+        assert_eq!(r.settled_s, Some(60 * (ROUND_MINUTES_MAX as u32 + 1)));
     }
 
     #[test]

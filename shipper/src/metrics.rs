@@ -82,6 +82,9 @@ pub struct Metrics {
     /// Distinct dimension values beyond `max_values_per_minute`, folded
     /// into `other`, by event and dimension (summed over rounds).
     pub dimension_values_folded: Family<Label, Counter>,
+    /// Hours and days built from finer states, by `step` (a rebuild
+    /// counts again; docs/adr/0016-pre-merged-hours-and-days.md).
+    pub periods_built: Family<Label, Counter>,
     /// Minutes of events waiting to be aggregated.
     pub aggregations_pending: Gauge,
     /// 1 while a write of the shipper's state or a checkpoint waits for
@@ -124,6 +127,7 @@ impl Metrics {
             watermark_delay_seconds: Gauge::default(),
             series_points: Counter::default(),
             dimension_values_folded: Family::default(),
+            periods_built: Family::default(),
             aggregations_pending: Gauge::default(),
             state_disk_full: Gauge::default(),
             state_disk_full_waits: Counter::default(),
@@ -205,6 +209,11 @@ impl Metrics {
             "dimension_values_folded",
             "Distinct dimension values over the registry's max_values_per_minute, counted under `other`, by event and dimension (a late event's minute counts again)",
             m.dimension_values_folded.clone(),
+        );
+        r.register(
+            "periods_built",
+            "Hours and days built from finer states, by step (a period rebuilt after a late minute counts again)",
+            m.periods_built.clone(),
         );
         r.register(
             "aggregations_pending",

@@ -19,6 +19,7 @@ use dc_config::record::{Record, RecordView};
 use dc_config::registry::Registry;
 use dc_config::row::{write_row_binary, SpoolPosition};
 use dc_config::services::ShipperConfig;
+use dc_config::steps::{self, Built, Coarse};
 use rand::Rng;
 use spooler::{Position, Reader};
 
@@ -880,12 +881,58 @@ impl Shipper {
 
     // ---- Aggregation --------------------------------------------------------
 
+    /// Runs `run` (given a try's version and replica of `shard`) until it
+    /// succeeds; each try has a new version from `version` (the
+    /// aggregator's), so a try that inserted part of its rows is replaced
+    /// by the next one. Errors are counted, logged with `what` and shown in
+    /// the aggregation's health. `None` on shutdown before success.
+    fn until_done<T>(
+        &self,
+        sink: &Sink,
+        shard: usize,
+        what: &str,
+        version: &mut dyn FnMut() -> Result<Option<u64>>,
+        mut run: impl FnMut(u64, usize) -> Result<T>,
+    ) -> Result<Option<T>> {
+        for attempt in 0u32.. {
+            let Some(version) = version()? else {
+                return Ok(None);
+            };
+            let replica = attempt as usize % sink.replicas(shard);
+            match run(version, replica) {
+                Ok(done) => {
+                    *self.health.aggregation.lock().expect("health lock") = SinkHealth::Ok;
+                    return Ok(Some(done));
+                }
+                Err(e) => {
+                    self.metrics
+                        .errors
+                        .get_or_create(&label("kind", e.kind()))
+                        .inc();
+                    tracing::warn!(error = %e, what, attempt, "aggregation statement failed; retrying with a new version");
+                    *self.health.aggregation.lock().expect("health lock") = if e.retriable() {
+                        SinkHealth::Retrying(e.to_string())
+                    } else {
+                        SinkHealth::Blocked(e.to_string())
+                    };
+                    let delay = if e.retriable() {
+                        self.backoff(attempt)
+                    } else {
+                        Duration::from_millis(self.config.limits.blocked_retry_ms)
+                    };
+                    if !self.sleep(delay) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        unreachable!("the attempt counter does not run out")
+    }
+
     /// Aggregates `minutes` (sorted, each once, all placed on `shard` by
     /// [`aggregate::shard_for_minute`]) until it succeeds: one statement per
     /// event type over all of them, so a backlog is caught up many minutes
-    /// per scan (ADR 0015). Each try has a new version from `version` (the
-    /// aggregator's), so a try that inserted part of its rows is replaced by
-    /// the next one. Returns false on shutdown before success.
+    /// per scan (ADR 0015). Returns false on shutdown before success.
     fn aggregate_minutes(
         &self,
         rt: &tokio::runtime::Handle,
@@ -898,15 +945,11 @@ impl Shipper {
             (Some(f), Some(l)) => (*f, *l),
             _ => return Ok(true),
         };
-        for attempt in 0u32.. {
-            let Some(version) = version()? else {
-                return Ok(false);
-            };
+        let started = Instant::now();
+        let done = self.until_done(sink, shard, "aggregating minutes", version, |version, replica| {
             let statements =
                 aggregate::minutes_statements(&self.config, &self.registry, minutes, version);
-            let replica = attempt as usize % sink.replicas(shard);
-            let started = Instant::now();
-            let result: Result<(u64, Vec<_>)> = rt.block_on(async {
+            let (points, folded) = rt.block_on(async {
                 for sql in &statements {
                     sink.execute(shard, replica, sql).await?;
                 }
@@ -925,66 +968,124 @@ impl Shipper {
                     dc_config::schema::table::STATES_LOCAL,
                     dc_config::sql::quote_str(&self.config.dc)
                 );
-                Ok((sink.query_u64(shard, replica, &points).await?, folded))
-            });
-            match result {
-                Ok((points, folded)) => {
-                    for (minute, event, dimension, values) in folded.into_iter().filter(|f| f.3 > 0)
-                    {
-                        self.metrics
-                            .dimension_values_folded
-                            .get_or_create(&vec![
-                                ("event".into(), event.into()),
-                                ("dimension".into(), dimension.into()),
-                            ])
-                            .inc_by(values);
-                        tracing::warn!(
-                            minute,
-                            event,
-                            dimension,
-                            values,
-                            "distinct values over the registry's max_values_per_minute were counted under `other`"
-                        );
-                    }
-                    self.metrics
-                        .aggregation_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.aggregation_rounds.inc_by(minutes.len() as u64);
-                    self.metrics.series_points.inc_by(points);
-                    *self.health.aggregation.lock().expect("health lock") = SinkHealth::Ok;
-                    tracing::debug!(
-                        first,
-                        last,
-                        minutes = minutes.len(),
-                        version,
-                        points,
-                        "minutes aggregated"
-                    );
-                    return Ok(true);
-                }
-                Err(e) => {
-                    self.metrics
-                        .errors
-                        .get_or_create(&label("kind", e.kind()))
-                        .inc();
-                    tracing::warn!(error = %e, first, last, minutes = minutes.len(), attempt, "aggregating minutes failed; retrying with a new version");
-                    *self.health.aggregation.lock().expect("health lock") = if e.retriable() {
-                        SinkHealth::Retrying(e.to_string())
-                    } else {
-                        SinkHealth::Blocked(e.to_string())
-                    };
-                    let delay = if e.retriable() {
-                        self.backoff(attempt)
-                    } else {
-                        Duration::from_millis(self.config.limits.blocked_retry_ms)
-                    };
-                    if !self.sleep(delay) {
-                        return Ok(false);
-                    }
-                }
-            }
+                Ok::<_, Error>((sink.query_u64(shard, replica, &points).await?, folded))
+            })?;
+            Ok((version, points, folded))
+        })?;
+        let Some((version, points, folded)) = done else {
+            return Ok(false);
+        };
+        for (minute, event, dimension, values) in folded.into_iter().filter(|f| f.3 > 0) {
+            self.metrics
+                .dimension_values_folded
+                .get_or_create(&vec![
+                    ("event".into(), event.into()),
+                    ("dimension".into(), dimension.into()),
+                ])
+                .inc_by(values);
+            tracing::warn!(
+                minute,
+                event,
+                dimension,
+                values,
+                "distinct values over the registry's max_values_per_minute were counted under `other`"
+            );
         }
-        unreachable!("the attempt counter does not run out")
+        self.metrics
+            .aggregation_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.aggregation_rounds.inc_by(minutes.len() as u64);
+        self.metrics.series_points.inc_by(points);
+        tracing::debug!(
+            first,
+            last,
+            minutes = minutes.len(),
+            version,
+            points,
+            "minutes aggregated"
+        );
+        Ok(true)
+    }
+
+    /// Builds `periods` of `coarse` (sorted, each once, all placed on
+    /// `shard`) from the finer states until it succeeds
+    /// (docs/adr/0016-pre-merged-hours-and-days.md). False on shutdown.
+    fn build_periods(
+        &self,
+        rt: &tokio::runtime::Handle,
+        sink: &Sink,
+        shard: usize,
+        coarse: Coarse,
+        periods: &[u32],
+        version: &mut dyn FnMut() -> Result<Option<u64>>,
+    ) -> Result<bool> {
+        let started = Instant::now();
+        let done = self.until_done(
+            sink,
+            shard,
+            "building hours and days",
+            version,
+            |version, replica| {
+                let sql = steps::build_sql(
+                    &self.config.database,
+                    &self.config.dc,
+                    coarse,
+                    periods,
+                    version,
+                );
+                match sql {
+                    Some(sql) => rt.block_on(sink.execute(shard, replica, &sql)),
+                    None => Ok(()),
+                }
+            },
+        )?;
+        if done.is_some() {
+            self.metrics
+                .periods_built
+                .get_or_create(&label("step", coarse.name()))
+                .inc_by(periods.len() as u64);
+            tracing::debug!(
+                step = coarse.name(),
+                periods = periods.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "periods built"
+            );
+        }
+        Ok(done.is_some())
+    }
+
+    /// Records the DC's built ranges for readers, on the first shard.
+    fn record_built(
+        &self,
+        rt: &tokio::runtime::Handle,
+        sink: &Sink,
+        built: &[Option<Built>; 2],
+        version: &mut dyn FnMut() -> Result<Option<u64>>,
+    ) -> Result<bool> {
+        let done = self.until_done(
+            sink,
+            0,
+            "recording built hours and days",
+            version,
+            |version, replica| {
+                rt.block_on(async {
+                    for (coarse, b) in Coarse::ALL.into_iter().zip(built) {
+                        if let Some(b) = b {
+                            let sql = steps::mark_sql(
+                                &self.config.database,
+                                &self.config.dc,
+                                coarse,
+                                *b,
+                                version,
+                            );
+                            sink.execute(0, replica, &sql).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            },
+        )?;
+        Ok(done.is_some())
     }
 
     // ---- Redis -------------------------------------------------------------

@@ -1096,6 +1096,8 @@ fn a_backlog_of_minutes_is_caught_up_many_minutes_per_statement() {
     let cluster = launch();
     let mut cfg = config(&cluster, "dc1");
     cfg.limits.aggregation_grace_ms = 1_000;
+    // The history is over a year old: hours and days built back to it.
+    cfg.limits.rollup_backfill_days = 800;
     let spool = open_spool(&cfg);
     // An hour of history, 20 votes a minute, spooled before the shipper
     // starts (as after an outage): 60 minutes to aggregate at once.
@@ -1129,5 +1131,19 @@ fn a_backlog_of_minutes_is_caught_up_many_minutes_per_statement() {
     wait_for("every minute counted", Duration::from_secs(30), || {
         running.metrics.aggregation_rounds.get() >= MINUTES
     });
+    // Its hour and its day built from the minutes (ADR 0016), and marked.
+    let t0_s = T0 / 1000;
+    for table in ["metric_states_hour_all", "metric_states_day_all"] {
+        wait_for(table, Duration::from_secs(60), || {
+            ch.query(&format!("SELECT countMerge(count_state) FROM spoolhouse.{table} FINAL WHERE metric = 'vote.count()' AND minute = toDateTime({t0_s}) FORMAT TSV"))
+                .unwrap()
+                .trim()
+                == (MINUTES * 20).to_string()
+        });
+    }
+    let marks = ch
+        .query("SELECT step, from_s <= 1764028800, through_s > 1764028800 + 86400 FROM spoolhouse.rollup_marks_all FINAL WHERE dc = 'dc1' ORDER BY step FORMAT TSV")
+        .unwrap();
+    assert_eq!(marks, "3600\t1\t1\n86400\t1\t1\n");
     running.stop();
 }

@@ -354,38 +354,64 @@ impl Shipper {
                 .dc_watermark_delay_seconds
                 .set(now_ms().saturating_sub(wm) as f64 / 1000.0);
         }
-        if round.minutes.is_empty() {
+        // Hours and days to build: newly settled ones, and those holding
+        // a minute this round re-aggregates (ADR 0016).
+        let work = round.settled_s.map(|settled| {
+            let back = self
+                .config
+                .limits
+                .rollup_backfill_days
+                .saturating_mul(86_400);
+            fleet::coarse_work(
+                &l.state,
+                &round.minutes,
+                settled,
+                settled.saturating_sub(back),
+            )
+        });
+        let coarse_todo = work.as_ref().is_some_and(|w| {
+            w.built != l.state.built || w.builds.iter().any(|(_, p)| !p.is_empty())
+        });
+        if round.minutes.is_empty() && !coarse_todo {
             return Ok(());
         }
-        // Each shard's minutes of the round in one statement per event type
-        // (the round's minutes are sorted and each once, so each shard's are).
-        let mut by_shard: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
-        for &minute in &round.minutes {
-            by_shard
-                .entry(aggregate::shard_for_minute(weights, minute))
-                .or_default()
-                .push(minute);
-        }
-        for (shard, minutes) in by_shard {
-            let mut version = || -> Result<Option<u64>> {
-                let v = fleet::next_version(l.last_version, l.floor, now_ms());
-                if v > l.state.version_ceiling {
-                    l.state.version_ceiling = v + fleet::VERSION_BLOCK;
-                    match write_state(rt, &s.client, &l.state, l.state_version)? {
-                        Some(stat) => l.state_version = stat.version,
-                        None => {
-                            return Err(Error::ZooKeeper("another aggregator took over".into()))
-                        }
-                    }
+        let mut version = || -> Result<Option<u64>> {
+            let v = fleet::next_version(l.last_version, l.floor, now_ms());
+            if v > l.state.version_ceiling {
+                l.state.version_ceiling = v + fleet::VERSION_BLOCK;
+                match write_state(rt, &s.client, &l.state, l.state_version)? {
+                    Some(stat) => l.state_version = stat.version,
+                    None => return Err(Error::ZooKeeper("another aggregator took over".into())),
                 }
-                l.last_version = v;
-                Ok(Some(v))
-            };
+            }
+            l.last_version = v;
+            Ok(Some(v))
+        };
+        // Each shard's minutes of the round in one statement per event type
+        // (the round's minutes are sorted and each once, so each shard's are);
+        // then each shard's periods per step, hours before the days merged
+        // from them.
+        for (shard, minutes) in by_shard(weights, &round.minutes) {
             if !self.aggregate_minutes(rt, sink, shard, &minutes, &mut version)? {
                 return Err(Error::Stopping);
             }
         }
-        let next = fleet::after_round(&l.state, &round.minutes, sync.mzxid, &hosts);
+        if let Some(work) = work.as_ref().filter(|_| coarse_todo) {
+            for (coarse, periods) in &work.builds {
+                for (shard, periods) in by_shard(weights, periods) {
+                    if !self.build_periods(rt, sink, shard, *coarse, &periods, &mut version)? {
+                        return Err(Error::Stopping);
+                    }
+                }
+            }
+            if !self.record_built(rt, sink, &work.built, &mut version)? {
+                return Err(Error::Stopping);
+            }
+        }
+        let mut next = fleet::after_round(&l.state, &round.minutes, sync.mzxid, &hosts);
+        if let Some(work) = work {
+            next.built = work.built;
+        }
         match write_state(rt, &s.client, &next, l.state_version)? {
             Some(stat) => {
                 l.state = next;
@@ -442,6 +468,18 @@ impl Shipper {
         }
         Ok(hosts)
     }
+}
+
+/// `periods` (minutes, hours or days; sorted, each once) by the shard
+/// [`aggregate::shard_for_minute`] places each on, each shard's sorted.
+fn by_shard(weights: &[u32], periods: &[u32]) -> BTreeMap<usize, Vec<u32>> {
+    let mut out: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    for &p in periods {
+        out.entry(aggregate::shard_for_minute(weights, p))
+            .or_default()
+            .push(p);
+    }
+    out
 }
 
 /// The aggregator's state and its node version (-1 when there is none yet:
