@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use dc_config::event::{ValidEvent, Value};
+use dc_config::registry::MetricKind;
 use dc_config::registry::Registry;
-use dc_config::rollup::{aggregate_minutes_sql, decode_points, rollups, series_points_sql};
+use dc_config::rollup::{aggregate_minutes_sql, rollups};
+use dc_config::steps::{self, build_sql, Built, Coarse};
 use launcher::probe::ClickHouseHttp;
 use launcher::{LaunchOptions, LocalCluster};
 use rand::{Rng, SeedableRng};
@@ -19,12 +21,16 @@ use rand::{Rng, SeedableRng};
 /// Arguments of `spoolhouse bench series`.
 #[derive(Debug, Args)]
 pub struct SeriesBench {
-    /// Series in the table for the read test.
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(20..=100_000))]
+    /// Series in the table for the read test (200 of them over 90 days).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(220..=100_000))]
     series: u32,
     /// Days of 1-minute points per series.
     #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u32).range(1..=60))]
     days: u32,
+    /// Days of 1-minute states of the 200 long series (the 200 series x
+    /// 90 days read).
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=400))]
+    long_days: u32,
     /// Read queries timed (each 20 random series over the whole range).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(5..=10_000))]
     reads: u32,
@@ -75,73 +81,210 @@ pub fn run(args: SeriesBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_test(ch: &ClickHouseHttp, args: &SeriesBench) -> anyhow::Result<()> {
-    let points_per_series = u64::from(args.days) * 1440;
-    let total = u64::from(args.series) * points_per_series;
-    let started = Instant::now();
-    // Series named like real ones; values with a daily shape and noise.
-    ch.query(&format!(
-        "INSERT INTO spoolhouse.series_local (date, metric_hash, time, dc, value, version) \
-         SELECT toDate(t), cityHash64(concat('bench.count(){{n=', toString(s), '}}')), t, 'dc2', \
-         1000 + 500 * sin(toFloat64(toSecond(t) + 60 * toMinute(t) + 3600 * toHour(t)) / 13751) + (cityHash64(number) % 100), 1 \
-         FROM (SELECT number, intDiv(number, {points_per_series}) AS s, \
-         toDateTime({T0} + 60 * (number % {points_per_series})) AS t FROM system.numbers LIMIT {total})"
+/// Loads `count` series (`bench.sum(v){n=K}`, K from `first`) of 1-minute
+/// sum states over `days` days into the minute states table, 100 series
+/// per statement; values with a daily shape and noise.
+fn load_minute_states(
+    ch: &ClickHouseHttp,
+    first: u32,
+    count: u32,
+    days: u32,
+) -> anyhow::Result<()> {
+    let per_series = u64::from(days) * 1440;
+    for chunk in (first..first + count).step_by(100) {
+        let n = (first + count - chunk).min(100);
+        ch.query(&format!(
+            "INSERT INTO spoolhouse.metric_states_local (date, minute, dc, event, metric, kind, version, sum_state) \
+             SELECT toDate(t), t, 'dc2', 'bench', concat('bench.sum(v){{n=', toString(s), '}}'), 'sum', 1, \
+             arrayReduce('sumState', [v]) \
+             FROM (SELECT {chunk} + intDiv(number, {per_series}) AS s, \
+             toDateTime({T0} + 60 * (number % {per_series})) AS t, \
+             1000 + 500 * sin(toFloat64(toUInt32(t) % 86400) / 13751) + toFloat64(cityHash64(number) % 100) AS v \
+             FROM system.numbers LIMIT {})",
+            u64::from(n) * per_series
+        ))?;
+    }
+    Ok(())
+}
+
+/// Bytes stored per row of `table` (compressed, active parts).
+fn bytes_per_row(ch: &ClickHouseHttp, table: &str) -> anyhow::Result<f64> {
+    let got = ch.query(&format!(
+        "SELECT sum(data_compressed_bytes) / sum(rows) FROM system.parts \
+         WHERE database = 'spoolhouse' AND table = '{table}' AND active FORMAT TSV"
     ))?;
-    ch.query("OPTIMIZE TABLE spoolhouse.series_local FINAL")?;
+    Ok(got.trim().parse()?)
+}
+
+fn read_test(ch: &ClickHouseHttp, args: &SeriesBench) -> anyhow::Result<()> {
+    // The 200 long series (90 days) and the rest (args.days).
+    const LONG: u32 = 200;
+    let long_days = args.long_days;
+    let started = Instant::now();
+    load_minute_states(ch, 0, LONG, long_days)?;
+    load_minute_states(ch, LONG, args.series.saturating_sub(LONG), args.days)?;
+    ch.query("OPTIMIZE TABLE spoolhouse.metric_states_local FINAL")?;
+    let rows = u64::from(LONG) * u64::from(long_days) * 1440
+        + u64::from(args.series.saturating_sub(LONG)) * u64::from(args.days) * 1440;
     println!(
-        "\nseries read: {} series x {} days at 1-minute points = {} rows, loaded and merged in {:.1} s",
+        "\nseries read: {} series of 1-minute states ({LONG} over {long_days} days, the rest over {} days) = {rows} rows, loaded and merged in {:.1} s",
         args.series,
         args.days,
-        total,
         started.elapsed().as_secs_f64()
     );
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let (mut final_took, mut fast_took) = (Vec::new(), Vec::new());
-    let mut points = 0usize;
-    let to_s = T0 + args.days * 86_400;
-    for _ in 0..args.reads {
-        let names: Vec<String> = (0..20)
-            .map(|_| format!("bench.count(){{n={}}}", rng.random_range(0..args.series)))
-            .collect();
-        // The query service's read: no FINAL, the latest version kept here.
-        let t = Instant::now();
-        let body = ch.query_bytes(&series_points_sql(
-            "spoolhouse",
-            "series_local",
-            &names,
-            T0,
-            to_s,
-        ))?;
-        let got = decode_points(&body).context("decoding the series answer")?;
-        fast_took.push(t.elapsed());
-        points = got.points.len();
-        // The same with FINAL and ORDER BY in ClickHouse, for comparison.
-        let hashes: Vec<String> = names.iter().map(|n| format!("cityHash64('{n}')")).collect();
-        let t = Instant::now();
-        ch.query_bytes(&format!(
-            "SELECT metric_hash, time, dc, value FROM spoolhouse.series_local FINAL \
-             WHERE metric_hash IN ({}) AND time >= toDateTime({T0}) AND time < toDateTime({to_s}) \
-             ORDER BY metric_hash, time FORMAT RowBinary",
-            hashes.join(", ")
-        ))?;
-        final_took.push(t.elapsed());
+    // Hours and days built as the aggregator builds them (ADR 0016).
+    let to_long = T0 + long_days * 86_400;
+    let hours: Vec<u32> = (T0..to_long).step_by(3_600).collect();
+    let days: Vec<u32> = (T0..to_long).step_by(86_400).collect();
+    let mut built = [None, None];
+    for (i, (coarse, periods)) in [(Coarse::Hour, &hours), (Coarse::Day, &days)]
+        .into_iter()
+        .enumerate()
+    {
+        let started = Instant::now();
+        if let Some(sql) = build_sql("spoolhouse", "dc2", coarse, periods, 1) {
+            ch.query(&sql)?;
+        }
+        let took = started.elapsed();
+        let b = Built {
+            from_s: T0,
+            through_s: to_long,
+        };
+        built[i] = Some(b);
+        let table = coarse.local_table();
+        let n: u64 = ch
+            .query(&format!(
+                "SELECT count() FROM spoolhouse.{table} FORMAT TSV"
+            ))?
+            .trim()
+            .parse()?;
+        println!(
+            "  {} states built: {n} rows from the finer states in {:.1} s",
+            coarse.name(),
+            took.as_secs_f64()
+        );
     }
-    fast_took.sort();
-    final_took.sort();
+    if let Some(sql) = steps::marks_insert_sql("spoolhouse", "dc2", &built, 1) {
+        ch.query(&sql)?;
+    }
+    ch.query("OPTIMIZE TABLE spoolhouse.metric_states_hour_local FINAL")?;
+    ch.query("OPTIMIZE TABLE spoolhouse.metric_states_day_local FINAL")?;
+    let per_row = [
+        bytes_per_row(ch, "metric_states_local")?,
+        bytes_per_row(ch, "metric_states_hour_local")?,
+        bytes_per_row(ch, "metric_states_day_local")?,
+    ];
     println!(
-        "  20 series x {} days ({points} points per read), {} reads:",
-        args.days, args.reads
+        "  stored bytes per row (compressed): minute {:.1}, hour {:.1}, day {:.1}",
+        per_row[0], per_row[1], per_row[2]
     );
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    // `n` distinct series of the `count` from `first`.
+    let mut pick = |n: usize, first: u32, count: u32| -> Vec<String> {
+        rand::seq::index::sample(&mut rng, count as usize, n.min(count as usize))
+            .into_iter()
+            .map(|i| format!("bench.sum(v){{n={}}}", first + i as u32))
+            .collect()
+    };
+    // (label, series, first series, of how many, days, step, coarse states)
+    let (short, long) = (
+        format!("20 series x {} days", args.days),
+        format!("200 series x {long_days} days"),
+    );
+    let cases: [(String, usize, u32, u32, u32, u32, bool); 5] = [
+        (
+            format!("{short}, minute step"),
+            20,
+            LONG,
+            args.series - LONG,
+            args.days,
+            60,
+            false,
+        ),
+        (
+            format!("{short}, hour step, merged from minutes"),
+            20,
+            LONG,
+            args.series - LONG,
+            args.days,
+            3_600,
+            false,
+        ),
+        (
+            format!("{short}, hour step, from hours"),
+            20,
+            LONG,
+            args.series - LONG,
+            args.days,
+            3_600,
+            true,
+        ),
+        (
+            format!("{long}, hour step, from hours"),
+            200,
+            0,
+            LONG,
+            long_days,
+            3_600,
+            true,
+        ),
+        (
+            format!("{long}, day step, from days"),
+            200,
+            0,
+            LONG,
+            long_days,
+            86_400,
+            true,
+        ),
+    ];
     println!(
-        "    latest version kept by the client (the query service's read)  p50 {:.1} ms, p99 {:.1} ms   (talk: 20-80 ms; target <= 20 ms p50)",
-        percentile_ms(&fast_took, 0.5),
-        percentile_ms(&fast_took, 0.99)
+        "  reads (the query service's SQL, answer as TSV), {} each:",
+        args.reads
     );
-    println!(
-        "    FINAL + ORDER BY in ClickHouse                                  p50 {:.1} ms, p99 {:.1} ms",
-        percentile_ms(&final_took, 0.5),
-        percentile_ms(&final_took, 0.99)
-    );
+    for (label, n, first, count, days, step, coarse) in cases {
+        let to_s = T0 + days * 86_400;
+        let b = if coarse { built } else { [None, None] };
+        let parts = steps::parts(T0, to_s, step, b);
+        let rows_per_point: f64 = match parts.first().and_then(|p| p.coarse) {
+            None => f64::from(step) / 60.0,
+            Some(c) => f64::from(step / c.seconds()),
+        };
+        let bytes = per_row[match parts.first().and_then(|p| p.coarse) {
+            None => 0,
+            Some(Coarse::Hour) => 1,
+            Some(Coarse::Day) => 2,
+        }] * rows_per_point;
+        let mut took = Vec::new();
+        let mut points = 0;
+        for _ in 0..args.reads {
+            let names = pick(n, first, count);
+            let sql = steps::read_sql(
+                "spoolhouse",
+                steps::DC_TABLES,
+                MetricKind::Sum,
+                &names,
+                &parts,
+                step,
+                false,
+            )
+            .context("a read with names and parts")?;
+            let t = Instant::now();
+            let body = ch.query_bytes(&format!("{sql} FORMAT TSV"))?;
+            took.push(t.elapsed());
+            points = body
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count();
+        }
+        took.sort();
+        println!(
+            "    {label:<52} p50 {:>7.1} ms, p99 {:>7.1} ms  ({points} points, {rows_per_point:.0} stored rows and ~{bytes:.0} bytes per point)",
+            percentile_ms(&took, 0.5),
+            percentile_ms(&took, 0.99)
+        );
+    }
     Ok(())
 }
 

@@ -580,21 +580,21 @@ pub fn aggregate_minutes_sql(
 }
 
 /// Per bounded dimension of `event`'s metrics: the dimension and a query
-/// answering how many of its distinct values in the minute starting at
-/// `minute_s` were folded into [`FOLDED_VALUE`] by
-/// [`aggregate_minutes_sql`] (one `UInt64`).
+/// answering how many of its distinct values were folded into
+/// [`FOLDED_VALUE`] by [`aggregate_minutes_sql`] over `minutes` (sorted,
+/// each once), summed over the minutes (one `UInt64`): one scan for a
+/// backlog's minutes, as the aggregation itself.
 pub fn folded_values_sql<'a>(
     database: &str,
     event_name: &str,
     event: &'a EventType,
-    minute_s: u32,
+    minutes: &[u32],
 ) -> Vec<(&'a str, String)> {
-    let minutes = [minute_s];
     let of = MinutesOf {
         database,
         event_name,
         event,
-        minutes: &minutes,
+        minutes,
     };
     let mut dims: Vec<&str> = event
         .metric
@@ -607,8 +607,9 @@ pub fn folded_values_sql<'a>(
         .filter_map(|d| {
             let bound = event.fields.get(d)?.dimension_bound()?;
             let sql = format!(
-                "SELECT toUInt64(greatest(uniqExact({value}), {bound}) - {bound}) \
-                 FROM {database}.{events} WHERE {condition}",
+                "SELECT toUInt64(sum(s_f)) FROM (\
+                 SELECT greatest(uniqExact({value}), {bound}) - {bound} AS s_f \
+                 FROM {database}.{events} WHERE {condition} GROUP BY toStartOfMinute(time))",
                 value = attr(d),
                 events = table::EVENTS_DC,
                 condition = of.condition(),

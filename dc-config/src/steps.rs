@@ -167,18 +167,39 @@ fn state_column(kind: MetricKind) -> (&'static str, &'static str) {
     }]
 }
 
-/// The statement recording that `built` periods of `coarse` are built in
-/// `dc` (into `rollup_marks_local`; readers merge every shard's marks).
-pub fn mark_sql(database: &str, dc: &str, coarse: Coarse, built: Built, version: u64) -> String {
-    format!(
-        "INSERT INTO {database}.{marks} (dc, step, from_s, through_s, version) \
-         VALUES ({dc}, {step}, {from}, {through}, {version})",
+/// The statement recording the built ranges of `dc` (hours, then days, as
+/// [`Coarse::ALL`]) in `rollup_marks_local`, all in one insert so a reader
+/// never sees the day mark of a round without its hour mark; `None` when
+/// nothing is built. Readers merge every shard's marks.
+pub fn marks_insert_sql(
+    database: &str,
+    dc: &str,
+    built: &[Option<Built>; 2],
+    version: u64,
+) -> Option<String> {
+    let rows: Vec<String> = Coarse::ALL
+        .into_iter()
+        .zip(built)
+        .filter_map(|(coarse, b)| {
+            b.map(|b| {
+                format!(
+                    "({dc}, {step}, {from}, {through}, {version})",
+                    dc = quote_str(dc),
+                    step = coarse.seconds(),
+                    from = b.from_s,
+                    through = b.through_s,
+                )
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "INSERT INTO {database}.{marks} (dc, step, from_s, through_s, version) VALUES {}",
+        rows.join(", "),
         marks = table::ROLLUP_MARKS_LOCAL,
-        dc = quote_str(dc),
-        step = coarse.seconds(),
-        from = built.from_s,
-        through = built.through_s,
-    )
+    ))
 }
 
 /// The query reading the marks of `table` (`rollup_marks_dc` or `_all`):
@@ -304,11 +325,13 @@ pub const ALL_TABLES: ScopeTables = ScopeTables {
 /// A read of series `names` (all of metric kind `kind`) over `parts` at
 /// `step_s`: one row per series (`metric`, its name) and step start (`t`)
 /// with the merged value (`v`, `Float64`); with `by_dc`, per datacenter too
-/// (`dc`, first). Each part merges its rows per series and step where they
-/// are stored (shards send states, not rows); the outer query merges the
-/// parts of a step. Series are grouped by their hash and named once per
-/// answer row, so no name is read from storage. No `FORMAT`: callers join
-/// several with `UNION ALL`. `None` for no names or no parts.
+/// (`dc`, first). Each part keeps the latest version of each stored row
+/// (`argMax` by version, grouped by the table's key, on the shard holding
+/// it: the same rows `FINAL` keeps, at half its cost on 18.16); the outer
+/// query merges a step's states across rows, parts and DCs. Series are
+/// grouped by their hash and named once per answer row, so no name is
+/// read from storage. No `FORMAT`: callers join several with `UNION ALL`.
+/// `None` for no names or no parts.
 pub fn read_sql(
     database: &str,
     tables: ScopeTables,
@@ -338,12 +361,12 @@ pub fn read_sql(
                 Some(Coarse::Day) => tables.days,
             };
             format!(
-                "SELECT {by}metric_hash, intDiv(toUInt32(minute), {step_s}) * {step_s} AS t, \
-                 {f}MergeState({col}) AS s FROM {database}.{table} FINAL \
+                "SELECT dc, metric_hash, intDiv(toUInt32(minute), {step_s}) * {step_s} AS t, \
+                 argMax({col}, version) AS s FROM {database}.{table} \
                  WHERE metric_hash IN ({hashes}) \
                  AND date >= toDate(toDateTime({from})) AND date <= toDate(toDateTime({last})) \
                  AND minute >= toDateTime({from}) AND minute < toDateTime({to}) \
-                 GROUP BY {by}metric_hash, t",
+                 GROUP BY dc, metric_hash, minute",
                 from = p.from_s,
                 to = p.to_s,
                 last = p.to_s - 1,
@@ -438,5 +461,12 @@ mod tests {
         assert!(sql.contains("FROM db.metric_states_hour_dc FINAL"), "{sql}");
         assert!(sql.contains("AND s_p IN (0, 172800)"), "{sql}");
         assert!(build_sql("db", "dc1", Coarse::Day, &[], 7).is_none());
+        // Both marks of a round in one insert; none when nothing is built.
+        let sql = marks_insert_sql("db", "dc1", &[built(0, H), built(0, D)], 7).unwrap();
+        assert!(
+            sql.ends_with("VALUES ('dc1', 3600, 0, 3600, 7), ('dc1', 86400, 0, 86400, 7)"),
+            "{sql}"
+        );
+        assert!(marks_insert_sql("db", "dc1", &[None, None], 7).is_none());
     }
 }

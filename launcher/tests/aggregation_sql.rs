@@ -375,7 +375,7 @@ fn a_dimension_over_its_bound_folds_the_rest_into_other() {
     assert_eq!(got["screen_view.count(){screen=other}"], 6, "{got:?}");
     assert_eq!(got["screen_view.count()"], 14, "{got:?}");
     // What the shipper counts: c, d, e and other folded.
-    let folded = folded_values_sql("spoolhouse", "screen_view", &ev, MINUTE);
+    let folded = folded_values_sql("spoolhouse", "screen_view", &ev, &[MINUTE]);
     assert_eq!(folded.len(), 1, "{folded:?}");
     assert_eq!(folded[0].0, "screen");
     let ch = cluster.clickhouse("dc1-s2-r1").unwrap();
@@ -545,7 +545,9 @@ fn stepped(
 
 #[test]
 fn hours_and_days_built_from_minutes_read_as_the_minutes_do() {
-    use dc_config::steps::{build_sql, mark_sql, marks_sql, parse_marks, parts, Built, Coarse};
+    use dc_config::steps::{
+        build_sql, marks_insert_sql, marks_sql, parse_marks, parts, Built, Coarse,
+    };
     const H: u32 = 3_600;
     let cluster =
         LocalCluster::start(&dc_config::examples::declared(), LaunchOptions::default()).unwrap();
@@ -598,26 +600,18 @@ fn hours_and_days_built_from_minutes_read_as_the_minutes_do() {
         .unwrap();
         cluster.clickhouse(server).unwrap().query(&sql).unwrap();
         build(dc, server, &hours, &days, 1);
-        let ch = cluster.clickhouse(server).unwrap();
-        for (coarse, built) in [
-            (
-                Coarse::Hour,
-                Built {
-                    from_s: from,
-                    through_s: to,
-                },
-            ),
-            (
-                Coarse::Day,
-                Built {
-                    from_s: first_day,
-                    through_s: first_day + 2 * 86_400,
-                },
-            ),
-        ] {
-            ch.query(&mark_sql("spoolhouse", dc, coarse, built, 1))
-                .unwrap();
-        }
+        let built = [
+            Some(Built {
+                from_s: from,
+                through_s: to,
+            }),
+            Some(Built {
+                from_s: first_day,
+                through_s: first_day + 2 * 86_400,
+            }),
+        ];
+        let sql = marks_insert_sql("spoolhouse", dc, &built, 1).unwrap();
+        cluster.clickhouse(server).unwrap().query(&sql).unwrap();
     }
     let ch = cluster.clickhouse("dc1-s2-r1").unwrap();
     let marks = parse_marks(

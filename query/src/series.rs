@@ -375,16 +375,23 @@ mod tests {
         assert_eq!(ok.series[1].0, "registration.uniq(user_id){gender=male}");
         assert_eq!(ok.from, 0);
         let sql = ok.sql("spoolhouse", ok.scope, [None, None]);
-        assert!(sql.contains("toFloat64(countMerge(s))"), "{sql}");
+        assert!(
+            sql.contains("toFloat64(countMerge(s))")
+                && sql.contains("argMax(count_state, version) AS s"),
+            "{sql}"
+        );
         assert!(sql.contains("toFloat64(uniqMerge(s))"), "{sql}");
-        assert!(sql.contains("metric_states_all FINAL"));
+        assert!(sql.contains("FROM spoolhouse.metric_states_all WHERE"));
         assert!(!sql.contains("metric_states_hour_all"));
         let hours = Some(Built {
             from_s: 0,
             through_s: 3_600,
         });
         let sql = ok.sql("spoolhouse", ok.scope, [hours, None]);
-        assert!(sql.contains("metric_states_hour_all FINAL"), "{sql}");
+        assert!(
+            sql.contains("FROM spoolhouse.metric_states_hour_all WHERE"),
+            "{sql}"
+        );
         let err = |q: &str| match SeriesRequest::parse(&r, q) {
             Err(Error::BadParameter { parameter, .. }) => parameter,
             other => panic!("{other:?}"),

@@ -206,15 +206,16 @@ pub fn minutes_statements(
 }
 
 /// Per event type and bounded dimension of its metrics: the query counting
-/// the values `minute_s` of this DC folds into `other`.
+/// the values `minutes` (sorted, each once) of this DC fold into `other`,
+/// summed over the minutes.
 pub fn folded_values_statements<'a>(
     config: &ShipperConfig,
     registry: &'a Registry,
-    minute_s: u32,
+    minutes: &[u32],
 ) -> Vec<(&'a str, &'a str, String)> {
     dc_config::rollup::aggregated_events(registry)
         .flat_map(|(name, ev)| {
-            dc_config::rollup::folded_values_sql(&config.database, name, ev, minute_s)
+            dc_config::rollup::folded_values_sql(&config.database, name, ev, minutes)
                 .into_iter()
                 .map(move |(dim, sql)| (name, dim, sql))
         })

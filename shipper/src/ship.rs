@@ -954,13 +954,11 @@ impl Shipper {
                     sink.execute(shard, replica, sql).await?;
                 }
                 let mut folded = Vec::new();
-                for &minute in minutes {
-                    for (event, dim, sql) in
-                        aggregate::folded_values_statements(&self.config, &self.registry, minute)
-                    {
-                        let values = sink.query_u64(shard, replica, &sql).await?;
-                        folded.push((minute, event, dim, values));
-                    }
+                for (event, dim, sql) in
+                    aggregate::folded_values_statements(&self.config, &self.registry, minutes)
+                {
+                    let values = sink.query_u64(shard, replica, &sql).await?;
+                    folded.push((event, dim, values));
                 }
                 let points = format!(
                     "SELECT count() FROM {}.{} WHERE minute >= toDateTime({first}) AND minute <= toDateTime({last}) AND version = {version} AND dc = {}",
@@ -975,7 +973,7 @@ impl Shipper {
         let Some((version, points, folded)) = done else {
             return Ok(false);
         };
-        for (minute, event, dimension, values) in folded.into_iter().filter(|f| f.3 > 0) {
+        for (event, dimension, values) in folded.into_iter().filter(|f| f.2 > 0) {
             self.metrics
                 .dimension_values_folded
                 .get_or_create(&vec![
@@ -984,11 +982,12 @@ impl Shipper {
                 ])
                 .inc_by(values);
             tracing::warn!(
-                minute,
+                first,
+                last,
                 event,
                 dimension,
                 values,
-                "distinct values over the registry's max_values_per_minute were counted under `other`"
+                "distinct values over the registry's max_values_per_minute in the minutes first..=last (summed over them) were counted under `other`"
             );
         }
         self.metrics
@@ -1067,22 +1066,14 @@ impl Shipper {
             0,
             "recording built hours and days",
             version,
-            |version, replica| {
-                rt.block_on(async {
-                    for (coarse, b) in Coarse::ALL.into_iter().zip(built) {
-                        if let Some(b) = b {
-                            let sql = steps::mark_sql(
-                                &self.config.database,
-                                &self.config.dc,
-                                coarse,
-                                *b,
-                                version,
-                            );
-                            sink.execute(0, replica, &sql).await?;
-                        }
-                    }
-                    Ok(())
-                })
+            |version, replica| match steps::marks_insert_sql(
+                &self.config.database,
+                &self.config.dc,
+                built,
+                version,
+            ) {
+                Some(sql) => rt.block_on(sink.execute(0, replica, &sql)),
+                None => Ok(()),
             },
         )?;
         Ok(done.is_some())
