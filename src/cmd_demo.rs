@@ -422,7 +422,7 @@ fn send_traffic(
     run_with_progress(rt, sends, progress, "history", dcs, None).context("sending the history")?;
     for d in dcs.iter() {
         println!(
-            "{}: {} events of history sent to its {} app hosts' collectors over their Unix sockets, {} acknowledged ({} h of a daily curve, one minute per hour, then the last {} minutes minute by minute), in {:.1} s",
+            "{}: {} events of history sent to its {} app hosts' collectors over their Unix sockets, {} acknowledged ({} h of a daily curve in every minute, then the last {} minutes denser), in {:.1} s",
             d.name,
             d.sum(|l| &l.sent),
             d.services.hosts.len(),

@@ -8,11 +8,10 @@
 //! History is thinner than the live traffic (about 3 000 events an hour per
 //! DC at the daily peak, against `--rate` a second live): enough volume
 //! for the noise model to tell a real change (ADR 0004), little enough to
-//! ship in seconds. Each past hour's events sit in one minute of that hour
-//! (`HISTORY_MINUTE`): the shippers aggregate minute by minute (about a
-//! second per minute here), and one minute per hour keeps the 78 hours at
-//! 78 minutes per DC instead of 4 680, while every hourly figure the anomaly
-//! detection and the daily chart read stays what it would be.
+//! ship in seconds. It is spread over every minute of its 78 hours, 4 680
+//! minutes per DC, as real traffic would be: the shippers catch them up
+//! many minutes per statement (ADR 0015) and build their hours and days
+//! (ADR 0016).
 
 use std::ops::Range;
 
@@ -21,12 +20,10 @@ use rand::{Rng, SeedableRng};
 
 /// Hours of history before the anomaly evaluation's end: the `daily`
 /// prediction wants the same hour on at least 3 earlier days (ADR 0004)
-/// for each evaluated hour. No more: each hour is a minute to aggregate.
+/// for each evaluated hour.
 pub(crate) const HISTORY_HOURS: u32 = 3 * 24 + ANOMALY_WINDOW_HOURS;
 /// Events per hour and DC in the history at the daily peak.
 const HISTORY_EVENTS_PER_HOUR: f64 = 3_000.0;
-/// Minute of each past hour that holds the hour's history.
-const HISTORY_MINUTE: u32 = 30;
 /// Minutes before the start shown minute by minute (the drop's windows
 /// and the minutes before them).
 pub(crate) const RECENT_MINUTES: u32 = 10;
@@ -191,16 +188,18 @@ impl Mix {
 pub(crate) fn backfill(plan: &Plan, dc_index: usize) -> Vec<String> {
     let mut mix = Mix::new(0x5eed + dc_index as u64);
     let mut out = Vec::new();
-    for hour in 0..HISTORY_HOURS {
-        let hour_s = plan.history_from_s + hour * 3600;
-        let minute_s = hour_s + HISTORY_MINUTE * 60;
-        let n = (HISTORY_EVENTS_PER_HOUR * daily_shape(minute_s)).round() as u32;
+    for minute in 0..HISTORY_HOURS * 60 {
+        let minute_s = plan.history_from_s + minute * 60;
+        // The minute's share of its hour, its fraction rounded at random
+        // so the hour's total keeps the curve.
+        let exact = HISTORY_EVENTS_PER_HOUR / 60.0 * daily_shape(minute_s);
+        let n = exact as u32 + u32::from(mix.rng.random_bool(exact.fract()));
         for _ in 0..n {
             let t = mix.time_in_minute(minute_s);
             out.extend(mix.event(t, 1.0));
         }
-        if dc_index == 0 && hour_s == plan.spike_hour_s {
-            for _ in 0..(f64::from(n) * SHARE_VOTE).round() as u32 {
+        if dc_index == 0 && minute_s - minute_s % 3600 == plan.spike_hour_s {
+            for _ in 0..(exact * SHARE_VOTE).round() as u32 {
                 let t = mix.time_in_minute(minute_s);
                 out.push(mix.farm_vote(t));
             }
