@@ -142,7 +142,7 @@ fn read_test(ch: &ClickHouseHttp, args: &SeriesBench) -> anyhow::Result<()> {
         .enumerate()
     {
         let started = Instant::now();
-        if let Some(sql) = build_sql("spoolhouse", "dc2", coarse, periods, 1) {
+        if let Some(sql) = build_sql("spoolhouse", "dc2", coarse, periods, 1, None) {
             ch.query(&sql)?;
         }
         let took = started.elapsed();

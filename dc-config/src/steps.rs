@@ -101,26 +101,37 @@ impl Built {
 /// step `coarse` for datacenter `dc` from the next finer states, with
 /// version `version`: one row per series and period, the merge of the
 /// finer rows' states (`-MergeState`, so uniques stay exact). Contiguous
-/// periods are one range; others are also named in `WHERE`. `None` for no
-/// periods. The inner query selects no constants (18.16 refuses constant
-/// columns coming back from remote shards).
+/// periods are one range; others are also named in `WHERE`. With `only`
+/// (an event type and a metric's base name), only that metric's series are
+/// built: a new metric's backfill leaves every other series as it was.
+/// `None` for no periods. The inner query selects no constants (18.16
+/// refuses constant columns coming back from remote shards).
 pub fn build_sql(
     database: &str,
     dc: &str,
     coarse: Coarse,
     periods: &[u32],
     version: u64,
+    only: Option<(&str, &str)>,
 ) -> Option<String> {
     let (first, last) = (*periods.first()?, *periods.last()?);
     let step = coarse.seconds();
     let end = last + step;
     let contiguous = (end - first) / step == periods.len() as u32;
-    let named = if contiguous {
+    let mut named = if contiguous {
         String::new()
     } else {
         let list: Vec<String> = periods.iter().map(u32::to_string).collect();
         format!(" AND s_p IN ({})", list.join(", "))
     };
+    if let Some((event, base)) = only {
+        named.push_str(&format!(
+            " AND event = {} AND (metric = {} OR startsWith(metric, {}))",
+            quote_str(event),
+            quote_str(base),
+            quote_str(&format!("{base}{{"))
+        ));
+    }
     let states: Vec<String> = STATE_COLUMNS
         .iter()
         .map(|(col, f)| format!("{f}MergeState({col}) AS s_{col}"))
@@ -447,7 +458,7 @@ mod tests {
 
     #[test]
     fn builds_name_their_periods_unless_contiguous() {
-        let sql = build_sql("db", "dc1", Coarse::Hour, &[H, 2 * H], 7).unwrap();
+        let sql = build_sql("db", "dc1", Coarse::Hour, &[H, 2 * H], 7, None).unwrap();
         assert!(
             sql.starts_with("INSERT INTO db.metric_states_hour_local"),
             "{sql}"
@@ -457,10 +468,24 @@ mod tests {
             "{sql}"
         );
         assert!(!sql.contains(" IN ("), "{sql}");
-        let sql = build_sql("db", "dc1", Coarse::Day, &[0, 2 * D], 7).unwrap();
+        let sql = build_sql("db", "dc1", Coarse::Day, &[0, 2 * D], 7, None).unwrap();
         assert!(sql.contains("FROM db.metric_states_hour_dc FINAL"), "{sql}");
         assert!(sql.contains("AND s_p IN (0, 172800)"), "{sql}");
-        assert!(build_sql("db", "dc1", Coarse::Day, &[], 7).is_none());
+        assert!(build_sql("db", "dc1", Coarse::Day, &[], 7, None).is_none());
+        // One metric's series only (a backfill).
+        let sql = build_sql(
+            "db",
+            "dc1",
+            Coarse::Hour,
+            &[H],
+            7,
+            Some(("vote", "vote.count()")),
+        )
+        .unwrap();
+        assert!(
+            sql.contains("AND event = 'vote' AND (metric = 'vote.count()' OR startsWith(metric, 'vote.count(){'))"),
+            "{sql}"
+        );
         // Both marks of a round in one insert; none when nothing is built.
         let sql = marks_insert_sql("db", "dc1", &[built(0, H), built(0, D)], 7).unwrap();
         assert!(

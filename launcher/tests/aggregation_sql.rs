@@ -579,7 +579,7 @@ fn hours_and_days_built_from_minutes_read_as_the_minutes_do() {
     let build = |dc: &str, server: &str, hours: &[u32], days: &[u32], version: u64| {
         let ch = cluster.clickhouse(server).unwrap();
         for (coarse, periods) in [(Coarse::Hour, hours), (Coarse::Day, days)] {
-            if let Some(sql) = build_sql("spoolhouse", dc, coarse, periods, version) {
+            if let Some(sql) = build_sql("spoolhouse", dc, coarse, periods, version, None) {
                 ch.query(&sql).unwrap();
             }
         }

@@ -184,20 +184,28 @@ pub fn shard_for_minute(weights: &[u32], minute_s: u32) -> usize {
 
 /// The statements aggregating `minutes` (sorted, each once, all placed on
 /// one shard) of this shipper's DC: one per event type with metrics, each
-/// one scan of those minutes (docs/adr/0015-one-pass-aggregation.md).
+/// one scan of those minutes (docs/adr/0015-one-pass-aggregation.md); with
+/// `only` (an event type and a metric's base name), one statement for that
+/// metric alone.
 pub fn minutes_statements(
     config: &ShipperConfig,
     registry: &Registry,
     minutes: &[u32],
     version: u64,
+    only: Option<(&str, &str)>,
 ) -> Vec<String> {
     dc_config::rollup::aggregated_events(registry)
+        .filter(|(name, _)| only.is_none_or(|(event, _)| event == *name))
         .flat_map(|(name, ev)| {
+            let mut ev = std::borrow::Cow::Borrowed(ev);
+            if let Some((_, base)) = only {
+                ev.to_mut().metric.retain(|m| m.base_name(name) == base);
+            }
             dc_config::rollup::aggregate_minutes_sql(
                 &config.database,
                 &config.dc,
                 name,
-                ev,
+                &ev,
                 minutes,
                 version,
             )
@@ -312,7 +320,7 @@ pub fn registry_changes(old: &Registry, new: &Registry) -> Vec<String> {
     let mut out = Vec::new();
     for m in after.difference(&before) {
         out.push(format!(
-            "metric {m} is new: it is aggregated from now on; `spoolhouse shipper --config FILE --reaggregate-from SECS --reaggregate-to SECS` fills in earlier minutes"
+            "metric {m} is new: the DC's aggregator aggregates it from now on and backfills its history back `limits.rollup_backfill_days` days, an hour of minutes per round, writing that metric's series only; `spoolhouse shipper --config FILE --reaggregate-from SECS --reaggregate-to SECS` re-aggregates older minutes (every metric)"
         ));
     }
     for m in before.difference(&after) {

@@ -99,6 +99,132 @@ pub struct AggState {
     /// in [`Coarse::ALL`] order; absent in a state written before they were kept.
     #[serde(default)]
     pub built: [Option<Built>; 2],
+    /// Signatures ([`metric_signatures`]) of the metrics the DC aggregates;
+    /// `None` in a state written before they were kept (then the
+    /// registry's metrics are taken as known: nothing is backfilled).
+    #[serde(default)]
+    pub metrics: Option<BTreeSet<String>>,
+    /// New metrics' histories still to aggregate, oldest job first.
+    #[serde(default)]
+    pub backfills: Vec<Backfill>,
+}
+
+/// A new metric's history being aggregated, an hour per round, from `next_s`
+/// to `to_s` (the minute it was first aggregated as it closed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backfill {
+    /// Its event type.
+    pub event: String,
+    /// Its base name (`EVENT.KIND(FIELD)`): the series it writes.
+    pub metric: String,
+    /// First minute not backfilled yet.
+    pub next_s: u32,
+    /// End of the backfill (exclusive).
+    pub to_s: u32,
+}
+
+/// Seconds of history a round backfills at most: an hour, so a backfill
+/// delays the minutes closing meanwhile by one statement's time at most.
+pub const BACKFILL_CHUNK_S: u32 = 3_600;
+
+/// Each metric of `registry` by its signature (base name and dimensions:
+/// a metric that gains a dimension has new roll-ups, so it is new), with
+/// its event type and base name.
+pub fn metric_signatures(
+    registry: &dc_config::registry::Registry,
+) -> BTreeMap<String, (String, String)> {
+    dc_config::rollup::aggregated_events(registry)
+        .flat_map(|(name, ev)| {
+            ev.metric.iter().map(move |m| {
+                let base = m.base_name(name);
+                (
+                    format!("{base}[{}]", m.dimensions.join(",")),
+                    (name.to_string(), base),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The known metrics and backfill jobs after a round that saw `current`
+/// ([`metric_signatures`]) with every minute before `settled_s` aggregated:
+/// each metric not known before gets a job over `[from_s, settled_s)`
+/// (docs/adr/0016-pre-merged-hours-and-days.md). A state without known
+/// metrics takes the current ones as known.
+pub fn track_metrics(
+    state: &AggState,
+    current: &BTreeMap<String, (String, String)>,
+    settled_s: u32,
+    from_s: u32,
+) -> (BTreeSet<String>, Vec<Backfill>) {
+    let now: BTreeSet<String> = current.keys().cloned().collect();
+    let mut jobs = state.backfills.clone();
+    // A metric gone from the registry is not backfilled any more.
+    jobs.retain(|b| {
+        current
+            .values()
+            .any(|(e, m)| *e == b.event && *m == b.metric)
+    });
+    if let Some(known) = &state.metrics {
+        for sig in now.difference(known) {
+            let (event, metric) = &current[sig];
+            if from_s < settled_s
+                && !jobs
+                    .iter()
+                    .any(|b| b.event == *event && b.metric == *metric)
+            {
+                jobs.push(Backfill {
+                    event: event.clone(),
+                    metric: metric.clone(),
+                    next_s: from_s - from_s % 60,
+                    to_s: settled_s - settled_s % 60,
+                });
+            }
+        }
+    }
+    (now, jobs)
+}
+
+/// The minutes the first job backfills this round: from the minute of its
+/// first event left (`first_event_s`, `None` when it has none left: the job
+/// is done), at most [`BACKFILL_CHUNK_S`] of them; and the jobs after it.
+/// Empty history costs nothing.
+pub fn backfill_step(
+    jobs: &[Backfill],
+    first_event_s: Option<u32>,
+) -> Option<(Backfill, Vec<u32>, Vec<Backfill>)> {
+    let job = jobs.first()?.clone();
+    let mut after = jobs.to_vec();
+    let start = first_event_s.map(|t| (t - t % 60).max(job.next_s));
+    let Some(start) = start.filter(|s| *s < job.to_s) else {
+        after.remove(0);
+        return Some((job, Vec::new(), after));
+    };
+    let end = job.to_s.min(start.saturating_add(BACKFILL_CHUNK_S));
+    let minutes: Vec<u32> = (start..end).step_by(60).collect();
+    if end >= job.to_s {
+        after.remove(0);
+    } else {
+        after[0].next_s = end;
+    }
+    Some((job, minutes, after))
+}
+
+/// The coarse periods holding `minutes` (sorted) that are built per
+/// `built`, per step, finer first: what a backfill of those minutes rebuilds.
+pub fn periods_of(minutes: &[u32], built: &[Option<Built>; 2]) -> Vec<(Coarse, Vec<u32>)> {
+    Coarse::ALL
+        .into_iter()
+        .zip(built)
+        .map(|(coarse, b)| {
+            let periods: BTreeSet<u32> = minutes
+                .iter()
+                .map(|m| floor_to(*m, coarse.seconds()))
+                .filter(|p| b.is_some_and(|b| (b.from_s..b.through_s).contains(p)))
+                .collect();
+            (coarse, periods.into_iter().collect())
+        })
+        .collect()
 }
 
 impl AggState {
@@ -465,6 +591,74 @@ mod tests {
         let r = Round::plan(&[host("a", wm, &backlog, 5, true)], &state, 5_000);
         assert_eq!(r.minutes.len(), ROUND_MINUTES_MAX);
         assert_eq!(r.settled_s, Some(60 * (ROUND_MINUTES_MAX as u32 + 1)));
+    }
+
+    #[test]
+    fn a_new_metric_backfills_its_history_a_day_per_round() {
+        let reg = dc_config::examples::declared().registry;
+        let current = metric_signatures(&reg);
+        let d = 86_400;
+        // A state from before metrics were kept: nothing to backfill.
+        let (known, jobs) = track_metrics(&AggState::default(), &current, 10 * d, 3 * d);
+        assert!(jobs.is_empty());
+        // One metric unknown: backfilled from the bound to the settled minute.
+        let mut known_before = known.clone();
+        let sig = known_before
+            .iter()
+            .find(|s| s.starts_with("vote.count()"))
+            .unwrap()
+            .clone();
+        known_before.remove(&sig);
+        let state = AggState {
+            metrics: Some(known_before),
+            ..Default::default()
+        };
+        let (after, jobs) = track_metrics(&state, &current, 10 * d + 90, 7 * d + 30);
+        assert_eq!(after, known);
+        assert_eq!(
+            jobs,
+            vec![Backfill {
+                event: "vote".into(),
+                metric: "vote.count()".into(),
+                next_s: 7 * d,
+                to_s: 10 * d + 60
+            }]
+        );
+        // An hour per round from the first event left, then a last minute,
+        // then done.
+        let (job, minutes, mut rest) = backfill_step(&jobs, Some(7 * d + 7)).unwrap();
+        assert_eq!(job.metric, "vote.count()");
+        assert_eq!((minutes[0], minutes.len()), (7 * d, 60));
+        // No event for two days: skipped at once.
+        let (_, minutes, rest2) = backfill_step(&rest, Some(9 * d + 3 * 3_600 + 1)).unwrap();
+        assert_eq!(minutes[0], 9 * d + 3 * 3_600);
+        rest = rest2;
+        for _ in 0..20 {
+            rest = backfill_step(&rest, Some(0)).unwrap().2;
+        }
+        let (_, minutes, rest) = backfill_step(&rest, Some(0)).unwrap();
+        assert_eq!(minutes, vec![10 * d]);
+        assert!(rest.is_empty());
+        // No event left: done without a statement.
+        let (_, minutes, rest) = backfill_step(&jobs, None).unwrap();
+        assert!(minutes.is_empty() && rest.is_empty());
+        // The periods it rebuilds: only built ones.
+        let built = [
+            Some(Built {
+                from_s: 8 * d,
+                through_s: 9 * d + 3_600,
+            }),
+            Some(Built {
+                from_s: 8 * d,
+                through_s: 9 * d,
+            }),
+        ];
+        let p = periods_of(
+            &[7 * d + 60, 8 * d + 60, 9 * d + 120, 9 * d + 3_600],
+            &built,
+        );
+        assert_eq!(p[0], (Coarse::Hour, vec![8 * d, 9 * d]));
+        assert_eq!(p[1], (Coarse::Day, vec![8 * d]));
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct Metrics {
     /// Distinct dimension values beyond `max_values_per_minute`, folded
     /// into `other`, by event and dimension (summed over rounds).
     pub dimension_values_folded: Family<Label, Counter>,
+    /// Minutes of new metrics' history aggregated (their backfill).
+    pub backfilled_minutes: Counter,
     /// Hours and days built from finer states, by `step` (a rebuild
     /// counts again; docs/adr/0016-pre-merged-hours-and-days.md).
     pub periods_built: Family<Label, Counter>,
@@ -128,6 +130,7 @@ impl Metrics {
             series_points: Counter::default(),
             dimension_values_folded: Family::default(),
             periods_built: Family::default(),
+            backfilled_minutes: Counter::default(),
             aggregations_pending: Gauge::default(),
             state_disk_full: Gauge::default(),
             state_disk_full_waits: Counter::default(),
@@ -209,6 +212,11 @@ impl Metrics {
             "dimension_values_folded",
             "Distinct dimension values over the registry's max_values_per_minute, counted under `other`, by event and dimension (a late event's minute counts again)",
             m.dimension_values_folded.clone(),
+        );
+        r.register(
+            "backfilled_minutes",
+            "Minutes of new metrics' history aggregated (a backfill bounded by rollup_backfill_days)",
+            m.backfilled_minutes.clone(),
         );
         r.register(
             "periods_built",

@@ -932,13 +932,17 @@ impl Shipper {
     /// Aggregates `minutes` (sorted, each once, all placed on `shard` by
     /// [`aggregate::shard_for_minute`]) until it succeeds: one statement per
     /// event type over all of them, so a backlog is caught up many minutes
-    /// per scan (ADR 0015). Returns false on shutdown before success.
-    fn aggregate_minutes(
+    /// per scan (ADR 0015). With `only` (an event type and a metric's base
+    /// name), that metric alone: a new metric's backfill, which leaves
+    /// every other series as it was and counts its minutes apart. Returns
+    /// false on shutdown before success.
+    pub(super) fn aggregate_minutes(
         &self,
         rt: &tokio::runtime::Handle,
         sink: &Sink,
         shard: usize,
         minutes: &[u32],
+        only: Option<(&str, &str)>,
         version: &mut dyn FnMut() -> Result<Option<u64>>,
     ) -> Result<bool> {
         let (first, last) = match (minutes.first(), minutes.last()) {
@@ -947,16 +951,25 @@ impl Shipper {
         };
         let started = Instant::now();
         let done = self.until_done(sink, shard, "aggregating minutes", version, |version, replica| {
-            let statements =
-                aggregate::minutes_statements(&self.config, &self.registry, minutes, version);
+            let statements = aggregate::minutes_statements(
+                &self.config,
+                &self.registry,
+                minutes,
+                version,
+                only,
+            );
             let (points, folded) = rt.block_on(async {
                 for sql in &statements {
                     sink.execute(shard, replica, sql).await?;
                 }
                 let mut folded = Vec::new();
-                for (event, dim, sql) in
+                // A backfill's folds were counted when those minutes closed.
+                let counted = if only.is_some() {
+                    Vec::new()
+                } else {
                     aggregate::folded_values_statements(&self.config, &self.registry, minutes)
-                {
+                };
+                for (event, dim, sql) in counted {
                     let values = sink.query_u64(shard, replica, &sql).await?;
                     folded.push((event, dim, values));
                 }
@@ -993,7 +1006,10 @@ impl Shipper {
         self.metrics
             .aggregation_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.aggregation_rounds.inc_by(minutes.len() as u64);
+        match only {
+            None => self.metrics.aggregation_rounds.inc_by(minutes.len() as u64),
+            Some(_) => self.metrics.backfilled_minutes.inc_by(minutes.len() as u64),
+        };
         self.metrics.series_points.inc_by(points);
         tracing::debug!(
             first,
@@ -1007,15 +1023,16 @@ impl Shipper {
     }
 
     /// Builds `periods` of `coarse` (sorted, each once, all placed on
-    /// `shard`) from the finer states until it succeeds
-    /// (docs/adr/0016-pre-merged-hours-and-days.md). False on shutdown.
-    fn build_periods(
+    /// `shard`) from the finer states until it succeeds, only one metric's
+    /// series with `only` (docs/adr/0016-pre-merged-hours-and-days.md).
+    /// False on shutdown.
+    pub(super) fn build_periods(
         &self,
         rt: &tokio::runtime::Handle,
         sink: &Sink,
         shard: usize,
-        coarse: Coarse,
-        periods: &[u32],
+        (coarse, periods): (Coarse, &[u32]),
+        only: Option<(&str, &str)>,
         version: &mut dyn FnMut() -> Result<Option<u64>>,
     ) -> Result<bool> {
         let started = Instant::now();
@@ -1031,6 +1048,7 @@ impl Shipper {
                     coarse,
                     periods,
                     version,
+                    only,
                 );
                 match sql {
                     Some(sql) => rt.block_on(sink.execute(shard, replica, &sql)),
@@ -1054,7 +1072,7 @@ impl Shipper {
     }
 
     /// Records the DC's built ranges for readers, on the first shard.
-    fn record_built(
+    pub(super) fn record_built(
         &self,
         rt: &tokio::runtime::Handle,
         sink: &Sink,

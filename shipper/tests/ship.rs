@@ -1149,3 +1149,94 @@ fn a_backlog_of_minutes_is_caught_up_many_minutes_per_statement() {
     });
     running.stop();
 }
+
+#[test]
+fn a_new_metric_backfills_its_history_and_touches_no_other_series() {
+    let cluster = launch();
+    let mut cfg = config(&cluster, "dc1");
+    cfg.limits.aggregation_grace_ms = 1_000;
+    // The history is over a year old: backfilled back to it.
+    cfg.limits.rollup_backfill_days = 800;
+    let spool = open_spool(&cfg);
+    const MINUTES: u64 = 30;
+    let frames: Vec<Vec<u8>> = (0..MINUTES * 20)
+        .map(|i| vote_at(i, T0 + (i / 20) * 60_000 + (i % 20) * 1_000))
+        .collect();
+    spool.append(&frames).unwrap();
+    // First without `vote.uniq(user_id)`: everything else aggregated,
+    // hours and days built.
+    let full = dc_config::examples::declared().registry;
+    let mut before = full.clone();
+    before
+        .event
+        .get_mut("vote")
+        .unwrap()
+        .metric
+        .retain(|m| m.field.is_none());
+    let ch = cluster.clickhouse("dc1-s1-r1").unwrap();
+    let t0_s = T0 / 1000;
+    let hour_count = |metric: &str, merge: &str| -> String {
+        ch.query(&format!(
+            "SELECT {merge} FROM spoolhouse.metric_states_hour_dc FINAL WHERE metric = '{metric}' AND minute = toDateTime({t0_s}) FORMAT TSV"
+        ))
+        .unwrap()
+        .trim()
+        .to_string()
+    };
+    let running = Running::start_with(cfg.clone(), Guards::default(), before);
+    wait_for(
+        "the hour built without the new metric",
+        Duration::from_secs(120),
+        || hour_count("vote.count()", "countMerge(count_state)") == (MINUTES * 20).to_string(),
+    );
+    // Every minute dropped from the host's pending set, the day built.
+    wait_for("the first run settled", Duration::from_secs(60), || {
+        running.metrics.aggregations_pending.get() == 0
+            && ch
+                .query(&format!("SELECT count() FROM spoolhouse.metric_states_day_dc WHERE minute = toDateTime({t0_s}) FORMAT TSV"))
+                .unwrap()
+                .trim()
+                != "0"
+    });
+    // The versions every other series holds, minute, hour and day.
+    let versions = || {
+        ch.query(
+            "SELECT (SELECT max(version) FROM spoolhouse.metric_states_dc WHERE event = 'vote'), \
+             (SELECT max(version) FROM spoolhouse.metric_states_hour_dc WHERE event = 'vote'), \
+             (SELECT max(version) FROM spoolhouse.metric_states_day_dc WHERE event = 'vote') FORMAT TSV",
+        )
+        .unwrap()
+    };
+    let untouched = versions();
+    running.stop();
+    assert_eq!(hour_count("vote.uniq(user_id)", "count()"), "0");
+
+    // Then with it: its history is backfilled, minutes and hour, and no
+    // other series gets a new version.
+    let running = Running::start_with(cfg, Guards::default(), full);
+    let users: std::collections::HashSet<u64> = (0..MINUTES * 20).map(|i| i % 977).collect();
+    wait_for(
+        "the new metric's hour backfilled",
+        Duration::from_secs(120),
+        || hour_count("vote.uniq(user_id)", "uniqMerge(uniq_state)") == users.len().to_string(),
+    );
+    let minutes: u64 = ch
+        .query("SELECT uniqExact(minute) FROM spoolhouse.metric_states_dc WHERE metric = 'vote.uniq(user_id)'")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(minutes, MINUTES);
+    let other = ch
+        .query(
+            "SELECT (SELECT max(version) FROM spoolhouse.metric_states_dc WHERE event = 'vote' AND metric NOT LIKE 'vote.uniq(%'), \
+             (SELECT max(version) FROM spoolhouse.metric_states_hour_dc WHERE event = 'vote' AND metric NOT LIKE 'vote.uniq(%'), \
+             (SELECT max(version) FROM spoolhouse.metric_states_day_dc WHERE event = 'vote' AND metric NOT LIKE 'vote.uniq(%') FORMAT TSV",
+        )
+        .unwrap();
+    assert_eq!(other, untouched);
+    wait_for("the backfill counted", Duration::from_secs(30), || {
+        running.metrics.backfilled_minutes.get() > 0
+    });
+    running.stop();
+}

@@ -355,13 +355,14 @@ impl Shipper {
                 .set(now_ms().saturating_sub(wm) as f64 / 1000.0);
         }
         // Hours and days to build: newly settled ones, and those holding
-        // a minute this round re-aggregates (ADR 0016).
+        // a minute this round re-aggregates; metrics new since the last
+        // round and the next hour of the oldest backfill (ADR 0016).
+        let back = self
+            .config
+            .limits
+            .rollup_backfill_days
+            .saturating_mul(86_400);
         let work = round.settled_s.map(|settled| {
-            let back = self
-                .config
-                .limits
-                .rollup_backfill_days
-                .saturating_mul(86_400);
             fleet::coarse_work(
                 &l.state,
                 &round.minutes,
@@ -372,9 +373,28 @@ impl Shipper {
         let coarse_todo = work.as_ref().is_some_and(|w| {
             w.built != l.state.built || w.builds.iter().any(|(_, p)| !p.is_empty())
         });
-        if round.minutes.is_empty() && !coarse_todo {
+        let tracked = round.settled_s.map(|settled| {
+            fleet::track_metrics(
+                &l.state,
+                &fleet::metric_signatures(&self.registry),
+                settled,
+                settled.saturating_sub(back),
+            )
+        });
+        let backfill = match tracked.as_ref().and_then(|(_, jobs)| jobs.first()) {
+            Some(job) => {
+                let first = self.first_event_s(rt, sink, &job.event, job.next_s, job.to_s)?;
+                fleet::backfill_step(&tracked.as_ref().expect("a job").1, first)
+            }
+            None => None,
+        };
+        let metrics_changed = tracked.as_ref().is_some_and(|(known, jobs)| {
+            l.state.metrics.as_ref() != Some(known) || *jobs != l.state.backfills
+        });
+        if round.minutes.is_empty() && !coarse_todo && !metrics_changed && backfill.is_none() {
             return Ok(());
         }
+        let built = work.as_ref().map_or(l.state.built, |w| w.built);
         let mut version = || -> Result<Option<u64>> {
             let v = fleet::next_version(l.last_version, l.floor, now_ms());
             if v > l.state.version_ceiling {
@@ -392,14 +412,21 @@ impl Shipper {
         // then each shard's periods per step, hours before the days merged
         // from them.
         for (shard, minutes) in by_shard(weights, &round.minutes) {
-            if !self.aggregate_minutes(rt, sink, shard, &minutes, &mut version)? {
+            if !self.aggregate_minutes(rt, sink, shard, &minutes, None, &mut version)? {
                 return Err(Error::Stopping);
             }
         }
         if let Some(work) = work.as_ref().filter(|_| coarse_todo) {
             for (coarse, periods) in &work.builds {
                 for (shard, periods) in by_shard(weights, periods) {
-                    if !self.build_periods(rt, sink, shard, *coarse, &periods, &mut version)? {
+                    if !self.build_periods(
+                        rt,
+                        sink,
+                        shard,
+                        (*coarse, &periods),
+                        None,
+                        &mut version,
+                    )? {
                         return Err(Error::Stopping);
                     }
                 }
@@ -408,9 +435,47 @@ impl Shipper {
                 return Err(Error::Stopping);
             }
         }
+        // A new metric's history: its series alone, then its hours and
+        // days where built; every other series stays as it was.
+        if let Some((job, minutes, _)) = backfill.as_ref().filter(|b| !b.1.is_empty()) {
+            let only = Some((job.event.as_str(), job.metric.as_str()));
+            for (shard, minutes) in by_shard(weights, minutes) {
+                if !self.aggregate_minutes(rt, sink, shard, &minutes, only, &mut version)? {
+                    return Err(Error::Stopping);
+                }
+            }
+            for (coarse, periods) in fleet::periods_of(minutes, &built) {
+                for (shard, periods) in by_shard(weights, &periods) {
+                    if !self.build_periods(
+                        rt,
+                        sink,
+                        shard,
+                        (coarse, &periods),
+                        only,
+                        &mut version,
+                    )? {
+                        return Err(Error::Stopping);
+                    }
+                }
+            }
+            tracing::info!(
+                metric = %job.metric,
+                from = minutes.first().copied().unwrap_or(0),
+                minutes = minutes.len(),
+                until = job.to_s,
+                "backfilled part of a new metric's history"
+            );
+        }
         let mut next = fleet::after_round(&l.state, &round.minutes, sync.mzxid, &hosts);
         if let Some(work) = work {
             next.built = work.built;
+        }
+        if let Some((known, jobs)) = tracked {
+            next.metrics = Some(known);
+            next.backfills = match backfill {
+                Some((_, _, after)) => after,
+                None => jobs,
+            };
         }
         match write_state(rt, &s.client, &next, l.state_version)? {
             Some(stat) => {
@@ -428,6 +493,37 @@ impl Shipper {
                 Ok(())
             }
         }
+    }
+
+    /// The time of the DC's first `event` in `[from_s, to_s)` (any replica
+    /// of the first shard answers, reading the DC through `events_dc`);
+    /// `None` when there is none.
+    fn first_event_s(
+        &self,
+        rt: &tokio::runtime::Handle,
+        sink: &Sink,
+        event: &str,
+        from_s: u32,
+        to_s: u32,
+    ) -> Result<Option<u32>> {
+        let sql = format!(
+            "SELECT toUInt64(min(time)) FROM {db}.{events} WHERE event = {event} \
+             AND date >= toDate(toDateTime({from_s})) AND date <= toDate(toDateTime({last})) \
+             AND time >= toDateTime({from_s}) AND time < toDateTime({to_s})",
+            db = self.config.database,
+            events = dc_config::schema::table::EVENTS_DC,
+            event = dc_config::sql::quote_str(event),
+            last = to_s.saturating_sub(1),
+        );
+        let mut last_error = None;
+        for replica in 0..sink.replicas(0) {
+            match rt.block_on(sink.query_u64(0, replica, &sql)) {
+                Ok(0) => return Ok(None),
+                Ok(t) => return Ok(Some(t.min(u64::from(u32::MAX)) as u32)),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("a shard has a replica"))
     }
 
     /// Every host's record, each marked live or silent by how long ago its
