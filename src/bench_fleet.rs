@@ -70,6 +70,8 @@ struct Case {
     rows: u64,
     rounds: f64,
     round_secs: f64,
+    /// Series points (state rows) the aggregation wrote.
+    points: f64,
     /// Rounds whose versions ClickHouse kept, per minute (the most of one minute).
     kept_max: u64,
     clickhouse_cpu_s: f64,
@@ -110,8 +112,8 @@ pub fn run(args: FleetBench) -> anyhow::Result<()> {
         "\nmedians over {} run(s), per DC-minute of traffic unless said otherwise:",
         args.runs
     );
-    println!("| hosts | rounds | round s | ClickHouse CPU s (idle) | fleet CPU s (idle) | shipper inserts/s | inserts/s per shard | ZK writes/s | ZK packets/s | settle s |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| hosts | rounds | round s | points | points/s in rounds | ClickHouse CPU s (idle) | ClickHouse CPU s per 1 M events | fleet CPU s (idle) | shipper inserts/s | inserts/s per shard | ZK writes/s | ZK packets/s | settle s |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let m = f64::from(args.minutes);
     let traffic_s = m * 60.0;
     for &n in &args.hosts {
@@ -125,11 +127,14 @@ pub fn run(args: FleetBench) -> anyhow::Result<()> {
             .map(|s| format!("{:.1}", med(&|c| c.shard_inserts[s] as f64 / traffic_s)))
             .collect();
         println!(
-            "| {n} | {:.2} | {:.2} | {:.2} ({:.2}) | {:.2} ({:.2}) | {:.1} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {n} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} ({:.2}) | {:.2} | {:.2} ({:.2}) | {:.1} | {} | {:.1} | {:.1} | {:.1} |",
             med(&|c| c.rounds / m),
             med(&|c| c.round_secs / m),
+            med(&|c| c.points / m),
+            med(&|c| c.points / c.round_secs.max(1e-9)),
             med(&|c| c.clickhouse_cpu_s / m),
             med(&|c| c.clickhouse_idle_s),
+            med(&|c| per_million(c, m)),
             med(&|c| c.fleet_cpu_s / m),
             med(&|c| c.fleet_idle_s),
             med(&|c| c.shipper_batches / traffic_s),
@@ -139,14 +144,23 @@ pub fn run(args: FleetBench) -> anyhow::Result<()> {
             med(&|c| c.settle_s),
         );
     }
-    println!("rounds: aggregation rounds every shipper did (one per minute aggregated; a minute touched again while aggregated counts again); round s: their wall time (ClickHouse answering the aggregation statements); ClickHouse CPU s: the DC's servers' user+system CPU from the first event until every minute was aggregated (inserts, merges, aggregation), in brackets the same per minute with every service up and no traffic just before; fleet CPU s: every collector's and shipper's, likewise; shipper inserts/s: batches the shippers committed into ClickHouse; inserts/s per shard: INSERT statements each shard's server counted (system.events InsertQuery: the shippers' batches and the aggregation's INSERT … SELECT); ZK writes/s: ZooKeeper transactions (zxid), packets/s: requests it received; settle s: from the end of the traffic until every host shipped and every minute was aggregated");
+    println!("rounds: aggregation rounds every shipper did (one per minute aggregated; a minute touched again while aggregated counts again); round s: their wall time (ClickHouse answering the aggregation statements); points: series points (state rows) they wrote; points/s in rounds: points over round s, what the aggregation turns out while it runs; ClickHouse CPU s per 1 M events: its CPU above idle over the events acknowledged; ClickHouse CPU s: the DC's servers' user+system CPU from the first event until every minute was aggregated (inserts, merges, aggregation), in brackets the same per minute with every service up and no traffic just before; fleet CPU s: every collector's and shipper's, likewise; shipper inserts/s: batches the shippers committed into ClickHouse; inserts/s per shard: INSERT statements each shard's server counted (system.events InsertQuery: the shippers' batches and the aggregation's INSERT … SELECT); ZK writes/s: ZooKeeper transactions (zxid), packets/s: requests it received; settle s: from the end of the traffic until every host shipped and every minute was aggregated");
     Ok(())
+}
+
+/// ClickHouse's CPU seconds above its idle reference per million events
+/// acknowledged (the idle reference is per minute of the whole case's
+/// span, taken as the traffic's minutes plus the settling).
+fn per_million(c: &Case, minutes: f64) -> f64 {
+    let span_min = minutes + c.settle_s / 60.0;
+    let busy = (c.clickhouse_cpu_s - c.clickhouse_idle_s * span_min).max(0.0);
+    busy / (c.acked.max(1) as f64) * 1e6
 }
 
 fn print_case(run: u32, c: &Case, minutes: u32) {
     let m = f64::from(minutes);
     println!(
-        "run {run}, {} hosts: {} events acknowledged ({} unsent), {} rows in ClickHouse; per DC-minute: {:.2} rounds ({} at most kept for one minute), {:.2} s in rounds, ClickHouse CPU {:.2} s (idle {:.2} s), fleet CPU {:.2} s (idle {:.2} s); {} shipper inserts, INSERTs per shard {:?}, ZooKeeper {} writes, {} packets; settled {:.1} s after the traffic; load {}",
+        "run {run}, {} hosts: {} events acknowledged ({} unsent), {} rows in ClickHouse; per DC-minute: {:.2} rounds ({} at most kept for one minute), {:.2} s in rounds, {:.0} series points, ClickHouse CPU {:.2} s (idle {:.2} s; {:.2} s above idle per 1 M events), fleet CPU {:.2} s (idle {:.2} s); {} shipper inserts, INSERTs per shard {:?}, ZooKeeper {} writes, {} packets; settled {:.1} s after the traffic; load {}",
         c.hosts,
         c.acked,
         c.unsent,
@@ -154,8 +168,10 @@ fn print_case(run: u32, c: &Case, minutes: u32) {
         c.rounds / m,
         c.kept_max,
         c.round_secs / m,
+        c.points / m,
         c.clickhouse_cpu_s / m,
         c.clickhouse_idle_s,
+        per_million(c, m),
         c.fleet_cpu_s / m,
         c.fleet_idle_s,
         c.shipper_batches,
@@ -262,7 +278,7 @@ fn case(args: &FleetBench, n: u32) -> anyhow::Result<Case> {
     let clickhouse_cpu_s = (cpu(&ch_pids) - ch_cpu0) as f64 / 100.0;
     let fleet_cpu_s = (cpu(&fleet_pids) - fleet_cpu0) as f64 / 100.0;
     let load = load_average();
-    let (mut rounds, mut round_secs, mut shipper_batches) = (0.0, 0.0, 0.0);
+    let (mut rounds, mut round_secs, mut shipper_batches, mut points) = (0.0, 0.0, 0.0, 0.0);
     let round_secs_sum = format!("{}_sum", names::AGGREGATION_SECONDS);
     for h in &services.hosts {
         let text = httpd::client::get_blocking(h.shipper_admin, "/metrics", Duration::from_secs(5))
@@ -271,6 +287,7 @@ fn case(args: &FleetBench, n: u32) -> anyhow::Result<Case> {
         for (name, labels, value) in samples(&text) {
             match name {
                 names::AGGREGATION_ROUNDS_TOTAL => rounds += value,
+                names::SERIES_POINTS_TOTAL => points += value,
                 n if n == round_secs_sum => round_secs += value,
                 names::BATCHES_TOTAL if label_value(labels, "sink") == Some("clickhouse") => {
                     shipper_batches += value
@@ -296,6 +313,7 @@ fn case(args: &FleetBench, n: u32) -> anyhow::Result<Case> {
         rows,
         rounds,
         round_secs,
+        points,
         kept_max,
         clickhouse_cpu_s,
         fleet_cpu_s,

@@ -22,6 +22,8 @@ pub mod names {
     pub const AGGREGATION_ROUNDS_TOTAL: &str = "spoolhouse_shipper_aggregation_rounds_total";
     /// Seconds per aggregation round: one statement per event type over one or more minutes of one shard (histogram).
     pub const AGGREGATION_SECONDS: &str = "spoolhouse_shipper_aggregation_seconds";
+    /// Series points (aggregate-state rows) the aggregation wrote (counter).
+    pub const SERIES_POINTS_TOTAL: &str = "spoolhouse_shipper_series_points_total";
     /// Batches committed, by `sink` (counter).
     pub const BATCHES_TOTAL: &str = "spoolhouse_shipper_batches_total";
     /// Seconds reading and encoding a batch (histogram).
