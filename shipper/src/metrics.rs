@@ -85,7 +85,7 @@ pub struct Metrics {
     /// into `other`, by event and dimension (summed over rounds).
     pub dimension_values_folded: Family<Label, Counter>,
     /// Minutes of new metrics' history aggregated (their backfill).
-    pub backfilled_minutes: Counter,
+    pub backfill_aggregations: Counter,
     /// Hours and days built from finer states, by `step` (a rebuild
     /// counts again; docs/adr/0016-pre-merged-hours-and-days.md).
     pub periods_built: Family<Label, Counter>,
@@ -132,7 +132,7 @@ impl Metrics {
             series_points: Counter::default(),
             dimension_values_folded: Family::default(),
             periods_built: Family::default(),
-            backfilled_minutes: Counter::default(),
+            backfill_aggregations: Counter::default(),
             aggregations_pending: Gauge::default(),
             state_disk_full: Gauge::default(),
             state_disk_full_waits: Counter::default(),
@@ -216,9 +216,9 @@ impl Metrics {
             m.dimension_values_folded.clone(),
         );
         r.register(
-            "backfilled_minutes",
+            "backfill_aggregations",
             "Minutes of new metrics' history aggregated (a backfill bounded by rollup_backfill_days)",
-            m.backfilled_minutes.clone(),
+            m.backfill_aggregations.clone(),
         );
         r.register(
             "periods_built",

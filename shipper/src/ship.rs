@@ -1008,7 +1008,10 @@ impl Shipper {
             .observe(started.elapsed().as_secs_f64());
         match only {
             None => self.metrics.aggregation_rounds.inc_by(minutes.len() as u64),
-            Some(_) => self.metrics.backfilled_minutes.inc_by(minutes.len() as u64),
+            Some(_) => self
+                .metrics
+                .backfill_aggregations
+                .inc_by(minutes.len() as u64),
         };
         self.metrics.series_points.inc_by(points);
         tracing::debug!(

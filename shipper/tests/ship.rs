@@ -1236,7 +1236,7 @@ fn a_new_metric_backfills_its_history_and_touches_no_other_series() {
         .unwrap();
     assert_eq!(other, untouched);
     wait_for("the backfill counted", Duration::from_secs(30), || {
-        running.metrics.backfilled_minutes.get() > 0
+        running.metrics.backfill_aggregations.get() > 0
     });
     running.stop();
 }
