@@ -354,17 +354,26 @@ fn state_of(metric: &Metric) -> (&'static str, String) {
     }
 }
 
-/// The state columns in the states table's order, each with its merge
-/// combinator: a roll-up merges the finest groups' states
-/// (`-MergeStateIf`, only for the rows of metrics of that column's kind;
-/// the other rows get the empty state).
-const STATE_COLUMNS: [(&str, &str); 5] = [
-    ("count_state", "countMergeStateIf"),
-    ("uniq_state", "uniqMergeStateIf"),
-    ("sum_state", "sumMergeStateIf"),
-    ("min_state", "minMergeStateIf"),
-    ("max_state", "maxMergeStateIf"),
+/// The state columns in the states tables' order, each with its aggregate
+/// function (the minute, hour and day tables share them).
+pub(crate) const STATE_COLUMNS: [(&str, &str); 5] = [
+    ("count_state", "count"),
+    ("uniq_state", "uniq"),
+    ("sum_state", "sum"),
+    ("min_state", "min"),
+    ("max_state", "max"),
 ];
+
+/// The state column of `kind` and its aggregate function.
+pub(crate) fn state_column(kind: MetricKind) -> (&'static str, &'static str) {
+    STATE_COLUMNS[match kind {
+        MetricKind::Count => 0,
+        MetricKind::Uniq => 1,
+        MetricKind::Sum => 2,
+        MetricKind::Min => 3,
+        MetricKind::Max => 4,
+    }]
+}
 
 /// One `INSERT … SELECT` aggregating `minutes` (minute starts, unix
 /// seconds, sorted, each once: one minute as it closes, or a backlog's
@@ -480,7 +489,7 @@ pub fn aggregate_minutes_sql(
         .collect();
     let merged: Vec<String> = columns
         .iter()
-        .map(|(c, merge)| {
+        .map(|(c, f)| {
             let of_kind: Vec<usize> = (0..states.len()).filter(|i| states[*i].0 == *c).collect();
             let state = match of_kind.as_slice() {
                 [one] => format!("s_st{one}"),
@@ -501,7 +510,10 @@ pub fn aggregate_minutes_sql(
                 .map(usize::to_string)
                 .collect::<Vec<_>>()
                 .join(", ");
-            format!("{merge}({state}, s_m IN ({which})) AS s_{c}")
+            // A roll-up merges the finest groups' states (`-MergeStateIf`,
+            // only for the rows of metrics of this column's kind; the other
+            // rows get the empty state).
+            format!("{f}MergeStateIf({state}, s_m IN ({which})) AS s_{c}")
         })
         .collect();
     let mut middle: Vec<String> = vec!["s_minute".into(), "s_m".into()];

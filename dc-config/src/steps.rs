@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::registry::MetricKind;
+use crate::rollup::{state_column, STATE_COLUMNS};
 use crate::schema::table;
 use crate::sql::quote_str;
 
@@ -156,26 +157,6 @@ pub fn build_sql(
         dc = quote_str(dc),
         last_s = end - 1,
     ))
-}
-
-/// The state columns and their aggregate function.
-const STATE_COLUMNS: [(&str, &str); 5] = [
-    ("count_state", "count"),
-    ("uniq_state", "uniq"),
-    ("sum_state", "sum"),
-    ("min_state", "min"),
-    ("max_state", "max"),
-];
-
-/// The state column of `kind` and its aggregate function.
-fn state_column(kind: MetricKind) -> (&'static str, &'static str) {
-    STATE_COLUMNS[match kind {
-        MetricKind::Count => 0,
-        MetricKind::Uniq => 1,
-        MetricKind::Sum => 2,
-        MetricKind::Min => 3,
-        MetricKind::Max => 4,
-    }]
 }
 
 /// The statement recording the built ranges of `dc` (hours, then days, as

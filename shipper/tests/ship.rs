@@ -1091,21 +1091,27 @@ fn a_batch_in_flight_across_a_segment_boundary_is_checked_before_it_is_sent_agai
     assert_eq!(counts(&cluster, host), (100, 100));
 }
 
+/// A dc1 shipper's config with `minutes` of vote history from T0 (20 votes
+/// a minute) already in its spool. The history is over a year old: the
+/// backfill bound reaches back to it.
+fn history_config(cluster: &LocalCluster, minutes: u64) -> ShipperConfig {
+    let mut cfg = config(cluster, "dc1");
+    cfg.limits.aggregation_grace_ms = 1_000;
+    cfg.limits.rollup_backfill_days = 800;
+    let frames: Vec<Vec<u8>> = (0..minutes * 20)
+        .map(|i| vote_at(i, T0 + (i / 20) * 60_000 + (i % 20) * 1_000))
+        .collect();
+    open_spool(&cfg).append(&frames).unwrap();
+    cfg
+}
+
 #[test]
 fn a_backlog_of_minutes_is_caught_up_many_minutes_per_statement() {
     let cluster = launch();
-    let mut cfg = config(&cluster, "dc1");
-    cfg.limits.aggregation_grace_ms = 1_000;
-    // The history is over a year old: hours and days built back to it.
-    cfg.limits.rollup_backfill_days = 800;
-    let spool = open_spool(&cfg);
-    // An hour of history, 20 votes a minute, spooled before the shipper
-    // starts (as after an outage): 60 minutes to aggregate at once.
+    // An hour of history, spooled before the shipper starts (as after an
+    // outage): 60 minutes to aggregate at once.
     const MINUTES: u64 = 60;
-    let frames: Vec<Vec<u8>> = (0..MINUTES * 20)
-        .map(|i| vote_at(i, T0 + (i / 20) * 60_000 + (i % 20) * 1_000))
-        .collect();
-    spool.append(&frames).unwrap();
+    let cfg = history_config(&cluster, MINUTES);
     let running = Running::start(cfg, Guards::default());
     let ch = cluster.clickhouse("dc2-s1-r1").unwrap();
     let per_minute = || {
@@ -1153,16 +1159,8 @@ fn a_backlog_of_minutes_is_caught_up_many_minutes_per_statement() {
 #[test]
 fn a_new_metric_backfills_its_history_and_touches_no_other_series() {
     let cluster = launch();
-    let mut cfg = config(&cluster, "dc1");
-    cfg.limits.aggregation_grace_ms = 1_000;
-    // The history is over a year old: backfilled back to it.
-    cfg.limits.rollup_backfill_days = 800;
-    let spool = open_spool(&cfg);
     const MINUTES: u64 = 30;
-    let frames: Vec<Vec<u8>> = (0..MINUTES * 20)
-        .map(|i| vote_at(i, T0 + (i / 20) * 60_000 + (i % 20) * 1_000))
-        .collect();
-    spool.append(&frames).unwrap();
+    let cfg = history_config(&cluster, MINUTES);
     // First without `vote.uniq(user_id)`: everything else aggregated,
     // hours and days built.
     let full = dc_config::examples::declared().registry;

@@ -70,6 +70,8 @@ impl Shipper {
     pub(super) fn aggregate_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
         let sink = Sink::new(&self.config)?;
         let weights = sink.weights();
+        // The registry does not change while the shipper runs.
+        let metrics = fleet::metric_signatures(&self.registry);
         let mut session: Option<Session> = None;
         let mut published = Published::new();
         let mut lead: Option<Leadership> = None;
@@ -88,7 +90,7 @@ impl Shipper {
                     last_publish = Some(Instant::now());
                 }
                 if self.is_aggregator(rt, s)? {
-                    self.lead_round(rt, s, &mut lead, &sink, &weights)
+                    self.lead_round(rt, s, &mut lead, &sink, &weights, &metrics)
                 } else {
                     if lead.take().is_some() {
                         tracing::info!("no longer the DC's aggregator");
@@ -302,6 +304,7 @@ impl Shipper {
         lead: &mut Option<Leadership>,
         sink: &Sink,
         weights: &[u32],
+        metrics: &BTreeMap<String, (String, String)>,
     ) -> Result<()> {
         let l = match lead.as_mut() {
             Some(l) => l,
@@ -374,12 +377,7 @@ impl Shipper {
             w.built != l.state.built || w.builds.iter().any(|(_, p)| !p.is_empty())
         });
         let tracked = round.settled_s.map(|settled| {
-            fleet::track_metrics(
-                &l.state,
-                &fleet::metric_signatures(&self.registry),
-                settled,
-                settled.saturating_sub(back),
-            )
+            fleet::track_metrics(&l.state, metrics, settled, settled.saturating_sub(back))
         });
         let backfill = match tracked.as_ref().and_then(|(_, jobs)| jobs.first()) {
             Some(job) => {
