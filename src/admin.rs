@@ -83,6 +83,31 @@ pub async fn bind(
     ))
 }
 
+/// For a service whose work runs on threads stopped by a flag (the shipper,
+/// the relay): serves the admin endpoint on `runtime` and sets `shutdown`
+/// on SIGTERM or Ctrl-C, logging `stopping`. The endpoint stops when the
+/// returned sender is sent to or dropped.
+pub fn serve_until_stopped(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    registry: Registry,
+    health: HealthFn,
+    shutdown: Arc<std::sync::atomic::AtomicBool>,
+    stopping: &'static str,
+) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = runtime.block_on(bind(addr, registry, health, async {
+        let _ = admin_stopped.await;
+    }))?;
+    runtime.spawn(admin);
+    runtime.spawn(async move {
+        terminated().await;
+        tracing::info!("{stopping}");
+        shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    Ok(stop_admin)
+}
+
 /// Resolves when the process gets SIGTERM or Ctrl-C: when a service starts
 /// its graceful stop.
 pub async fn terminated() {

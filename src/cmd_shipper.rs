@@ -1,7 +1,7 @@
 //! `spoolhouse shipper`: run a host's shipper from its rendered config.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -60,23 +60,18 @@ pub fn run(args: ShipperArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::register(&mut prom));
     let health = Arc::new(Health::default());
     let shutdown = Arc::new(AtomicBool::new(false));
-    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let health_fn: crate::admin::HealthFn = {
         let h = health.clone();
         Arc::new(move || (h.ok(), h.to_json()))
     };
-    let admin = runtime.block_on(crate::admin::bind(config.admin, prom, health_fn, async {
-        let _ = admin_stopped.await;
-    }))?;
-    runtime.spawn(admin);
-    {
-        let shutdown = shutdown.clone();
-        runtime.spawn(async move {
-            crate::admin::terminated().await;
-            tracing::info!("stopping: finishing the batch in hand");
-            shutdown.store(true, Ordering::SeqCst);
-        });
-    }
+    let stop_admin = crate::admin::serve_until_stopped(
+        &runtime,
+        config.admin,
+        prom,
+        health_fn,
+        shutdown.clone(),
+        "stopping: finishing the batch in hand",
+    )?;
     tracing::info!(dc = %config.dc, host = %config.host, spool = %config.spool_dir.display(), admin = %config.admin, "shipper started");
     let guards = Guards {
         verify_positions: !args.no_verify_positions,

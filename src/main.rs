@@ -22,6 +22,7 @@ mod cmd_demo;
 #[cfg(feature = "lab")]
 mod cmd_local;
 mod cmd_query;
+mod cmd_relay;
 mod cmd_send;
 mod cmd_shipper;
 mod cmd_spool;
@@ -61,6 +62,8 @@ enum Command {
     Query(cmd_query::QueryArgs),
     /// Ship a host's spool into its datacenter's ClickHouse and Redis.
     Shipper(cmd_shipper::ShipperArgs),
+    /// Take the batches of a datacenter's app hosts (relay mode) and ship them into its ClickHouse in large inserts.
+    Relay(cmd_relay::RelayArgs),
     /// Inspect or verify (fsck) a spool directory.
     Spool(cmd_spool::SpoolArgs),
     /// Benchmarks measured beside a reference on the same machine.
@@ -86,6 +89,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(a) => cmd_demo::demo(a),
         Command::Query(a) => cmd_query::run(a),
         Command::Shipper(a) => cmd_shipper::run(a),
+        Command::Relay(a) => cmd_relay::run(a),
         Command::Spool(a) => cmd_spool::run(a),
         #[cfg(feature = "lab")]
         Command::Bench(a) => cmd_bench::run(a),

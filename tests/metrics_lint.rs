@@ -110,3 +110,27 @@ fn every_services_metrics_pass_promtool() {
     }
     assert!(problems.is_empty(), "{problems}");
 }
+
+/// The relay's metrics (relay mode, docs/adr/0017), every family with a
+/// sample, through promtool as served.
+#[test]
+fn the_relays_metrics_pass_promtool() {
+    use shipper::metrics::label;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let m = shipper::relay::RelayMetrics::register(&mut registry);
+    m.refused.get_or_create(&label("reason", "auth")).inc();
+    m.ended.get_or_create(&label("reason", "replaced")).inc();
+    m.inserts.get_or_create(&label("shard", "1")).inc();
+    m.errors.get_or_create(&label("kind", "network")).inc();
+    m.insert_seconds.observe(0.2);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    // As the admin server serves it.
+    let text = httpd::exposition::from_openmetrics(&text);
+    assert!(text.contains("spoolhouse_relay_takeovers_total"), "{text}");
+    let (ok, said) = promtool(&text);
+    assert!(
+        ok && said.trim().is_empty(),
+        "promtool on the relay's /metrics:\n{said}"
+    );
+}

@@ -199,6 +199,133 @@ pub struct ShipperConfig {
     /// Bounds on batches, retries and timeouts.
     #[serde(default)]
     pub limits: ShipperLimits,
+    /// Relay mode (docs/adr/0017-relay-tier.md): batches go to one of the
+    /// DC's relays instead of straight into ClickHouse. Absent: direct.
+    #[serde(default)]
+    pub relay: Option<RelayUse>,
+}
+
+/// How an app host's shipper forwards its batches to its DC's relays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayUse {
+    /// The DC's relays, `host:port` each, with weights: a host picks by
+    /// weight from a hash of its name, and takes the next on failure.
+    pub relays: Vec<RelayTarget>,
+    /// File holding the DC's relay secret, mode 0600.
+    pub secret_file: PathBuf,
+    /// Longest wait for a relay to connect, answer the hello or take a
+    /// batch into its spool before the next relay is tried (default 5 000 ms).
+    #[serde(default = "relay_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Longest wait for a batch the relay took to become visible in
+    /// ClickHouse before the next relay is tried (default 60 000 ms).
+    #[serde(default = "relay_visible_timeout_ms")]
+    pub visible_timeout_ms: u64,
+}
+
+fn relay_timeout_ms() -> u64 {
+    5_000
+}
+
+fn relay_visible_timeout_ms() -> u64 {
+    60_000
+}
+
+/// One relay as a forwarder reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayTarget {
+    /// `host:port` of its forwarder listener.
+    pub addr: String,
+    /// Relative share of the DC's hosts (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A relay of one DC (docs/adr/0017-relay-tier.md): takes forwarded
+/// batches into its spool and ships them into the DC's ClickHouse.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Datacenter name: only this DC's hosts may push.
+    pub dc: String,
+    /// The relay's name, unique in the DC: its inserts' `query_id` prefix.
+    pub name: String,
+    /// Forwarder listener.
+    pub listen: SocketAddr,
+    /// Admin HTTP (`/metrics`, `/healthz`).
+    pub admin: SocketAddr,
+    /// The relay's spool directory.
+    pub spool_dir: PathBuf,
+    /// Bound of the relay's spool segment files (default 10 GiB): past it
+    /// new batches are refused (the forwarders keep them) until shipping
+    /// frees space.
+    #[serde(default = "relay_quota_bytes")]
+    pub spool_quota_bytes: u64,
+    /// ClickHouse database.
+    pub database: String,
+    /// This DC's shards.
+    pub shards: Vec<ShardTarget>,
+    /// File holding the password of ClickHouse's writer user, mode 0600.
+    pub clickhouse_password_file: PathBuf,
+    /// File holding the DC's relay secret, mode 0600.
+    pub secret_file: PathBuf,
+    /// Compression of insert bodies (default `none`).
+    #[serde(default)]
+    pub compression: InsertCompression,
+    /// Bounds on batches, retries and timeouts (the shipper's, with larger
+    /// batches: a relay ships many hosts' rows per insert).
+    #[serde(default = "relay_limits")]
+    pub limits: ShipperLimits,
+}
+
+fn relay_quota_bytes() -> u64 {
+    10 << 30
+}
+
+fn relay_limits() -> ShipperLimits {
+    ShipperLimits {
+        batch_rows_max: 500_000,
+        batch_bytes_max: 256 << 20,
+        ..ShipperLimits::default()
+    }
+}
+
+impl crate::check::Declaration for RelayConfig {
+    fn check(&self, c: &mut crate::check::Checker) {
+        let root = crate::locate::KeyPath::root();
+        for (key, v) in [("dc", &self.dc), ("name", &self.name)] {
+            c.require(
+                !v.is_empty() && v.len() <= 255 && !v.contains('/'),
+                &root.key(key),
+                "must be 1 to 255 bytes without `/`",
+            );
+        }
+        c.require(
+            !self.shards.is_empty()
+                && self
+                    .shards
+                    .iter()
+                    .all(|s| !s.replicas.is_empty() && s.weight >= 1),
+            &root.key("shards"),
+            "list the DC's shards, each with a weight of at least 1 and its replicas' URLs",
+        );
+        c.require(
+            (1..=1_048_576).contains(&self.limits.batch_rows_max),
+            &root.key("limits").key("batch_rows_max"),
+            "must be from 1 to 1048576 (ClickHouse's max_insert_block_size): a batch must stay one insert block",
+        );
+        c.require(
+            self.spool_quota_bytes >= 1 << 26,
+            &root.key("spool_quota_bytes"),
+            "must be at least 67108864 (64 MiB)",
+        );
+    }
 }
 
 /// Compression of the shipper's insert bodies.
@@ -702,6 +829,7 @@ impl ShipperConfig {
             ),
             compression: InsertCompression::default(),
             limits: ShipperLimits::default(),
+            relay: None,
         }
     }
 }
@@ -752,6 +880,20 @@ impl crate::check::Declaration for ShipperConfig {
             &at.key("host_silent_ms"),
             "must be at least three publish intervals: a live host would otherwise look silent between two heartbeats",
         );
+        if let Some(r) = &self.relay {
+            let at = crate::locate::KeyPath::root().key("relay");
+            c.require(
+                !r.relays.is_empty()
+                    && r.relays.iter().all(|t| t.weight >= 1 && !t.addr.is_empty()),
+                &at.key("relays"),
+                "list the DC's relays (`host:port`), each with a weight of at least 1",
+            );
+            c.require(
+                r.timeout_ms >= 100 && r.visible_timeout_ms >= r.timeout_ms,
+                &at.key("timeout_ms"),
+                "must be at least 100, and visible_timeout_ms at least timeout_ms",
+            );
+        }
         c.require(
             !self.zookeeper.is_empty(),
             &crate::locate::KeyPath::root().key("zookeeper"),

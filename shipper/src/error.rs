@@ -40,6 +40,19 @@ pub enum Error {
     /// election); always retried with a new session.
     #[error("ZooKeeper: {0}")]
     ZooKeeper(String),
+    /// A relay could not be reached, refused the session, ended it or
+    /// stayed silent (relay mode, docs/adr/0017): the forwarder takes the
+    /// next relay and over again.
+    #[error("relay {relay}: {message}")]
+    Relay {
+        /// The relay's address.
+        relay: String,
+        /// What happened.
+        message: String,
+        /// The relay refused this host's config (secret, DC, version):
+        /// retries go on, but only a config change can help.
+        config: bool,
+    },
     /// The config breaks a rule.
     #[error("{0}")]
     Config(String),
@@ -53,7 +66,7 @@ impl Error {
     pub fn retriable(&self) -> bool {
         match self {
             Error::ClickHouse { retriable, .. } => *retriable,
-            Error::Redis(_) | Error::ZooKeeper(_) => true,
+            Error::Redis(_) | Error::ZooKeeper(_) | Error::Relay { .. } => true,
             Error::Spool(_) | Error::State { .. } | Error::Config(_) | Error::Stopping => false,
         }
     }
@@ -67,6 +80,7 @@ impl Error {
             Error::Redis(dc_config::state_store::Error::Redis(_)) => "redis",
             Error::Redis(dc_config::state_store::Error::Timeout(_)) => "redis_timeout",
             Error::ZooKeeper(_) => "zookeeper",
+            Error::Relay { .. } => "relay",
             Error::Config(_) => "config",
             Error::Stopping => "stopping",
         }

@@ -20,6 +20,13 @@
 //!   blocks, and holds under any timing (docs/adr/0009-fenced-inserts.md);
 //! - the checkpoint is committed only after ClickHouse acknowledged.
 //!
+//! Relay mode (docs/adr/0017-relay-tier.md): an app host's shipper sends
+//! its batches to one of its DC's relays instead ([`forward`], over the
+//! protocol in [`wire`]) and commits a batch once the relay reports it
+//! visible; a [`relay::Relay`] takes many hosts' batches into its spool
+//! and inserts them in large batches, each row with its origin's identity
+//! and epoch, guarded by a takeover per connection.
+//!
 //! Nothing is ever skipped: transient errors retry with capped, jittered
 //! backoff forever; non-retriable ones (missing table, refused data) block
 //! the batch, retried slowly, with an error in the log, a metric and
@@ -30,11 +37,14 @@ pub mod aggregate;
 pub mod epoch;
 pub mod error;
 pub mod fleet;
+pub mod forward;
 pub mod intent;
 pub mod metrics;
+pub mod relay;
 pub mod ship;
 pub mod sink;
 pub mod state;
+pub mod wire;
 
 pub use error::{Error, Result};
 pub use metrics::{Health, Metrics};

@@ -18,16 +18,18 @@ use dc_config::event::now_ms;
 use dc_config::record::{Record, RecordView};
 use dc_config::registry::Registry;
 use dc_config::row::{write_row_binary, SpoolPosition};
-use dc_config::services::ShipperConfig;
+use dc_config::services::{ShipperConfig, ShipperLimits};
 use dc_config::steps::{self, Built, Coarse};
 use rand::Rng;
 use spooler::{Position, Reader};
 
 use crate::aggregate::{self, Pending, Progress};
 use crate::error::{Error, Result};
+use crate::forward::{Forwarder, Outgoing};
 use crate::intent::Intent;
 use crate::metrics::{label, Health, Metrics, SinkHealth};
 use crate::sink::{IngestBody, SchemaCheck, Sink};
+use crate::wire::BatchRange;
 
 mod aggregation;
 use dc_config::state_store::{state_write, StateStore};
@@ -102,6 +104,72 @@ fn ingest_body(batch: &Batch, held: Option<&HashSet<(u64, u64)>>, epoch: u64) ->
         body.extend_from_slice(&epoch.to_le_bytes());
     }
     (body, crc.finalize())
+}
+
+/// Capped exponential backoff with ±25 % jitter, so shippers (and relays)
+/// that failed together do not retry together.
+pub(crate) fn backoff(l: &ShipperLimits, attempt: u32) -> Duration {
+    let base = l
+        .retry_initial_ms
+        .saturating_mul(1u64 << attempt.min(20))
+        .min(l.retry_max_ms);
+    let jitter = rand::rng().random_range(0.75..1.25);
+    Duration::from_millis((base as f64 * jitter) as u64)
+}
+
+/// Reads the next batch: up to the row and byte limits, or what has come
+/// within `batch_age_ms` of its first frame. `None`: nothing came (or
+/// shutdown). The reader is locked per step, never across a wait longer
+/// than [`WAIT_SLICE`], so the commit of the batch in flight is not held
+/// up. Each time the reader is drained, `drained` gets the end of the last
+/// frame read (`handed`, the end of the last frame handed over before this
+/// batch, when none was). The shipper's and the relay's batches.
+pub(crate) fn read_batch(
+    reader: &Mutex<Reader>,
+    l: &ShipperLimits,
+    handed: Position,
+    stopping: &dyn Fn() -> bool,
+    drained: &mut dyn FnMut(Position),
+) -> Result<Option<Vec<spooler::Frame>>> {
+    let age = Duration::from_millis(l.batch_age_ms);
+    let mut out: Vec<spooler::Frame> = Vec::new();
+    let mut bytes = 0usize;
+    let mut first_at: Option<Instant> = None;
+    loop {
+        let got = reader.lock().expect("reader lock").next(
+            l.batch_rows_max - out.len(),
+            l.batch_bytes_max.saturating_sub(bytes).max(1),
+        )?;
+        if !got.is_empty() {
+            first_at.get_or_insert_with(Instant::now);
+            bytes += got.iter().map(|r| r.payload.len()).sum::<usize>();
+            out.extend(got);
+            if out.len() >= l.batch_rows_max || bytes >= l.batch_bytes_max {
+                break;
+            }
+            continue;
+        }
+        // Drained up to the end of the last frame read, not to the
+        // reader's cursor: past the last frame of a sealed segment the
+        // cursor moves on to the next one, a position no commit reaches
+        // until new frames come, and the watermark would wait for them.
+        drained(out.last().map_or(handed, |r| r.next));
+        let wait = match first_at {
+            None if stopping() => return Ok(None),
+            None => WAIT_SLICE,
+            Some(t) => {
+                let left = age.saturating_sub(t.elapsed());
+                if left.is_zero() || stopping() {
+                    break;
+                }
+                left.min(WAIT_SLICE)
+            }
+        };
+        if !reader.lock().expect("reader lock").wait(wait)? && first_at.is_none() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(out))
 }
 
 impl Shipper {
@@ -306,16 +374,8 @@ impl Shipper {
         }
     }
 
-    /// Capped exponential backoff with ±25 % jitter, so shippers that failed
-    /// together do not retry together.
     fn backoff(&self, attempt: u32) -> Duration {
-        let l = &self.config.limits;
-        let base = l
-            .retry_initial_ms
-            .saturating_mul(1u64 << attempt.min(20))
-            .min(l.retry_max_ms);
-        let jitter = rand::rng().random_range(0.75..1.25);
-        Duration::from_millis((base as f64 * jitter) as u64)
+        backoff(&self.config.limits, attempt)
     }
 
     /// Runs a write of the shipper's state (or a spool checkpoint) until it
@@ -383,6 +443,10 @@ impl Shipper {
         *self.progress.committed.lock().expect("progress lock") = reader.committed();
         let reader = Mutex::new(reader);
         let sink = Sink::new(&self.config)?;
+        let mut forwarder = match &self.config.relay {
+            Some(r) => Some(Forwarder::new(&self.config.dc, &self.config.host, r)?),
+            None => None,
+        };
         let state = self.config.state_dir.clone();
         let lag = label("sink", "clickhouse");
         std::thread::scope(|scope| {
@@ -399,7 +463,11 @@ impl Shipper {
                         .lag_frames
                         .get_or_create(&lag)
                         .set(i64::from(batch.intent.frames));
-                    if !self.ship(rt, &sink, &mut batch, verify)? {
+                    let shipped = match forwarder.as_mut() {
+                        Some(f) => self.forward(rt, f, &mut batch, verify)?,
+                        None => self.ship(rt, &sink, &mut batch, verify)?,
+                    };
+                    if !shipped {
                         break;
                     }
                     // Pending minutes are saved before the checkpoint moves:
@@ -506,57 +574,21 @@ impl Shipper {
         }
     }
 
-    /// Reads the next batch: up to the row and byte limits, or what has come
-    /// within `batch_age_ms` of its first frame. `None`: nothing came (or
-    /// shutdown). The reader is locked per step, never across a wait longer
-    /// than [`WAIT_SLICE`], so the commit of the batch in flight is not held up.
-    /// `handed` is the end of the last frame handed over before this batch.
+    /// The next batch ([`read_batch`]); each time the reader is drained the
+    /// progress records it, for the watermark. `handed` is the end of the
+    /// last frame handed over before this batch.
     fn plan(
         &self,
         reader: &Mutex<Reader>,
         handed: Position,
     ) -> Result<Option<Vec<spooler::Frame>>> {
-        let l = &self.config.limits;
-        let age = Duration::from_millis(l.batch_age_ms);
-        let mut out: Vec<spooler::Frame> = Vec::new();
-        let mut bytes = 0usize;
-        let mut first_at: Option<Instant> = None;
-        loop {
-            let got = reader.lock().expect("reader lock").next(
-                l.batch_rows_max - out.len(),
-                l.batch_bytes_max.saturating_sub(bytes).max(1),
-            )?;
-            if !got.is_empty() {
-                first_at.get_or_insert_with(Instant::now);
-                bytes += got.iter().map(|r| r.payload.len()).sum::<usize>();
-                out.extend(got);
-                if out.len() >= l.batch_rows_max || bytes >= l.batch_bytes_max {
-                    break;
-                }
-                continue;
-            }
-            // Drained up to the end of the last frame read, not to the
-            // reader's cursor: past the last frame of a sealed segment the
-            // cursor moves on to the next one, a position no commit reaches
-            // until new frames come, and the watermark would wait for them.
-            let drained_at = out.last().map_or(handed, |r| r.next);
-            self.progress.record_drained(now_ms(), drained_at);
-            let wait = match first_at {
-                None if self.stopping() => return Ok(None),
-                None => WAIT_SLICE,
-                Some(t) => {
-                    let left = age.saturating_sub(t.elapsed());
-                    if left.is_zero() || self.stopping() {
-                        break;
-                    }
-                    left.min(WAIT_SLICE)
-                }
-            };
-            if !reader.lock().expect("reader lock").wait(wait)? && first_at.is_none() {
-                return Ok(None);
-            }
-        }
-        Ok(Some(out))
+        read_batch(
+            reader,
+            &self.config.limits,
+            handed,
+            &|| self.stopping(),
+            &mut |at| self.progress.record_drained(now_ms(), at),
+        )
     }
 
     /// Re-reads exactly the frames of `intent`. `None` if the spool no longer
@@ -612,15 +644,21 @@ impl Shipper {
             match RecordView::parse_into(&rec.payload, &mut attrs) {
                 Ok(r) => {
                     let start = body.len();
-                    write_row_binary(
-                        &mut body,
-                        r.event,
-                        r.time_ms,
-                        &self.config.dc,
-                        &self.config.host,
-                        attrs.iter().copied(),
-                        pos,
-                    );
+                    if self.config.relay.is_some() {
+                        // Relay mode: the relay writes the rows from the
+                        // records (docs/adr/0017).
+                        body.extend_from_slice(&rec.payload);
+                    } else {
+                        write_row_binary(
+                            &mut body,
+                            r.event,
+                            r.time_ms,
+                            &self.config.dc,
+                            &self.config.host,
+                            attrs.iter().copied(),
+                            pos,
+                        );
+                    }
                     rows.push((pos, start..body.len()));
                     if !events.iter().any(|e| e == r.event) {
                         events.push(r.event.to_string());
@@ -805,6 +843,87 @@ impl Shipper {
         unreachable!("the attempt counter does not run out")
     }
 
+    /// Relay mode's [`Shipper::ship`] (docs/adr/0017): sends `batch` to a
+    /// relay until it is visible in ClickHouse, taking the next relay after
+    /// each failure. Returns false on shutdown before that.
+    fn forward(
+        &self,
+        rt: &tokio::runtime::Handle,
+        forwarder: &mut Forwarder,
+        batch: &mut Batch,
+        verify: bool,
+    ) -> Result<bool> {
+        let state = self.config.state_dir.clone();
+        let intent = batch.intent;
+        if self
+            .durably("batch intent", || intent.save(&state, CLICKHOUSE_READER))?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        if batch.rows.is_empty() {
+            return Ok(true);
+        }
+        let lag = label("sink", "clickhouse");
+        let outgoing = Outgoing {
+            range: BatchRange {
+                start: batch.intent.start,
+                end: batch.intent.end,
+                events: batch.events.clone(),
+                time_range: batch.time_range,
+            },
+            frames: batch
+                .rows
+                .iter()
+                .map(|(p, r)| (Position::new(p.segment, p.offset), &batch.body[r.clone()]))
+                .collect(),
+            verify,
+        };
+        for attempt in 0u32.. {
+            if self.stopping() {
+                return Ok(false);
+            }
+            self.metrics
+                .lag_seconds
+                .get_or_create(&lag)
+                .set(now_ms().saturating_sub(batch.oldest_ms) as f64 / 1000.0);
+            let started = Instant::now();
+            let sent =
+                rt.block_on(forwarder.forward(&outgoing, &mut |floor| self.raise_epoch(floor)));
+            match sent {
+                Ok(()) => {
+                    self.metrics
+                        .insert_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.rows.inc_by(batch.rows.len() as u64);
+                    self.metrics.bytes.inc_by(batch.body.len() as u64);
+                    *self.health.clickhouse.lock().expect("health lock") = SinkHealth::Ok;
+                    return Ok(true);
+                }
+                Err(Error::Stopping) => return Ok(false),
+                Err(e) => {
+                    self.metrics
+                        .errors
+                        .get_or_create(&label("kind", e.kind()))
+                        .inc();
+                    tracing::warn!(error = %e, attempt, "forwarding a batch failed; taking the next relay");
+                    // A refused secret or DC blocks until the config changes.
+                    *self.health.clickhouse.lock().expect("health lock") =
+                        if matches!(e, Error::Relay { config: true, .. }) {
+                            SinkHealth::Blocked(e.to_string())
+                        } else {
+                            SinkHealth::Retrying(e.to_string())
+                        };
+                    forwarder.fail_over();
+                    if !self.sleep(self.backoff(attempt)) {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        unreachable!("the attempt counter does not run out")
+    }
+
     /// The position check, exact under any timing of earlier attempts
     /// (docs/adr/0009-fenced-inserts.md). On every replica the intent
     /// names: raise this host's fence to a new epoch (an insert of an older
@@ -828,7 +947,7 @@ impl Shipper {
             };
             let mut above = 0;
             for &r in &replicas {
-                above = above.max(sink.fence(shard, r, epoch).await?);
+                above = above.max(sink.fence(shard, r, &self.config.host, epoch).await?);
             }
             if above <= epoch {
                 break epoch;
@@ -862,6 +981,7 @@ impl Shipper {
                 sink.held_positions(
                     shard,
                     r,
+                    &self.config.host,
                     batch.intent.start,
                     batch.intent.end,
                     &events,

@@ -141,6 +141,38 @@ pub struct IngestBody {
     pub rows_crc: u32,
 }
 
+/// Where a sink writes, and as which writer: an app host's shipper (its
+/// host) or a relay (its name, docs/adr/0017).
+#[derive(Debug, Clone, Copy)]
+pub struct SinkTarget<'a> {
+    /// Datacenter.
+    pub dc: &'a str,
+    /// The writer: its inserts' `query_id` prefix is `spoolhouse/insert/DC/WRITER/`.
+    pub writer: &'a str,
+    /// ClickHouse database.
+    pub database: &'a str,
+    /// The DC's shards.
+    pub shards: &'a [dc_config::services::ShardTarget],
+    /// Compression of insert bodies.
+    pub compression: InsertCompression,
+    /// Timeout of one request.
+    pub timeout_ms: u64,
+}
+
+impl<'a> SinkTarget<'a> {
+    /// A shipper's target: its host writes.
+    pub fn of(config: &'a ShipperConfig) -> Self {
+        Self {
+            dc: &config.dc,
+            writer: &config.host,
+            database: &config.database,
+            shards: &config.shards,
+            compression: config.compression,
+            timeout_ms: config.limits.clickhouse_timeout_ms,
+        }
+    }
+}
+
 /// This datacenter's shards, as the shipper writes to them.
 pub struct Sink {
     shards: Vec<Shard>,
@@ -168,16 +200,27 @@ impl Sink {
     /// A sink for the shards of `config`, logged in as ClickHouse's writer
     /// with the password in `config.clickhouse_password_file`.
     pub fn new(config: &ShipperConfig) -> Result<Self> {
-        let password = dc_config::credentials::read_password(&config.clickhouse_password_file)
+        Self::open(SinkTarget::of(config), &config.clickhouse_password_file)
+    }
+
+    /// A sink for `target`, logged in as ClickHouse's writer with the
+    /// password in `password_file`.
+    pub fn open(target: SinkTarget<'_>, password_file: &std::path::Path) -> Result<Self> {
+        let password = dc_config::credentials::read_password(password_file)
             .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(Self::with_password(config, &password))
+        Ok(Self::for_target(target, &password))
     }
 
     /// A sink for the shards of `config`, logged in as ClickHouse's writer
     /// with `password`.
     pub fn with_password(config: &ShipperConfig, password: &str) -> Self {
-        let timeout = Duration::from_millis(config.limits.clickhouse_timeout_ms);
-        let shards: Vec<Shard> = config
+        Self::for_target(SinkTarget::of(config), password)
+    }
+
+    /// A sink for `target`, logged in as ClickHouse's writer with `password`.
+    pub fn for_target(target: SinkTarget<'_>, password: &str) -> Self {
+        let timeout = Duration::from_millis(target.timeout_ms);
+        let shards: Vec<Shard> = target
             .shards
             .iter()
             .map(|s| Shard {
@@ -193,7 +236,7 @@ impl Sink {
                             .with_user(dc_config::schema::user::WRITER_USER)
                             .with_password(password)
                             .with_validation(false)
-                            .with_compression(match config.compression {
+                            .with_compression(match target.compression {
                                 InsertCompression::None => clickhouse::Compression::None,
                                 InsertCompression::Lz4 => clickhouse::Compression::Lz4,
                             });
@@ -205,9 +248,9 @@ impl Sink {
         Self {
             total_weight: shards.iter().map(|s| u64::from(s.weight)).sum(),
             shards,
-            database: config.database.clone(),
-            dc: config.dc.clone(),
-            host: config.host.clone(),
+            database: target.database.to_string(),
+            dc: target.dc.to_string(),
+            host: target.writer.to_string(),
             timeout,
             token_support: std::sync::Mutex::new(std::collections::HashMap::new()),
             replica_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -305,6 +348,11 @@ impl Sink {
         })
     }
 
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
     /// Number of replicas of `shard`.
     pub fn replicas(&self, shard: usize) -> usize {
         self.shards[shard].replicas.len()
@@ -373,14 +421,15 @@ impl Sink {
         insert.end().await.map_err(|e| classify(&url, e))
     }
 
-    /// Raises this host's fence on one replica to `below`: from the moment
-    /// this returns, an insert of an epoch under `below` that reaches the
-    /// replica stores nothing. Returns the replica's fence for this host,
-    /// which is above `below` only if some shipper of this host used a
-    /// higher epoch (state lost and the clock set back): the caller then
-    /// raises its epoch above it.
-    pub async fn fence(&self, shard: usize, replica: usize, below: u64) -> Result<u64> {
-        let (dc, host) = (quote_str(&self.dc), quote_str(&self.host));
+    /// Raises `host`'s fence on one replica to `below`: from the moment
+    /// this returns, an insert of `host`'s rows with an epoch under `below`
+    /// that reaches the replica stores nothing. Returns the replica's fence
+    /// for the host, which is above `below` only if some writer of the host
+    /// used a higher epoch (state lost and the clock set back): the caller
+    /// then raises its epoch above it. (A direct shipper fences its own host;
+    /// a relay, the host of a session it takes over: docs/adr/0017.)
+    pub async fn fence(&self, shard: usize, replica: usize, host: &str, below: u64) -> Result<u64> {
+        let (dc, host) = (quote_str(&self.dc), quote_str(host));
         let db = &self.database;
         let fences = table::SHIPPER_FENCES;
         self.execute(
@@ -409,6 +458,23 @@ impl Sink {
             ),
         )
         .await
+    }
+
+    /// The `query_id`s of every insert of this DC's writers (direct shippers
+    /// and relays, any epoch) the replica is executing right now: what a
+    /// relay's takeover waits to see end (docs/adr/0017).
+    pub async fn dc_inserts_running(&self, shard: usize, replica: usize) -> Result<Vec<String>> {
+        let body = self
+            .query_text(
+                shard,
+                replica,
+                &format!(
+                    "SELECT query_id FROM system.processes WHERE startsWith(query_id, {}) FORMAT TSV",
+                    quote_str(&format!("spoolhouse/insert/{}/", self.dc))
+                ),
+            )
+            .await?;
+        Ok(body.lines().map(str::to_string).collect())
     }
 
     /// `events_local`'s replica path in ZooKeeper on this replica.
@@ -451,7 +517,7 @@ impl Sink {
         Ok(path)
     }
 
-    /// Which spool positions in `[start, end)` of this DC's host the replica
+    /// Which spool positions in `[start, end)` of this DC's `host` the replica
     /// already holds, looking only at the given event types and time range
     /// (which the primary key `(event, time, …)` narrows down).
     ///
@@ -462,10 +528,12 @@ impl Sink {
     /// part check later removes the part. Counting those rows as held lost
     /// them (a rolling restart of ZooKeeper, 200 rows). ZooKeeper's answer is
     /// final: the commit is one atomic multi-operation.
+    #[allow(clippy::too_many_arguments)]
     pub async fn held_positions(
         &self,
         shard: usize,
         replica: usize,
+        host: &str,
         start: spooler::Position,
         end: spooler::Position,
         events: &[&str],
@@ -482,7 +550,7 @@ impl Sink {
             self.database,
             table::EVENTS_LOCAL,
             quote_str(&self.dc),
-            quote_str(&self.host),
+            quote_str(host),
             events.join(", "),
             time_range.0,
             time_range.1,

@@ -838,6 +838,35 @@ fn killed_mid_insert(cfg: &ShipperConfig, epoch: u64, n: u64) -> (String, Vec<u8
     (sink.url(shard, 0).to_string(), rows)
 }
 
+/// The control of the late-orphan cases: `n` rows of `cfg`'s host sent
+/// late with the epoch its shipper holds now are stored, doubling the `n`
+/// it has: it is the fence that drops an older epoch's.
+fn late_insert_with_the_current_epoch_doubles(
+    cluster: &LocalCluster,
+    cfg: &ShipperConfig,
+    url: &str,
+    n: u64,
+) {
+    let epoch: u64 = std::fs::read_to_string(cfg.state_dir.join("clickhouse.epoch"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (_, current) = {
+        let mut c = cfg.clone();
+        c.spool_dir = c
+            .spool_dir
+            .with_file_name(format!("spool-{}-control", c.host));
+        c.state_dir = c
+            .state_dir
+            .with_file_name(format!("state-{}-control", c.host));
+        killed_mid_insert(&c, epoch, n)
+    };
+    let control = Orphan::start(url, &writer_password(cfg), &current, "control", true).finish();
+    assert!(control.contains("200"), "{control}");
+    assert_eq!(counts(cluster, &cfg.host).0, 2 * n);
+}
+
 /// The root of the duplicates the crash campaign found with the position
 /// check alone: a killed shipper's insert that ClickHouse runs after the
 /// restarted shipper asked which positions it holds. Both timings: the
@@ -884,20 +913,7 @@ fn an_insert_of_a_killed_shipper_never_lands_beside_its_replay() {
     assert_eq!(counts(&cluster, "h-orphan-late"), (1_000, 1_000));
     // Control: the same late insert with the epoch the shipper now has
     // would have doubled every row — the fence is what dropped it.
-    let epoch: u64 = std::fs::read_to_string(cfg.state_dir.join("clickhouse.epoch"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let (_, current) = {
-        let mut c = cfg.clone();
-        c.spool_dir = c.spool_dir.with_file_name("spool-h-orphan-late-control");
-        c.state_dir = c.state_dir.with_file_name("shipper-h-orphan-late-control");
-        killed_mid_insert(&c, epoch, 1_000)
-    };
-    let control = Orphan::start(&url, &writer_password(&cfg), &current, "control", true).finish();
-    assert!(control.contains("200"), "{control}");
-    assert_eq!(counts(&cluster, "h-orphan-late").0, 2_000);
+    late_insert_with_the_current_epoch_doubles(&cluster, &cfg, &url, 1_000);
 
     // Running: a body over 1 MiB is on the server, the insert runs and
     // waits for the end of it while the restarted shipper starts; it ends a
@@ -1237,4 +1253,353 @@ fn a_new_metric_backfills_its_history_and_touches_no_other_series() {
         running.metrics.backfill_aggregations.get() > 0
     });
     running.stop();
+}
+
+// ---- Relay mode (docs/adr/0017-relay-tier.md) --------------------------------
+
+/// A relay on its own runtime and thread; `kill` drops it abruptly (its
+/// connections and any insert in flight cut mid-way, nothing flushed).
+struct RunningRelay {
+    rt: Option<tokio::runtime::Runtime>,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    metrics: Arc<shipper::relay::RelayMetrics>,
+}
+
+impl RunningRelay {
+    fn start(config: dc_config::services::RelayConfig) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(shipper::relay::RelayMetrics::register(&mut registry));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let relay = Arc::new(
+            shipper::relay::Relay::open(config.clone(), metrics.clone(), shutdown.clone()).unwrap(),
+        );
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(config.listen))
+            .unwrap();
+        let handle = rt.handle().clone();
+        let thread = std::thread::spawn(move || {
+            // A killed relay's loop may find its runtime gone mid-insert.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _ = relay.run_on(listener, handle);
+            }));
+        });
+        Self {
+            rt: Some(rt),
+            shutdown,
+            thread: Some(thread),
+            metrics,
+        }
+    }
+
+    fn kill(mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.rt.take().unwrap().shutdown_background();
+        let _ = self.thread.take().unwrap().join();
+    }
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn secret_file(dir: &std::path::Path, name: &str, secret: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, secret).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+fn relay_config(
+    cluster: &LocalCluster,
+    name: &str,
+    port: u16,
+    dir: &std::path::Path,
+    secret: &std::path::Path,
+) -> dc_config::services::RelayConfig {
+    let base = config(cluster, "dc1");
+    let mut limits = base.limits.clone();
+    limits.batch_rows_max = 20_000;
+    limits.batch_age_ms = 200;
+    dc_config::services::RelayConfig {
+        dc: "dc1".into(),
+        name: name.into(),
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        spool_dir: dir.join(name),
+        spool_quota_bytes: 1 << 30,
+        database: base.database.clone(),
+        shards: base.shards.clone(),
+        clickhouse_password_file: base.clickhouse_password_file.clone(),
+        secret_file: secret.to_path_buf(),
+        compression: base.compression,
+        limits,
+    }
+}
+
+fn forwarder_config(
+    cluster: &LocalCluster,
+    host: &str,
+    dir: &std::path::Path,
+    relays: &[u16],
+    secret: &std::path::Path,
+) -> ShipperConfig {
+    let mut c = config(cluster, "dc1");
+    c.host = host.into();
+    c.spool_dir = dir.join(host).join("spool");
+    c.state_dir = dir.join(host).join("state");
+    c.aggregator = false;
+    c.relay = Some(dc_config::services::RelayUse {
+        relays: relays
+            .iter()
+            .map(|p| dc_config::services::RelayTarget {
+                addr: format!("127.0.0.1:{p}"),
+                weight: 1,
+            })
+            .collect(),
+        secret_file: secret.to_path_buf(),
+        timeout_ms: 1_000,
+        visible_timeout_ms: 30_000,
+    });
+    c
+}
+
+#[test]
+fn relay_mode_ships_every_host_once_across_relay_kills_and_failover() {
+    let cluster = launch();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), "relay.secret", "dc1-relay-secret");
+    let ports = [free_port(), free_port()];
+    let relay_cfg = |i: usize| {
+        relay_config(
+            &cluster,
+            &format!("relay{}", i + 1),
+            ports[i],
+            dir.path(),
+            &secret,
+        )
+    };
+    let mut relays: Vec<Option<RunningRelay>> = (0..2)
+        .map(|i| Some(RunningRelay::start(relay_cfg(i))))
+        .collect();
+    let hosts: Vec<String> = (1..=4).map(|i| format!("dc1-fwd{i}")).collect();
+    let configs: Vec<ShipperConfig> = hosts
+        .iter()
+        .map(|h| forwarder_config(&cluster, h, dir.path(), &ports, &secret))
+        .collect();
+    let spools: Vec<Spool> = configs.iter().map(open_spool).collect();
+    let running: Vec<Running> = configs
+        .iter()
+        .map(|c| Running::start(c.clone(), Guards::default()))
+        .collect();
+    // Live traffic (bounded: 60 chunks of 100 votes per host, a chunk every
+    // 50 ms) while the relays are killed in turn and restarted on the same
+    // spool and port: kills land mid-batch and mid-insert.
+    let (chunks, chunk) = (60u64, 100u64);
+    let traffic = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            for c in 0..chunks {
+                for (h, spool) in spools.iter().enumerate() {
+                    let votes: Vec<Vec<u8>> = (0..chunk)
+                        .map(|i| vote(1_000_000 * h as u64 + c * chunk + i))
+                        .collect();
+                    spool.append(&votes).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (mut kills, mut skipped, mut takeovers) = (0u64, 0u64, 0u64);
+        while !writer.is_finished() || kills < 4 {
+            std::thread::sleep(Duration::from_millis(700));
+            let victim = (kills % 2) as usize;
+            let r = relays[victim].take().unwrap();
+            skipped += r.metrics.skipped_rows.get();
+            takeovers += r.metrics.takeovers.get();
+            r.kill();
+            kills += 1;
+            relays[victim] = Some(RunningRelay::start(relay_cfg(victim)));
+        }
+        (kills, skipped, takeovers)
+    });
+    let want = chunks * chunk;
+    for h in &hosts {
+        wait_for(
+            &format!("{h}'s rows through the relays"),
+            Duration::from_secs(90),
+            || counts(&cluster, h).0 >= want,
+        );
+    }
+    // Settled: nothing more lands late.
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(
+            counts(&cluster, h),
+            (want, want),
+            "{h}: rows, distinct positions"
+        );
+        // And the rows are the events: each vote's own four attributes.
+        let got = cluster
+            .clickhouse("dc1-s1-r1")
+            .unwrap()
+            .query(&format!(
+                "SELECT countIf(length(attr_names) != 4), \
+                 sum(toUInt64(attr_values[indexOf(attr_names, 'target_user_id')])) \
+                 FROM spoolhouse.events_all WHERE host = '{h}' FORMAT TSV"
+            ))
+            .unwrap();
+        let first = 1_000_000 * i as u64;
+        let sum: u64 = (first..first + want).sum();
+        assert_eq!(got.trim(), format!("0\t{sum}"), "{h}: attributes");
+    }
+    let (kills, skipped, takeovers) = traffic;
+    let takeovers = takeovers
+        + relays
+            .iter()
+            .map(|r| r.as_ref().unwrap().metrics.takeovers.get())
+            .sum::<u64>();
+    eprintln!(
+        "relay kills {kills}, takeovers {takeovers}, rows skipped as their session ended {skipped}"
+    );
+    assert!(
+        takeovers > hosts.len() as u64,
+        "hosts took over again after kills: {takeovers}"
+    );
+    for r in &running {
+        assert!(r.health.ok(), "{}", r.health.to_json());
+    }
+    drop(running);
+}
+
+#[test]
+fn a_relay_refuses_a_forwarder_without_the_dcs_secret() {
+    let cluster = launch();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), "relay.secret", "the-right-one");
+    let wrong = secret_file(dir.path(), "wrong.secret", "a-wrong-one");
+    let port = free_port();
+    let relay = RunningRelay::start(relay_config(&cluster, "relay1", port, dir.path(), &secret));
+    let c = forwarder_config(&cluster, "dc1-intruder", dir.path(), &[port], &wrong);
+    let spool = open_spool(&c);
+    spool.append(&[vote(1), vote(2)]).unwrap();
+    let running = Running::start(c, Guards::default());
+    wait_for("the refusal", Duration::from_secs(20), || {
+        relay
+            .metrics
+            .refused
+            .get_or_create(&shipper::metrics::label("reason", "auth"))
+            .get()
+            >= 2
+    });
+    assert!(!running.health.ok(), "the forwarder reports the refusal");
+    assert!(
+        running.health.to_json().to_string().contains("secret"),
+        "{}",
+        running.health.to_json()
+    );
+    assert_eq!(counts(&cluster, "dc1-intruder"), (0, 0));
+    drop(running);
+}
+
+/// The takeover's guard against the relay-mode twin of the orphan above:
+/// an insert of a host's rows by a relay that was killed (or that the
+/// forwarder gave up on) reaching ClickHouse after the host took over at
+/// another relay. Both timings, as for the direct shipper: only the head
+/// on the server when the takeover runs (the fence drops it), and the
+/// insert running (the takeover waits for it, then finds the rows held).
+#[test]
+fn a_relays_orphan_insert_never_lands_beside_the_takeover() {
+    let cluster = launch();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), "relay.secret", "dc1-relay-secret");
+    let port = free_port();
+    let _relay = RunningRelay::start(relay_config(&cluster, "relay1", port, dir.path(), &secret));
+    let old_epoch = 1;
+
+    // Late: the orphan's head only is on the server during the takeover.
+    let cfg = forwarder_config(&cluster, "h-relay-late", dir.path(), &[port], &secret);
+    let (url, rows) = killed_mid_insert(&cfg, old_epoch, 1_000);
+    let orphan = Orphan::start(
+        &url,
+        &writer_password(&cfg),
+        &rows,
+        "spoolhouse/insert/dc1/relay-gone/0/1:32",
+        false,
+    );
+    let running = Running::start(cfg.clone(), Guards::default());
+    wait_for(
+        "the batch through the relay",
+        Duration::from_secs(60),
+        || running.clickhouse_batches() >= 1,
+    );
+    assert_eq!(counts(&cluster, "h-relay-late"), (1_000, 1_000));
+    let status = orphan.finish();
+    assert!(
+        status.contains("200"),
+        "the late insert was taken: {status}"
+    );
+    assert_eq!(counts(&cluster, "h-relay-late"), (1_000, 1_000));
+    // Control: the same late rows with the session's epoch would have
+    // doubled: the fence is what dropped them.
+    late_insert_with_the_current_epoch_doubles(&cluster, &cfg, &url, 1_000);
+    running.stop();
+
+    // Running: over 1 MiB of body on the server, the insert waits for the
+    // rest while the host takes over; the takeover waits for it to end (its
+    // rows, written after the fence, are dropped) and then reads what is
+    // held: the forwarder sends exactly the rest.
+    let cfg = forwarder_config(&cluster, "h-relay-running", dir.path(), &[port], &secret);
+    let (url, rows) = killed_mid_insert(&cfg, old_epoch, 15_000);
+    assert!(rows.len() > 1 << 20);
+    let orphan = Orphan::start(
+        &url,
+        &writer_password(&cfg),
+        &rows,
+        "spoolhouse/insert/dc1/relay-gone/0/1:64",
+        true,
+    );
+    let server = writer(&cfg, &url);
+    wait_for("the insert to run", Duration::from_secs(10), || {
+        server
+            .query("SELECT count() FROM system.processes WHERE query_id LIKE '%relay-gone%' FORMAT TSV")
+            .unwrap()
+            .trim()
+            == "1"
+    });
+    let running = Running::start(cfg.clone(), Guards::default());
+    // Long enough for the forwarder to start, connect and (were the
+    // takeover not waiting) have its batch inserted.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        counts(&cluster, "h-relay-running"),
+        (0, 0),
+        "the takeover waits while the earlier insert runs"
+    );
+    let status = orphan.finish();
+    assert!(status.contains("200"), "{status}");
+    wait_for(
+        "the batch through the relay",
+        Duration::from_secs(60),
+        || running.clickhouse_batches() >= 1,
+    );
+    running.stop();
+    assert_eq!(counts(&cluster, "h-relay-running"), (15_000, 15_000));
 }

@@ -1,0 +1,756 @@
+//! A relay (docs/adr/0017-relay-tier.md): takes the batches of its DC's
+//! app hosts' forwarders into its own spool and ships them into the DC's
+//! ClickHouse in large inserts, each row with its origin's identity and
+//! its session's epoch.
+//!
+//! Two halves share the sessions table (one live session per host):
+//! - the listener: per connection a challenge, the hello (DC, host, epoch,
+//!   MAC of the DC's secret), the **takeover** (fence the host on every
+//!   replica, wait for the DC's inserts running then, read which positions
+//!   of the forwarder's batch in hand ClickHouse holds), then batches
+//!   appended to the spool and acknowledged (`Appended`);
+//! - the shipping loop: reads the spool in batches of many hosts' rows,
+//!   skips rows whose session ended, inserts, and tells each live session
+//!   which of its batches became `Visible`. An insert that may have landed
+//!   is never repeated: the sessions of its hosts are ended instead, and
+//!   their forwarders take over again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dc_config::record::RecordView;
+use dc_config::row::{write_row_binary, SpoolPosition};
+use dc_config::services::RelayConfig;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use rand::Rng;
+use spooler::{Durability, Spool};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::metrics::{label, Label};
+use crate::ship::read_batch;
+use crate::sink::{IngestBody, Sink, SinkTarget};
+use crate::wire::{self, BatchRange, Message, Relayed};
+
+/// The relay's spool reader.
+pub const READER: &str = "clickhouse";
+/// Longest wait for a connection's hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every metric of a relay, all named `spoolhouse_relay_*`.
+pub struct RelayMetrics {
+    /// Live sessions (connected forwarders).
+    pub sessions: Gauge,
+    /// Sessions taken over (accepted connections).
+    pub takeovers: Counter,
+    /// Connections refused, by `reason` (`auth`, `dc`, `version`, `protocol`, `takeover`).
+    pub refused: Family<Label, Counter>,
+    /// Sessions the relay ended, by `reason` (`uncertain_insert`, `spool`, `replaced`, `protocol`).
+    pub ended: Family<Label, Counter>,
+    /// Frames taken into the spool.
+    pub inflow_frames: Counter,
+    /// Bytes of records taken into the spool.
+    pub inflow_bytes: Counter,
+    /// Bytes of the relay's spool segment files.
+    pub spool_bytes: Gauge,
+    /// Rows inserted into ClickHouse.
+    pub rows: Counter,
+    /// Rows skipped because their session had ended.
+    pub skipped_rows: Counter,
+    /// Inserts done, by `shard` (1-based).
+    pub inserts: Family<Label, Counter>,
+    /// Seconds per insert.
+    pub insert_seconds: Histogram,
+    /// Failed attempts, by kind.
+    pub errors: Family<Label, Counter>,
+}
+
+impl RelayMetrics {
+    /// Registers every metric under `spoolhouse_relay`.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self {
+            sessions: Gauge::default(),
+            takeovers: Counter::default(),
+            refused: Family::default(),
+            ended: Family::default(),
+            inflow_frames: Counter::default(),
+            inflow_bytes: Counter::default(),
+            spool_bytes: Gauge::default(),
+            rows: Counter::default(),
+            skipped_rows: Counter::default(),
+            inserts: Family::default(),
+            insert_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            errors: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("spoolhouse_relay");
+        r.register("sessions", "Live forwarder sessions", m.sessions.clone());
+        r.register(
+            "takeovers",
+            "Sessions taken over (connections accepted)",
+            m.takeovers.clone(),
+        );
+        r.register(
+            "refused",
+            "Connections refused, by reason",
+            m.refused.clone(),
+        );
+        r.register(
+            "sessions_ended",
+            "Sessions the relay ended, by reason",
+            m.ended.clone(),
+        );
+        r.register(
+            "inflow_frames",
+            "Frames taken into the relay's spool",
+            m.inflow_frames.clone(),
+        );
+        r.register(
+            "inflow_bytes",
+            "Record bytes taken into the relay's spool",
+            m.inflow_bytes.clone(),
+        );
+        r.register(
+            "spool_bytes",
+            "Bytes of the relay's spool segment files",
+            m.spool_bytes.clone(),
+        );
+        r.register("rows", "Rows inserted into ClickHouse", m.rows.clone());
+        r.register("skipped_rows", "Rows skipped because their session had ended (their forwarder resends what ClickHouse lacks)", m.skipped_rows.clone());
+        r.register(
+            "inserts",
+            "Inserts into ClickHouse, by shard",
+            m.inserts.clone(),
+        );
+        r.register(
+            "insert_seconds",
+            "Seconds per insert",
+            m.insert_seconds.clone(),
+        );
+        r.register(
+            "errors",
+            "Failed insert attempts, by kind",
+            m.errors.clone(),
+        );
+        m
+    }
+}
+
+/// One forwarder's live session.
+struct Session {
+    epoch: u64,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+/// A relay; `shutdown` set to true stops both halves.
+pub struct Relay {
+    config: RelayConfig,
+    secret: Vec<u8>,
+    spool: Spool,
+    sink: Sink,
+    sessions: Mutex<HashMap<String, Session>>,
+    metrics: Arc<RelayMetrics>,
+    shutdown: Arc<AtomicBool>,
+    /// The last insert's failure, until an insert succeeds: `/healthz`.
+    insert_error: Mutex<Option<String>>,
+}
+
+impl Relay {
+    /// Opens the relay's spool and reads its secrets; listens only in [`Relay::run`].
+    pub fn open(
+        config: RelayConfig,
+        metrics: Arc<RelayMetrics>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Self> {
+        let secret = dc_config::credentials::read_password(&config.secret_file)
+            .map_err(|e| Error::Config(e.to_string()))?
+            .into_bytes();
+        let sink = Sink::open(
+            SinkTarget {
+                dc: &config.dc,
+                writer: &config.name,
+                database: &config.database,
+                shards: &config.shards,
+                compression: config.compression,
+                timeout_ms: config.limits.clickhouse_timeout_ms,
+            },
+            &config.clickhouse_password_file,
+        )?;
+        // Group commit: a batch is acknowledged once written and synced with
+        // whatever else came meanwhile. (The forwarders keep their frames
+        // until visible, so this is for the relay's own restarts' sake.)
+        let spool = Spool::open(
+            &config.spool_dir,
+            spooler::Config {
+                durability: Durability::Group,
+                quota_bytes: config.spool_quota_bytes,
+                ..spooler::Config::default()
+            },
+        )?;
+        Ok(Self {
+            config,
+            secret,
+            spool,
+            sink,
+            sessions: Mutex::new(HashMap::new()),
+            metrics,
+            shutdown,
+            insert_error: Mutex::new(None),
+        })
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Listens on `config.listen` and ships until shutdown.
+    pub fn run(self: Arc<Self>, rt: tokio::runtime::Handle) -> Result<()> {
+        let listener = rt
+            .block_on(TcpListener::bind(self.config.listen))
+            .map_err(|e| {
+                Error::Config(format!(
+                    "relay listener {}: {e}; is another relay running there?",
+                    self.config.listen
+                ))
+            })?;
+        self.run_on(listener, rt)
+    }
+
+    /// As [`Relay::run`], on a bound listener (tests bind port 0).
+    pub fn run_on(
+        self: Arc<Self>,
+        listener: TcpListener,
+        rt: tokio::runtime::Handle,
+    ) -> Result<()> {
+        let accepting = {
+            let relay = self.clone();
+            rt.spawn(async move { relay.accept(listener).await })
+        };
+        let result = self.ship_loop(&rt);
+        accepting.abort();
+        // Sessions end with the relay: their forwarders take over elsewhere.
+        self.sessions.lock().expect("sessions lock").clear();
+        result
+    }
+
+    async fn accept(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((conn, peer)) => {
+                    let _ = conn.set_nodelay(true);
+                    let relay = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = relay.serve(conn).await {
+                            tracing::info!(%peer, error = %e, "forwarder connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a forwarder connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn refuse(&self, reason: &str) {
+        self.metrics
+            .refused
+            .get_or_create(&label("reason", reason))
+            .inc();
+    }
+
+    /// One connection: handshake, takeover, then batches until it closes.
+    async fn serve(self: Arc<Self>, conn: TcpStream) -> std::result::Result<(), String> {
+        let (mut rd, mut wr) = conn.into_split();
+        let mut nonce = [0u8; 32];
+        rand::rng().fill(&mut nonce);
+        wire::send(&mut wr, &Message::Challenge { nonce })
+            .await
+            .map_err(|e| e.to_string())?;
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, wire::recv(&mut rd)).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return Err("closed before its hello".into()),
+            Ok(Err(e)) => {
+                self.refuse("protocol");
+                return Err(e.to_string());
+            }
+            Err(_) => {
+                self.refuse("protocol");
+                return Err(format!("no hello within {HELLO_TIMEOUT:?}"));
+            }
+        };
+        let Message::Hello {
+            version,
+            dc,
+            host,
+            epoch,
+            mac,
+            batch,
+        } = hello
+        else {
+            self.refuse("protocol");
+            return Err("the first message was not a hello".into());
+        };
+        let refusal = if version != wire::VERSION {
+            Some((
+                "version",
+                format!(
+                    "protocol version {version}; this relay speaks {}",
+                    wire::VERSION
+                ),
+            ))
+        } else if !wire::mac_ok(&self.secret, &nonce, &dc, &host, epoch, &mac) {
+            Some((
+                "auth",
+                "the DC's relay secret does not match: check the forwarder's relay.secret_file"
+                    .to_string(),
+            ))
+        } else if dc != self.config.dc {
+            Some((
+                "dc",
+                format!("this relay serves {}, not {dc}", self.config.dc),
+            ))
+        } else if host.is_empty() || host.len() > wire::NAME_MAX || host.contains('/') {
+            Some((
+                "protocol",
+                "a host name is 1 to 255 bytes without `/`".to_string(),
+            ))
+        } else {
+            None
+        };
+        if let Some((why, reason)) = refusal {
+            self.refuse(why);
+            tracing::warn!(%host, %dc, reason = %reason, "forwarder refused");
+            let refused = Message::Refused {
+                reason: reason.clone(),
+                config: why != "protocol",
+            };
+            let _ = wire::send(&mut wr, &refused).await;
+            return Err(reason);
+        }
+        let answer = match self.takeover(&host, epoch, &batch).await {
+            Ok(Ok(held)) => Message::Welcome {
+                held: held.into_iter().collect(),
+            },
+            Ok(Err(fence)) => Message::EpochTooLow { fence },
+            Err(e) => {
+                self.refuse("takeover");
+                Message::Refused {
+                    reason: format!("takeover failed: {e}"),
+                    config: false,
+                }
+            }
+        };
+        let welcomed = matches!(answer, Message::Welcome { .. });
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        if welcomed {
+            let old = self.sessions.lock().expect("sessions lock").insert(
+                host.clone(),
+                Session {
+                    epoch,
+                    tx: tx.clone(),
+                },
+            );
+            if let Some(old) = old {
+                self.metrics
+                    .ended
+                    .get_or_create(&label("reason", "replaced"))
+                    .inc();
+                let _ = old.tx.send(Message::Ended {
+                    reason: "a newer session of this host".into(),
+                });
+            }
+            self.metrics.takeovers.inc();
+            self.metrics.sessions.set(self.live_sessions());
+            tracing::info!(%host, epoch, "session taken over");
+        }
+        wire::send(&mut wr, &answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !welcomed {
+            return Ok(());
+        }
+        // Writes what the shipping loop and this task send, in order; an
+        // `Ended` is the last thing the session hears.
+        let writer = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let last = matches!(m, Message::Ended { .. });
+                if wire::send(&mut wr, &m).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        let result = self.session(&host, epoch, &mut rd, &tx).await;
+        if let Err(e) = &result {
+            let _ = tx.send(Message::Ended { reason: e.clone() });
+        }
+        self.end_session(&host, epoch);
+        drop(tx);
+        let _ = writer.await;
+        result
+    }
+
+    /// What `/healthz` shows: whether the last insert succeeded (or none
+    /// was needed), the error if not, and the live sessions' hosts and epochs.
+    pub fn health(&self) -> (bool, serde_json::Value) {
+        let error = self.insert_error.lock().expect("health lock").clone();
+        let sessions = self.sessions.lock().expect("sessions lock");
+        let mut hosts: Vec<(&String, u64)> = sessions.iter().map(|(h, s)| (h, s.epoch)).collect();
+        hosts.sort();
+        let ok = error.is_none();
+        (
+            ok,
+            serde_json::json!({
+                "ok": ok,
+                "dc": self.config.dc,
+                "relay": self.config.name,
+                "clickhouse": match &error {
+                    None => serde_json::json!({"state": "ok"}),
+                    Some(e) => serde_json::json!({"state": "retrying", "error": e}),
+                },
+                "sessions": hosts.iter().map(|(h, e)| serde_json::json!({"host": h, "epoch": e})).collect::<Vec<_>>(),
+            }),
+        )
+    }
+
+    fn live_sessions(&self) -> i64 {
+        self.sessions.lock().expect("sessions lock").len() as i64
+    }
+
+    /// Removes `host`'s session if it is still the one of `epoch`.
+    fn end_session(&self, host: &str, epoch: u64) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if sessions.get(host).is_some_and(|s| s.epoch == epoch) {
+            sessions.remove(host);
+        }
+        self.metrics.sessions.set(sessions.len() as i64);
+    }
+
+    fn is_live(&self, host: &str, epoch: u64) -> bool {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .get(host)
+            .is_some_and(|s| s.epoch == epoch)
+    }
+
+    /// A live session's batches, appended to the spool as they come.
+    async fn session(
+        &self,
+        host: &str,
+        epoch: u64,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        tx: &mpsc::UnboundedSender<Message>,
+    ) -> std::result::Result<(), String> {
+        loop {
+            let m = match wire::recv(rd).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.metrics
+                        .ended
+                        .get_or_create(&label("reason", "protocol"))
+                        .inc();
+                    return Err(e.to_string());
+                }
+            };
+            if !self.is_live(host, epoch) {
+                return Ok(());
+            }
+            let Message::Batch { seq, frames } = m else {
+                self.metrics
+                    .ended
+                    .get_or_create(&label("reason", "protocol"))
+                    .inc();
+                return Err("only batches are expected in a session".into());
+            };
+            let mut attrs = Vec::new();
+            let mut out = Vec::with_capacity(frames.len());
+            for (i, (position, record)) in frames.iter().enumerate() {
+                attrs.clear();
+                if let Err(e) = RecordView::parse_into(record, &mut attrs) {
+                    self.metrics
+                        .ended
+                        .get_or_create(&label("reason", "protocol"))
+                        .inc();
+                    return Err(format!("frame at {position:?} is not an event record: {e}"));
+                }
+                let mut buf = Vec::with_capacity(record.len() + host.len() + 40);
+                Relayed {
+                    host,
+                    epoch,
+                    seq,
+                    last: i + 1 == frames.len(),
+                    position: *position,
+                    record,
+                }
+                .encode_into(&mut buf);
+                out.push(buf);
+            }
+            if !out.is_empty() {
+                let bytes: usize = frames.iter().map(|f| f.1.len()).sum();
+                let spool = &self.spool;
+                // The spool's append writes and syncs: off the async workers.
+                let appended = tokio::task::block_in_place(|| spool.append(&out));
+                if let Err(e) = appended {
+                    self.metrics
+                        .ended
+                        .get_or_create(&label("reason", "spool"))
+                        .inc();
+                    tracing::warn!(%host, error = %e, "relay spool refused a batch; ending the session (the forwarder keeps its frames)");
+                    return Err(format!("relay spool: {e}"));
+                }
+                self.metrics.inflow_frames.inc_by(out.len() as u64);
+                self.metrics.inflow_bytes.inc_by(bytes as u64);
+            }
+            let _ = tx.send(Message::Appended { seq });
+            if out.is_empty() {
+                // Everything of it was already held: visible as it stands.
+                let _ = tx.send(Message::Visible { seq });
+            }
+        }
+    }
+
+    /// The takeover of `host` for `epoch` (docs/adr/0017): `Ok(held)`, or
+    /// `Err(fence)` when a replica fences the host above `epoch`.
+    async fn takeover(
+        &self,
+        host: &str,
+        epoch: u64,
+        batch: &BatchRange,
+    ) -> Result<std::result::Result<HashSet<(u64, u64)>, u64>> {
+        let sink = &self.sink;
+        let every: Vec<(usize, usize)> = (0..sink.shards())
+            .flat_map(|s| (0..sink.replicas(s)).map(move |r| (s, r)))
+            .collect();
+        let mut above = 0;
+        for &(s, r) in &every {
+            above = above.max(sink.fence(s, r, host, epoch).await?);
+        }
+        if above > epoch {
+            return Ok(Err(above));
+        }
+        let timeout = Duration::from_millis(self.config.limits.clickhouse_timeout_ms);
+        let events: Vec<&str> = batch.events.iter().map(String::as_str).collect();
+        let mut held = HashSet::new();
+        for &(s, r) in &every {
+            let running: HashSet<String> =
+                sink.dc_inserts_running(s, r).await?.into_iter().collect();
+            let since = Instant::now();
+            while !running.is_empty() {
+                let now = sink.dc_inserts_running(s, r).await?;
+                if !now.iter().any(|q| running.contains(q)) {
+                    break;
+                }
+                if since.elapsed() > timeout || self.stopping() {
+                    return Err(Error::ClickHouse {
+                        url: sink.url(s, r).to_string(),
+                        message: format!(
+                            "inserts running before the fence still run after {timeout:?}"
+                        ),
+                        retriable: true,
+                        kind: "fence",
+                        unsent: true,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !events.is_empty() && batch.start < batch.end {
+                held.extend(
+                    sink.held_positions(
+                        s,
+                        r,
+                        host,
+                        batch.start,
+                        batch.end,
+                        &events,
+                        batch.time_range,
+                    )
+                    .await?,
+                );
+            }
+        }
+        Ok(Ok(held))
+    }
+
+    // ---- Shipping ------------------------------------------------------------
+
+    fn ship_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
+        let reader = Mutex::new(self.spool.reader(READER)?);
+        while !self.stopping() {
+            if let Ok(stats) = self.spool.stats() {
+                self.metrics.spool_bytes.set(stats.bytes_on_disk as i64);
+            }
+            let handed = reader.lock().expect("reader lock").committed();
+            let Some(frames) = read_batch(
+                &reader,
+                &self.config.limits,
+                handed,
+                &|| self.stopping(),
+                &mut |_| {},
+            )?
+            else {
+                continue;
+            };
+            let end = frames.last().expect("a batch has frames").next;
+            self.ship(rt, &frames)?;
+            reader.lock().expect("reader lock").commit(end)?;
+        }
+        Ok(())
+    }
+
+    /// Inserts the rows of live sessions among `frames`, then tells those
+    /// sessions which of their batches are visible. An insert that may
+    /// have landed ends the sessions of its hosts instead.
+    fn ship(&self, rt: &tokio::runtime::Handle, frames: &[spooler::Frame]) -> Result<()> {
+        let mut body = Vec::with_capacity(frames.iter().map(|f| f.payload.len() + 48).sum());
+        let mut crc = crc32fast::Hasher::new();
+        // Per (host, epoch): the batches whose last frame is here.
+        let mut completes: BTreeMap<(String, u64), Vec<u64>> = BTreeMap::new();
+        let mut hosts: HashSet<String> = HashSet::new();
+        let live: HashMap<String, u64> = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .map(|(h, s)| (h.clone(), s.epoch))
+            .collect();
+        let mut attrs = Vec::new();
+        let (mut rows, mut skipped) = (0u64, 0u64);
+        for f in frames {
+            let r = match Relayed::decode(&f.payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(segment = f.position.segment, offset = f.position.offset, error = %e, "relay spool frame is not a relayed record; skipped");
+                    continue;
+                }
+            };
+            if live.get(r.host) != Some(&r.epoch) {
+                skipped += 1;
+                continue;
+            }
+            attrs.clear();
+            let Ok(view) = RecordView::parse_into(r.record, &mut attrs) else {
+                // Checked when it came in: only a damaged spool gets here.
+                tracing::error!(host = r.host, position = ?r.position, "relayed record does not decode; skipped");
+                continue;
+            };
+            let start = body.len();
+            write_row_binary(
+                &mut body,
+                view.event,
+                view.time_ms,
+                &self.config.dc,
+                r.host,
+                attrs.iter().copied(),
+                SpoolPosition {
+                    segment: r.position.segment,
+                    offset: r.position.offset,
+                },
+            );
+            crc.update(&body[start..]);
+            body.extend_from_slice(&r.epoch.to_le_bytes());
+            rows += 1;
+            if !hosts.contains(r.host) {
+                hosts.insert(r.host.to_string());
+            }
+            if r.last {
+                completes
+                    .entry((r.host.to_string(), r.epoch))
+                    .or_default()
+                    .push(r.seq);
+            }
+        }
+        self.metrics.skipped_rows.inc_by(skipped);
+        tracing::debug!(
+            frames = frames.len(),
+            rows,
+            skipped,
+            completes = completes.len(),
+            "relay batch built"
+        );
+        let start = frames[0].position;
+        let end = frames.last().expect("non-empty").next;
+        if rows > 0 {
+            let body = Bytes::from(body);
+            let shard = self.sink.shard_for(start);
+            for attempt in 0u32.. {
+                if self.stopping() {
+                    return Ok(());
+                }
+                let replica = self.sink.replica_for(shard, start, attempt);
+                let started = Instant::now();
+                let insert = IngestBody {
+                    range: (start, end),
+                    epoch: 0,
+                    rows: body.clone(),
+                    rows_crc: crc.clone().finalize(),
+                };
+                match rt.block_on(self.sink.insert(shard, replica, insert, true)) {
+                    Ok(()) => {
+                        tracing::debug!(rows, shard, "relay insert done");
+                        *self.insert_error.lock().expect("health lock") = None;
+                        self.metrics
+                            .insert_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        self.metrics.rows.inc_by(rows);
+                        self.metrics
+                            .inserts
+                            .get_or_create(&label("shard", &(shard + 1).to_string()))
+                            .inc();
+                        break;
+                    }
+                    Err(e) => {
+                        *self.insert_error.lock().expect("health lock") = Some(e.to_string());
+                        self.metrics
+                            .errors
+                            .get_or_create(&label("kind", e.kind()))
+                            .inc();
+                        if matches!(e, Error::ClickHouse { unsent: true, .. }) {
+                            // Nothing of it was stored: the same insert again.
+                            tracing::warn!(error = %e, attempt, shard = shard + 1, "relay insert refused; retrying");
+                            std::thread::sleep(crate::ship::backoff(&self.config.limits, attempt));
+                            continue;
+                        }
+                        // It may land yet: never send it again. The hosts'
+                        // forwarders take over and resend what is missing.
+                        tracing::warn!(error = %e, hosts = hosts.len(), "relay insert may have landed; ending its hosts' sessions");
+                        let mut sessions = self.sessions.lock().expect("sessions lock");
+                        for h in &hosts {
+                            if let Some(s) = sessions.remove(h) {
+                                let _ = s.tx.send(Message::Ended {
+                                    reason: format!(
+                                        "relay insert may have landed ({e}); take over again"
+                                    ),
+                                });
+                                self.metrics
+                                    .ended
+                                    .get_or_create(&label("reason", "uncertain_insert"))
+                                    .inc();
+                            }
+                        }
+                        self.metrics.sessions.set(sessions.len() as i64);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        // Visible: only to sessions still live with the epoch the rows had.
+        let sessions = self.sessions.lock().expect("sessions lock");
+        for ((host, epoch), seqs) in completes {
+            if let Some(s) = sessions.get(&host).filter(|s| s.epoch == epoch) {
+                for seq in seqs {
+                    let _ = s.tx.send(Message::Visible { seq });
+                }
+            }
+        }
+        Ok(())
+    }
+}
