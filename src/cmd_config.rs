@@ -76,6 +76,14 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
             let d = load(&files)?;
             let secrets = secrets.unwrap_or_else(|| out.join("secrets"));
             let credentials = dc_config::credentials::Credentials::load_or_create(&secrets)?;
+            for dc in d
+                .topology
+                .datacenter
+                .iter()
+                .filter(|dc| !dc.relay.is_empty())
+            {
+                dc_config::credentials::relay_secret_load_or_create(&secrets, &dc.name)?;
+            }
             let rendered = render::render(&d.topology, &d.registry, &d.registry_text, &credentials);
             render::write_all(&out, &rendered)
                 .with_context(|| format!("writing rendered files into {}", out.display()))?;

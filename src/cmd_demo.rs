@@ -45,6 +45,11 @@ pub struct DemoArgs {
     /// DC is killed (SIGKILL) and restarted during the live traffic.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
     hosts: u64,
+    /// The datacenter whose app hosts ship through a relay (relay mode,
+    /// docs/adr/0017): `<dc>-relay1`, one per DC; the others insert
+    /// directly. `--relay-dc none`: every DC direct.
+    #[arg(long, default_value = "dc1")]
+    relay_dc: String,
     /// After the summary, with the cut datacenter back, keep every server
     /// and service running until Ctrl-C, so the printed URLs and each
     /// datacenter's web console can be tried.
@@ -625,7 +630,14 @@ fn bring_back(cluster: &mut LocalCluster, last: &str, args: &DemoArgs) -> anyhow
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     install_ctrlc()?;
     let started = Instant::now();
-    let mut cluster = launch(&args.files, None, &args.link, Some(args.hosts as usize))?;
+    let relay_dc = (args.relay_dc != "none").then_some(args.relay_dc.as_str());
+    let mut cluster = launch(
+        &args.files,
+        None,
+        &args.link,
+        Some(args.hosts as usize),
+        relay_dc,
+    )?;
     println!(
         "{} datacenters up in {:.1} s: {} servers, schema applied; {}",
         cluster.topology().datacenter.len(),
@@ -648,6 +660,26 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "{} app hosts per datacenter, each with its collector and shipper; a query service per datacenter",
         dcs[0].services.hosts.len()
     );
+    for d in &dcs {
+        let relays: Vec<&str> = d
+            .services
+            .relays
+            .iter()
+            .map(|(n, _, _)| n.as_str())
+            .collect();
+        println!(
+            "  {}: {}",
+            d.name,
+            if relays.is_empty() {
+                "direct: each app host's shipper inserts into ClickHouse".to_string()
+            } else {
+                format!(
+                    "relay mode: the app hosts' shippers forward their batches to {}, which inserts them (ADR 0017)",
+                    relays.join(", ")
+                )
+            }
+        );
+    }
 
     let plan = Plan::new((now_ms() / 1000) as u32);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -95,10 +95,17 @@ pub(crate) fn launch(
     state: Option<PathBuf>,
     link: &LinkArgs,
     app_hosts: Option<usize>,
+    relay_dc: Option<&str>,
 ) -> anyhow::Result<LocalCluster> {
     let mut declared = Declared::load(&files.topology, &files.registry)?;
     if let Some(n) = app_hosts {
         declared.topology = launcher::with_app_hosts(&declared.topology, n);
+    }
+    if let Some(dc) = relay_dc {
+        if declared.topology.dc(dc).is_none() {
+            anyhow::bail!("--relay-dc {dc}: the topology has no such datacenter (or say `none`)");
+        }
+        declared.topology = launcher::with_relay(&declared.topology, dc);
     }
     let started = Instant::now();
     let opts = LaunchOptions {
@@ -152,7 +159,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     install_ctrlc()?;
     match args.command {
         LocalCommand::Up { files, state, link } => {
-            let cluster = launch(&files, state, &link, None)?;
+            let cluster = launch(&files, state, &link, None, None)?;
             print_endpoints(&cluster);
             if let Some(d) = link.delay() {
                 println!(

@@ -66,6 +66,48 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// Creates `path` (its folder mode 0700 if new, the file 0600) with a new
+/// random secret, unless it exists: rendering again changes no secret.
+fn create_if_missing(path: &Path) -> Result<(), CredentialError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CredentialError::Io { path, source }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    }
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(mut f) => {
+            writeln!(f, "{}", generate()).map_err(io(path))?;
+            f.sync_all().map_err(io(path))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+/// The file of `dc`'s relay secret in `dir` (docs/adr/0017): what its
+/// relays and its app hosts' forwarders prove to each other.
+pub fn relay_secret_file(dir: &Path, dc: &str) -> PathBuf {
+    dir.join(format!("relay-{dc}.secret"))
+}
+
+/// [`relay_secret_file`] of `dc`, created with a new random secret if
+/// missing; returns its path.
+pub fn relay_secret_load_or_create(dir: &Path, dc: &str) -> Result<PathBuf, CredentialError> {
+    let path = relay_secret_file(dir, dc);
+    create_if_missing(&path)?;
+    read_password(&path)?;
+    Ok(path)
+}
+
 /// The password file of `user` in `dir`.
 pub fn password_file(dir: &Path, user: &str) -> PathBuf {
     dir.join(format!("clickhouse-{user}.password"))
@@ -159,30 +201,8 @@ impl Credentials {
     /// 0600) those missing with new random passwords; a file already there
     /// is kept, so rendering again changes no password.
     pub fn load_or_create(dir: &Path) -> Result<Self, CredentialError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| CredentialError::Io { path, source }
-        };
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(io(dir))?;
-        }
         for user in [WRITER_USER, QUERY_USER, SQL_USER, CLUSTER_USER] {
-            let path = password_file(dir, user);
-            let created = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path);
-            match created {
-                Ok(mut f) => {
-                    writeln!(f, "{}", generate()).map_err(io(&path))?;
-                    f.sync_all().map_err(io(&path))?;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io(&path)(e)),
-            }
+            create_if_missing(&password_file(dir, user))?;
         }
         Self::load(dir)
     }

@@ -801,20 +801,7 @@ impl ShipperConfig {
             spool_dir: host.spool.dir.clone(),
             admin: host.shipper.admin,
             database: topology.database.clone(),
-            shards: dc
-                .clickhouse
-                .shard
-                .iter()
-                .enumerate()
-                .map(|(i, s)| ShardTarget {
-                    weight: s.weight,
-                    replicas: dc
-                        .replicas()
-                        .filter(|r| r.shard == i + 1)
-                        .map(|r| r.http_url())
-                        .collect(),
-                })
-                .collect(),
+            shards: shard_targets(dc),
             redis: dc.redis.clone(),
             zookeeper: dc
                 .zookeeper
@@ -829,9 +816,61 @@ impl ShipperConfig {
             ),
             compression: InsertCompression::default(),
             limits: ShipperLimits::default(),
-            relay: None,
+            relay: (!dc.relay.is_empty()).then(|| RelayUse {
+                relays: dc
+                    .relay
+                    .iter()
+                    .map(|r| RelayTarget {
+                        addr: reach(&r.name, r.listen),
+                        weight: r.weight,
+                    })
+                    .collect(),
+                secret_file: crate::credentials::relay_secret_file(&topology.secrets_dir, &dc.name),
+                timeout_ms: relay_timeout_ms(),
+                visible_timeout_ms: relay_visible_timeout_ms(),
+            }),
         }
     }
+}
+
+impl RelayConfig {
+    /// The config of `relay` of `dc`.
+    pub fn for_relay(topology: &Topology, dc: &Datacenter, relay: &crate::topology::Relay) -> Self {
+        Self {
+            dc: dc.name.clone(),
+            name: relay.name.clone(),
+            listen: relay.listen,
+            admin: relay.admin,
+            spool_dir: relay.spool_dir.clone(),
+            spool_quota_bytes: relay_quota_bytes(),
+            database: topology.database.clone(),
+            shards: shard_targets(dc),
+            clickhouse_password_file: crate::credentials::password_file(
+                &topology.secrets_dir,
+                crate::schema::user::WRITER_USER,
+            ),
+            secret_file: crate::credentials::relay_secret_file(&topology.secrets_dir, &dc.name),
+            compression: InsertCompression::default(),
+            limits: relay_limits(),
+        }
+    }
+}
+
+/// `dc`'s shards as its writers reach them.
+fn shard_targets(dc: &Datacenter) -> Vec<ShardTarget> {
+    dc.clickhouse
+        .shard
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ShardTarget {
+            weight: s.weight,
+            replicas: dc
+                .replicas()
+                .filter(|r| r.shard == i + 1)
+                .map(|r| r.http_url())
+                .collect(),
+        })
+        .collect()
 }
 
 impl crate::check::Declaration for ShipperConfig {

@@ -113,6 +113,29 @@ pub struct Datacenter {
     pub app_host: Vec<crate::app_hosts::HostOverride>,
     /// Where the query service listens.
     pub query: Query,
+    /// The DC's relays (docs/adr/0017-relay-tier.md). With any, the DC runs
+    /// in relay mode: every app host's shipper forwards its batches to
+    /// them instead of inserting into ClickHouse itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay: Vec<Relay>,
+}
+
+/// One relay of a DC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// Its name, unique in the topology: the machine it runs on (an
+    /// inventory name) and its inserts' `query_id` prefix.
+    pub name: String,
+    /// Where forwarders connect.
+    pub listen: SocketAddr,
+    /// Admin HTTP (`/metrics`, `/healthz`).
+    pub admin: SocketAddr,
+    /// Its spool.
+    pub spool_dir: PathBuf,
+    /// Relative share of the DC's app hosts (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
 }
 
 /// One ZooKeeper server.
@@ -343,6 +366,21 @@ impl check::Declaration for Topology {
         let mut ports = PortBook::default();
         for (i, dc) in self.datacenter.iter().enumerate() {
             let at = root.key("datacenter").index(i);
+            for (j, r) in dc.relay.iter().enumerate() {
+                let at = at.key("relay").index(j);
+                c.require(
+                    !r.name.is_empty() && r.name.len() <= 255 && !r.name.contains('/'),
+                    &at.key("name"),
+                    "must be 1 to 255 bytes without `/`",
+                );
+                c.require(
+                    dc.relay.iter().filter(|o| o.name == r.name).count() == 1,
+                    &at.key("name"),
+                    "relay names must be unique in a datacenter",
+                );
+                c.require(r.weight >= 1, &at.key("weight"), "must be at least 1");
+                require_absolute(c, &r.spool_dir, &at.key("spool_dir"));
+            }
             if !check::is_identifier(&dc.name) {
                 c.fail(&at.key("name"), IDENTIFIER_RULE);
             }

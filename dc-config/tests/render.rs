@@ -327,3 +327,51 @@ fn move_override_last(src: &str) -> String {
     let at = rest.find("[[datacenter.clickhouse.shard]]").unwrap();
     format!("{}{block}\n\n{}", &rest[..at], &rest[at..])
 }
+
+/// A DC with relays (docs/adr/0017): each relay's config, and every app
+/// host's shipper pointed at them with the DC's secret; the other DC stays
+/// direct. Names must be unique.
+#[test]
+fn a_dc_with_relays_renders_them_and_its_shippers_forward() {
+    let relay = "\n[[datacenter.relay]]\nname = \"dc1-relay1\"\nlisten = \"0.0.0.0:7190\"\nadmin = \"127.0.0.1:7191\"\nspool_dir = \"/data/relay\"\nweight = 2\n";
+    let src = dc_config::examples::TOPOLOGY.replacen(
+        "\n[[datacenter.clickhouse.shard]]",
+        &format!("{relay}\n[[datacenter.clickhouse.shard]]"),
+        1,
+    );
+    let t = dc_config::topology::Topology::parse(Path::new("relay.toml"), &src).unwrap();
+    let d = dc_config::examples::declared();
+    let files = render::render(&t, &d.registry, &d.registry_text, &Credentials::generate());
+    let text = |p: &str| {
+        files
+            .iter()
+            .find(|f| f.path == Path::new(p))
+            .unwrap_or_else(|| panic!("{p} not rendered"))
+            .text
+            .clone()
+    };
+    let r: dc_config::services::RelayConfig =
+        toml::from_str(&text("services/dc1/dc1-relay1/relay.toml")).unwrap();
+    assert_eq!((r.dc.as_str(), r.name.as_str()), ("dc1", "dc1-relay1"));
+    assert_eq!(r.shards.len(), 2);
+    assert!(r.secret_file.ends_with("relay-dc1.secret"));
+    let s: ShipperConfig = toml::from_str(&text("services/dc1/dc1-app1/shipper.toml")).unwrap();
+    let fwd = s.relay.expect("dc1's shipper forwards");
+    assert_eq!(fwd.relays.len(), 1);
+    // Listening on every address: reached by the relay's name.
+    assert_eq!(fwd.relays[0].addr, "dc1-relay1:7190");
+    assert_eq!(fwd.relays[0].weight, 2);
+    assert_eq!(fwd.secret_file, r.secret_file);
+    let s2: ShipperConfig = toml::from_str(&text("services/dc2/dc2-app1/shipper.toml")).unwrap();
+    assert!(s2.relay.is_none(), "dc2 stays direct");
+
+    let twice = src.replacen(
+        "\n[[datacenter.clickhouse.shard]]",
+        &format!("{relay}\n[[datacenter.clickhouse.shard]]"),
+        1,
+    );
+    let e = dc_config::topology::Topology::parse(Path::new("relay.toml"), &twice)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("relay names must be unique"), "{e}");
+}

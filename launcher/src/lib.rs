@@ -438,6 +438,23 @@ pub fn with_app_hosts(topology: &Topology, n: usize) -> Topology {
     t
 }
 
+/// `topology` with `dc_name` in relay mode through one relay
+/// (docs/adr/0017), `<dc>-relay1` (its ports and folder are the
+/// launcher's, as everything's).
+pub fn with_relay(topology: &Topology, dc_name: &str) -> Topology {
+    let mut t = topology.clone();
+    for dc in t.datacenter.iter_mut().filter(|dc| dc.name == dc_name) {
+        dc.relay = vec![dc_config::topology::Relay {
+            name: format!("{}-relay1", dc.name),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 17190)),
+            admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 17191)),
+            spool_dir: PathBuf::from(format!("/var/lib/spoolhouse/{}/relay1", dc.name)),
+            weight: 1,
+        }];
+    }
+    t
+}
+
 /// `topology` with every server on a free loopback port and every path
 /// inside `state`: what the launcher runs, and what the Ansible test
 /// (`tests/ansible.rs`) deploys into a prefix.
@@ -492,6 +509,11 @@ fn localize_on(
             }
         }
         dc.query.listen = at(book.take(&[])?);
+        for r in &mut dc.relay {
+            r.listen = at(book.take(&[])?);
+            r.admin = at(book.take(&[])?);
+            r.spool_dir = dir.join(&r.name).join("spool");
+        }
         // Every app host on this machine: the first takes the defaults (the
         // DC's folder, as a DC of one host always had), each other one its
         // own ports and a folder named after it, as overrides.
@@ -647,6 +669,15 @@ impl LocalCluster {
         let secrets = &declared.topology.secrets_dir;
         let credentials = dc_config::credentials::Credentials::load_or_create(secrets)
             .map_err(LaunchError::Credentials)?;
+        for dc in declared
+            .topology
+            .datacenter
+            .iter()
+            .filter(|dc| !dc.relay.is_empty())
+        {
+            dc_config::credentials::relay_secret_load_or_create(secrets, &dc.name)
+                .map_err(LaunchError::Credentials)?;
+        }
         let files = render::render(
             &declared.topology,
             &declared.registry,

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dc_config::services::{CollectorConfig, QueryConfig, ShipperConfig};
+use dc_config::services::{CollectorConfig, QueryConfig, RelayConfig, ShipperConfig};
 
 use crate::process::{Proc, Spec};
 use crate::{LaunchError, LocalCluster};
@@ -24,11 +24,14 @@ pub struct HostConfigs {
     pub shipper: ShipperConfig,
 }
 
-/// One DC's services' configs: every app host's, and the query service's.
+/// One DC's services' configs: every app host's, its relays' and the
+/// query service's.
 #[derive(Debug, Clone)]
 pub struct Configs {
     /// Each app host's, in the topology's order.
     pub hosts: Vec<HostConfigs>,
+    /// Each relay's (relay mode, docs/adr/0017; none in direct mode).
+    pub relays: Vec<RelayConfig>,
     /// The query service's.
     pub query: QueryConfig,
 }
@@ -46,6 +49,11 @@ impl Configs {
                     collector: CollectorConfig::for_host(dc, h),
                     shipper: ShipperConfig::for_host(t, dc, h),
                 })
+                .collect(),
+            relays: dc
+                .relay
+                .iter()
+                .map(|r| RelayConfig::for_relay(t, dc, r))
                 .collect(),
             query: QueryConfig::for_dc(t, dc),
         })
@@ -86,12 +94,15 @@ pub struct Services {
     pub procs: Vec<Proc>,
     /// The app hosts, in the topology's order.
     pub hosts: Vec<HostServices>,
+    /// Each relay's name, admin port and place in [`Services::procs`].
+    pub relays: Vec<(String, SocketAddr, usize)>,
     /// The query service.
     pub query: SocketAddr,
 }
 
 /// Writes `configs` and the cluster's registry into `dir` and starts
-/// `dc_name`'s services as `program <service> --config <file>`: each app
+/// `dc_name`'s services as `program <service> --config <file>`: its relays
+/// (each in `dir/<relay>/`), each app
 /// host's collector and shipper (its files and logs in `dir/<host>/`, or
 /// in `dir` itself for the first host), then the query service (`dir`).
 /// Returns at once: see [`Services::ready`].
@@ -134,6 +145,14 @@ pub fn start(
             procs.push(cluster.spawn_in(dc_name, format!("{who} {service}"), spec)?);
             Ok::<usize, LaunchError>(procs.len() - 1)
         };
+    // Relays first: the app hosts' forwarders connect to them.
+    let mut relays = Vec::new();
+    for r in &configs.relays {
+        let at = dir.join(&r.name);
+        std::fs::create_dir_all(&at).map_err(io(&at))?;
+        let p = spawn("relay", &r.name, toml::to_string(r), &at)?;
+        relays.push((r.name.clone(), r.admin, p));
+    }
     let mut hosts = Vec::new();
     for (i, h) in configs.hosts.into_iter().enumerate() {
         let (mut collector, mut shipper) = (h.collector, h.shipper);
@@ -167,6 +186,7 @@ pub fn start(
     Ok(Services {
         procs,
         hosts,
+        relays,
         query: configs.query.listen,
     })
 }
@@ -194,6 +214,7 @@ pub fn serving(dc: &dc_config::topology::Datacenter) -> bool {
     dc.app_hosts()
         .iter()
         .all(|h| host_serving(&h.collector.socket, h.shipper.admin))
+        && dc.relay.iter().all(|r| healthy(r.admin))
         && healthy(dc.query.listen)
 }
 
@@ -204,6 +225,7 @@ impl Services {
         self.hosts
             .iter()
             .all(|h| host_serving(&h.socket, h.shipper_admin))
+            && self.relays.iter().all(|(_, admin, _)| healthy(*admin))
             && healthy(self.query)
     }
 
@@ -228,6 +250,11 @@ impl Services {
             }
             if let Some(why) = probe(h.shipper_admin) {
                 out.push(format!("{} shipper ({}): {why}", h.name, h.shipper_admin));
+            }
+        }
+        for (name, admin, _) in &self.relays {
+            if let Some(why) = probe(*admin) {
+                out.push(format!("relay {name} ({admin}): {why}"));
             }
         }
         if let Some(why) = probe(self.query) {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::credentials::{password_file, Credentials};
 use crate::registry::Registry;
-use crate::services::{CollectorConfig, QueryConfig, ShipperConfig, REGISTRY_FILE};
+use crate::services::{CollectorConfig, QueryConfig, RelayConfig, ShipperConfig, REGISTRY_FILE};
 use crate::topology::Topology;
 
 /// One rendered file: where it goes (relative to the output folder) and its text.
@@ -128,6 +128,15 @@ pub fn render(
                         host.name, dc.name
                     ),
                     &shipper,
+                ),
+            ));
+        }
+        for relay in &dc.relay {
+            out.push(file(
+                dir.join(&relay.name).join("relay.toml"),
+                to_toml(
+                    &format!("Relay {} of datacenter {}.", relay.name, dc.name),
+                    &RelayConfig::for_relay(topology, dc, relay),
                 ),
             ));
         }
