@@ -105,7 +105,7 @@ pub(crate) fn launch(
         if declared.topology.dc(dc).is_none() {
             anyhow::bail!("--relay-dc {dc}: the topology has no such datacenter (or say `none`)");
         }
-        declared.topology = launcher::with_relay(&declared.topology, dc);
+        declared.topology = launcher::with_relays(&declared.topology, dc, 1);
     }
     let started = Instant::now();
     let opts = LaunchOptions {

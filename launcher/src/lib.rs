@@ -438,19 +438,21 @@ pub fn with_app_hosts(topology: &Topology, n: usize) -> Topology {
     t
 }
 
-/// `topology` with `dc_name` in relay mode through one relay
-/// (docs/adr/0017), `<dc>-relay1` (its ports and folder are the
+/// `topology` with `dc_name` in relay mode through `n` relays
+/// (docs/adr/0017), `<dc>-relay1` … (their ports and folders are the
 /// launcher's, as everything's).
-pub fn with_relay(topology: &Topology, dc_name: &str) -> Topology {
+pub fn with_relays(topology: &Topology, dc_name: &str, n: usize) -> Topology {
     let mut t = topology.clone();
     for dc in t.datacenter.iter_mut().filter(|dc| dc.name == dc_name) {
-        dc.relay = vec![dc_config::topology::Relay {
-            name: format!("{}-relay1", dc.name),
-            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 17190)),
-            admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 17191)),
-            spool_dir: PathBuf::from(format!("/var/lib/spoolhouse/{}/relay1", dc.name)),
-            weight: 1,
-        }];
+        dc.relay = (1..=n)
+            .map(|i| dc_config::topology::Relay {
+                name: format!("{}-relay{i}", dc.name),
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 17188 + 2 * i as u16)),
+                admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 17189 + 2 * i as u16)),
+                spool_dir: PathBuf::from(format!("/var/lib/spoolhouse/{}/relay{i}", dc.name)),
+                weight: 1,
+            })
+            .collect();
     }
     t
 }
