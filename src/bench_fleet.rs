@@ -13,7 +13,9 @@
 //! of traffic: INSERT statements each shard received (ClickHouse's own
 //! `InsertQuery` count), ZooKeeper write transactions (its zxid) and
 //! packets. The 1-host case is the same-run reference: the goal is the same
-//! aggregation work with 32 hosts as with 1.
+//! aggregation work with 32 hosts as with 1. `--relays 0,2` runs every host
+//! count direct and through 2 relays (relay mode, docs/adr/0017): inserts
+//! per shard and the send-to-visible lag, direct against relay.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,11 +50,18 @@ pub struct FleetBench {
     /// Runs of every case; the table gives each run and the median.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     runs: u32,
+    /// Relays of the DC, one case each with every host count: 0 ships
+    /// directly (each host's shipper inserts), N > 0 through N relays
+    /// (relay mode, docs/adr/0017).
+    #[arg(long, value_delimiter = ',', default_value = "0", value_parser = clap::value_parser!(u32).range(0..=8))]
+    relays: Vec<u32>,
     /// Where the datacenter runs (as `spoolhouse local up --network`).
     #[arg(long, value_enum, default_value_t = NetworkArg::Loopback)]
     network: NetworkArg,
 }
 
+/// How often the visibility lag is sampled.
+const LAG_SAMPLE: Duration = Duration::from_millis(500);
 /// How often a host's sender sends what is due.
 const TICK: Duration = Duration::from_millis(100);
 /// Shortest idle reference before the traffic.
@@ -65,6 +74,10 @@ const SETTLE_MAX: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, Default)]
 struct Case {
     hosts: u32,
+    relays: u32,
+    /// Visibility lag samples, ms: every [`LAG_SAMPLE`] during the traffic,
+    /// per host, now minus the newest event time ClickHouse holds of it.
+    lag_ms: Vec<f64>,
     acked: u64,
     unsent: u64,
     rows: u64,
@@ -102,22 +115,32 @@ pub fn run(args: FleetBench) -> anyhow::Result<()> {
     );
     let mut cases: Vec<Case> = Vec::new();
     for run in 1..=args.runs {
-        for &n in &args.hosts {
-            let c = case(&args, n).with_context(|| format!("run {run}, {n} hosts"))?;
-            print_case(run, &c, args.minutes);
-            cases.push(c);
+        for &r in &args.relays {
+            for &n in &args.hosts {
+                let c = case(&args, n, r)
+                    .with_context(|| format!("run {run}, {n} hosts, {r} relays"))?;
+                print_case(run, &c, args.minutes);
+                cases.push(c);
+            }
         }
     }
     println!(
         "\nmedians over {} run(s), per DC-minute of traffic unless said otherwise:",
         args.runs
     );
-    println!("| hosts | rounds | round s | points | points/s in rounds | ClickHouse CPU s (idle) | ClickHouse CPU s per 1 M events | fleet CPU s (idle) | shipper inserts/s | inserts/s per shard | ZK writes/s | ZK packets/s | settle s |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| hosts | relays | rounds | round s | points | points/s in rounds | ClickHouse CPU s (idle) | ClickHouse CPU s per 1 M events | fleet CPU s (idle) | shipper inserts/s | inserts/s per shard | visible lag p50 / p99 ms | ZK writes/s | ZK packets/s | settle s |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let m = f64::from(args.minutes);
     let traffic_s = m * 60.0;
-    for &n in &args.hosts {
-        let of: Vec<&Case> = cases.iter().filter(|c| c.hosts == n).collect();
+    for (&r, &n) in args
+        .relays
+        .iter()
+        .flat_map(|r| args.hosts.iter().map(move |n| (r, n)))
+    {
+        let of: Vec<&Case> = cases
+            .iter()
+            .filter(|c| c.hosts == n && c.relays == r)
+            .collect();
         let med = |f: &dyn Fn(&Case) -> f64| {
             let mut v: Vec<f64> = of.iter().map(|c| f(c)).collect();
             query::stats::median(&mut v).unwrap_or(f64::NAN)
@@ -127,7 +150,7 @@ pub fn run(args: FleetBench) -> anyhow::Result<()> {
             .map(|s| format!("{:.1}", med(&|c| c.shard_inserts[s] as f64 / traffic_s)))
             .collect();
         println!(
-            "| {n} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} ({:.2}) | {:.2} | {:.2} ({:.2}) | {:.1} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {n} | {r} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} ({:.2}) | {:.2} | {:.2} ({:.2}) | {:.1} | {} | {:.0} / {:.0} | {:.1} | {:.1} | {:.1} |",
             med(&|c| c.rounds / m),
             med(&|c| c.round_secs / m),
             med(&|c| c.points / m),
@@ -139,13 +162,25 @@ pub fn run(args: FleetBench) -> anyhow::Result<()> {
             med(&|c| c.fleet_idle_s),
             med(&|c| c.shipper_batches / traffic_s),
             per_shard.join(" / "),
+            med(&|c| quantile(&c.lag_ms, 0.5)),
+            med(&|c| quantile(&c.lag_ms, 0.99)),
             med(&|c| c.zk_writes as f64 / traffic_s),
             med(&|c| c.zk_packets as f64 / traffic_s),
             med(&|c| c.settle_s),
         );
     }
-    println!("rounds: aggregation rounds every shipper did (one per minute aggregated; a minute touched again while aggregated counts again); round s: their wall time (ClickHouse answering the aggregation statements); points: series points (state rows) they wrote; points/s in rounds: points over round s, what the aggregation turns out while it runs; ClickHouse CPU s per 1 M events: its CPU above idle over the events acknowledged; ClickHouse CPU s: the DC's servers' user+system CPU from the first event until every minute was aggregated (inserts, merges, aggregation), in brackets the same per minute with every service up and no traffic just before; fleet CPU s: every collector's and shipper's, likewise; shipper inserts/s: batches the shippers committed into ClickHouse; inserts/s per shard: INSERT statements each shard's server counted (system.events InsertQuery: the shippers' batches and the aggregation's INSERT … SELECT); ZK writes/s: ZooKeeper transactions (zxid), packets/s: requests it received; settle s: from the end of the traffic until every host shipped and every minute was aggregated");
+    println!("rounds: aggregation rounds every shipper did (one per minute aggregated; a minute touched again while aggregated counts again); round s: their wall time (ClickHouse answering the aggregation statements); points: series points (state rows) they wrote; points/s in rounds: points over round s, what the aggregation turns out while it runs; ClickHouse CPU s per 1 M events: its CPU above idle over the events acknowledged; ClickHouse CPU s: the DC's servers' user+system CPU from the first event until every minute was aggregated (inserts, merges, aggregation), in brackets the same per minute with every service up and no traffic just before; fleet CPU s: every collector's and shipper's, likewise; shipper inserts/s: batches the shippers committed into ClickHouse (in relay mode: batches the relays made visible); inserts/s per shard: INSERT statements each shard's server counted (system.events InsertQuery: the shippers' or relays' batches, the aggregation's INSERT … SELECT, the relays' fence rows); visible lag: every 0.5 s of the traffic, per host, now minus the newest event time ClickHouse holds of that host (events are stamped when sent, so this is the send-to-visible delay of the freshest visible event, the sender's 100 ms tick included); ZK writes/s: ZooKeeper transactions (zxid), packets/s: requests it received; settle s: from the end of the traffic until every host shipped and every minute was aggregated");
     Ok(())
+}
+
+/// The `q` quantile of `v` (0 when empty).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((s.len() - 1) as f64 * q).round() as usize]
 }
 
 /// ClickHouse's CPU seconds above its idle reference per million events
@@ -160,8 +195,9 @@ fn per_million(c: &Case, minutes: f64) -> f64 {
 fn print_case(run: u32, c: &Case, minutes: u32) {
     let m = f64::from(minutes);
     println!(
-        "run {run}, {} hosts: {} events acknowledged ({} unsent), {} rows in ClickHouse; per DC-minute: {:.2} rounds ({} at most kept for one minute), {:.2} s in rounds, {:.0} series points, ClickHouse CPU {:.2} s (idle {:.2} s; {:.2} s above idle per 1 M events), fleet CPU {:.2} s (idle {:.2} s); {} shipper inserts, INSERTs per shard {:?}, ZooKeeper {} writes, {} packets; settled {:.1} s after the traffic; load {}",
+        "run {run}, {} hosts, {} relays: {} events acknowledged ({} unsent), {} rows in ClickHouse; per DC-minute: {:.2} rounds ({} at most kept for one minute), {:.2} s in rounds, {:.0} series points, ClickHouse CPU {:.2} s (idle {:.2} s; {:.2} s above idle per 1 M events), fleet CPU {:.2} s (idle {:.2} s); {} shipper inserts, INSERTs per shard {:?}, visible lag p50 {:.0} ms p99 {:.0} ms, ZooKeeper {} writes, {} packets; settled {:.1} s after the traffic; load {}",
         c.hosts,
+        c.relays,
         c.acked,
         c.unsent,
         c.rows,
@@ -176,6 +212,8 @@ fn print_case(run: u32, c: &Case, minutes: u32) {
         c.fleet_idle_s,
         c.shipper_batches,
         c.shard_inserts,
+        quantile(&c.lag_ms, 0.5),
+        quantile(&c.lag_ms, 0.99),
         c.zk_writes,
         c.zk_packets,
         c.settle_s,
@@ -183,11 +221,15 @@ fn print_case(run: u32, c: &Case, minutes: u32) {
     );
 }
 
-/// One case: a fresh DC of `n` hosts, the traffic, the settling, the figures.
-fn case(args: &FleetBench, n: u32) -> anyhow::Result<Case> {
+/// One case: a fresh DC of `n` hosts and `relays` relays (0: direct), the
+/// traffic, the settling, the figures.
+fn case(args: &FleetBench, n: u32, relays: u32) -> anyhow::Result<Case> {
     let mut declared = dc_config::examples::declared();
     declared.topology.datacenter.retain(|dc| dc.name == "dc1");
     declared.topology = launcher::with_app_hosts(&declared.topology, n as usize);
+    if relays > 0 {
+        declared.topology = launcher::with_relays(&declared.topology, "dc1", relays as usize);
+    }
     let mut cluster = LocalCluster::start(
         &declared,
         LaunchOptions {
@@ -210,6 +252,7 @@ fn case(args: &FleetBench, n: u32) -> anyhow::Result<Case> {
         .hosts
         .iter()
         .flat_map(|h| h.procs)
+        .chain(services.relays.iter().map(|(_, _, p)| *p))
         .filter_map(|i| services.procs[i].pid())
         .collect();
 
@@ -237,6 +280,27 @@ fn case(args: &FleetBench, n: u32) -> anyhow::Result<Case> {
 
     let traffic = Duration::from_secs(u64::from(args.minutes) * 60);
     let senders = send(&services, args.rate, traffic);
+    // The visibility lag, sampled while the traffic runs.
+    let mut lag_ms = Vec::new();
+    {
+        let ch = cluster.clickhouse(&servers[0].1)?;
+        let sql = format!(
+            "SELECT host, max(time_ms) FROM {}.events_dc WHERE time >= now() - 300 GROUP BY host FORMAT TSV",
+            cluster.topology().database
+        );
+        let sampling = Instant::now();
+        while sampling.elapsed() + LAG_SAMPLE < traffic {
+            std::thread::sleep(LAG_SAMPLE);
+            let now = now_ms();
+            if let Ok(text) = ch.query(&sql) {
+                lag_ms.extend(
+                    text.lines()
+                        .filter_map(|l| l.split('\t').nth(1)?.parse::<u64>().ok())
+                        .map(|t| now.saturating_sub(t) as f64),
+                );
+            }
+        }
+    }
     let (acked, unsent) = senders.join()?;
     let traffic_end = Instant::now();
     let inserts1 = shard_inserts(&cluster, &servers, shards)?;
@@ -308,6 +372,8 @@ fn case(args: &FleetBench, n: u32) -> anyhow::Result<Case> {
     drop(services);
     Ok(Case {
         hosts: n,
+        relays,
+        lag_ms,
         acked,
         unsent,
         rows,
