@@ -30,6 +30,11 @@ fn pipeline_health_reads_the_other_services_names() {
     assert_eq!(reads::SHIPPER_ROWS_TOTAL, shipper::ROWS_TOTAL);
     assert_eq!(reads::SHIPPER_AGGREGATOR, shipper::AGGREGATOR);
     assert_eq!(reads::SHIPPER_FLEET_HOSTS, shipper::FLEET_HOSTS);
+    use ::shipper::relay::names as relay;
+    assert_eq!(reads::RELAY_SESSIONS, relay::SESSIONS);
+    assert_eq!(reads::RELAY_INFLOW_FRAMES_TOTAL, relay::INFLOW_FRAMES_TOTAL);
+    assert_eq!(reads::RELAY_SPOOL_BYTES, relay::SPOOL_BYTES);
+    assert_eq!(reads::RELAY_ROWS_TOTAL, relay::ROWS_TOTAL);
 }
 
 /// `promtool check metrics` on `text`: its exit status and what it said.
@@ -128,6 +133,17 @@ fn the_relays_metrics_pass_promtool() {
     // As the admin server serves it.
     let text = httpd::exposition::from_openmetrics(&text);
     assert!(text.contains("spoolhouse_relay_takeovers_total"), "{text}");
+    for name in [
+        shipper::relay::names::SESSIONS,
+        shipper::relay::names::INFLOW_FRAMES_TOTAL,
+        shipper::relay::names::SPOOL_BYTES,
+        shipper::relay::names::ROWS_TOTAL,
+    ] {
+        assert!(
+            common::metric(&text, name).is_some(),
+            "{name} not in:\n{text}"
+        );
+    }
     let (ok, said) = promtool(&text);
     assert!(
         ok && said.trim().is_empty(),

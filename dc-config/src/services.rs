@@ -415,8 +415,22 @@ pub struct QueryDatacenter {
     /// Its app hosts, each with its collector's and shipper's admin
     /// addresses as this DC reaches them.
     pub hosts: Vec<QueryHost>,
+    /// Its relays (relay mode, docs/adr/0017), each with its admin address
+    /// as this DC reaches it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<QueryRelay>,
     /// Its query service's address (`/metrics`), as this DC reaches it.
     pub query: SocketAddr,
+}
+
+/// One relay as the query service reaches it for pipeline health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRelay {
+    /// Relay name.
+    pub name: String,
+    /// Its admin address, `host:port`.
+    pub admin: String,
 }
 
 /// One app host as the query service reaches it for pipeline health.
@@ -1029,6 +1043,14 @@ impl QueryConfig {
                                 collector_admin: route(reach(&h.name, h.collector.admin)),
                                 shipper_admin: route(reach(&h.name, h.shipper.admin)),
                                 name: h.name,
+                            })
+                            .collect(),
+                        relays: d
+                            .relay
+                            .iter()
+                            .map(|r| QueryRelay {
+                                name: r.name.clone(),
+                                admin: route(reach(&r.name, r.admin)),
                             })
                             .collect(),
                         query,

@@ -496,7 +496,7 @@ function rate(now, before, key) {
 async function healthPage(main) {
   main.append(
     h('h2', {}, 'Pipeline health'),
-    h('p', { class: 'hint' }, `Every datacenter's collectors and shippers (one of each per app host) and query service, read from their /metrics every ${HEALTH_POLL_MS / 1000} s through ${registry.dc}'s query service; rates are the change between two readings.`),
+    h('p', { class: 'hint' }, `Every datacenter's collectors and shippers (one of each per app host), relays (relay mode) and query service, read from their /metrics every ${HEALTH_POLL_MS / 1000} s through ${registry.dc}'s query service; rates are the change between two readings.`),
   );
   const table = h('table', { id: 'health' });
   const chart = h('div', { id: 'health-chart', class: 'chart' });
@@ -519,6 +519,11 @@ async function healthPage(main) {
         const title = s.error ? (s.down && s.down.length ? `down: ${s.down.join(', ')}; ${s.error}` : s.error) : (s.address || `${s.hosts} hosts`);
         return h('span', { class: s.up ? 'up' : 'down', title }, text);
       });
+      // Relay mode (ADR 0017): each relay, its sessions and spool.
+      for (const r of dc.relays || []) {
+        const title = r.up ? `${r.address}: ${fmt(r.sessions)} forwarder sessions, spool ${bytes(r.spool_bytes)}` : `${r.address}: ${r.error}`;
+        services.push(h('span', { class: r.up ? 'up relay' : 'down relay', title }, ` relay ${r.name} ${r.up ? `up, ${fmt(r.sessions)} sessions` : 'down'}`));
+      }
       table.append(h('tr', { class: state, data: { dc: dc.name, state, eventsPerS: evps ?? '' } },
         h('th', {}, dc.name),
         h('td', { class: 'state' }, state === 'missing' ? 'missing: did not answer' : state),

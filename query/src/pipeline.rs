@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dc_config::event::now_ms;
-use dc_config::services::{QueryDatacenter, QueryHost};
+use dc_config::services::{QueryDatacenter, QueryHost, QueryRelay};
 use httpd::client::GetError;
 use httpd::exposition::{samples, sum, Sample};
 
@@ -43,6 +43,14 @@ pub mod reads {
     pub const SHIPPER_AGGREGATOR: &str = "spoolhouse_shipper_aggregator";
     /// `shipper::metrics::names::FLEET_HOSTS`.
     pub const SHIPPER_FLEET_HOSTS: &str = "spoolhouse_shipper_fleet_hosts";
+    /// `shipper::relay::names::SESSIONS`.
+    pub const RELAY_SESSIONS: &str = "spoolhouse_relay_sessions";
+    /// `shipper::relay::names::INFLOW_FRAMES_TOTAL`.
+    pub const RELAY_INFLOW_FRAMES_TOTAL: &str = "spoolhouse_relay_inflow_frames_total";
+    /// `shipper::relay::names::SPOOL_BYTES`.
+    pub const RELAY_SPOOL_BYTES: &str = "spoolhouse_relay_spool_bytes";
+    /// `shipper::relay::names::ROWS_TOTAL`.
+    pub const RELAY_ROWS_TOTAL: &str = "spoolhouse_relay_rows_total";
 }
 
 /// GETs `/metrics` of `addr` within [`SCRAPE_TIMEOUT`]: its text, or why not.
@@ -124,7 +132,24 @@ async fn read_hosts(dc: &QueryDatacenter) -> Vec<HostRead> {
 /// over the hosts that answered (lag: the largest), each host's own too.
 pub async fn datacenter(dc: &QueryDatacenter) -> serde_json::Value {
     let started = now_ms();
-    let (hosts, query) = tokio::join!(read_hosts(dc), scrape(dc.query));
+    // Every relay read at once, beside the hosts and the query service.
+    let relay_reads: Vec<_> = dc
+        .relays
+        .iter()
+        .cloned()
+        .map(|r| tokio::spawn(async move { read_relay(r).await }))
+        .collect();
+    let relays = async move {
+        let mut out = Vec::with_capacity(relay_reads.len());
+        for t in relay_reads {
+            out.push(
+                t.await
+                    .unwrap_or_else(|e| serde_json::json!({"up": false, "error": e.to_string()})),
+            );
+        }
+        out
+    };
+    let (hosts, query, relays) = tokio::join!(read_hosts(dc), scrape(dc.query), relays);
     let query_text = query.as_ref().ok().cloned();
     let query_samples = query_text.as_deref().map(samples);
     let mut per_host = Vec::with_capacity(hosts.len());
@@ -228,6 +253,7 @@ pub async fn datacenter(dc: &QueryDatacenter) -> serde_json::Value {
         "scraped_at_ms": started,
         "services": {"collector": collector, "shipper": shipper, "query": query_service},
         "hosts": per_host,
+        "relays": relays,
         "aggregator": aggregator,
         "silent_hosts": silent_hosts,
         "events_in_total": totals.events_in,
@@ -239,6 +265,24 @@ pub async fn datacenter(dc: &QueryDatacenter) -> serde_json::Value {
         "clickhouse_rows_total": totals.rows,
         "redis_hits_total": query_total(PROGRESS_SOURCE_TOTAL, "source=\"redis\""),
         "progress_reads_total": query_total(PROGRESS_SOURCE_TOTAL, ""),
+    })
+}
+
+/// One relay's figures (docs/adr/0017): live sessions, frames taken in,
+/// spool bytes, rows inserted; and whether it answered.
+async fn read_relay(r: QueryRelay) -> serde_json::Value {
+    let got = scrape_named(&r.admin).await;
+    let s = got.as_deref().ok().map(samples);
+    let figure = |name: &str| s.as_deref().and_then(|s| sum(s, name, ""));
+    serde_json::json!({
+        "name": r.name,
+        "address": r.admin,
+        "up": got.is_ok(),
+        "error": got.as_ref().err(),
+        "sessions": figure(reads::RELAY_SESSIONS),
+        "inflow_frames_total": figure(reads::RELAY_INFLOW_FRAMES_TOTAL),
+        "spool_bytes": figure(reads::RELAY_SPOOL_BYTES),
+        "clickhouse_rows_total": figure(reads::RELAY_ROWS_TOTAL),
     })
 }
 

@@ -44,6 +44,19 @@ pub const READER: &str = "clickhouse";
 /// Longest wait for a connection's hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Sample names other programs read (the query service's pipeline health):
+/// `tests/metrics_lint.rs` holds its copies equal to these.
+pub mod names {
+    /// Live sessions (gauge).
+    pub const SESSIONS: &str = "spoolhouse_relay_sessions";
+    /// Frames taken into the relay's spool (counter).
+    pub const INFLOW_FRAMES_TOTAL: &str = "spoolhouse_relay_inflow_frames_total";
+    /// Bytes of the relay's spool segment files (gauge).
+    pub const SPOOL_BYTES: &str = "spoolhouse_relay_spool_bytes";
+    /// Rows inserted into ClickHouse (counter).
+    pub const ROWS_TOTAL: &str = "spoolhouse_relay_rows_total";
+}
+
 /// Every metric of a relay, all named `spoolhouse_relay_*`.
 pub struct RelayMetrics {
     /// Live sessions (connected forwarders).
