@@ -141,6 +141,10 @@ fn render_into(topology: &Topology, dir: &Path) -> PathBuf {
         dc_config::examples::REGISTRY,
         &Credentials::load_or_create(&dir.join("secrets")).unwrap(),
     );
+    for dc in topology.datacenter.iter().filter(|dc| !dc.relay.is_empty()) {
+        dc_config::credentials::relay_secret_load_or_create(&dir.join("secrets"), &dc.name)
+            .unwrap();
+    }
     dc_config::render::write_all(dir, &files).unwrap();
     dir.join("ansible/inventory.ini")
 }
@@ -366,6 +370,7 @@ fn assert_all_answer(topology: &Topology, rendered: &Path) {
                     ("shipper", h.shipper.admin),
                 ]
             })
+            .chain(dc.relay.iter().map(|r| ("relay", r.admin)))
             .chain([("query service", dc.query.listen)]);
         for (what, addr) in services {
             let (code, text) = http_status(addr, "/healthz")
@@ -401,7 +406,10 @@ fn verify_units(dir: &Path) {
 /// The two-DC example on free loopback ports under `state`, dc2's Redis a
 /// three-master cluster (so the redis role forms one).
 fn test_topology(state: &Path) -> Topology {
-    let mut t = launcher::with_app_hosts(&dc_config::examples::declared().topology, APP_HOSTS);
+    let t = launcher::with_app_hosts(&dc_config::examples::declared().topology, APP_HOSTS);
+    // dc1 in relay mode (docs/adr/0017): its app hosts through one relay,
+    // deployed and restarted by the relay role; dc2 direct.
+    let mut t = launcher::with_relays(&t, "dc1", 1);
     let dc2 = t.datacenter.iter_mut().find(|d| d.name == "dc2").unwrap();
     dc2.redis.mode = RedisMode::Cluster;
     dc2.redis.nodes = (1..=3)
@@ -447,8 +455,13 @@ fn site_deploys_two_datacenters_into_a_prefix_and_rolling_restart_replaces_every
     let units = d.path("etc/systemd/system");
     let pids = d.pids();
     // ZooKeeper 2, Redis 1 + 3, ClickHouse 3, per DC a collector and a
-    // shipper per app host and a query service.
-    assert_eq!(pids.len(), 2 + 4 + 3 + 2 * (2 * APP_HOSTS + 1), "{pids:?}");
+    // shipper per app host and a query service, dc1's relay.
+    assert_eq!(
+        pids.len(),
+        2 + 4 + 3 + 2 * (2 * APP_HOSTS + 1) + 1,
+        "{pids:?}"
+    );
+    assert!(pids.contains_key("spoolhouse-relay-dc1-relay1"), "{pids:?}");
     for name in pids.keys() {
         let unit = std::fs::read_to_string(units.join(format!("{name}.service")))
             .unwrap_or_else(|e| panic!("unit of {name}: {e}"));

@@ -16,8 +16,9 @@ pub fn inventory(topology: &Topology) -> String {
     let mut s = String::from(
         "# Rendered by `spoolhouse config render` from the topology.\n\
          # Groups: <dc>_zookeeper, <dc>_clickhouse, <dc>_redis, <dc>_app (collector and\n\
-         # shipper), <dc>_query; <dc>_spoolhouse holds <dc>_app and <dc>_query, <dc> all;\n\
-         # zookeeper, clickhouse, redis, app, query, spoolhouse hold that role of every DC.\n\n",
+         # shipper), <dc>_relay (relay mode), <dc>_query; <dc>_spoolhouse holds <dc>_relay,\n\
+         # <dc>_app and <dc>_query, <dc> all; zookeeper, clickhouse, redis, relay, app,\n\
+         # query, spoolhouse hold that role of every DC.\n\n",
     );
     for dc in &topology.datacenter {
         let d = &dc.name;
@@ -65,6 +66,18 @@ pub fn inventory(topology: &Topology) -> String {
                 }
             );
         }
+        // Relays (docs/adr/0017), reached by their names as app hosts are.
+        let _ = writeln!(s, "\n[{d}_relay]");
+        for r in &dc.relay {
+            let _ = writeln!(
+                s,
+                "{} relay_listen={} relay_admin={} relay_spool_dir={}",
+                r.name,
+                r.listen,
+                r.admin,
+                r.spool_dir.display()
+            );
+        }
         app_hosts(&mut s, topology, dc);
         let query_host = dc
             .query
@@ -79,13 +92,15 @@ pub fn inventory(topology: &Topology) -> String {
         );
         let _ = writeln!(
             s,
-            "[{d}_spoolhouse:children]\n{d}_app\n{d}_query\n\n[{d}:children]\n{d}_zookeeper\n{d}_clickhouse\n{d}_redis\n{d}_spoolhouse\n\n[{d}:vars]\ndc={d}\n"
+            "[{d}_spoolhouse:children]\n{d}_relay\n{d}_app\n{d}_query\n\n[{d}:children]\n{d}_zookeeper\n{d}_clickhouse\n{d}_redis\n{d}_spoolhouse\n\n[{d}:vars]\ndc={d}\nrelay_mode={}\n",
+            !dc.relay.is_empty()
         );
     }
     for role in [
         "zookeeper",
         "clickhouse",
         "redis",
+        "relay",
         "app",
         "query",
         "spoolhouse",
