@@ -198,12 +198,20 @@ impl Relay {
         // Group commit: a batch is acknowledged once written and synced with
         // whatever else came meanwhile. (The forwarders keep their frames
         // until visible, so this is for the relay's own restarts' sake.)
+        // Segments of at most an eighth of the quota: a full spool frees
+        // space as shipped segments are sealed and deleted, instead of
+        // waiting for one segment as large as the quota to rotate.
+        let defaults = spooler::Config::default();
         let spool = Spool::open(
             &config.spool_dir,
             spooler::Config {
                 durability: Durability::Group,
                 quota_bytes: config.spool_quota_bytes,
-                ..spooler::Config::default()
+                segment_bytes: defaults
+                    .segment_bytes
+                    .min(config.spool_quota_bytes / 8)
+                    .max(1 << 16),
+                ..defaults
             },
         )?;
         Ok(Self {

@@ -1603,3 +1603,63 @@ fn a_relays_orphan_insert_never_lands_beside_the_takeover() {
     running.stop();
     assert_eq!(counts(&cluster, "h-relay-running"), (15_000, 15_000));
 }
+
+/// A relay whose spool is full refuses batches (it ends the session; the
+/// forwarder keeps its frames and takes the next relay), drains as it ships,
+/// and nothing is lost or doubled.
+#[test]
+fn a_relay_with_a_full_spool_sends_its_forwarders_elsewhere_and_loses_nothing() {
+    let cluster = launch();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), "relay.secret", "dc1-relay-secret");
+    let ports = [free_port(), free_port()];
+    let mut small = relay_config(&cluster, "relay-full", ports[0], dir.path(), &secret);
+    small.spool_quota_bytes = 1 << 20;
+    let full = RunningRelay::start(small);
+    let _other = RunningRelay::start(relay_config(
+        &cluster,
+        "relay2",
+        ports[1],
+        dir.path(),
+        &secret,
+    ));
+    let hosts: Vec<String> = (1..=3).map(|i| format!("dc1-full{i}")).collect();
+    let configs: Vec<ShipperConfig> = hosts
+        .iter()
+        .map(|h| {
+            // Batches of 5 000 votes: the small relay's 1 MiB spool (128 KiB
+            // segments) fills with two or three of them.
+            let mut c = forwarder_config(&cluster, h, dir.path(), &ports, &secret);
+            c.limits.batch_rows_max = 5_000;
+            c
+        })
+        .collect();
+    let spools: Vec<Spool> = configs.iter().map(open_spool).collect();
+    let want = 20_000u64;
+    for (h, spool) in spools.iter().enumerate() {
+        let votes: Vec<Vec<u8>> = (0..want).map(|i| vote(1_000_000 * h as u64 + i)).collect();
+        for chunk in votes.chunks(1_000) {
+            spool.append(chunk).unwrap();
+        }
+    }
+    let running: Vec<Running> = configs
+        .iter()
+        .map(|c| Running::start(c.clone(), Guards::default()))
+        .collect();
+    for h in &hosts {
+        wait_for(&format!("{h}'s rows"), Duration::from_secs(90), || {
+            counts(&cluster, h).0 >= want
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for h in &hosts {
+        assert_eq!(counts(&cluster, h), (want, want), "{h}");
+    }
+    let refused = full
+        .metrics
+        .ended
+        .get_or_create(&shipper::metrics::label("reason", "spool"))
+        .get();
+    assert!(refused > 0, "the small relay's spool refused batches");
+    drop(running);
+}
