@@ -1663,3 +1663,92 @@ fn a_relay_with_a_full_spool_sends_its_forwarders_elsewhere_and_loses_nothing() 
     assert!(refused > 0, "the small relay's spool refused batches");
     drop(running);
 }
+
+/// A relay cut off from its forwarders (its link down, every connection
+/// dropped, new ones refused) while traffic flows: the forwarders take the
+/// other relay over, the cut relay's unshipped rows are skipped or fenced,
+/// and after the link heals every host's votes are in ClickHouse once.
+#[test]
+fn a_relay_cut_off_mid_traffic_loses_and_doubles_nothing() {
+    let cluster = launch();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), "relay.secret", "dc1-relay-secret");
+    let ports = [free_port(), free_port()];
+    let _r1 = RunningRelay::start(relay_config(
+        &cluster,
+        "relay-cut",
+        ports[0],
+        dir.path(),
+        &secret,
+    ));
+    let _r2 = RunningRelay::start(relay_config(
+        &cluster,
+        "relay2",
+        ports[1],
+        dir.path(),
+        &secret,
+    ));
+    let links = dir.path().join("links");
+    std::fs::create_dir_all(&links).unwrap();
+    // The forwarders reach relay-cut through a link that can be cut.
+    let link = launcher::link::Relay::start(
+        "apps",
+        "relay-cut",
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        format!("127.0.0.1:{}", ports[0]).parse().unwrap(),
+        Duration::ZERO,
+        &links,
+    )
+    .unwrap();
+    let hosts: Vec<String> = (1..=3).map(|i| format!("dc1-cut{i}")).collect();
+    let configs: Vec<ShipperConfig> = hosts
+        .iter()
+        .map(|h| {
+            let mut c = forwarder_config(&cluster, h, dir.path(), &ports, &secret);
+            c.relay.as_mut().unwrap().relays[0].addr = link.listen().to_string();
+            c
+        })
+        .collect();
+    let spools: Vec<Spool> = configs.iter().map(open_spool).collect();
+    let running: Vec<Running> = configs
+        .iter()
+        .map(|c| Running::start(c.clone(), Guards::default()))
+        .collect();
+    let (chunks, chunk) = (40u64, 200u64);
+    for c in 0..chunks {
+        for (h, spool) in spools.iter().enumerate() {
+            let votes: Vec<Vec<u8>> = (0..chunk)
+                .map(|i| vote(1_000_000 * h as u64 + c * chunk + i))
+                .collect();
+            spool.append(&votes).unwrap();
+        }
+        if c == 10 {
+            launcher::link::cut(&links, "relay-cut").unwrap();
+        }
+        if c == 30 {
+            launcher::link::heal(&links, "relay-cut").unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let want = chunks * chunk;
+    for h in &hosts {
+        wait_for(&format!("{h}'s rows"), Duration::from_secs(90), || {
+            counts(&cluster, h).0 >= want
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for h in &hosts {
+        assert_eq!(counts(&cluster, h), (want, want), "{h}");
+    }
+    let failovers: u64 = running
+        .iter()
+        .map(|r| {
+            r.metrics
+                .errors
+                .get_or_create(&shipper::metrics::label("kind", "relay"))
+                .get()
+        })
+        .sum();
+    assert!(failovers > 0, "the cut reached some forwarder");
+    drop(running);
+}
