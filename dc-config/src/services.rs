@@ -946,6 +946,13 @@ impl crate::check::Declaration for ShipperConfig {
                 &at.key("timeout_ms"),
                 "must be at least 100, and visible_timeout_ms at least timeout_ms",
             );
+            c.require(
+                l.batch_bytes_max <= 64 << 20,
+                &crate::locate::KeyPath::root()
+                    .key("limits")
+                    .key("batch_bytes_max"),
+                "must be at most 67108864 (64 MiB) in relay mode: a relay refuses larger batches",
+            );
         }
         c.require(
             !self.zookeeper.is_empty(),

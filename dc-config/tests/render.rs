@@ -359,6 +359,16 @@ fn a_dc_with_relays_renders_them_and_its_shippers_forward() {
     assert_eq!(r.shards.len(), 2);
     assert!(r.secret_file.ends_with("relay-dc1.secret"));
     let s: ShipperConfig = toml::from_str(&text("services/dc1/dc1-app1/shipper.toml")).unwrap();
+    {
+        // A batch larger than a relay takes is refused at start.
+        use dc_config::check::Declaration;
+        let mut big = s.clone();
+        big.limits.batch_bytes_max = 128 << 20;
+        let mut c = dc_config::check::Checker::default();
+        big.check(&mut c);
+        let e = format!("{:?}", c.into_errors(Path::new("shipper.toml"), ""));
+        assert!(e.contains("in relay mode"), "{e}");
+    }
     let fwd = s.relay.expect("dc1's shipper forwards");
     assert_eq!(fwd.relays.len(), 1);
     // Listening on every address: reached by the relay's name.
