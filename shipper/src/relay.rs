@@ -43,6 +43,10 @@ use crate::wire::{self, BatchRange, Message, Relayed};
 pub const READER: &str = "clickhouse";
 /// Longest wait for a connection's hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections a relay holds at once (a DC has hundreds of app hosts
+/// over a few relays); past it a connection is closed at once and counted
+/// as refused (`busy`): a flood costs a bounded amount of memory.
+pub const CONNECTIONS_MAX: usize = 4_096;
 
 /// Sample names other programs read (the query service's pipeline health):
 /// `tests/metrics_lint.rs` holds its copies equal to these.
@@ -63,7 +67,7 @@ pub struct RelayMetrics {
     pub sessions: Gauge,
     /// Sessions taken over (accepted connections).
     pub takeovers: Counter,
-    /// Connections refused, by `reason` (`auth`, `dc`, `version`, `protocol`, `takeover`).
+    /// Connections refused, by `reason` (`auth`, `dc`, `version`, `protocol`, `takeover`, `busy`).
     pub refused: Family<Label, Counter>,
     /// Sessions the relay ended, by `reason` (`uncertain_insert`, `spool`, `replaced`, `protocol`).
     pub ended: Family<Label, Counter>,
@@ -261,12 +265,19 @@ impl Relay {
     }
 
     async fn accept(self: Arc<Self>, listener: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
         loop {
             match listener.accept().await {
                 Ok((conn, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        self.refuse("busy");
+                        drop(conn);
+                        continue;
+                    };
                     let _ = conn.set_nodelay(true);
                     let relay = self.clone();
                     tokio::spawn(async move {
+                        let _slot = slot;
                         if let Err(e) = relay.serve(conn).await {
                             tracing::info!(%peer, error = %e, "forwarder connection ended");
                         }

@@ -1752,3 +1752,69 @@ fn a_relay_cut_off_mid_traffic_loses_and_doubles_nothing() {
     assert!(failovers > 0, "the cut reached some forwarder");
     drop(running);
 }
+
+/// Hostile input to a relay: a message of absurd length, bytes that are no
+/// message, a batch before any hello, silence. Each connection is refused
+/// and counted, the relay stays up and still answers a proper challenge.
+/// (No ClickHouse needed: nothing gets as far as a takeover.)
+#[test]
+fn a_relay_refuses_hostile_connections_and_keeps_serving() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), "relay.secret", "s3cret");
+    let password = secret_file(dir.path(), "writer.password", "pw");
+    let port = free_port();
+    let relay = RunningRelay::start(dc_config::services::RelayConfig {
+        dc: "dc1".into(),
+        name: "relay1".into(),
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        spool_dir: dir.path().join("spool"),
+        spool_quota_bytes: 1 << 30,
+        database: "spoolhouse".into(),
+        shards: vec![dc_config::services::ShardTarget {
+            weight: 1,
+            replicas: vec!["http://127.0.0.1:9".into()],
+        }],
+        clickhouse_password_file: password,
+        secret_file: secret,
+        compression: Default::default(),
+        limits: Default::default(),
+    });
+    let connect = || {
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        c
+    };
+    let challenge_len = 4 + 1 + 32;
+    let mut attempts: Vec<Vec<u8>> = vec![
+        u32::MAX.to_le_bytes().to_vec(),
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        shipper::wire::Message::Batch {
+            seq: 1,
+            frames: vec![],
+        }
+        .encode(),
+    ];
+    // And one that says nothing at all (the hello timeout ends it).
+    attempts.push(Vec::new());
+    for bytes in &attempts {
+        let mut c = connect();
+        let mut challenge = vec![0u8; challenge_len];
+        c.read_exact(&mut challenge).unwrap();
+        let _ = c.write_all(bytes);
+        // The relay closes the connection (after a refusal, if it could say one).
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+    }
+    let refused = relay
+        .metrics
+        .refused
+        .get_or_create(&shipper::metrics::label("reason", "protocol"))
+        .get();
+    assert_eq!(refused, attempts.len() as u64);
+    let mut c = connect();
+    let mut challenge = vec![0u8; challenge_len];
+    c.read_exact(&mut challenge).unwrap();
+    assert_eq!(challenge[4], 1, "still answering with a challenge");
+}
