@@ -17,8 +17,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{spawn, wait_for_or_show, CpuHog};
-use dc_config::event::{ValidEvent, Value};
-use dc_config::record::Record;
 use launcher::process::Proc;
 use launcher::{LaunchOptions, LocalCluster};
 use rand::Rng;
@@ -30,27 +28,10 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// `n` votes of host number `h` from number `from` on.
+/// `n` votes of host number `h` from number `from` on (targets distinct
+/// per host, so each host's rows are its own).
 fn votes(h: u64, from: u64, n: u64) -> Vec<Vec<u8>> {
-    (from..from + n)
-        .map(|i| {
-            Record {
-                event: ValidEvent {
-                    event: "vote".into(),
-                    time_ms: 1_764_028_800_000 + i * 6,
-                    attrs: vec![
-                        ("user_id".into(), Value::UInt(i % 1000)),
-                        ("target_user_id".into(), Value::UInt(1_000_000 * h + i)),
-                        ("vote".into(), Value::Str("yes".into())),
-                        ("country_id".into(), Value::UInt(i % 40)),
-                    ],
-                },
-                inbox: None,
-            }
-            .encode()
-            .unwrap()
-        })
-        .collect()
+    common::vote_records(from, n, 1_000_000 * h)
 }
 
 /// (rows, distinct positions) of every host of dc1, per host, read on

@@ -28,8 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{http_get, CpuHog};
-use dc_config::event::{ValidEvent, Value};
-use dc_config::record::Record;
 use dc_config::services::ShipperConfig;
 use launcher::{LaunchOptions, LocalCluster};
 use rand::Rng;
@@ -173,27 +171,7 @@ fn counts(cluster: &LocalCluster, host: &str, settled: bool) -> (u64, u64) {
 
 /// `n` vote records from number `from` on, each with its own spool frame.
 fn votes(from: u64, n: u64) -> Vec<Vec<u8>> {
-    (from..from + n)
-        .map(|i| {
-            Record {
-                event: ValidEvent {
-                    event: "vote".into(),
-                    // Spread over minutes, so aggregation rounds run all
-                    // along and get killed too.
-                    time_ms: 1_764_028_800_000 + i * 6,
-                    attrs: vec![
-                        ("user_id".into(), Value::UInt(i % 1000)),
-                        ("target_user_id".into(), Value::UInt(i)),
-                        ("vote".into(), Value::Str("yes".into())),
-                        ("country_id".into(), Value::UInt(i % 40)),
-                    ],
-                },
-                inbox: None,
-            }
-            .encode()
-            .unwrap()
-        })
-        .collect()
+    common::vote_records(from, n, 0)
 }
 
 /// What one campaign found.

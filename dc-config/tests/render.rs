@@ -282,14 +282,7 @@ fn a_fleet_renders_each_host_and_groups_them_with_the_defaults() {
     let t = dc_config::topology::Topology::parse(Path::new("fleet.toml"), &src).unwrap();
     let d = dc_config::examples::declared();
     let files = render::render(&t, &d.registry, &d.registry_text, &Credentials::generate());
-    let text = |p: &str| {
-        files
-            .iter()
-            .find(|f| f.path == Path::new(p))
-            .unwrap_or_else(|| panic!("{p} not rendered"))
-            .text
-            .clone()
-    };
+    let text = |p: &str| rendered(&files, p);
     for h in ["dc1-app01", "dc1-app02", "dc1-app03"] {
         let c: CollectorConfig =
             toml::from_str(&text(&format!("services/dc1/{h}/collector.toml"))).unwrap();
@@ -316,6 +309,16 @@ fn a_fleet_renders_each_host_and_groups_them_with_the_defaults() {
         .map(|h| h.name.as_str())
         .collect();
     assert_eq!(hosts, ["dc1-app01", "dc1-app02", "dc1-app03"]);
+}
+
+/// The text of rendered file `p` of `files`.
+fn rendered(files: &[render::RenderedFile], p: &str) -> String {
+    files
+        .iter()
+        .find(|f| f.path == Path::new(p))
+        .unwrap_or_else(|| panic!("{p} not rendered"))
+        .text
+        .clone()
 }
 
 /// The example with its `[[datacenter.app_host]]` block (inserted after
@@ -345,14 +348,7 @@ fn a_dc_with_relays_renders_them_and_its_shippers_forward() {
     let t = dc_config::topology::Topology::parse(Path::new("relay.toml"), &src).unwrap();
     let d = dc_config::examples::declared();
     let files = render::render(&t, &d.registry, &d.registry_text, &Credentials::generate());
-    let text = |p: &str| {
-        files
-            .iter()
-            .find(|f| f.path == Path::new(p))
-            .unwrap_or_else(|| panic!("{p} not rendered"))
-            .text
-            .clone()
-    };
+    let text = |p: &str| rendered(&files, p);
     let r: dc_config::services::RelayConfig =
         toml::from_str(&text("services/dc1/dc1-relay1/relay.toml")).unwrap();
     assert_eq!((r.dc.as_str(), r.name.as_str()), ("dc1", "dc1-relay1"));

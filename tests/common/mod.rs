@@ -53,6 +53,33 @@ pub fn wait_for_or_show(
     }
 }
 
+/// `n` vote records (spool frames) numbered from `from`: vote `i` at
+/// 6 ms steps from a fixed moment (spread over minutes, so aggregation
+/// rounds run all along), user `i % 1000`, target `target_base + i`.
+/// What the crash campaigns spool themselves.
+pub fn vote_records(from: u64, n: u64, target_base: u64) -> Vec<Vec<u8>> {
+    use dc_config::event::{ValidEvent, Value};
+    (from..from + n)
+        .map(|i| {
+            dc_config::record::Record {
+                event: ValidEvent {
+                    event: "vote".into(),
+                    time_ms: 1_764_028_800_000 + i * 6,
+                    attrs: vec![
+                        ("user_id".into(), Value::UInt(i % 1000)),
+                        ("target_user_id".into(), Value::UInt(target_base + i)),
+                        ("vote".into(), Value::Str("yes".into())),
+                        ("country_id".into(), Value::UInt(i % 40)),
+                    ],
+                },
+                inbox: None,
+            }
+            .encode()
+            .unwrap()
+        })
+        .collect()
+}
+
 /// Bound of every wait in the process tests.
 pub const LIMIT: Duration = Duration::from_secs(60);
 /// Events per batch and pause between batches of each DC's sender:
