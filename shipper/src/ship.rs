@@ -796,13 +796,7 @@ impl Shipper {
             });
             match result {
                 Ok(sent) => {
-                    self.metrics
-                        .insert_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.rows.inc_by(batch.rows.len() as u64);
-                    self.metrics.bytes.inc_by(sent as u64);
-                    self.metrics.blocked.set(0);
-                    *self.health.clickhouse.lock().expect("health lock") = SinkHealth::Ok;
+                    self.record_shipped(started, batch.rows.len(), sent);
                     return Ok(true);
                 }
                 Err(Error::Stopping) => return Ok(false),
@@ -841,6 +835,19 @@ impl Shipper {
             }
         }
         unreachable!("the attempt counter does not run out")
+    }
+
+    /// A batch is in ClickHouse (inserted here, or made visible by a
+    /// relay): its time since `started`, rows and bytes counted, the sink
+    /// healthy again.
+    fn record_shipped(&self, started: Instant, rows: usize, bytes: usize) {
+        self.metrics
+            .insert_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.rows.inc_by(rows as u64);
+        self.metrics.bytes.inc_by(bytes as u64);
+        self.metrics.blocked.set(0);
+        *self.health.clickhouse.lock().expect("health lock") = SinkHealth::Ok;
     }
 
     /// Relay mode's [`Shipper::ship`] (docs/adr/0017): sends `batch` to a
@@ -892,12 +899,7 @@ impl Shipper {
                 rt.block_on(forwarder.forward(&outgoing, &mut |floor| self.raise_epoch(floor)));
             match sent {
                 Ok(()) => {
-                    self.metrics
-                        .insert_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.rows.inc_by(batch.rows.len() as u64);
-                    self.metrics.bytes.inc_by(batch.body.len() as u64);
-                    *self.health.clickhouse.lock().expect("health lock") = SinkHealth::Ok;
+                    self.record_shipped(started, batch.rows.len(), batch.body.len());
                     return Ok(true);
                 }
                 Err(Error::Stopping) => return Ok(false),
