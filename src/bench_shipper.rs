@@ -4,6 +4,9 @@
 //! TSV, and curl posting them as RowBinary over HTTP. Each goes into its own
 //! table of the same engine and layout as `events_local`. Then the lag from
 //! spool acknowledgement to row visible in ClickHouse, at a steady rate.
+//! Last, relay mode (docs/adr/0017-relay-tier.md): the same number of
+//! events spread over a few app hosts' spools, streamed by their forwarders
+//! into one relay, which ships them; timed until ClickHouse shows them all.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -39,6 +42,10 @@ pub struct ShipperBench {
     /// Seconds of the lag measurement.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     lag_seconds: u64,
+    /// App hosts whose forwarders stream the relay phase's events into one
+    /// relay (0: no relay phase).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=64))]
+    forwarders: u64,
 }
 
 const T0: u64 = 1_764_028_800_000;
@@ -117,7 +124,15 @@ fn rate(rows: u64, took: Duration) -> f64 {
 
 /// Runs `spoolhouse bench shipper`.
 pub fn run(args: ShipperBench) -> anyhow::Result<()> {
-    let cluster = LocalCluster::start(&one_shard_dc(), LaunchOptions::default())
+    // The relay phase's app hosts and relay are in the topology from the
+    // start (their secret and folders are the launcher's); the direct
+    // shipper below is told not to use the relay.
+    let mut declared = one_shard_dc();
+    if args.forwarders > 0 {
+        let hosts = launcher::with_app_hosts(&declared.topology, args.forwarders as usize);
+        declared.topology = launcher::with_relays(&hosts, "dc2", 1);
+    }
+    let cluster = LocalCluster::start(&declared, LaunchOptions::default())
         .context("starting ClickHouse, ZooKeeper and Redis for the benchmark")?;
     let t = cluster.topology().clone();
     let dc = &t.datacenter[0];
@@ -156,35 +171,12 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
     }
     // The shipper's input: the same events in a spool.
     let mut cfg = ShipperConfig::for_dc(&t, dc);
+    cfg.host = "bench-direct".into();
+    cfg.relay = None;
     cfg.spool_dir = work.join("spool");
     cfg.state_dir = work.join("shipper");
     cfg.limits.batch_rows_max = args.batch_rows as usize;
-    {
-        let spool = spooler::Spool::open(
-            &cfg.spool_dir,
-            spooler::Config {
-                durability: spooler::Durability::Group,
-                ..spooler::Config::default()
-            },
-        )?;
-        let mut i = 0;
-        while i < n {
-            let frames: Vec<Vec<u8>> = (i..(i + 1000).min(n))
-                .map(|j| {
-                    Record {
-                        event: event(j),
-                        inbox: None,
-                    }
-                    .encode()
-                    .expect("small record")
-                })
-                .collect();
-            spool.append(&frames)?;
-            i += frames.len() as u64;
-        }
-        spool.rotate()?;
-        spool.seal_pending()?;
-    }
+    fill_spool(&cfg.spool_dir, 0..n, 0)?;
     let count = |table: &str| -> anyhow::Result<u64> {
         Ok(ch
             .query(&format!("SELECT count() FROM spoolhouse.{table}"))?
@@ -408,7 +400,168 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
     );
     stop.store(true, Ordering::SeqCst);
     let _ = handle.join();
+
+    if args.forwarders > 0 {
+        // Past every time of the phases before, so a count by time is this
+        // phase's alone.
+        let from = n + total;
+        let relayed = relay_phase(&args, &cluster, &rt, from, &quiet)?;
+        let count_from = ch
+            .query(&format!(
+                "SELECT count() FROM spoolhouse.events_local WHERE time_ms >= {}",
+                T0 + from
+            ))?
+            .trim()
+            .parse::<u64>()?;
+        if count_from != n {
+            bail!("relay phase: {count_from} rows in ClickHouse, {n} sent");
+        }
+        let relay_rate = rate(n, relayed.took);
+        println!(
+            "\nrelay mode: {} forwarders (batches of {} rows) -> 1 relay (batches of up to {} rows) -> ClickHouse, {n} rows",
+            args.forwarders, args.batch_rows, relayed.relay_batch_rows
+        );
+        println!(
+            "  spoolhouse relay           {:>9.0} rows/s  ({:.2} s, forwarders' spools to visible, {} inserts)",
+            relay_rate,
+            relayed.took.as_secs_f64(),
+            relayed.inserts
+        );
+        println!(
+            "  relay / clickhouse-client   = {:.0} %   (target >= 90 %)",
+            100.0 * relay_rate / tsv_rate
+        );
+        println!(
+            "  relay / curl RowBinary      = {:.0} %",
+            100.0 * relay_rate / curl_rate
+        );
+    }
     Ok(())
+}
+
+/// Appends events `range` (their times shifted by `shift` ms) to a new
+/// spool in `dir`, then seals it: a backlog, as after an outage.
+fn fill_spool(
+    dir: &std::path::Path,
+    range: std::ops::Range<u64>,
+    shift: u64,
+) -> anyhow::Result<()> {
+    let spool = spooler::Spool::open(
+        dir,
+        spooler::Config {
+            durability: spooler::Durability::Group,
+            ..spooler::Config::default()
+        },
+    )?;
+    let mut i = range.start;
+    while i < range.end {
+        let frames: Vec<Vec<u8>> = (i..(i + 1000).min(range.end))
+            .map(|j| {
+                let mut event = event(j);
+                event.time_ms += shift;
+                Record { event, inbox: None }
+                    .encode()
+                    .expect("small record")
+            })
+            .collect();
+        spool.append(&frames)?;
+        i += frames.len() as u64;
+    }
+    spool.rotate()?;
+    spool.seal_pending()?;
+    Ok(())
+}
+
+/// What the relay phase measured.
+struct Relayed {
+    took: Duration,
+    inserts: u64,
+    relay_batch_rows: usize,
+}
+
+/// The relay phase: `args.events` events (times shifted by `from` ms) split
+/// over the topology's app hosts' spools; one relay in-process, each
+/// forwarder a `Shipper` in relay mode; timed from their start until
+/// ClickHouse counts every row.
+fn relay_phase(
+    args: &ShipperBench,
+    cluster: &LocalCluster,
+    rt: &tokio::runtime::Runtime,
+    from: u64,
+    quiet: &dyn Fn() -> anyhow::Result<()>,
+) -> anyhow::Result<Relayed> {
+    let t = cluster.topology();
+    let dc = &t.datacenter[0];
+    let relay_cfg = dc_config::services::RelayConfig::for_relay(t, dc, &dc.relay[0]);
+    let hosts = dc.app_hosts();
+    let n = args.events;
+    let per = n.div_ceil(hosts.len() as u64);
+    let mut forwarders = Vec::new();
+    for (k, host) in hosts.iter().enumerate() {
+        let mut cfg = ShipperConfig::for_host(t, dc, host);
+        cfg.aggregator = false;
+        cfg.limits.batch_rows_max = args.batch_rows as usize;
+        let start = k as u64 * per;
+        fill_spool(&cfg.spool_dir, start..(start + per).min(n), from)?;
+        forwarders.push(cfg);
+    }
+    let ch = cluster.clickhouse(&dc.replicas().next().expect("one replica").name())?;
+    let visible = || -> anyhow::Result<u64> {
+        Ok(ch
+            .query(&format!(
+                "SELECT count() FROM spoolhouse.events_local WHERE time_ms >= {}",
+                T0 + from
+            ))?
+            .trim()
+            .parse()?)
+    };
+    quiet()?;
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut prom = prometheus_client::registry::Registry::default();
+    let relay_metrics = Arc::new(shipper::relay::RelayMetrics::register(&mut prom));
+    let relay = Arc::new(
+        shipper::relay::Relay::open(relay_cfg.clone(), relay_metrics.clone(), stop.clone())
+            .context("opening the relay")?,
+    );
+    let relay_thread = {
+        let handle = rt.handle().clone();
+        std::thread::spawn(move || relay.run(handle))
+    };
+    let shippers: Vec<_> = forwarders
+        .into_iter()
+        .map(|cfg| {
+            let mut prom = prometheus_client::registry::Registry::default();
+            start_shipper(rt, cfg, cluster, stop.clone(), &mut prom)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let outcome = loop {
+        match visible() {
+            Ok(c) if c >= n => break Ok(started.elapsed()),
+            Ok(_) if Instant::now() > deadline => {
+                break Err(anyhow::anyhow!(
+                    "the relay did not ship {n} rows within 600 s"
+                ))
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => break Err(e),
+        }
+    };
+    stop.store(true, Ordering::SeqCst);
+    for s in shippers {
+        let _ = s.join();
+    }
+    let _ = relay_thread.join();
+    let inserts = relay_metrics
+        .inserts
+        .get_or_create(&shipper::metrics::label("shard", "1"))
+        .get();
+    Ok(Relayed {
+        took: outcome?,
+        inserts,
+        relay_batch_rows: relay_cfg.limits.batch_rows_max,
+    })
 }
 
 /// The `_sum` of a histogram in the registry's text encoding.

@@ -1,28 +1,39 @@
-//! The forwarder: an app host's shipper in relay mode sends each batch to
-//! one of its DC's relays and waits until the relay reports it visible in
-//! ClickHouse (docs/adr/0017-relay-tier.md). A connection is a session:
-//! the hello carries a new epoch and the batch in hand, the relay takes
-//! the host over and answers which positions of that batch ClickHouse
-//! already holds; only the rest is sent. Any failure drops the session;
-//! the next try connects (to the next relay after a failure) and takes
-//! over again.
+//! The forwarder: an app host's shipper in relay mode sends its batches to
+//! one of its DC's relays and commits each once the relay reports it
+//! visible in ClickHouse (docs/adr/0017-relay-tier.md). Up to
+//! [`wire::WINDOW`] batches are in flight, so the relay inserts one while
+//! the next is on its way. A connection is a session: the hello carries a
+//! new epoch and the range of every batch in flight, the relay takes the
+//! host over and answers which of their positions ClickHouse already
+//! holds; only the rest is sent. Any failure drops the session; the next
+//! try connects (to the next relay after a failure) and takes over again.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use dc_config::services::RelayUse;
 use spooler::Position;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::wire::{self, BatchRange, Message};
 
-/// A live session with a relay.
+/// A live session with a relay. Its answers are read by a task of their
+/// own into `answers`, so waiting for one can be raced against the next
+/// batch becoming ready without losing half a message.
 struct Session {
     relay: String,
-    rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
+    answers: mpsc::UnboundedReceiver<std::result::Result<Message, String>>,
+    reading: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reading.abort();
+    }
 }
 
 /// What a batch looks like to the forwarder: its range for the takeover
@@ -32,9 +43,36 @@ pub struct Outgoing<'a> {
     pub range: BatchRange,
     /// `(position, record)` per frame.
     pub frames: Vec<(Position, &'a [u8])>,
-    /// Whether an earlier run may have sent it: it then gets a takeover
-    /// of its own, whose position check covers it.
-    pub verify: bool,
+}
+
+/// The range a takeover checks for `batches` in flight: from the first's
+/// start to the last's end, every event type, the widest time range.
+pub fn union_range<'a>(batches: impl IntoIterator<Item = &'a BatchRange>) -> BatchRange {
+    let mut out: Option<BatchRange> = None;
+    for b in batches {
+        match &mut out {
+            None => out = Some(b.clone()),
+            Some(u) => {
+                u.start = u.start.min(b.start);
+                u.end = u.end.max(b.end);
+                for e in &b.events {
+                    if !u.events.contains(e) {
+                        u.events.push(e.clone());
+                    }
+                }
+                u.time_range = (
+                    u.time_range.0.min(b.time_range.0),
+                    u.time_range.1.max(b.time_range.1),
+                );
+            }
+        }
+    }
+    out.unwrap_or(BatchRange {
+        start: Position::new(0, 0),
+        end: Position::new(0, 0),
+        events: Vec::new(),
+        time_range: (0, 0),
+    })
 }
 
 /// The forwarder of one host.
@@ -101,6 +139,27 @@ impl Forwarder {
         self.at = (self.at + 1) % self.relays.len();
     }
 
+    /// Drops the session (the next send takes the host over again, at the
+    /// same relay).
+    pub fn drop_session(&mut self) {
+        self.session = None;
+    }
+
+    /// Whether a session is live.
+    pub fn connected(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// The answer timeout: a batch not appended within it fails the session.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// How long an appended batch may wait to be visible.
+    pub fn visible_timeout(&self) -> Duration {
+        self.visible_timeout
+    }
+
     fn err(&self, message: impl Into<String>) -> Error {
         Error::Relay {
             relay: self.relay().to_string(),
@@ -122,13 +181,15 @@ impl Forwarder {
         }
     }
 
-    /// Connects and takes the host over for `range` with an epoch from
-    /// `epoch(floor)`; returns the positions ClickHouse holds.
-    async fn connect(
+    /// Connects and takes the host over for `range` (every batch in
+    /// flight) with an epoch from `epoch(floor)`; returns the positions
+    /// ClickHouse holds. On error there is no session.
+    pub async fn connect(
         &mut self,
         range: &BatchRange,
         epoch: &mut dyn FnMut(u64) -> Result<Option<u64>>,
     ) -> Result<HashSet<(u64, u64)>> {
+        self.session = None;
         let mut floor = 0;
         loop {
             let addr = self.relay().to_string();
@@ -168,10 +229,25 @@ impl Forwarder {
                 .await?
             {
                 Some(Message::Welcome { held }) => {
+                    let (tx, answers) = mpsc::unbounded_channel();
+                    let reading = tokio::spawn(async move {
+                        loop {
+                            let m = match wire::recv(&mut rd).await {
+                                Ok(Some(m)) => Ok(m),
+                                Ok(None) => Err("closed the session".to_string()),
+                                Err(e) => Err(e.to_string()),
+                            };
+                            let end = m.is_err();
+                            if tx.send(m).is_err() || end {
+                                break;
+                            }
+                        }
+                    });
                     self.session = Some(Session {
                         relay: addr,
-                        rd,
                         wr,
+                        answers,
+                        reading,
                     });
                     return Ok(held.into_iter().collect());
                 }
@@ -191,32 +267,13 @@ impl Forwarder {
         }
     }
 
-    /// Sends `batch` and waits until it is visible in ClickHouse. Rows the
-    /// takeover found held are not sent. On error the session is dropped.
-    pub async fn forward(
-        &mut self,
-        batch: &Outgoing<'_>,
-        epoch: &mut dyn FnMut(u64) -> Result<Option<u64>>,
-    ) -> Result<()> {
-        if batch.verify {
-            self.session = None;
-        }
-        let result = self.try_forward(batch, epoch).await;
-        if result.is_err() {
-            self.session = None;
-        }
-        result
-    }
-
-    async fn try_forward(
-        &mut self,
-        batch: &Outgoing<'_>,
-        epoch: &mut dyn FnMut(u64) -> Result<Option<u64>>,
-    ) -> Result<()> {
-        let held = if self.session.is_none() {
-            self.connect(&batch.range, epoch).await?
-        } else {
-            HashSet::new()
+    /// Sends `batch` in the live session, without the positions in
+    /// `held`; returns its sequence number, which the relay's answers
+    /// name. On error the session is dropped.
+    pub async fn send(&mut self, batch: &Outgoing<'_>, held: &HashSet<(u64, u64)>) -> Result<u64> {
+        let timeout = self.timeout;
+        let Some(session) = self.session.as_mut() else {
+            return Err(self.err("no session to send in"));
         };
         self.seq += 1;
         let seq = self.seq;
@@ -229,50 +286,63 @@ impl Forwarder {
                 .map(|(p, r)| (*p, r.to_vec()))
                 .collect(),
         };
-        let (timeout, visible_timeout) = (self.timeout, self.visible_timeout);
-        let session = self.session.as_mut().expect("connected");
+        let sent = match tokio::time::timeout(timeout, wire::send(&mut session.wr, &msg)).await {
+            Ok(Ok(())) => Ok(seq),
+            Ok(Err(e)) => Err(format!("sending a batch: {e}")),
+            Err(_) => Err(format!("sending a batch: not taken within {timeout:?}")),
+        };
         let relay = session.relay.clone();
-        let fail = |message: String| Error::Relay {
-            relay: relay.clone(),
+        sent.map_err(|message| {
+            self.session = None;
+            Error::Relay {
+                relay,
+                message,
+                config: false,
+            }
+        })
+    }
+
+    /// The relay's next answer in the live session (`Appended` or
+    /// `Visible`); cancel-safe. An ended or broken session is an error,
+    /// and dropped.
+    pub async fn answer(&mut self) -> Result<Message> {
+        let Some(session) = self.session.as_mut() else {
+            return Err(self.err("no session"));
+        };
+        let got = session.answers.recv().await;
+        let relay = session.relay.clone();
+        let message = match got {
+            Some(Ok(m @ (Message::Appended { .. } | Message::Visible { .. }))) => return Ok(m),
+            Some(Ok(Message::Ended { reason })) => format!("ended the session: {reason}"),
+            Some(Ok(other)) => format!("unexpected {other:?}"),
+            Some(Err(e)) => e,
+            None => "closed the session".into(),
+        };
+        self.session = None;
+        Err(Error::Relay {
+            relay,
             message,
             config: false,
-        };
-        match tokio::time::timeout(timeout, wire::send(&mut session.wr, &msg)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(fail(format!("sending a batch: {e}"))),
-            Err(_) => {
-                return Err(fail(format!(
-                    "sending a batch: not taken within {timeout:?}"
-                )))
-            }
-        }
-        let mut appended = false;
-        loop {
-            let limit = if appended { visible_timeout } else { timeout };
-            let m = match tokio::time::timeout(limit, wire::recv(&mut session.rd)).await {
-                Ok(Ok(Some(m))) => m,
-                Ok(Ok(None)) => return Err(fail("closed the session".into())),
-                Ok(Err(e)) => return Err(fail(e.to_string())),
-                Err(_) => {
-                    let what = if appended { "visible" } else { "appended" };
-                    return Err(fail(format!("batch not {what} within {limit:?}")));
-                }
-            };
-            match m {
-                Message::Appended { seq: s } if s == seq => appended = true,
-                Message::Visible { seq: s } if s == seq => return Ok(()),
-                Message::Ended { reason } => {
-                    return Err(fail(format!("ended the session: {reason}")))
-                }
-                other => return Err(fail(format!("unexpected {other:?}"))),
-            }
-        }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_takeover_covers_every_batch_in_flight() {
+        let r = |s: u64, e: u64, ev: &[&str], t: (u32, u32)| BatchRange {
+            start: Position::new(1, s),
+            end: Position::new(1, e),
+            events: ev.iter().map(|x| x.to_string()).collect(),
+            time_range: t,
+        };
+        let u = union_range(&[r(0, 10, &["a"], (5, 9)), r(10, 30, &["b", "a"], (3, 7))]);
+        assert_eq!(u, r(0, 30, &["a", "b"], (3, 9)));
+        assert_eq!(union_range(&Vec::<BatchRange>::new()).events.len(), 0);
+    }
 
     #[test]
     fn hosts_spread_over_relays_by_weight() {

@@ -159,10 +159,27 @@ impl RelayMetrics {
     }
 }
 
+/// A batch of the relay's spool ready to insert.
+struct Prepared {
+    start: spooler::Position,
+    end: spooler::Position,
+    /// RowBinary rows of live sessions, each followed by its epoch.
+    body: Bytes,
+    /// CRC32 of the rows without their epochs.
+    crc: u32,
+    rows: u64,
+    hosts: HashSet<String>,
+    /// Per (host, epoch): the batches whose last frame is in it.
+    completes: BTreeMap<(String, u64), Vec<u64>>,
+}
+
 /// One forwarder's live session.
 struct Session {
     epoch: u64,
     tx: mpsc::UnboundedSender<Message>,
+    /// Batches appended and not yet visible: at [`wire::WINDOW`] the
+    /// forwarder sends nothing more until one is.
+    waiting: usize,
 }
 
 /// A relay; `shutdown` set to true stops both halves.
@@ -388,6 +405,7 @@ impl Relay {
                 Session {
                     epoch,
                     tx: tx.clone(),
+                    waiting: 0,
                 },
             );
             if let Some(old) = old {
@@ -463,6 +481,28 @@ impl Relay {
             sessions.remove(host);
         }
         self.metrics.sessions.set(sessions.len() as i64);
+    }
+
+    /// A batch of `host`'s session of `epoch` is in the spool.
+    fn appended(&self, host: &str, epoch: u64) {
+        if let Some(s) = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .get_mut(host)
+            .filter(|s| s.epoch == epoch)
+        {
+            s.waiting += 1;
+        }
+    }
+
+    /// Every live session has its window full of batches in the spool: no
+    /// more can come until the next insert, so waiting out the batch age
+    /// would only add latency (a catch-up after an outage, where the
+    /// forwarders all have full batches).
+    fn all_waiting(&self) -> bool {
+        let sessions = self.sessions.lock().expect("sessions lock");
+        !sessions.is_empty() && sessions.values().all(|s| s.waiting >= wire::WINDOW)
     }
 
     fn is_live(&self, host: &str, epoch: u64) -> bool {
@@ -542,6 +582,9 @@ impl Relay {
                 self.metrics.inflow_frames.inc_by(out.len() as u64);
                 self.metrics.inflow_bytes.inc_by(bytes as u64);
             }
+            if !out.is_empty() {
+                self.appended(host, epoch);
+            }
             let _ = tx.send(Message::Appended { seq });
             if out.is_empty() {
                 // Everything of it was already held: visible as it stands.
@@ -614,34 +657,68 @@ impl Relay {
 
     // ---- Shipping ------------------------------------------------------------
 
+    /// Two stages overlap, as in the shipper: a preparing thread reads and
+    /// encodes batch `k + 1` while this one inserts batch `k`; commits stay
+    /// in order, here.
     fn ship_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
         let reader = Mutex::new(self.spool.reader(READER)?);
-        while !self.stopping() {
-            if let Ok(stats) = self.spool.stats() {
-                self.metrics.spool_bytes.set(stats.bytes_on_disk as i64);
-            }
-            let handed = reader.lock().expect("reader lock").committed();
-            let Some(frames) = read_batch(
-                &reader,
-                &self.config.limits,
-                handed,
-                &|| self.stopping(),
-                &mut |_| {},
-            )?
-            else {
-                continue;
-            };
-            let end = frames.last().expect("a batch has frames").next;
-            self.ship(rt, &frames)?;
-            reader.lock().expect("reader lock").commit(end)?;
-        }
-        Ok(())
+        // Ends the preparing stage when this one ends, shutdown or not.
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared>>(1);
+            let (reader, done) = (&reader, &done);
+            let prep = std::thread::Builder::new()
+                .name("relay-prepare".into())
+                .spawn_scoped(scope, move || {
+                    let stop = || self.stopping() || done.load(Ordering::SeqCst);
+                    let mut handed = reader.lock().expect("reader lock").committed();
+                    while !stop() {
+                        if let Ok(stats) = self.spool.stats() {
+                            self.metrics.spool_bytes.set(stats.bytes_on_disk as i64);
+                        }
+                        let item = match read_batch(
+                            reader,
+                            &self.config.limits,
+                            handed,
+                            &stop,
+                            &|| self.all_waiting(),
+                            &mut |_| {},
+                        ) {
+                            Ok(None) => continue,
+                            Ok(Some(frames)) => Ok(self.prepare(&frames)),
+                            Err(e) => Err(e),
+                        };
+                        if let Ok(p) = &item {
+                            handed = p.end;
+                        }
+                        let failed = item.is_err();
+                        if tx.send(item).is_err() || failed {
+                            return;
+                        }
+                    }
+                })
+                .expect("spawning a thread");
+            let result = (|| {
+                while let Ok(item) = rx.recv() {
+                    let prepared = item?;
+                    let end = prepared.end;
+                    self.ship(rt, prepared)?;
+                    // Past it, whatever became of its rows: those not in
+                    // ClickHouse are still their forwarders' to resend.
+                    reader.lock().expect("reader lock").commit(end)?;
+                }
+                Ok(())
+            })();
+            done.store(true, Ordering::SeqCst);
+            drop(rx);
+            prep.join().expect("relay batch preparation panicked");
+            result
+        })
     }
 
-    /// Inserts the rows of live sessions among `frames`, then tells those
-    /// sessions which of their batches are visible. An insert that may
-    /// have landed ends the sessions of its hosts instead.
-    fn ship(&self, rt: &tokio::runtime::Handle, frames: &[spooler::Frame]) -> Result<()> {
+    /// The rows of live sessions among `frames` as one insert's body, and
+    /// which sessions' batches end in it.
+    fn prepare(&self, frames: &[spooler::Frame]) -> Prepared {
         let mut body = Vec::with_capacity(frames.iter().map(|f| f.payload.len() + 48).sum());
         let mut crc = crc32fast::Hasher::new();
         // Per (host, epoch): the batches whose last frame is here.
@@ -708,10 +785,31 @@ impl Relay {
             completes = completes.len(),
             "relay batch built"
         );
-        let start = frames[0].position;
-        let end = frames.last().expect("non-empty").next;
+        Prepared {
+            start: frames[0].position,
+            end: frames.last().expect("a batch has frames").next,
+            body: Bytes::from(body),
+            crc: crc.finalize(),
+            rows,
+            hosts,
+            completes,
+        }
+    }
+
+    /// Inserts a prepared batch, then tells its live sessions which of
+    /// their batches are visible. An insert that may have landed ends the
+    /// sessions of its hosts instead.
+    fn ship(&self, rt: &tokio::runtime::Handle, p: Prepared) -> Result<()> {
+        let Prepared {
+            start,
+            end,
+            body,
+            crc,
+            rows,
+            hosts,
+            completes,
+        } = p;
         if rows > 0 {
-            let body = Bytes::from(body);
             let shard = self.sink.shard_for(start);
             for attempt in 0u32.. {
                 if self.stopping() {
@@ -723,7 +821,7 @@ impl Relay {
                     range: (start, end),
                     epoch: 0,
                     rows: body.clone(),
-                    rows_crc: crc.clone().finalize(),
+                    rows_crc: crc,
                 };
                 match rt.block_on(self.sink.insert(shard, replica, insert, true)) {
                     Ok(()) => {
@@ -775,9 +873,10 @@ impl Relay {
             }
         }
         // Visible: only to sessions still live with the epoch the rows had.
-        let sessions = self.sessions.lock().expect("sessions lock");
+        let mut sessions = self.sessions.lock().expect("sessions lock");
         for ((host, epoch), seqs) in completes {
-            if let Some(s) = sessions.get(&host).filter(|s| s.epoch == epoch) {
+            if let Some(s) = sessions.get_mut(&host).filter(|s| s.epoch == epoch) {
+                s.waiting = s.waiting.saturating_sub(seqs.len());
                 for seq in seqs {
                     let _ = s.tx.send(Message::Visible { seq });
                 }

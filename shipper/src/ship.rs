@@ -5,11 +5,10 @@
 //! acknowledged. Neither waits for the other: Redis being down never holds
 //! up ClickHouse, and the spool keeps what the slower one still needs.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ use crate::forward::{Forwarder, Outgoing};
 use crate::intent::Intent;
 use crate::metrics::{label, Health, Metrics, SinkHealth};
 use crate::sink::{IngestBody, SchemaCheck, Sink};
-use crate::wire::BatchRange;
+use crate::wire::{self, BatchRange, Message};
 
 mod aggregation;
 use dc_config::state_store::{state_write, StateStore};
@@ -74,6 +73,43 @@ pub struct Shipper {
     progress: Progress,
     /// The epoch rows carry now ([`crate::epoch`]); 0 until `run` took one.
     epoch: AtomicU64,
+}
+
+/// What the preparing stage hands over: a batch and whether an earlier
+/// run may have sent it, or the error that ended the stage.
+type Prepared = tokio::sync::mpsc::Receiver<Result<(Batch, bool)>>;
+
+/// A batch in the forwarder's window (relay mode).
+struct Flight {
+    batch: Batch,
+    range: BatchRange,
+    /// Its sequence number in the live session, once sent in it.
+    seq: Option<u64>,
+    appended: bool,
+    visible: bool,
+    /// When it was sent, or appended: its next answer is due from here.
+    since: Instant,
+    /// When it joined the window.
+    started: Instant,
+}
+
+impl Flight {
+    fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing {
+            range: self.range.clone(),
+            frames: self
+                .batch
+                .rows
+                .iter()
+                .map(|(p, r)| {
+                    (
+                        Position::new(p.segment, p.offset),
+                        &self.batch.body[r.clone()],
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One batch ready to insert: RowBinary rows and where each row's bytes are.
@@ -123,12 +159,16 @@ pub(crate) fn backoff(l: &ShipperLimits, attempt: u32) -> Duration {
 /// than [`WAIT_SLICE`], so the commit of the batch in flight is not held
 /// up. Each time the reader is drained, `drained` gets the end of the last
 /// frame read (`handed`, the end of the last frame handed over before this
-/// batch, when none was). The shipper's and the relay's batches.
+/// batch, when none was). `settled`: nothing more can come before this
+/// batch ships (a relay whose every session waits for it): once the reader
+/// is drained after `settled` said so, the batch goes without waiting out
+/// its age. The shipper's and the relay's batches.
 pub(crate) fn read_batch(
     reader: &Mutex<Reader>,
     l: &ShipperLimits,
     handed: Position,
     stopping: &dyn Fn() -> bool,
+    settled: &dyn Fn() -> bool,
     drained: &mut dyn FnMut(Position),
 ) -> Result<Option<Vec<spooler::Frame>>> {
     let age = Duration::from_millis(l.batch_age_ms);
@@ -136,6 +176,9 @@ pub(crate) fn read_batch(
     let mut bytes = 0usize;
     let mut first_at: Option<Instant> = None;
     loop {
+        // Asked before reading: what was appended before it said so is
+        // read by this step.
+        let settled_before = settled();
         let got = reader.lock().expect("reader lock").next(
             l.batch_rows_max - out.len(),
             l.batch_bytes_max.saturating_sub(bytes).max(1),
@@ -154,6 +197,9 @@ pub(crate) fn read_batch(
         // cursor moves on to the next one, a position no commit reaches
         // until new frames come, and the watermark would wait for them.
         drained(out.last().map_or(handed, |r| r.next));
+        if settled_before && !out.is_empty() {
+            break;
+        }
         let wait = match first_at {
             None if stopping() => return Ok(None),
             None => WAIT_SLICE,
@@ -435,68 +481,34 @@ impl Shipper {
     /// thread reads and encodes batch `k + 1` (bounded to one batch ahead).
     /// Commits stay in order and happen here, before the next intent is
     /// recorded, so the intent on disk always starts at the checkpoint or
-    /// at the batch right after it.
+    /// at the batch right after it. In relay mode the intent spans the
+    /// forwarder's window instead ([`Shipper::forward_loop`]).
     fn clickhouse_loop(&self, rt: &tokio::runtime::Handle) -> Result<()> {
         let Some(reader) = self.open_reader(CLICKHOUSE_READER)? else {
             return Ok(());
         };
         *self.progress.committed.lock().expect("progress lock") = reader.committed();
         let reader = Mutex::new(reader);
-        let sink = Sink::new(&self.config)?;
         let mut forwarder = match &self.config.relay {
             Some(r) => Some(Forwarder::new(&self.config.dc, &self.config.host, r)?),
             None => None,
         };
-        let state = self.config.state_dir.clone();
-        let lag = label("sink", "clickhouse");
+        let sink = match forwarder {
+            Some(_) => None,
+            None => Some(Sink::new(&self.config)?),
+        };
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Batch, bool)>>(1);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Batch, bool)>>(1);
             let reader = &reader;
             let prep = std::thread::Builder::new()
                 .name("ship-prepare".into())
                 .spawn_scoped(scope, move || self.prepare(reader, tx))
                 .expect("spawning a thread");
-            let result = (|| {
-                while let Ok(item) = rx.recv() {
-                    let (mut batch, verify) = item?;
-                    self.metrics
-                        .lag_frames
-                        .get_or_create(&lag)
-                        .set(i64::from(batch.intent.frames));
-                    let shipped = match forwarder.as_mut() {
-                        Some(f) => self.forward(rt, f, &mut batch, verify)?,
-                        None => self.ship(rt, &sink, &mut batch, verify)?,
-                    };
-                    if !shipped {
-                        break;
-                    }
-                    // Pending minutes are saved before the checkpoint moves:
-                    // a crash between the two replays the batch, never loses a minute.
-                    let saved = self.durably("pending minutes", || {
-                        self.progress.add_minutes(&batch.minutes, &state)
-                    })?;
-                    let committed = saved.is_some()
-                        && self
-                            .durably("checkpoint", || {
-                                Ok(reader
-                                    .lock()
-                                    .expect("reader lock")
-                                    .commit(batch.intent.end)?)
-                            })?
-                            .is_some();
-                    if !committed {
-                        break;
-                    }
-                    *self.progress.committed.lock().expect("progress lock") = batch.intent.end;
-                    self.metrics.lag_frames.get_or_create(&lag).set(0);
-                    self.metrics.lag_seconds.get_or_create(&lag).set(0.0);
-                    self.metrics
-                        .batches
-                        .get_or_create(&label("sink", "clickhouse"))
-                        .inc();
-                }
-                Ok(())
-            })();
+            let result = match (forwarder.as_mut(), &sink) {
+                (Some(f), _) => self.forward_loop(rt, f, &mut rx, reader),
+                (None, Some(sink)) => self.direct_loop(rt, sink, &mut rx, reader),
+                (None, None) => unreachable!("a sink when there is no forwarder"),
+            };
             // Whatever ended shipping ends preparing too.
             self.shutdown.store(true, Ordering::SeqCst);
             drop(rx);
@@ -505,12 +517,70 @@ impl Shipper {
         })
     }
 
+    /// Direct mode: each batch into ClickHouse, then committed.
+    fn direct_loop(
+        &self,
+        rt: &tokio::runtime::Handle,
+        sink: &Sink,
+        rx: &mut Prepared,
+        reader: &Mutex<Reader>,
+    ) -> Result<()> {
+        let lag = label("sink", "clickhouse");
+        while let Some(item) = rx.blocking_recv() {
+            let (mut batch, verify) = item?;
+            self.metrics
+                .lag_frames
+                .get_or_create(&lag)
+                .set(i64::from(batch.intent.frames));
+            if !self.ship(rt, sink, &mut batch, verify)? || !self.commit(reader, &batch)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// After `batch` is in ClickHouse: its pending minutes saved, then the
+    /// checkpoint moved past it. False on shutdown while the state disk is full.
+    fn commit(&self, reader: &Mutex<Reader>, batch: &Batch) -> Result<bool> {
+        let state = &self.config.state_dir;
+        let lag = label("sink", "clickhouse");
+        // Pending minutes are saved before the checkpoint moves:
+        // a crash between the two replays the batch, never loses a minute.
+        let saved = self.durably("pending minutes", || {
+            self.progress.add_minutes(&batch.minutes, state)
+        })?;
+        let committed = saved.is_some()
+            && self
+                .durably("checkpoint", || {
+                    Ok(reader
+                        .lock()
+                        .expect("reader lock")
+                        .commit(batch.intent.end)?)
+                })?
+                .is_some();
+        if !committed {
+            return Ok(false);
+        }
+        *self.progress.committed.lock().expect("progress lock") = batch.intent.end;
+        self.metrics.lag_frames.get_or_create(&lag).set(0);
+        self.metrics.lag_seconds.get_or_create(&lag).set(0.0);
+        self.metrics
+            .batches
+            .get_or_create(&label("sink", "clickhouse"))
+            .inc();
+        Ok(true)
+    }
+
     /// The preparing stage: plans batches (first the replay of a recorded
     /// intent, if one starts at the checkpoint), encodes them, and hands them
     /// over with whether an earlier run may have sent them (then the
     /// position check runs before they are sent); an error is handed over
     /// too, and ends the stage.
-    fn prepare(&self, reader: &Mutex<Reader>, tx: SyncSender<Result<(Batch, bool)>>) {
+    fn prepare(
+        &self,
+        reader: &Mutex<Reader>,
+        tx: tokio::sync::mpsc::Sender<Result<(Batch, bool)>>,
+    ) {
         let committed = reader.lock().expect("reader lock").committed();
         // The recorded batch was sent, or about to be, and not committed if
         // it ends past the checkpoint. (It starts at the checkpoint or, when
@@ -520,7 +590,7 @@ impl Shipper {
         let mut replay = match Intent::load(&self.config.state_dir, CLICKHOUSE_READER) {
             Ok(i) => i.filter(|i| i.end > committed),
             Err(e) => {
-                let _ = tx.send(Err(e));
+                let _ = tx.blocking_send(Err(e));
                 return;
             }
         };
@@ -534,7 +604,10 @@ impl Shipper {
         let mut handed = committed;
         while !self.stopping() {
             let started = Instant::now();
-            let next = match replay.take() {
+            // Relay mode's intent spans the forwarder's window, more than
+            // one batch may carry: its batches are planned afresh, and each
+            // one starting before its end is checked by a takeover.
+            let next = match replay.take().filter(|_| self.config.relay.is_none()) {
                 Some(i) => self.read_exact(reader, i).and_then(|r| match r {
                     Some(records) => Ok(Some(records)),
                     None => self.plan(reader, handed),
@@ -568,7 +641,7 @@ impl Shipper {
                 Err(e) => Err(e),
             };
             let failed = item.is_err();
-            if tx.send(item).is_err() || failed {
+            if tx.blocking_send(item).is_err() || failed {
                 return;
             }
         }
@@ -587,6 +660,7 @@ impl Shipper {
             &self.config.limits,
             handed,
             &|| self.stopping(),
+            &|| false,
             &mut |at| self.progress.record_drained(now_ms(), at),
         )
     }
@@ -850,80 +924,263 @@ impl Shipper {
         *self.health.clickhouse.lock().expect("health lock") = SinkHealth::Ok;
     }
 
-    /// Relay mode's [`Shipper::ship`] (docs/adr/0017): sends `batch` to a
-    /// relay until it is visible in ClickHouse, taking the next relay after
-    /// each failure. Returns false on shutdown before that.
-    fn forward(
+    /// Relay mode (docs/adr/0017): up to [`wire::WINDOW`] batches in flight
+    /// to a relay, each committed, in order, once the relay reports it
+    /// visible in ClickHouse. Before a batch joins the window the intent
+    /// on disk grows to span the window, so a restart checks every batch
+    /// that may have been sent. A failure drops the session and moves to
+    /// the next relay, whose takeover covers every batch in flight; all
+    /// are sent again without what ClickHouse holds.
+    fn forward_loop(
         &self,
         rt: &tokio::runtime::Handle,
         forwarder: &mut Forwarder,
-        batch: &mut Batch,
+        rx: &mut Prepared,
+        reader: &Mutex<Reader>,
+    ) -> Result<()> {
+        let lag = label("sink", "clickhouse");
+        rt.block_on(async {
+            let mut window: VecDeque<Flight> = VecDeque::new();
+            let mut attempt = 0u32;
+            // Whether the preparing stage still hands batches over.
+            let mut open = true;
+            loop {
+                while window.front().is_some_and(|f| f.visible) {
+                    let f = window.pop_front().expect("a front");
+                    if !f.batch.rows.is_empty() {
+                        self.record_shipped(f.started, f.batch.rows.len(), f.batch.body.len());
+                    }
+                    if !self.commit(reader, &f.batch)? {
+                        return Ok(());
+                    }
+                    attempt = 0;
+                }
+                if self.stopping() || (!open && window.is_empty()) {
+                    return Ok(());
+                }
+                self.metrics.lag_frames.get_or_create(&lag).set(
+                    window
+                        .iter()
+                        .map(|f| i64::from(f.batch.intent.frames))
+                        .sum(),
+                );
+                if let Some(f) = window.front() {
+                    self.metrics
+                        .lag_seconds
+                        .get_or_create(&lag)
+                        .set(now_ms().saturating_sub(f.batch.oldest_ms) as f64 / 1000.0);
+                }
+                if window.iter().any(|f| !f.visible) && !forwarder.connected() {
+                    match self.take_over(forwarder, &mut window).await {
+                        Ok(()) => {}
+                        Err(Error::Stopping) => return Ok(()),
+                        Err(e) => {
+                            if !self.relay_failed(forwarder, &mut window, e, attempt).await {
+                                return Ok(());
+                            }
+                            attempt += 1;
+                        }
+                    }
+                    continue;
+                }
+                // The answer due first: appended within the timeout of
+                // being sent, visible within the visible timeout after.
+                let due = window
+                    .iter()
+                    .filter(|f| f.seq.is_some() && !f.visible)
+                    .map(|f| {
+                        f.since
+                            + if f.appended {
+                                forwarder.visible_timeout()
+                            } else {
+                                forwarder.timeout()
+                            }
+                    })
+                    .min();
+                let room = open && window.len() < wire::WINDOW;
+                let failed = tokio::select! {
+                    item = rx.recv(), if room => match item {
+                        None => {
+                            open = false;
+                            None
+                        }
+                        Some(item) => {
+                            let (batch, verify) = item?;
+                            match self.enter(forwarder, &mut window, batch, verify).await {
+                                Ok(true) => None,
+                                Ok(false) => return Ok(()),
+                                Err(e) => Some(e),
+                            }
+                        }
+                    },
+                    answer = forwarder.answer(), if due.is_some() => match answer {
+                        Ok(Message::Appended { seq }) => {
+                            if let Some(f) = window.iter_mut().find(|f| f.seq == Some(seq)) {
+                                f.appended = true;
+                                f.since = Instant::now();
+                            }
+                            None
+                        }
+                        Ok(Message::Visible { seq }) => {
+                            if let Some(f) = window.iter_mut().find(|f| f.seq == Some(seq)) {
+                                f.visible = true;
+                            }
+                            None
+                        }
+                        Ok(other) => Some(Error::Relay {
+                            relay: forwarder.relay().to_string(),
+                            message: format!("unexpected {other:?}"),
+                            config: false,
+                        }),
+                        Err(e) => Some(e),
+                    },
+                    _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
+                        let late = window
+                            .iter()
+                            .find(|f| f.seq.is_some() && !f.visible)
+                            .is_some_and(|f| f.appended);
+                        let (what, limit) = if late {
+                            ("visible", forwarder.visible_timeout())
+                        } else {
+                            ("appended", forwarder.timeout())
+                        };
+                        Some(Error::Relay {
+                            relay: forwarder.relay().to_string(),
+                            message: format!("batch not {what} within {limit:?}"),
+                            config: false,
+                        })
+                    }
+                    // To see a shutdown while nothing happens.
+                    _ = tokio::time::sleep(WAIT_SLICE) => None,
+                };
+                if let Some(e) = failed {
+                    if !self.relay_failed(forwarder, &mut window, e, attempt).await {
+                        return Ok(());
+                    }
+                    attempt += 1;
+                }
+            }
+        })
+    }
+
+    /// `batch` joins the window: the intent grows to cover it, then it is
+    /// sent if a session is live (a batch an earlier run may have sent
+    /// drops the session instead: the next takeover's check covers it).
+    /// False on shutdown while the state disk is full.
+    async fn enter(
+        &self,
+        forwarder: &mut Forwarder,
+        window: &mut VecDeque<Flight>,
+        batch: Batch,
         verify: bool,
     ) -> Result<bool> {
-        let state = self.config.state_dir.clone();
-        let intent = batch.intent;
+        let intent = Intent {
+            start: window
+                .front()
+                .map_or(batch.intent.start, |f| f.batch.intent.start),
+            end: batch.intent.end,
+            frames: window.iter().map(|f| f.batch.intent.frames).sum::<u32>() + batch.intent.frames,
+            replicas: 0,
+        };
+        let state = &self.config.state_dir;
         if self
-            .durably("batch intent", || intent.save(&state, CLICKHOUSE_READER))?
+            .durably("batch intent", || intent.save(state, CLICKHOUSE_READER))?
             .is_none()
         {
             return Ok(false);
         }
-        if batch.rows.is_empty() {
-            return Ok(true);
-        }
-        let lag = label("sink", "clickhouse");
-        let outgoing = Outgoing {
+        let now = Instant::now();
+        window.push_back(Flight {
             range: BatchRange {
                 start: batch.intent.start,
                 end: batch.intent.end,
                 events: batch.events.clone(),
                 time_range: batch.time_range,
             },
-            frames: batch
-                .rows
-                .iter()
-                .map(|(p, r)| (Position::new(p.segment, p.offset), &batch.body[r.clone()]))
-                .collect(),
-            verify,
-        };
-        for attempt in 0u32.. {
-            if self.stopping() {
-                return Ok(false);
-            }
-            self.metrics
-                .lag_seconds
-                .get_or_create(&lag)
-                .set(now_ms().saturating_sub(batch.oldest_ms) as f64 / 1000.0);
-            let started = Instant::now();
-            let sent =
-                rt.block_on(forwarder.forward(&outgoing, &mut |floor| self.raise_epoch(floor)));
-            match sent {
-                Ok(()) => {
-                    self.record_shipped(started, batch.rows.len(), batch.body.len());
-                    return Ok(true);
-                }
-                Err(Error::Stopping) => return Ok(false),
-                Err(e) => {
-                    self.metrics
-                        .errors
-                        .get_or_create(&label("kind", e.kind()))
-                        .inc();
-                    tracing::warn!(error = %e, attempt, "forwarding a batch failed; taking the next relay");
-                    // A refused secret or DC blocks until the config changes.
-                    *self.health.clickhouse.lock().expect("health lock") =
-                        if matches!(e, Error::Relay { config: true, .. }) {
-                            SinkHealth::Blocked(e.to_string())
-                        } else {
-                            SinkHealth::Retrying(e.to_string())
-                        };
-                    forwarder.fail_over();
-                    if !self.sleep(self.backoff(attempt)) {
-                        return Ok(false);
-                    }
-                }
+            // A batch of dead letters only is done once its intent is saved.
+            visible: batch.rows.is_empty(),
+            batch,
+            seq: None,
+            appended: false,
+            since: now,
+            started: now,
+        });
+        if verify {
+            forwarder.drop_session();
+        } else if forwarder.connected() {
+            let f = window.back_mut().expect("just pushed");
+            if !f.visible {
+                f.seq = Some(forwarder.send(&f.outgoing(), &HashSet::new()).await?);
             }
         }
-        unreachable!("the attempt counter does not run out")
+        Ok(true)
+    }
+
+    /// A new session whose takeover covers every batch in the window not
+    /// yet visible; each is sent again without what ClickHouse holds (a
+    /// batch it holds whole is visible as it stands).
+    async fn take_over(
+        &self,
+        forwarder: &mut Forwarder,
+        window: &mut VecDeque<Flight>,
+    ) -> Result<()> {
+        let range =
+            crate::forward::union_range(window.iter().filter(|f| !f.visible).map(|f| &f.range));
+        let held = forwarder
+            .connect(&range, &mut |floor| self.raise_epoch(floor))
+            .await?;
+        for f in window.iter_mut().filter(|f| !f.visible) {
+            f.appended = false;
+            f.seq = None;
+            if f.batch
+                .rows
+                .iter()
+                .all(|(p, _)| held.contains(&(p.segment, p.offset)))
+            {
+                f.visible = true;
+                continue;
+            }
+            f.seq = Some(forwarder.send(&f.outgoing(), &held).await?);
+            f.since = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// After a failed session: counted, logged, health set; the next relay
+    /// is taken after a backoff, and the window's batches wait to be sent
+    /// again. False on shutdown during the backoff.
+    async fn relay_failed(
+        &self,
+        forwarder: &mut Forwarder,
+        window: &mut VecDeque<Flight>,
+        e: Error,
+        attempt: u32,
+    ) -> bool {
+        self.metrics
+            .errors
+            .get_or_create(&label("kind", e.kind()))
+            .inc();
+        tracing::warn!(error = %e, attempt, in_flight = window.len(), "forwarding failed; taking the next relay");
+        // A refused secret or DC blocks until the config changes.
+        *self.health.clickhouse.lock().expect("health lock") =
+            if matches!(e, Error::Relay { config: true, .. }) {
+                SinkHealth::Blocked(e.to_string())
+            } else {
+                SinkHealth::Retrying(e.to_string())
+            };
+        forwarder.fail_over();
+        for f in window.iter_mut() {
+            f.seq = None;
+            f.appended = false;
+        }
+        let until = Instant::now() + self.backoff(attempt);
+        while Instant::now() < until {
+            if self.stopping() {
+                return false;
+            }
+            tokio::time::sleep(WAIT_SLICE.min(until - Instant::now())).await;
+        }
+        !self.stopping()
     }
 
     /// The position check, exact under any timing of earlier attempts

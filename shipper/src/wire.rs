@@ -33,6 +33,11 @@ pub const VERSION: u8 = 1;
 pub const MESSAGE_MAX: usize = 80 << 20;
 /// Largest uncompressed frames section of one batch.
 pub const BATCH_RAW_MAX: usize = 80 << 20;
+/// Most batches a forwarder has sent in a session and not yet seen
+/// `Visible`: one being inserted while the next is on its way. A relay
+/// whose every session has this many waiting ships without waiting out
+/// its batch age (nothing more can come first).
+pub const WINDOW: usize = 2;
 /// Longest DC or host name.
 pub const NAME_MAX: usize = 255;
 
