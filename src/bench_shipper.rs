@@ -118,6 +118,39 @@ pub(crate) fn one_shard_dc() -> Declared {
     d
 }
 
+/// CPU seconds (user + system) of this process and of the ClickHouse
+/// server since `start`.
+struct Cpu {
+    server: Option<u32>,
+    own: u64,
+    clickhouse: u64,
+}
+
+impl Cpu {
+    fn start(server: Option<u32>) -> Self {
+        let own = crate::cmd_bench::cpu_ticks(std::process::id()).unwrap_or(0);
+        let clickhouse = server.and_then(crate::cmd_bench::cpu_ticks).unwrap_or(0);
+        Self {
+            server,
+            own,
+            clickhouse,
+        }
+    }
+
+    /// (this process, ClickHouse) seconds since the start.
+    fn took(&self) -> (f64, f64) {
+        let own = crate::cmd_bench::cpu_ticks(std::process::id()).unwrap_or(0);
+        let clickhouse = self
+            .server
+            .and_then(crate::cmd_bench::cpu_ticks)
+            .unwrap_or(0);
+        (
+            own.saturating_sub(self.own) as f64 / 100.0,
+            clickhouse.saturating_sub(self.clickhouse) as f64 / 100.0,
+        )
+    }
+}
+
 fn rate(rows: u64, took: Duration) -> f64 {
     rows as f64 / took.as_secs_f64()
 }
@@ -132,12 +165,13 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
         let hosts = launcher::with_app_hosts(&declared.topology, args.forwarders as usize);
         declared.topology = launcher::with_relays(&hosts, "dc2", 1);
     }
-    let cluster = LocalCluster::start(&declared, LaunchOptions::default())
+    let mut cluster = LocalCluster::start(&declared, LaunchOptions::default())
         .context("starting ClickHouse, ZooKeeper and Redis for the benchmark")?;
     let t = cluster.topology().clone();
     let dc = &t.datacenter[0];
     let server = dc.replicas().next().expect("one replica").name();
     let ch = cluster.clickhouse(&server)?;
+    let server_pid = cluster.pid(&server);
     let n = args.events;
     println!("machine: {} cores; ClickHouse 18.16 on loopback, 1 shard x 1 replica (ReplicatedMergeTree)", std::thread::available_parallelism().map(|p| p.get()).unwrap_or(0));
 
@@ -196,6 +230,7 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
 
     // Reference 1: clickhouse-client, TSV from a file.
     quiet()?;
+    let cpu = Cpu::start(server_pid);
     let started = Instant::now();
     let login = cluster
         .state_dir()
@@ -215,6 +250,7 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
         .status()
         .context("running clickhouse-client (apt-get install -y clickhouse-client)")?;
     let tsv_took = started.elapsed();
+    let tsv_cpu = cpu.took().1;
     if !status.success() || count("ref_tsv")? != n {
         bail!("clickhouse-client reference failed ({status})");
     }
@@ -281,18 +317,29 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     quiet()?;
+    let cpu = Cpu::start(server_pid);
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut prom = prometheus_client::registry::Registry::default();
-    let handle = start_shipper(&rt, cfg.clone(), &cluster, stop.clone(), &mut prom);
+    let (handle, metrics) = start_shipper(&rt, cfg.clone(), &cluster, stop.clone(), &mut prom);
+    // Timed by the shipper's own count of rows inserted (an insert
+    // acknowledged by the one replica is visible): polling ClickHouse
+    // every 20 ms would cost it CPU the references do not pay.
     let deadline = Instant::now() + Duration::from_secs(600);
-    while shipped(&host)? < n {
+    while metrics.rows.get() < n {
         if Instant::now() > deadline {
             bail!("the shipper did not ship {n} rows within 600 s");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
     let ship_took = started.elapsed();
+    let ship_cpu = cpu.took();
+    if shipped(&host)? != n {
+        bail!(
+            "the shipper counted {n} rows, ClickHouse holds {}",
+            shipped(&host)?
+        );
+    }
 
     let (tsv_rate, curl_rate, ship_rate) =
         (rate(n, tsv_took), rate(n, curl_took), rate(n, ship_took));
@@ -321,6 +368,12 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
     println!(
         "  shipper / clickhouse-client = {:.0} %   (target >= 90 %)",
         100.0 * ship_rate / tsv_rate
+    );
+    println!(
+        "  CPU s per 1 M rows: ClickHouse server {:.2} under clickhouse-client, {:.2} under the shipper; the shipper {:.2}",
+        tsv_cpu * 1e6 / n as f64,
+        ship_cpu.1 * 1e6 / n as f64,
+        ship_cpu.0 * 1e6 / n as f64
     );
     println!(
         "  shipper / curl RowBinary    = {:.0} %   (target >= 80 %)",
@@ -405,7 +458,7 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
         // Past every time of the phases before, so a count by time is this
         // phase's alone.
         let from = n + total;
-        let relayed = relay_phase(&args, &cluster, &rt, from, &quiet)?;
+        let relayed = relay_phase(&args, &cluster, &rt, from, server_pid, &quiet)?;
         let count_from = ch
             .query(&format!(
                 "SELECT count() FROM spoolhouse.events_local WHERE time_ms >= {}",
@@ -434,6 +487,11 @@ pub fn run(args: ShipperBench) -> anyhow::Result<()> {
         println!(
             "  relay / curl RowBinary      = {:.0} %",
             100.0 * relay_rate / curl_rate
+        );
+        println!(
+            "  CPU s per 1 M rows: ClickHouse server {:.2}; forwarders and relay {:.2} (all in this process)",
+            relayed.cpu.1 * 1e6 / n as f64,
+            relayed.cpu.0 * 1e6 / n as f64
         );
     }
     Ok(())
@@ -475,6 +533,8 @@ fn fill_spool(
 /// What the relay phase measured.
 struct Relayed {
     took: Duration,
+    /// (this process, ClickHouse) CPU seconds.
+    cpu: (f64, f64),
     inserts: u64,
     relay_batch_rows: usize,
 }
@@ -488,6 +548,7 @@ fn relay_phase(
     cluster: &LocalCluster,
     rt: &tokio::runtime::Runtime,
     from: u64,
+    server_pid: Option<u32>,
     quiet: &dyn Fn() -> anyhow::Result<()>,
 ) -> anyhow::Result<Relayed> {
     let t = cluster.topology();
@@ -505,17 +566,8 @@ fn relay_phase(
         fill_spool(&cfg.spool_dir, start..(start + per).min(n), from)?;
         forwarders.push(cfg);
     }
-    let ch = cluster.clickhouse(&dc.replicas().next().expect("one replica").name())?;
-    let visible = || -> anyhow::Result<u64> {
-        Ok(ch
-            .query(&format!(
-                "SELECT count() FROM spoolhouse.events_local WHERE time_ms >= {}",
-                T0 + from
-            ))?
-            .trim()
-            .parse()?)
-    };
     quiet()?;
+    let cpu = Cpu::start(server_pid);
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut prom = prometheus_client::registry::Registry::default();
@@ -532,21 +584,21 @@ fn relay_phase(
         .into_iter()
         .map(|cfg| {
             let mut prom = prometheus_client::registry::Registry::default();
-            start_shipper(rt, cfg, cluster, stop.clone(), &mut prom)
+            start_shipper(rt, cfg, cluster, stop.clone(), &mut prom).0
         })
         .collect();
+    // Timed by the relay's count of rows inserted, as the shipper above.
     let deadline = Instant::now() + Duration::from_secs(600);
     let outcome = loop {
-        match visible() {
-            Ok(c) if c >= n => break Ok(started.elapsed()),
-            Ok(_) if Instant::now() > deadline => {
-                break Err(anyhow::anyhow!(
-                    "the relay did not ship {n} rows within 600 s"
-                ))
-            }
-            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => break Err(e),
+        if relay_metrics.rows.get() >= n {
+            break Ok((started.elapsed(), cpu.took()));
         }
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!(
+                "the relay did not ship {n} rows within 600 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
     };
     stop.store(true, Ordering::SeqCst);
     for s in shippers {
@@ -557,8 +609,10 @@ fn relay_phase(
         .inserts
         .get_or_create(&shipper::metrics::label("shard", "1"))
         .get();
+    let (took, cpu) = outcome?;
     Ok(Relayed {
-        took: outcome?,
+        took,
+        cpu,
         inserts,
         relay_batch_rows: relay_cfg.limits.batch_rows_max,
     })
@@ -581,16 +635,16 @@ fn start_shipper(
     cluster: &LocalCluster,
     stop: Arc<AtomicBool>,
     prom: &mut prometheus_client::registry::Registry,
-) -> std::thread::JoinHandle<shipper::Result<()>> {
+) -> (std::thread::JoinHandle<shipper::Result<()>>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::register(prom));
     let shipper = Arc::new(Shipper::new(
         cfg,
         cluster.declared().registry.clone(),
-        metrics,
+        metrics.clone(),
         Arc::new(Health::default()),
         Guards::default(),
         stop,
     ));
     let handle = rt.handle().clone();
-    std::thread::spawn(move || shipper.run(handle))
+    (std::thread::spawn(move || shipper.run(handle)), metrics)
 }

@@ -268,9 +268,14 @@ impl Forwarder {
     }
 
     /// Sends `batch` in the live session, without the positions in
-    /// `held`; returns its sequence number, which the relay's answers
-    /// name. On error the session is dropped.
-    pub async fn send(&mut self, batch: &Outgoing<'_>, held: &HashSet<(u64, u64)>) -> Result<u64> {
+    /// `held`; `more`: another batch follows at once. Returns its sequence
+    /// number, which the relay's answers name. On error the session is dropped.
+    pub async fn send(
+        &mut self,
+        batch: &Outgoing<'_>,
+        held: &HashSet<(u64, u64)>,
+        more: bool,
+    ) -> Result<u64> {
         let timeout = self.timeout;
         let Some(session) = self.session.as_mut() else {
             return Err(self.err("no session to send in"));
@@ -279,6 +284,7 @@ impl Forwarder {
         let seq = self.seq;
         let msg = Message::Batch {
             seq,
+            more,
             frames: batch
                 .frames
                 .iter()

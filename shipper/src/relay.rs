@@ -173,6 +173,13 @@ struct Prepared {
     completes: BTreeMap<(String, u64), Vec<u64>>,
 }
 
+/// Whether sessions, as (batches in the spool not yet visible, the last
+/// batch said more follow), send nothing more before the next insert.
+fn settled(mut sessions: impl ExactSizeIterator<Item = (usize, bool)>) -> bool {
+    sessions.len() > 0
+        && sessions.all(|(waiting, more)| waiting >= wire::WINDOW || (waiting > 0 && !more))
+}
+
 /// One forwarder's live session.
 struct Session {
     epoch: u64,
@@ -180,6 +187,8 @@ struct Session {
     /// Batches appended and not yet visible: at [`wire::WINDOW`] the
     /// forwarder sends nothing more until one is.
     waiting: usize,
+    /// The last batch said another follows at once.
+    more: bool,
 }
 
 /// A relay; `shutdown` set to true stops both halves.
@@ -222,11 +231,16 @@ impl Relay {
         // Segments of at most an eighth of the quota: a full spool frees
         // space as shipped segments are sealed and deleted, instead of
         // waiting for one segment as large as the quota to rotate.
+        // Sealed segments stay raw: a relay's segments live seconds (read
+        // right behind the writer, deleted once shipped), and compressing
+        // each took a tenth of the relay's CPU in `bench shipper`; a
+        // backlog here costs only the quota, the forwarders keep theirs.
         let defaults = spooler::Config::default();
         let spool = Spool::open(
             &config.spool_dir,
             spooler::Config {
                 durability: Durability::Group,
+                compression: spooler::Compression::Off,
                 quota_bytes: config.spool_quota_bytes,
                 segment_bytes: defaults
                     .segment_bytes
@@ -406,6 +420,7 @@ impl Relay {
                     epoch,
                     tx: tx.clone(),
                     waiting: 0,
+                    more: false,
                 },
             );
             if let Some(old) = old {
@@ -483,8 +498,9 @@ impl Relay {
         self.metrics.sessions.set(sessions.len() as i64);
     }
 
-    /// A batch of `host`'s session of `epoch` is in the spool.
-    fn appended(&self, host: &str, epoch: u64) {
+    /// A batch of `host`'s session of `epoch` is in the spool; `more`, as
+    /// the batch said.
+    fn appended(&self, host: &str, epoch: u64, more: bool) {
         if let Some(s) = self
             .sessions
             .lock()
@@ -493,16 +509,18 @@ impl Relay {
             .filter(|s| s.epoch == epoch)
         {
             s.waiting += 1;
+            s.more = more;
         }
     }
 
-    /// Every live session has its window full of batches in the spool: no
-    /// more can come until the next insert, so waiting out the batch age
-    /// would only add latency (a catch-up after an outage, where the
-    /// forwarders all have full batches).
+    /// Every live session has batches in the spool and sends no more
+    /// before one is visible (its window is full, or it said it has
+    /// nothing more in hand): waiting out the batch age would only add
+    /// latency. A session with nothing in the spool may send any moment,
+    /// and is waited for, up to the age: that keeps inserts large.
     fn all_waiting(&self) -> bool {
         let sessions = self.sessions.lock().expect("sessions lock");
-        !sessions.is_empty() && sessions.values().all(|s| s.waiting >= wire::WINDOW)
+        settled(sessions.values().map(|s| (s.waiting, s.more)))
     }
 
     fn is_live(&self, host: &str, epoch: u64) -> bool {
@@ -536,7 +554,7 @@ impl Relay {
             if !self.is_live(host, epoch) {
                 return Ok(());
             }
-            let Message::Batch { seq, frames } = m else {
+            let Message::Batch { seq, more, frames } = m else {
                 self.metrics
                     .ended
                     .get_or_create(&label("reason", "protocol"))
@@ -583,7 +601,7 @@ impl Relay {
                 self.metrics.inflow_bytes.inc_by(bytes as u64);
             }
             if !out.is_empty() {
-                self.appended(host, epoch);
+                self.appended(host, epoch, more);
             }
             let _ = tx.send(Message::Appended { seq });
             if out.is_empty() {
@@ -883,5 +901,25 @@ impl Relay {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_goes_early_only_when_no_session_can_send_before_it() {
+        assert!(!settled(
+            std::iter::empty::<(usize, bool)>()
+                .collect::<Vec<_>>()
+                .into_iter()
+        ));
+        // A full window, or a batch with nothing more in hand.
+        assert!(settled(vec![(wire::WINDOW, true), (1, false)].into_iter()));
+        // One more batch announced: wait for it.
+        assert!(!settled(vec![(wire::WINDOW, true), (1, true)].into_iter()));
+        // A session with nothing in the spool may send any moment.
+        assert!(!settled(vec![(1, false), (0, false)].into_iter()));
     }
 }

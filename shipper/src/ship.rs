@@ -1006,7 +1006,9 @@ impl Shipper {
                         }
                         Some(item) => {
                             let (batch, verify) = item?;
-                            match self.enter(forwarder, &mut window, batch, verify).await {
+                            // Another one ready: the relay need not insert before it comes.
+                            let more = !rx.is_empty();
+                            match self.enter(forwarder, &mut window, batch, verify, more).await {
                                 Ok(true) => None,
                                 Ok(false) => return Ok(()),
                                 Err(e) => Some(e),
@@ -1066,13 +1068,15 @@ impl Shipper {
     /// `batch` joins the window: the intent grows to cover it, then it is
     /// sent if a session is live (a batch an earlier run may have sent
     /// drops the session instead: the next takeover's check covers it).
-    /// False on shutdown while the state disk is full.
+    /// `more`: the next batch is ready too. False on shutdown while the
+    /// state disk is full.
     async fn enter(
         &self,
         forwarder: &mut Forwarder,
         window: &mut VecDeque<Flight>,
         batch: Batch,
         verify: bool,
+        more: bool,
     ) -> Result<bool> {
         let intent = Intent {
             start: window
@@ -1110,7 +1114,7 @@ impl Shipper {
         } else if forwarder.connected() {
             let f = window.back_mut().expect("just pushed");
             if !f.visible {
-                f.seq = Some(forwarder.send(&f.outgoing(), &HashSet::new()).await?);
+                f.seq = Some(forwarder.send(&f.outgoing(), &HashSet::new(), more).await?);
             }
         }
         Ok(true)
@@ -1138,9 +1142,15 @@ impl Shipper {
                 .all(|(p, _)| held.contains(&(p.segment, p.offset)))
             {
                 f.visible = true;
-                continue;
             }
-            f.seq = Some(forwarder.send(&f.outgoing(), &held).await?);
+        }
+        let last = window.iter().rposition(|f| !f.visible);
+        for (i, f) in window.iter_mut().enumerate().filter(|(_, f)| !f.visible) {
+            f.seq = Some(
+                forwarder
+                    .send(&f.outgoing(), &held, Some(i) != last)
+                    .await?,
+            );
             f.since = Instant::now();
         }
         Ok(())

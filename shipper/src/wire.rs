@@ -9,7 +9,7 @@
 //!                              mac: [u8; 32], batch: BatchRange }
 //! relay -> forwarder   Welcome { held: u32 count, (segment: u64, offset: u64)* }
 //!                    | EpochTooLow { fence: u64 } | Refused { config: u8, reason: str }
-//! forwarder -> relay   Batch { seq: u64, raw_len: u32, crc: u32, zstd(frames) }
+//! forwarder -> relay   Batch { seq: u64, more: u8, raw_len: u32, crc: u32, zstd(frames) }
 //!                      frames = (segment: u64, offset: u64, len: u32, payload)*
 //! relay -> forwarder   Appended { seq } | Visible { seq } | Ended { reason: str }
 //! str = len: u16 | UTF-8
@@ -116,6 +116,10 @@ pub enum Message {
     Batch {
         /// The forwarder's number for it, echoed by `Appended` and `Visible`.
         seq: u64,
+        /// Another batch is ready to follow at once. False: the forwarder
+        /// has nothing more in hand, and the relay need not wait for it
+        /// before inserting (ADR 0017).
+        more: bool,
         /// `(position, payload)` per frame, in spool order.
         frames: Vec<(Position, Vec<u8>)>,
     },
@@ -240,9 +244,10 @@ impl Message {
                 out.push(u8::from(*config));
                 put_str(&mut out, reason);
             }
-            Message::Batch { seq, frames } => {
+            Message::Batch { seq, more, frames } => {
                 out.push(K_BATCH);
                 out.extend_from_slice(&seq.to_le_bytes());
+                out.push(u8::from(*more));
                 let mut raw = Vec::with_capacity(frames.iter().map(|f| f.1.len() + 20).sum());
                 for (p, payload) in frames {
                     raw.extend_from_slice(&p.segment.to_le_bytes());
@@ -325,6 +330,11 @@ impl Message {
             },
             K_BATCH => {
                 let seq = c.u64()?;
+                let more = match c.u8()? {
+                    0 => false,
+                    1 => true,
+                    b => return bad(format!("batch flag {b} (0 or 1)")),
+                };
                 let raw_len = c.u32()? as usize;
                 let crc = c.u32()?;
                 if raw_len > BATCH_RAW_MAX {
@@ -356,7 +366,7 @@ impl Message {
                     let len = f.u32()? as usize;
                     frames.push((p, f.bytes(len)?.to_vec()));
                 }
-                return Ok(Message::Batch { seq, frames });
+                return Ok(Message::Batch { seq, more, frames });
             }
             K_APPENDED => Message::Appended { seq: c.u64()? },
             K_VISIBLE => Message::Visible { seq: c.u64()? },
@@ -539,6 +549,7 @@ mod tests {
             },
             Message::Batch {
                 seq: 3,
+                more: true,
                 frames: vec![
                     (Position::new(1, 32), b"abc".to_vec()),
                     (Position::new(1, 47), vec![]),
@@ -546,6 +557,7 @@ mod tests {
             },
             Message::Batch {
                 seq: 4,
+                more: false,
                 frames: vec![],
             },
             Message::Appended { seq: 3 },
@@ -587,6 +599,7 @@ mod tests {
     fn a_flipped_bit_in_a_batch_is_caught() {
         let m = Message::Batch {
             seq: 1,
+            more: false,
             frames: vec![(Position::new(1, 32), vec![5u8; 1000])],
         };
         let bytes = m.encode();
@@ -606,6 +619,7 @@ mod tests {
         let raw = vec![0u8; 1 << 20];
         let mut body = vec![K_BATCH];
         body.extend_from_slice(&1u64.to_le_bytes());
+        body.push(0);
         body.extend_from_slice(&100u32.to_le_bytes());
         body.extend_from_slice(&crc32fast::hash(&raw).to_le_bytes());
         body.extend_from_slice(&zstd::bulk::compress(&raw, 1).unwrap());

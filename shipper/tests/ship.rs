@@ -1794,6 +1794,7 @@ fn a_relay_refuses_hostile_connections_and_keeps_serving() {
         b"GET / HTTP/1.1\r\n\r\n".to_vec(),
         shipper::wire::Message::Batch {
             seq: 1,
+            more: false,
             frames: vec![],
         }
         .encode(),
