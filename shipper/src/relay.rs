@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use crate::error::{Error, Result};
 use crate::metrics::{label, Label};
 use crate::ship::read_batch;
-use crate::sink::{IngestBody, Sink, SinkTarget};
+use crate::sink::{IngestBody, Sink, SinkTarget, Writers};
 use crate::wire::{self, BatchRange, Message, Relayed};
 
 /// The relay's spool reader.
@@ -623,52 +623,19 @@ impl Relay {
         let every: Vec<(usize, usize)> = (0..sink.shards())
             .flat_map(|s| (0..sink.replicas(s)).map(move |r| (s, r)))
             .collect();
-        let mut above = 0;
-        for &(s, r) in &every {
-            above = above.max(sink.fence(s, r, host, epoch).await?);
-        }
+        let above = sink.fence_all(&every, host, epoch).await?;
         if above > epoch {
             return Ok(Err(above));
         }
         let timeout = Duration::from_millis(self.config.limits.clickhouse_timeout_ms);
-        let events: Vec<&str> = batch.events.iter().map(String::as_str).collect();
         let mut held = HashSet::new();
         for &(s, r) in &every {
-            let running: HashSet<String> =
-                sink.dc_inserts_running(s, r).await?.into_iter().collect();
-            let since = Instant::now();
-            while !running.is_empty() {
-                let now = sink.dc_inserts_running(s, r).await?;
-                if !now.iter().any(|q| running.contains(q)) {
-                    break;
-                }
-                if since.elapsed() > timeout || self.stopping() {
-                    return Err(Error::ClickHouse {
-                        url: sink.url(s, r).to_string(),
-                        message: format!(
-                            "inserts running before the fence still run after {timeout:?}"
-                        ),
-                        retriable: true,
-                        kind: "fence",
-                        unsent: true,
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if !events.is_empty() && batch.start < batch.end {
-                held.extend(
-                    sink.held_positions(
-                        s,
-                        r,
-                        host,
-                        batch.start,
-                        batch.end,
-                        &events,
-                        batch.time_range,
-                    )
-                    .await?,
-                );
-            }
+            held.extend(
+                sink.held_after_earlier_inserts(s, r, Writers::Dc, host, batch, timeout, &|| {
+                    self.stopping()
+                })
+                .await?,
+            );
         }
         Ok(Ok(held))
     }

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::forward::{Forwarder, Outgoing};
 use crate::intent::Intent;
 use crate::metrics::{label, Health, Metrics, SinkHealth};
-use crate::sink::{IngestBody, SchemaCheck, Sink};
+use crate::sink::{IngestBody, SchemaCheck, Sink, Writers};
 use crate::wire::{self, BatchRange, Message};
 
 mod aggregation;
@@ -1209,15 +1209,13 @@ impl Shipper {
         let replicas: Vec<usize> = (0..sink.replicas(shard))
             .filter(|r| batch.intent.replicas & (1u32 << (*r).min(31)) != 0)
             .collect();
+        let on: Vec<(usize, usize)> = replicas.iter().map(|&r| (shard, r)).collect();
         let mut floor = 0;
         let epoch = loop {
             let Some(epoch) = self.raise_epoch(floor)? else {
                 return Err(Error::Stopping);
             };
-            let mut above = 0;
-            for &r in &replicas {
-                above = above.max(sink.fence(shard, r, &self.config.host, epoch).await?);
-            }
+            let above = sink.fence_all(&on, &self.config.host, epoch).await?;
             if above <= epoch {
                 break epoch;
             }
@@ -1226,35 +1224,23 @@ impl Shipper {
         };
         self.metrics.fences.inc();
         let timeout = Duration::from_millis(self.config.limits.clickhouse_timeout_ms);
+        let range = BatchRange {
+            start: batch.intent.start,
+            end: batch.intent.end,
+            events: batch.events.clone(),
+            time_range: batch.time_range,
+        };
         let mut held = HashSet::new();
-        for &r in &replicas {
-            let since = Instant::now();
-            loop {
-                let running = sink.inserts_running(shard, r).await?;
-                if running == 0 {
-                    break;
-                }
-                if since.elapsed() > timeout || self.stopping() {
-                    return Err(Error::ClickHouse {
-                        url: sink.url(shard, r).to_string(),
-                        message: format!("{running} earlier insert(s) of this host still running after {timeout:?}; the position check waits for them"),
-                        retriable: true,
-                        kind: "fence",
-                        unsent: true,
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let events: Vec<&str> = batch.events.iter().map(String::as_str).collect();
+        for &(s, r) in &on {
             held.extend(
-                sink.held_positions(
-                    shard,
+                sink.held_after_earlier_inserts(
+                    s,
                     r,
+                    Writers::Host,
                     &self.config.host,
-                    batch.intent.start,
-                    batch.intent.end,
-                    &events,
-                    batch.time_range,
+                    &range,
+                    timeout,
+                    &|| self.stopping(),
                 )
                 .await?,
             );

@@ -28,6 +28,17 @@ use dc_config::services::{InsertCompression, ShipperConfig};
 use dc_config::sql::quote_str;
 
 use crate::error::{Error, Result};
+use crate::wire::BatchRange;
+
+/// Whose earlier inserts a position check waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writers {
+    /// This sink's host's: a direct shipper is the only writer of its rows.
+    Host,
+    /// Every writer of the DC (shippers and relays): a relay's takeover,
+    /// since any relay may have written the host's rows (docs/adr/0017).
+    Dc,
+}
 
 /// ClickHouse error codes that retrying the same request cannot fix: the
 /// schema is missing or different, the data was refused, or the user may
@@ -446,35 +457,93 @@ impl Sink {
         .await
     }
 
-    /// How many inserts of this shipper (of any epoch, from any of its
-    /// runs) the replica is executing right now.
-    pub async fn inserts_running(&self, shard: usize, replica: usize) -> Result<u64> {
-        self.query_u64(
-            shard,
-            replica,
-            &format!(
-                "SELECT count() FROM system.processes WHERE startsWith(query_id, {})",
-                quote_str(&self.insert_id_prefix())
-            ),
-        )
-        .await
+    /// Step 1 of a position check (docs/adr/0009-fenced-inserts.md, 0017):
+    /// raises `host`'s fence to `epoch` on each of `replicas` (shard,
+    /// replica). Returns the highest fence any of them holds: above
+    /// `epoch`, someone fenced the host higher, and the check needs a
+    /// higher epoch.
+    pub async fn fence_all(
+        &self,
+        replicas: &[(usize, usize)],
+        host: &str,
+        epoch: u64,
+    ) -> Result<u64> {
+        let mut above = 0;
+        for &(s, r) in replicas {
+            above = above.max(self.fence(s, r, host, epoch).await?);
+        }
+        Ok(above)
     }
 
-    /// The `query_id`s of every insert of this DC's writers (direct shippers
-    /// and relays, any epoch) the replica is executing right now: what a
-    /// relay's takeover waits to see end (docs/adr/0017).
-    pub async fn dc_inserts_running(&self, shard: usize, replica: usize) -> Result<Vec<String>> {
+    /// The `query_id`s of the `writers`' inserts (any epoch, from any run)
+    /// the replica is executing right now.
+    async fn running_inserts(
+        &self,
+        shard: usize,
+        replica: usize,
+        writers: Writers,
+    ) -> Result<Vec<String>> {
+        let prefix = match writers {
+            Writers::Host => self.insert_id_prefix(),
+            Writers::Dc => format!("spoolhouse/insert/{}/", self.dc),
+        };
         let body = self
             .query_text(
                 shard,
                 replica,
                 &format!(
                     "SELECT query_id FROM system.processes WHERE startsWith(query_id, {}) FORMAT TSV",
-                    quote_str(&format!("spoolhouse/insert/{}/", self.dc))
+                    quote_str(&prefix)
                 ),
             )
             .await?;
         Ok(body.lines().map(str::to_string).collect())
+    }
+
+    /// Steps 2 and 3 of a position check, on one replica, after the fence:
+    /// waits until every insert of `writers` running now has ended (one
+    /// that started before the fence has landed or failed; one that
+    /// reaches the replica after it stores nothing), then reads which
+    /// positions of `range` of `host` the replica holds. Gives up after
+    /// `timeout`, or when `stopping`, with a retriable error.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn held_after_earlier_inserts(
+        &self,
+        shard: usize,
+        replica: usize,
+        writers: Writers,
+        host: &str,
+        range: &BatchRange,
+        timeout: Duration,
+        stopping: &(dyn Fn() -> bool + Sync),
+    ) -> Result<HashSet<(u64, u64)>> {
+        let before: HashSet<String> = self
+            .running_inserts(shard, replica, writers)
+            .await?
+            .into_iter()
+            .collect();
+        let since = std::time::Instant::now();
+        while !before.is_empty() {
+            let now = self.running_inserts(shard, replica, writers).await?;
+            let left = now.iter().filter(|q| before.contains(*q)).count();
+            if left == 0 {
+                break;
+            }
+            if since.elapsed() > timeout || stopping() {
+                return Err(Error::ClickHouse {
+                    url: self.url(shard, replica).to_string(),
+                    message: format!("{left} insert(s) running before the fence still run after {timeout:?}; the position check waits for them"),
+                    retriable: true,
+                    kind: "fence",
+                    unsent: true,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if range.events.is_empty() || range.start >= range.end {
+            return Ok(HashSet::new());
+        }
+        self.held_positions(shard, replica, host, range).await
     }
 
     /// `events_local`'s replica path in ZooKeeper on this replica.
@@ -528,20 +597,17 @@ impl Sink {
     /// part check later removes the part. Counting those rows as held lost
     /// them (a rolling restart of ZooKeeper, 200 rows). ZooKeeper's answer is
     /// final: the commit is one atomic multi-operation.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn held_positions(
+    async fn held_positions(
         &self,
         shard: usize,
         replica: usize,
         host: &str,
-        start: spooler::Position,
-        end: spooler::Position,
-        events: &[&str],
-        time_range: (u32, u32),
+        range: &BatchRange,
     ) -> Result<HashSet<(u64, u64)>> {
+        let (start, end, time_range) = (range.start, range.end, range.time_range);
         let url = self.url(shard, replica).to_string();
         let parts = format!("{}/parts", self.replica_path(shard, replica).await?);
-        let events: Vec<String> = events.iter().map(|e| quote_str(e)).collect();
+        let events: Vec<String> = range.events.iter().map(|e| quote_str(e)).collect();
         let sql = format!(
             "SELECT spool_segment, spool_offset FROM {}.{} \
              WHERE dc = {} AND host = {} AND event IN ({}) AND time BETWEEN {} AND {} \

@@ -867,6 +867,88 @@ fn late_insert_with_the_current_epoch_doubles(
     assert_eq!(counts(cluster, &cfg.host).0, 2 * n);
 }
 
+/// When a killed writer's insert of `cfg`'s host reaches ClickHouse.
+#[derive(Clone, Copy, PartialEq)]
+enum OrphanTiming {
+    /// Only the request head is on the server while the restarted shipper
+    /// checks; the body comes after (the fence drops it).
+    Late,
+    /// The insert runs on the server, waiting for the rest of its body
+    /// (over 1 MiB), while the shipper starts: the check waits for it to
+    /// end, then finds its rows held.
+    Running,
+}
+
+/// One orphan case, direct or relay mode as `cfg` says: a killed writer's
+/// insert of the rows the spool holds (1 000 late, 15 000 running) with an
+/// old epoch, under `query_id`, against `cfg`'s shipper started with
+/// `guards`. Every row ends up in ClickHouse once; the late case's
+/// control shows it is the fence that dropped the orphan. `hold`: how long
+/// the running case checks that nothing was shipped meanwhile. Returns the
+/// shipper, still running.
+fn orphan_case(
+    cluster: &LocalCluster,
+    cfg: &ShipperConfig,
+    guards: Guards,
+    timing: OrphanTiming,
+    query_id: &str,
+    hold: Duration,
+) -> Running {
+    let n = match timing {
+        OrphanTiming::Late => 1_000,
+        OrphanTiming::Running => 15_000,
+    };
+    let (url, rows) = killed_mid_insert(cfg, 1, n);
+    let orphan = Orphan::start(
+        &url,
+        &writer_password(cfg),
+        &rows,
+        query_id,
+        timing == OrphanTiming::Running,
+    );
+    let mut orphan = Some(orphan);
+    let running = if timing == OrphanTiming::Running {
+        assert!(rows.len() > 1 << 20);
+        let server = writer(cfg, &url);
+        wait_for("the insert to run", Duration::from_secs(10), || {
+            server
+                .query(&format!(
+                    "SELECT count() FROM system.processes WHERE query_id = '{query_id}' FORMAT TSV"
+                ))
+                .unwrap()
+                .trim()
+                == "1"
+        });
+        let running = Running::start(cfg.clone(), guards);
+        std::thread::sleep(hold);
+        assert_eq!(
+            counts(cluster, &cfg.host),
+            (0, 0),
+            "the check waits while the earlier insert runs"
+        );
+        let status = orphan.take().expect("not finished").finish();
+        assert!(status.contains("200"), "{status}");
+        running
+    } else {
+        Running::start(cfg.clone(), guards)
+    };
+    wait_for("every row", Duration::from_secs(120), || {
+        counts(cluster, &cfg.host).0 >= n
+    });
+    if let Some(orphan) = orphan {
+        let status = orphan.finish();
+        assert!(
+            status.contains("200"),
+            "the late insert was taken: {status}"
+        );
+        assert_eq!(counts(cluster, &cfg.host), (n, n));
+        late_insert_with_the_current_epoch_doubles(cluster, cfg, &url, n);
+    } else {
+        assert_eq!(counts(cluster, &cfg.host), (n, n));
+    }
+    running
+}
+
 /// The root of the duplicates the crash campaign found with the position
 /// check alone: a killed shipper's insert that ClickHouse runs after the
 /// restarted shipper asked which positions it holds. Both timings: the
@@ -887,70 +969,25 @@ fn an_insert_of_a_killed_shipper_never_lands_beside_its_replay() {
         cfg.limits.clickhouse_timeout_ms = 3_000;
         cfg
     };
-    let old_epoch = 1;
-
-    // Arrives late: only the request head is on the server when the
-    // restarted shipper replays the batch; the body comes after.
-    let cfg = host_config("h-orphan-late");
-    let (url, rows) = killed_mid_insert(&cfg, old_epoch, 1_000);
-    let orphan = Orphan::start(
-        &url,
-        &writer_password(&cfg),
-        &rows,
+    orphan_case(
+        &cluster,
+        &host_config("h-orphan-late"),
+        only_positions.clone(),
+        OrphanTiming::Late,
         "spoolhouse/insert/dc1/h-orphan-late/1/x",
-        false,
-    );
-    let running = Running::start(cfg.clone(), only_positions.clone());
-    wait_for("the replay", Duration::from_secs(30), || {
-        counts(&cluster, "h-orphan-late").0 >= 1_000
-    });
-    running.stop();
-    let status = orphan.finish();
-    assert!(
-        status.contains("200"),
-        "the late insert was taken: {status}"
-    );
-    assert_eq!(counts(&cluster, "h-orphan-late"), (1_000, 1_000));
-    // Control: the same late insert with the epoch the shipper now has
-    // would have doubled every row — the fence is what dropped it.
-    late_insert_with_the_current_epoch_doubles(&cluster, &cfg, &url, 1_000);
-
-    // Running: a body over 1 MiB is on the server, the insert runs and
-    // waits for the end of it while the restarted shipper starts; it ends a
-    // second later.
-    let cfg = host_config("h-orphan-running");
-    let (url, rows) = killed_mid_insert(&cfg, old_epoch, 15_000);
-    assert!(rows.len() > 1 << 20);
-    let orphan = Orphan::start(
-        &url,
-        &writer_password(&cfg),
-        &rows,
+        Duration::ZERO,
+    )
+    .stop();
+    let running = orphan_case(
+        &cluster,
+        &host_config("h-orphan-running"),
+        only_positions,
+        OrphanTiming::Running,
         "spoolhouse/insert/dc1/h-orphan-running/1/x",
-        true,
+        Duration::from_secs(1),
     );
-    let server = writer(&cfg, &url);
-    wait_for("the insert to run", Duration::from_secs(10), || {
-        server
-            .query("SELECT count() FROM system.processes WHERE query_id LIKE '%h-orphan-running%' FORMAT TSV")
-            .unwrap()
-            .trim()
-            == "1"
-    });
-    let running = Running::start(cfg.clone(), only_positions);
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        counts(&cluster, "h-orphan-running").0,
-        0,
-        "the replay waits while an earlier insert runs"
-    );
-    let status = orphan.finish();
-    assert!(status.contains("200"), "{status}");
-    wait_for("the replay", Duration::from_secs(30), || {
-        running.clickhouse_batches() >= 1
-    });
     assert!(running.metrics.fences.get() >= 1);
     running.stop();
-    assert_eq!(counts(&cluster, "h-orphan-running"), (15_000, 15_000));
 }
 
 /// Fills the file system of `dir` with `dir/filler` until it is full.
@@ -1532,78 +1569,28 @@ fn a_relays_orphan_insert_never_lands_beside_the_takeover() {
     let secret = secret_file(dir.path(), "relay.secret", "dc1-relay-secret");
     let port = free_port();
     let _relay = RunningRelay::start(relay_config(&cluster, "relay1", port, dir.path(), &secret));
-    let old_epoch = 1;
-
-    // Late: the orphan's head only is on the server during the takeover.
-    let cfg = forwarder_config(&cluster, "h-relay-late", dir.path(), &[port], &secret);
-    let (url, rows) = killed_mid_insert(&cfg, old_epoch, 1_000);
-    let orphan = Orphan::start(
-        &url,
-        &writer_password(&cfg),
-        &rows,
+    orphan_case(
+        &cluster,
+        &forwarder_config(&cluster, "h-relay-late", dir.path(), &[port], &secret),
+        Guards::default(),
+        OrphanTiming::Late,
         "spoolhouse/insert/dc1/relay-gone/0/1:32",
-        false,
-    );
-    let running = Running::start(cfg.clone(), Guards::default());
-    wait_for(
-        "the batch through the relay",
-        Duration::from_secs(60),
-        || running.clickhouse_batches() >= 1,
-    );
-    assert_eq!(counts(&cluster, "h-relay-late"), (1_000, 1_000));
-    let status = orphan.finish();
-    assert!(
-        status.contains("200"),
-        "the late insert was taken: {status}"
-    );
-    assert_eq!(counts(&cluster, "h-relay-late"), (1_000, 1_000));
-    // Control: the same late rows with the session's epoch would have
-    // doubled: the fence is what dropped them.
-    late_insert_with_the_current_epoch_doubles(&cluster, &cfg, &url, 1_000);
-    running.stop();
-
-    // Running: over 1 MiB of body on the server, the insert waits for the
-    // rest while the host takes over; the takeover waits for it to end (its
-    // rows, written after the fence, are dropped) and then reads what is
-    // held: the forwarder sends exactly the rest.
-    let cfg = forwarder_config(&cluster, "h-relay-running", dir.path(), &[port], &secret);
-    let (url, rows) = killed_mid_insert(&cfg, old_epoch, 15_000);
-    assert!(rows.len() > 1 << 20);
-    let orphan = Orphan::start(
-        &url,
-        &writer_password(&cfg),
-        &rows,
-        "spoolhouse/insert/dc1/relay-gone/0/1:64",
-        true,
-    );
-    let server = writer(&cfg, &url);
-    wait_for("the insert to run", Duration::from_secs(10), || {
-        server
-            .query("SELECT count() FROM system.processes WHERE query_id LIKE '%relay-gone%' FORMAT TSV")
-            .unwrap()
-            .trim()
-            == "1"
-    });
-    let running = Running::start(cfg.clone(), Guards::default());
+        Duration::ZERO,
+    )
+    .stop();
     // Long enough for the forwarder to start, connect and (were the
-    // takeover not waiting) have its batch inserted.
-    std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(
-        counts(&cluster, "h-relay-running"),
-        (0, 0),
-        "the takeover waits while the earlier insert runs"
-    );
-    let status = orphan.finish();
-    assert!(status.contains("200"), "{status}");
-    // Relay mode plans the recorded range afresh (it may span more than a
-    // batch), each batch checked by a takeover of its own.
-    wait_for(
-        "every row through the relay",
-        Duration::from_secs(120),
-        || counts(&cluster, "h-relay-running").0 >= 15_000,
-    );
-    running.stop();
-    assert_eq!(counts(&cluster, "h-relay-running"), (15_000, 15_000));
+    // takeover not waiting) have its batch inserted. Relay mode plans the
+    // recorded range afresh (it may span more than a batch), each batch
+    // checked by a takeover of its own.
+    orphan_case(
+        &cluster,
+        &forwarder_config(&cluster, "h-relay-running", dir.path(), &[port], &secret),
+        Guards::default(),
+        OrphanTiming::Running,
+        "spoolhouse/insert/dc1/relay-gone/0/1:64",
+        Duration::from_secs(4),
+    )
+    .stop();
 }
 
 /// A relay whose spool is full refuses batches (it ends the session; the
