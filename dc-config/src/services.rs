@@ -222,6 +222,10 @@ pub struct RelayUse {
     /// ClickHouse before the next relay is tried (default 60 000 ms).
     #[serde(default = "relay_visible_timeout_ms")]
     pub visible_timeout_ms: u64,
+    /// While away from its own relay (the first by weight), how often the
+    /// host checks whether it serves again, to go back (default 30 000 ms).
+    #[serde(default = "relay_home_check_ms")]
+    pub home_check_ms: u64,
 }
 
 fn relay_timeout_ms() -> u64 {
@@ -230,6 +234,10 @@ fn relay_timeout_ms() -> u64 {
 
 fn relay_visible_timeout_ms() -> u64 {
     60_000
+}
+
+fn relay_home_check_ms() -> u64 {
+    30_000
 }
 
 /// One relay as a forwarder reaches it.
@@ -842,6 +850,7 @@ impl ShipperConfig {
                 secret_file: crate::credentials::relay_secret_file(&topology.secrets_dir, &dc.name),
                 timeout_ms: relay_timeout_ms(),
                 visible_timeout_ms: relay_visible_timeout_ms(),
+                home_check_ms: relay_home_check_ms(),
             }),
         }
     }
@@ -945,6 +954,11 @@ impl crate::check::Declaration for ShipperConfig {
                 r.timeout_ms >= 100 && r.visible_timeout_ms >= r.timeout_ms,
                 &at.key("timeout_ms"),
                 "must be at least 100, and visible_timeout_ms at least timeout_ms",
+            );
+            c.require(
+                r.home_check_ms >= 1_000,
+                &at.key("home_check_ms"),
+                "must be at least 1000: each check is a connection to the relay",
             );
             c.require(
                 l.batch_bytes_max <= 64 << 20,

@@ -9,7 +9,7 @@
 //! try connects (to the next relay after a failure) and takes over again.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dc_config::services::RelayUse;
 use spooler::Position;
@@ -83,6 +83,12 @@ pub struct Forwarder {
     relays: Vec<String>,
     /// Index into `relays` of the one to use next.
     at: usize,
+    /// The host's own relay (by weight, from its name).
+    home: usize,
+    /// When the own relay was last health-checked (or left).
+    probed: Option<Instant>,
+    /// How often to check it while away.
+    home_check: Duration,
     timeout: Duration,
     visible_timeout: Duration,
     session: Option<Session>,
@@ -92,7 +98,7 @@ pub struct Forwarder {
 /// The first relay of `host`: a weighted choice that is a pure function
 /// of the host's name (FNV-1a), so hosts spread over the relays by weight
 /// and a host comes back to the same relay after a restart.
-fn first_relay(host: &str, weights: &[u32]) -> usize {
+pub fn first_relay(host: &str, weights: &[u32]) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in host.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
@@ -121,6 +127,9 @@ impl Forwarder {
             secret,
             relays: config.relays.iter().map(|r| r.addr.clone()).collect(),
             at: first_relay(host, &weights),
+            home: first_relay(host, &weights),
+            probed: None,
+            home_check: Duration::from_millis(config.home_check_ms),
             timeout: Duration::from_millis(config.timeout_ms),
             visible_timeout: Duration::from_millis(config.visible_timeout_ms),
             session: None,
@@ -136,7 +145,44 @@ impl Forwarder {
     /// Drops the session and moves on to the next relay.
     pub fn fail_over(&mut self) {
         self.session = None;
+        if self.at == self.home {
+            self.probed = Some(Instant::now());
+        }
         self.at = (self.at + 1) % self.relays.len();
+    }
+
+    /// Away from the host's own relay, and due to check it again: hosts
+    /// come back after their relay recovers, so they stay spread by weight.
+    pub fn home_due(&self) -> bool {
+        self.at != self.home && self.probed.is_none_or(|t| t.elapsed() >= self.home_check)
+    }
+
+    /// Health check of the host's own relay while away from it: a relay
+    /// that answers a connection with its challenge within the timeout
+    /// serves (the connection is closed before a hello, which the relay
+    /// counts as a probe). If it does, the session ends and the next one is
+    /// taken there. Call it with nothing in flight.
+    pub async fn check_home(&mut self) -> bool {
+        self.probed = Some(Instant::now());
+        let addr = self.relays[self.home].clone();
+        let serves = tokio::time::timeout(self.timeout, async {
+            let conn = TcpStream::connect(&addr).await.ok()?;
+            let (mut rd, _wr) = conn.into_split();
+            match wire::recv(&mut rd).await {
+                Ok(Some(Message::Challenge { .. })) => Some(()),
+                _ => None,
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+        if serves {
+            tracing::info!(relay = %addr, from = %self.relay(), "own relay serves again; going back to it");
+            self.session = None;
+            self.at = self.home;
+        }
+        serves
     }
 
     /// Drops the session (the next send takes the host over again, at the

@@ -67,6 +67,9 @@ pub struct RelayMetrics {
     pub sessions: Gauge,
     /// Sessions taken over (accepted connections).
     pub takeovers: Counter,
+    /// Connections closed after the challenge, before a hello: forwarders'
+    /// health checks.
+    pub probes: Counter,
     /// Connections refused, by `reason` (`auth`, `dc`, `version`, `protocol`, `takeover`, `busy`).
     pub refused: Family<Label, Counter>,
     /// Sessions the relay ended, by `reason` (`uncertain_insert`, `spool`, `replaced`, `protocol`).
@@ -95,6 +98,7 @@ impl RelayMetrics {
         let m = Self {
             sessions: Gauge::default(),
             takeovers: Counter::default(),
+            probes: Counter::default(),
             refused: Family::default(),
             ended: Family::default(),
             inflow_frames: Counter::default(),
@@ -112,6 +116,11 @@ impl RelayMetrics {
             "takeovers",
             "Sessions taken over (connections accepted)",
             m.takeovers.clone(),
+        );
+        r.register(
+            "probes",
+            "Connections closed after the challenge without a hello (forwarders' health checks)",
+            m.probes.clone(),
         );
         r.register(
             "refused",
@@ -339,7 +348,12 @@ impl Relay {
             .map_err(|e| e.to_string())?;
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, wire::recv(&mut rd)).await {
             Ok(Ok(Some(m))) => m,
-            Ok(Ok(None)) => return Err("closed before its hello".into()),
+            Ok(Ok(None)) => {
+                // A forwarder's health check of this relay (the challenge
+                // shows it serves), or a port scan: either way, no session.
+                self.metrics.probes.inc();
+                return Ok(());
+            }
             Ok(Err(e)) => {
                 self.refuse("protocol");
                 return Err(e.to_string());

@@ -958,6 +958,9 @@ impl Shipper {
                 if self.stopping() || (!open && window.is_empty()) {
                     return Ok(());
                 }
+                if window.is_empty() && forwarder.home_due() {
+                    forwarder.check_home().await;
+                }
                 self.metrics.lag_frames.get_or_create(&lag).set(
                     window
                         .iter()

@@ -1416,6 +1416,7 @@ fn forwarder_config(
         secret_file: secret.to_path_buf(),
         timeout_ms: 1_000,
         visible_timeout_ms: 30_000,
+        home_check_ms: 2_000,
     });
     c
 }
@@ -1591,6 +1592,61 @@ fn a_relays_orphan_insert_never_lands_beside_the_takeover() {
         Duration::from_secs(4),
     )
     .stop();
+}
+
+/// A host whose own relay went down ships through the next one, and goes
+/// back once a health check finds its own serving again (hosts stay
+/// spread by weight); nothing is lost or doubled on the way.
+#[test]
+fn a_host_goes_back_to_its_own_relay_once_it_serves_again() {
+    let cluster = launch();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), "relay.secret", "dc1-relay-secret");
+    let ports = [free_port(), free_port()];
+    // A host whose own relay (by weight, from its name) is the first.
+    let host = (0..)
+        .map(|i| format!("dc1-home{i}"))
+        .find(|h| shipper::forward::first_relay(h, &[1, 1]) == 0)
+        .unwrap();
+    let relay_cfg = |i: usize| {
+        relay_config(
+            &cluster,
+            &format!("relay{}", i + 1),
+            ports[i],
+            dir.path(),
+            &secret,
+        )
+    };
+    let own = RunningRelay::start(relay_cfg(0));
+    let other = RunningRelay::start(relay_cfg(1));
+    let cfg = forwarder_config(&cluster, &host, dir.path(), &ports, &secret);
+    let spool = open_spool(&cfg);
+    let running = Running::start(cfg.clone(), Guards::default());
+    let send = |from: u64| {
+        let votes: Vec<Vec<u8>> = (from..from + 300).map(vote).collect();
+        spool.append(&votes).unwrap();
+        wait_for("the votes through a relay", Duration::from_secs(60), || {
+            counts(&cluster, &host).0 >= from + 300
+        });
+    };
+    send(0);
+    assert_eq!(own.metrics.sessions.get(), 1, "on its own relay first");
+    own.kill();
+    send(300);
+    assert_eq!(other.metrics.sessions.get(), 1, "on the next relay");
+    let own = RunningRelay::start(relay_cfg(0));
+    // Checked every 2 s (home_check_ms) while nothing is in flight; the
+    // next batch takes a session there.
+    wait_for(
+        "a health check of its own relay",
+        Duration::from_secs(20),
+        || own.metrics.probes.get() >= 1,
+    );
+    let n = counts(&cluster, &host).0;
+    send(n);
+    assert_eq!(own.metrics.sessions.get(), 1, "back on its own relay");
+    running.stop();
+    assert_eq!(counts(&cluster, &host), (n + 300, n + 300));
 }
 
 /// A relay whose spool is full refuses batches (it ends the session; the
