@@ -22,6 +22,7 @@ mod cmd_demo;
 #[cfg(feature = "lab")]
 mod cmd_local;
 mod cmd_query;
+mod cmd_registry;
 mod cmd_relay;
 mod cmd_send;
 mod cmd_shipper;
@@ -73,6 +74,8 @@ enum Command {
     Collector(cmd_collector::CollectorArgs),
     /// Send JSON lines from a file or stdin to a collector; print what was acked and rejected.
     Send(cmd_send::SendArgs),
+    /// What a registry change does: safe or breaking, and what it breaks.
+    Registry(cmd_registry::RegistryArgs),
     /// Cut a local datacenter's links to the others, or heal them.
     #[cfg(feature = "lab")]
     Dc(cmd_dc::DcArgs),
@@ -95,6 +98,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(a) => cmd_bench::run(a),
         Command::Collector(a) => cmd_collector::run(a),
         Command::Send(a) => cmd_send::run(a),
+        Command::Registry(a) => cmd_registry::run(a),
         #[cfg(feature = "lab")]
         Command::Dc(a) => cmd_dc::run(a),
     };

@@ -207,3 +207,49 @@ fn render_writes_every_file() {
         "{err}"
     );
 }
+
+/// `registry diff`: safe changes pass, a breaking one fails unless
+/// allowed, each line says what the change breaks.
+#[test]
+fn registry_diff_tells_safe_from_breaking_and_fails_on_breaking() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = std::fs::read_to_string("examples/events.toml").unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let old_path = write("old.toml", &old);
+    let safe = write(
+        "safe.toml",
+        &format!("{old}\n[event.click]\nfields.x = {{ type = \"u8\" }}\n"),
+    );
+    let o = spoolhouse(&["registry", "diff", &old_path, &safe]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert_eq!(
+        out,
+        "safe     click: new event type: senders may send it from now on\n1 change(s), 0 breaking\n"
+    );
+
+    let breaking = write(
+        "breaking.toml",
+        &old.replacen("[event.vote]", "[event.vote]\naccept_past_s = 60", 1),
+    );
+    let o = spoolhouse(&["registry", "diff", &old_path, &breaking]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.starts_with("breaking vote.accept_past_s: narrowed"),
+        "{out}"
+    );
+    assert!(out.contains("(breaks senders)"), "{out}");
+    assert!(err.contains("--allow-breaking"), "{err}");
+    let o = spoolhouse(&["registry", "diff", "--allow-breaking", &old_path, &breaking]);
+    assert!(o.status.success());
+
+    let o = spoolhouse(&["registry", "diff", &old_path, "missing.toml"]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("missing.toml"), "{err}");
+}

@@ -25,6 +25,7 @@ pub mod examples;
 pub mod locate;
 pub mod record;
 pub mod registry;
+pub mod registry_diff;
 pub mod render;
 pub mod rollup;
 pub mod row;
