@@ -13,6 +13,7 @@ mod bench_series;
 mod bench_shipper;
 #[cfg(feature = "lab")]
 mod cmd_bench;
+mod cmd_codegen;
 mod cmd_collector;
 mod cmd_config;
 #[cfg(feature = "lab")]
@@ -74,6 +75,8 @@ enum Command {
     Collector(cmd_collector::CollectorArgs),
     /// Send JSON lines from a file or stdin to a collector; print what was acked and rejected.
     Send(cmd_send::SendArgs),
+    /// Typed clients generated from the registry (one type per event type, the collector's rules checked on the client).
+    Codegen(cmd_codegen::CodegenArgs),
     /// What a registry change does: safe or breaking, and what it breaks.
     Registry(cmd_registry::RegistryArgs),
     /// Cut a local datacenter's links to the others, or heal them.
@@ -99,6 +102,7 @@ fn main() -> std::process::ExitCode {
         Command::Collector(a) => cmd_collector::run(a),
         Command::Send(a) => cmd_send::run(a),
         Command::Registry(a) => cmd_registry::run(a),
+        Command::Codegen(a) => cmd_codegen::run(a),
         #[cfg(feature = "lab")]
         Command::Dc(a) => cmd_dc::run(a),
     };

@@ -17,6 +17,7 @@
 //!   the states over any step.
 pub mod app_hosts;
 pub mod check;
+pub mod codegen;
 pub mod credentials;
 pub mod declared;
 pub mod error;
