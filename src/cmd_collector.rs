@@ -32,8 +32,14 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let admin_addr = config.admin;
     let (dc, host) = (config.dc.clone(), config.host.clone());
     let spool_dir = config.spool_dir.clone();
+    let registry_path = args
+        .config
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(&config.registry);
     let collector = Collector::open(config, registry, metrics, health.clone())
         .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
+    let registry_handle = collector.registry_handle();
     collector::metrics::SpoolExport::register(&mut prom, collector.spool());
     runtime.block_on(async move {
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -48,6 +54,7 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<()> {
         tokio::spawn(admin);
         let running = collector.start().await.context("starting the collector")?;
         tracing::info!(%dc, %host, spool = %spool_dir.display(), admin = %admin_addr, "collector started");
+        tokio::spawn(reload_on_sighup(registry_handle, registry_path));
         let stop = running.stopper();
         tokio::spawn(async move {
             crate::admin::terminated().await;
@@ -60,4 +67,36 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<()> {
         tracing::info!("collector stopped; every acknowledged batch is in the spool");
         Ok(())
     })
+}
+
+/// On each SIGHUP: reads the registry file again and, if it checks, puts
+/// it in service; lines from then on are checked against it, no
+/// connection is dropped. What changed is logged, each change safe or
+/// breaking (`spoolhouse registry diff`); a registry that does not check
+/// is logged and the one in service stays.
+async fn reload_on_sighup(handle: collector::RegistryHandle, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; the registry is not reloaded without a restart");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let p = path.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || dc_config::registry::Registry::load(&p)).await;
+        match loaded {
+            Ok(Ok(new)) => {
+                let changes = dc_config::registry_diff::diff(&handle.current(), &new);
+                for c in &changes {
+                    tracing::warn!(change = %c, "registry reloaded with a change");
+                }
+                handle.replace(new);
+                tracing::info!(registry = %path.display(), changes = changes.len(), breaking = changes.iter().filter(|c| c.verdict == dc_config::registry_diff::Verdict::Breaking).count(), "registry reloaded (SIGHUP)");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(registry = %path.display(), error = %e, "SIGHUP: the registry does not check; the one in service stays");
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reading the registry did not finish"),
+        }
+    }
 }

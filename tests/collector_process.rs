@@ -417,3 +417,115 @@ fn the_nc_example_in_the_protocol_doc_works_as_printed() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
 }
+
+/// SIGHUP under load: the collector reads its registry again and puts it in
+/// service. Clients keep their connections (one sends a line of the new
+/// event type on the connection it had before the reload and gets it
+/// acknowledged), every acknowledged line is in the spool once, and a
+/// registry that does not check leaves the one in service.
+#[test]
+fn sighup_reloads_the_registry_without_dropping_a_connection_or_a_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let (config, cfg) = write_config(dir.path());
+    let log = dir.path().join("collector.log");
+    let mut proc = spawn(&config, &log);
+    wait_ready(&cfg.socket, &mut proc, &log);
+    let pid = proc.0.id().to_string();
+    let hup = || {
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    // One connection held across the reload.
+    let held = std::os::unix::net::UnixStream::connect(&cfg.socket).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answers = BufReader::new(held.try_clone().unwrap());
+    let mut writer = held;
+    let mut ask = |line: &str| -> Vec<String> {
+        writer.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut got = Vec::new();
+        loop {
+            let mut a = String::new();
+            answers.read_line(&mut a).unwrap();
+            let done = a.contains("\"ack\"") || a.contains("\"refused\"");
+            got.push(a);
+            if done {
+                return got;
+            }
+        }
+    };
+    let click = |id: u64| {
+        format!(
+            r#"{{"event":"click","time":{},"attrs":{{"user_id":{id}}}}}"#,
+            common::now_ms()
+        )
+    };
+    let before = ask(&click(1));
+    assert!(before[0].contains("unknown_event"), "{before:?}");
+
+    // Load from two clients throughout (bounded: each at most 10 000 batches).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..2u64)
+        .map(|i| {
+            rt.spawn(client_loop(
+                Endpoint::Unix(cfg.socket.clone()),
+                100_000_000 * (i + 1),
+                stop.clone(),
+                acked.clone(),
+            ))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A registry that does not check: logged, the one in service stays.
+    let registry = dir.path().join("events.toml");
+    let good = std::fs::read_to_string(&registry).unwrap();
+    std::fs::write(
+        &registry,
+        "[event.click]\nfields.user_id = { type = \"nope\" }\n",
+    )
+    .unwrap();
+    hup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(ask(&vote(7))[0].contains("\"accepted\":1"));
+    // The new event type.
+    std::fs::write(
+        &registry,
+        format!("{good}\n[event.click]\nfields.user_id = {{ type = \"u64\" }}\n"),
+    )
+    .unwrap();
+    hup();
+    let t0 = Instant::now();
+    let after = loop {
+        let a = ask(&click(2));
+        if a[0].contains("\"accepted\":1") || t0.elapsed() > Duration::from_secs(10) {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(after[0].contains("\"accepted\":1"), "{after:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        rt.block_on(c).unwrap();
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("the registry does not check"), "{text}");
+    assert!(text.contains("registry reloaded (SIGHUP)"), "{text}");
+    assert!(
+        text.contains("new event type"),
+        "the change is logged: {text}"
+    );
+    drop(proc);
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "load ran: {}", acked.len());
+    let spooled = spooled(&cfg.spool_dir);
+    for id in &acked {
+        assert_eq!(spooled.get(id), Some(&1), "acked line {id}");
+    }
+}

@@ -26,6 +26,10 @@ fn pipeline_health_reads_the_other_services_names() {
         collector::EVENTS_ACCEPTED_TOTAL
     );
     assert_eq!(reads::COLLECTOR_SPOOL_BYTES, collector::SPOOL_BYTES);
+    assert_eq!(
+        reads::COLLECTOR_QUARANTINED_LINES_TOTAL,
+        collector::QUARANTINED_LINES_TOTAL
+    );
     assert_eq!(reads::SHIPPER_LAG_SECONDS, shipper::LAG_SECONDS);
     assert_eq!(reads::SHIPPER_ROWS_TOTAL, shipper::ROWS_TOTAL);
     assert_eq!(reads::SHIPPER_AGGREGATOR, shipper::AGGREGATOR);

@@ -428,6 +428,10 @@ struct Tracked {
     modified: std::time::SystemTime,
     rotated: bool,
     len: u64,
+    /// Rejected lines starting before this offset are in the quarantine
+    /// already (a refused batch is read again; its bad lines are not
+    /// written twice).
+    quarantined_to: u64,
 }
 
 fn is_inbox_file(name: &str) -> bool {
@@ -750,6 +754,7 @@ impl Tailer {
                     modified,
                     rotated,
                     len,
+                    quarantined_to: 0,
                 },
             );
         }
@@ -952,6 +957,8 @@ impl Tailer {
             .map_or(from, |i| from + i + 1);
         let mut batch = Batch::new(1);
         let mut pos = from;
+        // Where each rejected line is in the chunk, by line number.
+        let mut bad: Vec<(u64, usize, usize)> = Vec::new();
         while pos < complete {
             let end = pos
                 + chunk[pos..complete]
@@ -963,13 +970,11 @@ impl Tailer {
                 end_offset: offset + end as u64 + 1,
                 tail: TailPrint::of(&chunk[pos..=end]),
             };
-            batch.add_line(
-                &self.ingest,
-                ENDPOINT,
-                batch.last_line + 1,
-                &chunk[pos..end],
-                Some(src),
-            );
+            let (line_no, rejected) = (batch.last_line + 1, batch.rejected.len());
+            batch.add_line(&self.ingest, ENDPOINT, line_no, &chunk[pos..end], Some(src));
+            if batch.rejected.len() > rejected {
+                bad.push((line_no, pos, end));
+            }
             pos = end + 1;
         }
         let mut new_offset = offset + complete as u64;
@@ -977,7 +982,9 @@ impl Tailer {
         let mut too_long = false;
         if complete == from && rest > line_max {
             // No newline within a whole line's worth of bytes.
-            batch.reject_too_long(&self.ingest, ENDPOINT, batch.last_line + 1, rest);
+            let line_no = batch.last_line + 1;
+            batch.reject_too_long(&self.ingest, ENDPOINT, line_no, rest);
+            bad.push((line_no, from, chunk.len()));
             new_offset = offset + chunk.len() as u64;
             too_long = true;
         }
@@ -986,6 +993,8 @@ impl Tailer {
                 tracing::warn!(path = %path.display(), error = %error, "inbox line rejected (line numbers count from the chunk read at byte {offset})");
             }
         }
+        self.quarantine(id, &path, offset, &chunk, &bad, &batch)
+            .await;
         let outcome = self.ingest.commit(&mut batch, ENDPOINT).await?;
         let t = self.files.get_mut(&id).expect("tracked");
         match outcome {
@@ -1081,12 +1090,103 @@ impl Tailer {
     /// rewritten: it is read again from its start. Lines written before the
     /// truncation and not read by then are gone with it; that is counted and
     /// logged, never silent.
+    /// Writes this chunk's rejected lines (those not written before) to the
+    /// quarantine, before the batch moves the file's offset past them.
+    /// `bad`: (line number, start, end) in `chunk` of each rejected line;
+    /// `offset`: the chunk's offset in the file.
+    async fn quarantine(
+        &mut self,
+        id: u64,
+        path: &Path,
+        offset: u64,
+        chunk: &[u8],
+        bad: &[(u64, usize, usize)],
+        batch: &Batch,
+    ) {
+        use crate::quarantine::{Entry, LINE_KEPT_MAX};
+        let done_to = self.files.get(&id).map_or(0, |t| t.quarantined_to);
+        let mut entries = Vec::new();
+        for r in &batch.rejected {
+            let crate::protocol::Response::Rejected {
+                line,
+                field,
+                rule,
+                error,
+            } = r
+            else {
+                continue;
+            };
+            let Some(&(_, start, end)) = bad.iter().find(|(n, _, _)| n == line) else {
+                continue;
+            };
+            let at = offset + start as u64;
+            if at < done_to {
+                continue;
+            }
+            let prefix = format!("line {line}: ");
+            entries.push(Entry {
+                file: path.to_path_buf(),
+                offset: at,
+                line_no: *line,
+                field: field.clone(),
+                rule: rule.clone(),
+                error: error.strip_prefix(&prefix).unwrap_or(error).to_string(),
+                line: chunk[start..end.min(start + LINE_KEPT_MAX)].to_vec(),
+                line_bytes: (end - start) as u64,
+            });
+        }
+        let Some(last) = entries.last() else {
+            return;
+        };
+        let end = offset + bad.last().map_or(0, |b| b.2) as u64;
+        let summary = serde_json::json!({
+            "file": last.file.to_string_lossy(),
+            "offset": last.offset,
+            "rule": last.rule,
+            "error": last.error,
+        });
+        let rules: Vec<String> = entries.iter().map(|e| e.rule.clone()).collect();
+        let ingest = self.ingest.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            ingest.quarantine.keep(&entries, dc_config::event::now_ms())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                for rule in &rules {
+                    self.ingest
+                        .metrics
+                        .quarantined
+                        .get_or_create(&vec![("rule", rule.clone())])
+                        .inc();
+                }
+                self.ingest.health.quarantined(
+                    rules.len() as u64,
+                    self.ingest.quarantine.path().to_string_lossy().into_owned(),
+                    summary,
+                );
+                if let Some(t) = self.files.get_mut(&id) {
+                    t.quarantined_to = t.quarantined_to.max(end);
+                }
+            }
+            Ok(Err(e)) => {
+                self.ingest.metrics.quarantine_errors.inc();
+                tracing::warn!(path = %self.ingest.quarantine.path().display(), error = %e, lines = rules.len(), "cannot write rejected inbox lines to the quarantine; they stay counted as rejected and logged");
+            }
+            Err(e) => {
+                self.ingest.metrics.quarantine_errors.inc();
+                tracing::warn!(error = %e, "the quarantine write did not finish");
+            }
+        }
+    }
+
     fn truncated(&mut self, id: u64, how: &str) {
         let t = self.files.get_mut(&id).expect("tracked");
         tracing::warn!(path = %t.path.display(), read = t.offset, size = t.len, how, "inbox file truncated in place; reading it again from the start (lines written before the truncation and not read by then are lost; rotate by renaming instead)");
         t.offset = 0;
         t.discarding = false;
         t.tail = TailPrint::default();
+        t.quarantined_to = 0;
         self.ingest.metrics.inbox_truncations.inc();
         // Recorded before any line of the new content is spooled: a restart
         // must not resume at the old offset, which the records of the old

@@ -19,13 +19,17 @@ const UNKNOWN_EVENT_LABEL: &str = "unknown";
 /// What the endpoints share: the spool, the registry and the metrics.
 pub(crate) struct Ingest {
     pub spool: Arc<Spool>,
-    pub registry: Arc<Registry>,
+    /// The registry lines are checked against; replaced whole on a reload
+    /// (SIGHUP), each line reading the one current when it is checked.
+    pub registry: std::sync::RwLock<Arc<Registry>>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub line_bytes_max: usize,
     /// `limits.history_s`: how far back events are accepted whatever the
     /// registry's `accept_past_s` (a deliberate load of history).
     pub history_s: u64,
+    /// Where invalid inbox lines are kept.
+    pub quarantine: crate::quarantine::Quarantine,
 }
 
 /// The lines read in one go: valid ones encoded back to back for one append,
@@ -99,8 +103,9 @@ impl Batch {
             Err(e) => return self.reject(ingest, line_no, UNKNOWN_EVENT_LABEL, &e),
         };
         let now_ms = dc_config::event::now_ms();
-        let checked = validate(&parsed, &ingest.registry).and_then(|valid| {
-            dc_config::event::check_time_window(&valid, &ingest.registry, now_ms, ingest.history_s)
+        let registry = ingest.registry();
+        let checked = validate(&parsed, &registry).and_then(|valid| {
+            dc_config::event::check_time_window(&valid, &registry, now_ms, ingest.history_s)
                 .map(|()| valid)
         });
         match checked {
@@ -127,7 +132,7 @@ impl Batch {
                 }
             }
             Err(e) => {
-                let label = if ingest.registry.get(&parsed.event).is_some() {
+                let label = if registry.get(&parsed.event).is_some() {
                     parsed.event.as_str()
                 } else {
                     UNKNOWN_EVENT_LABEL
@@ -189,6 +194,11 @@ impl Batch {
 }
 
 impl Ingest {
+    /// The registry now.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().expect("registry lock").clone()
+    }
+
     /// Appends the batch's valid lines as one spool batch and returns once
     /// the durability policy holds (or the append failed).
     pub async fn commit(

@@ -38,12 +38,13 @@ pub mod inbox;
 mod ingest;
 pub mod metrics;
 pub mod protocol;
+pub mod quarantine;
 mod server;
 
 pub use client::{Client, ClientConfig, Endpoint, LineOutcome};
 pub use error::{ClientError, Error};
 pub use metrics::{Health, Metrics};
-pub use server::{spool_config, Collector, Running, MAX_REJECTIONS_PER_REPLY};
+pub use server::{spool_config, Collector, RegistryHandle, Running, MAX_REJECTIONS_PER_REPLY};
 
 /// Resolves once `stopped` holds `true` (or its sender is gone); the value's
 /// guard is dropped inside, so the future stays `Send`.

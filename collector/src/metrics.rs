@@ -62,6 +62,10 @@ pub struct Metrics {
     /// Inbox errors (unreadable files, unterminated last lines of finished
     /// files, files over `inbox_files_max`), by kind.
     pub inbox_errors: Family<Labels, Counter>,
+    /// Invalid inbox lines written to the quarantine, by rule.
+    pub quarantined: Family<Labels, Counter>,
+    /// Quarantine writes that failed (the lines stay counted as rejected).
+    pub quarantine_errors: Counter,
 }
 
 impl Metrics {
@@ -82,6 +86,8 @@ impl Metrics {
             idle_timeouts: Counter::default(),
             write_timeouts: Counter::default(),
             lines_too_long: Family::default(),
+            quarantined: Family::default(),
+            quarantine_errors: Counter::default(),
             inbox_files: Gauge::default(),
             inbox_files_deleted: Counter::default(),
             inbox_scans: Counter::default(),
@@ -159,6 +165,16 @@ impl Metrics {
             m.write_timeouts.clone(),
         );
         r.register(
+            "spoolhouse_collector_quarantined_lines",
+            "Invalid inbox lines kept in the quarantine file, by rule",
+            m.quarantined.clone(),
+        );
+        r.register(
+            "spoolhouse_collector_quarantine_errors",
+            "Quarantine writes that failed (the lines are still counted as rejected)",
+            m.quarantine_errors.clone(),
+        );
+        r.register(
             "spoolhouse_collector_lines_too_long",
             "Lines longer than line_bytes_max, by endpoint",
             m.lines_too_long.clone(),
@@ -224,6 +240,9 @@ pub struct Health {
     accepted: AtomicU64,
     rejected: AtomicU64,
     refused: AtomicU64,
+    quarantined: AtomicU64,
+    /// The quarantine file, and its last entry's file, rule and error.
+    quarantine: Mutex<(Option<String>, Option<serde_json::Value>)>,
 }
 
 impl Health {
@@ -232,6 +251,13 @@ impl Health {
         self.accepted.fetch_add(accepted, Ordering::Relaxed);
         self.rejected.fetch_add(rejected, Ordering::Relaxed);
         self.refused.fetch_add(refused, Ordering::Relaxed);
+    }
+
+    /// Records lines written to the quarantine file `path`, the last of
+    /// them described by `last`.
+    pub(crate) fn quarantined(&self, n: u64, path: String, last: serde_json::Value) {
+        self.quarantined.fetch_add(n, Ordering::Relaxed);
+        *self.quarantine.lock().expect("health lock") = (Some(path), Some(last));
     }
 
     /// Records the spool's state after an append.
@@ -267,6 +293,9 @@ impl Health {
             "events_accepted": self.accepted.load(Ordering::Relaxed),
             "lines_rejected": self.rejected.load(Ordering::Relaxed),
             "events_refused": self.refused.load(Ordering::Relaxed),
+            "inbox_lines_quarantined": self.quarantined.load(Ordering::Relaxed),
+            "quarantine": self.quarantine.lock().expect("health lock").0.clone(),
+            "last_quarantined": self.quarantine.lock().expect("health lock").1.clone(),
         })
     }
 }
@@ -383,6 +412,8 @@ pub mod names {
     pub const EVENTS_ACCEPTED_TOTAL: &str = "spoolhouse_collector_events_accepted_total";
     /// Bytes the spool holds (gauge).
     pub const SPOOL_BYTES: &str = "spoolhouse_collector_spool_bytes";
+    /// Invalid inbox lines kept in the quarantine, by `rule` (counter).
+    pub const QUARANTINED_LINES_TOTAL: &str = "spoolhouse_collector_quarantined_lines_total";
 }
 
 #[cfg(test)]

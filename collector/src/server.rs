@@ -53,6 +53,26 @@ pub struct Collector {
     ingest: Arc<Ingest>,
 }
 
+/// Replaces a collector's registry while it runs: lines checked from then
+/// on use the new one; no connection is dropped, no batch in hand changes.
+#[derive(Clone)]
+pub struct RegistryHandle(Arc<Ingest>);
+
+impl RegistryHandle {
+    /// Installs `registry`; returns the one it replaces.
+    pub fn replace(&self, registry: Registry) -> Arc<Registry> {
+        std::mem::replace(
+            &mut *self.0.registry.write().expect("registry lock"),
+            Arc::new(registry),
+        )
+    }
+
+    /// The registry now.
+    pub fn current(&self) -> Arc<Registry> {
+        self.0.registry()
+    }
+}
+
 /// A listening collector; [`Running::shutdown`] stops it and drains.
 pub struct Running {
     /// The TCP listener's address (the real port when the config said 0).
@@ -77,11 +97,15 @@ impl Collector {
             .set(config.spool_quota_bytes as i64);
         let ingest = Arc::new(Ingest {
             spool: Arc::new(spool),
-            registry: Arc::new(registry),
+            registry: std::sync::RwLock::new(Arc::new(registry)),
             metrics,
             health,
             line_bytes_max: config.limits.line_bytes_max,
             history_s: config.limits.history_s,
+            quarantine: crate::quarantine::Quarantine::new(
+                config.quarantine_dir(),
+                config.limits.quarantine_bytes_max,
+            ),
         });
         Ok(Self { config, ingest })
     }
@@ -89,6 +113,11 @@ impl Collector {
     /// The spool this collector appends to.
     pub fn spool(&self) -> Arc<Spool> {
         self.ingest.spool.clone()
+    }
+
+    /// A handle that replaces the registry of the running collector.
+    pub fn registry_handle(&self) -> RegistryHandle {
+        RegistryHandle(self.ingest.clone())
     }
 
     /// Binds the socket and TCP listener, starts the inbox tailer and serves

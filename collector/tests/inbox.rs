@@ -68,8 +68,10 @@ async fn partial_lines_wait_rotation_is_followed_and_rotated_files_are_deleted()
         .contains("spoolhouse_collector_inbox_files_deleted_total 1"));
 }
 
+/// Bad lines are skipped, counted, and kept in the quarantine with the rule
+/// they broke, where they were and the line itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_and_overlong_inbox_lines_are_counted_and_skipped() {
+async fn bad_and_overlong_inbox_lines_are_counted_skipped_and_quarantined() {
     let limits = CollectorLimits {
         line_bytes_max: 200,
         read_buffer_bytes: 4096,
@@ -96,6 +98,66 @@ async fn bad_and_overlong_inbox_lines_are_counted_and_skipped() {
         "{m}"
     );
     assert!(m.contains("reason=\"not_json\"} 1"), "{m}");
+
+    let q = std::fs::read_to_string(h.config.quarantine_dir().join("rejected.jsonl")).unwrap();
+    let entries: Vec<serde_json::Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2, "{q}");
+    let first_line = lines(1..=1).len() as u64;
+    assert_eq!(entries[0]["rule"], "not_json", "{q}");
+    assert_eq!(entries[0]["line"], "not json");
+    assert_eq!(entries[0]["offset"], first_line);
+    assert_eq!(entries[0]["file"], log.to_str().unwrap());
+    assert!(
+        entries[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("not valid JSON"),
+        "{q}"
+    );
+    assert_eq!(entries[1]["rule"], "line_too_long", "{q}");
+    assert_eq!(entries[1]["offset"], first_line + 9);
+    assert!(
+        entries[1]["line"].as_str().unwrap().starts_with("zzz"),
+        "{q}"
+    );
+    assert!(
+        m.contains("spoolhouse_collector_quarantined_lines_total{rule=\"not_json\"} 1"),
+        "{m}"
+    );
+    let health = h.health.to_json();
+    assert_eq!(health["inbox_lines_quarantined"], 2, "{health}");
+    assert_eq!(
+        health["last_quarantined"]["rule"], "line_too_long",
+        "{health}"
+    );
+}
+
+/// A registry rule broken in an inbox line is quarantined with the field
+/// and message a socket client would get, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_line_carries_the_collectors_message_once() {
+    let h = Harness::new(fast_limits(), 1 << 30);
+    let (running, spool) = h.start().await;
+    let log = h.inbox().join("b.log");
+    let bad = vote(3)
+        .replace("\"yes\"", "\"maybe\"")
+        .replace("\"no\"", "\"maybe\"");
+    append(&log, &format!("{}{bad}\n{}", lines(1..=2), lines(4..=4)));
+    assert!(eventually(Duration::from_secs(10), || read_all(&spool).len() == 3).await);
+    running.shutdown().await.unwrap();
+    let q = std::fs::read_to_string(h.config.quarantine_dir().join("rejected.jsonl")).unwrap();
+    let entries: Vec<serde_json::Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 1, "{q}");
+    assert_eq!(entries[0]["field"], "attrs.vote");
+    assert_eq!(entries[0]["rule"], "not_in_enum");
+    assert_eq!(entries[0]["error"], "`attrs.vote` must be one of: yes, no");
+    assert_eq!(entries[0]["line"], bad.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,9 +44,22 @@ pub struct CollectorConfig {
     pub spool_dir: PathBuf,
     /// Spool quota in bytes.
     pub spool_quota_bytes: u64,
+    /// Where invalid inbox lines are kept, as JSON lines with the rule they
+    /// broke (default: `SPOOL_DIR/quarantine`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<PathBuf>,
     /// Bounds, timeouts and the fsync policy (every field has a default).
     #[serde(default)]
     pub limits: CollectorLimits,
+}
+
+impl CollectorConfig {
+    /// The quarantine folder: `quarantine`, or `SPOOL_DIR/quarantine`.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.quarantine
+            .clone()
+            .unwrap_or_else(|| self.spool_dir.join("quarantine"))
+    }
 }
 
 /// When the collector's spool appends count as durable, i.e. when it acknowledges.
@@ -117,6 +130,9 @@ pub struct CollectorLimits {
     pub inbox_rotate_idle_ms: u64,
     /// Only files at least this large are rotated that way (default 0: any).
     pub inbox_rotate_min_bytes: u64,
+    /// Largest quarantine file of invalid inbox lines before it is rotated
+    /// (one older file kept; default 64 MiB).
+    pub quarantine_bytes_max: u64,
     /// Spool segment size at which the active segment rotates (default
     /// 64 MiB, the spooler's own default); the quota must be at least twice this.
     pub spool_segment_bytes: u64,
@@ -143,6 +159,7 @@ impl Default for CollectorLimits {
             inbox_files_max: 10_000,
             inbox_rotate_idle_ms: 300_000,
             inbox_rotate_min_bytes: 0,
+            quarantine_bytes_max: 64 << 20,
             spool_segment_bytes: 64 << 20,
             spool_zstd_level: 3,
         }
@@ -727,6 +744,7 @@ impl CollectorConfig {
             socket: host.collector.socket.clone(),
             socket_mode: host.collector.socket_mode,
             socket_group: None,
+            quarantine: None,
             inbox: host.collector.inbox.clone(),
             admin: host.collector.admin,
             spool_dir: host.spool.dir.clone(),
@@ -775,6 +793,11 @@ impl crate::check::Declaration for CollectorConfig {
             l.read_buffer_bytes >= 4096,
             &at.key("read_buffer_bytes"),
             "must be at least 4096",
+        );
+        c.require(
+            l.quarantine_bytes_max >= 1 << 20,
+            &at.key("quarantine_bytes_max"),
+            "must be at least 1048576 (1 MiB: an entry keeps up to 64 KiB of its line)",
         );
         for (key, v) in [
             ("idle_timeout_ms", l.idle_timeout_ms),

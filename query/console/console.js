@@ -519,6 +519,10 @@ async function healthPage(main) {
         const title = s.error ? (s.down && s.down.length ? `down: ${s.down.join(', ')}; ${s.error}` : s.error) : (s.address || `${s.hosts} hosts`);
         return h('span', { class: s.up ? 'up' : 'down', title }, text);
       });
+      // Invalid inbox lines kept for the operator (each collector's /healthz names its file).
+      if (dc.inbox_lines_quarantined_total > 0) {
+        services.push(h('span', { class: 'down quarantine', title: 'invalid inbox lines kept in the collectors\' quarantine files (rejected.jsonl; each collector\'s /healthz names its file and last entry)' }, ` ${fmt(dc.inbox_lines_quarantined_total)} quarantined`));
+      }
       // Relay mode (ADR 0017): each relay, its sessions and spool.
       for (const r of dc.relays || []) {
         const title = r.up ? `${r.address}: ${fmt(r.sessions)} forwarder sessions, spool ${bytes(r.spool_bytes)}` : `${r.address}: ${r.error}`;

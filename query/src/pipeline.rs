@@ -35,6 +35,9 @@ pub mod reads {
     pub const COLLECTOR_EVENTS_ACCEPTED_TOTAL: &str = "spoolhouse_collector_events_accepted_total";
     /// `collector::metrics::names::SPOOL_BYTES`.
     pub const COLLECTOR_SPOOL_BYTES: &str = "spoolhouse_collector_spool_bytes";
+    /// `collector::metrics::names::QUARANTINED_LINES_TOTAL`.
+    pub const COLLECTOR_QUARANTINED_LINES_TOTAL: &str =
+        "spoolhouse_collector_quarantined_lines_total";
     /// `shipper::metrics::names::LAG_SECONDS`.
     pub const SHIPPER_LAG_SECONDS: &str = "spoolhouse_shipper_lag_seconds";
     /// `shipper::metrics::names::ROWS_TOTAL`.
@@ -202,6 +205,7 @@ pub async fn datacenter(dc: &QueryDatacenter) -> serde_json::Value {
             "shipper": {"up": h.shipper.is_ok(), "error": h.shipper.as_ref().err()},
             "events_in_total": f.events_in,
             "spool_bytes": f.spool_bytes,
+            "inbox_lines_quarantined_total": f.quarantined,
             "shipper_lag_seconds": {"clickhouse": f.lag_clickhouse, "redis": f.lag_redis},
             "clickhouse_rows_total": f.rows,
         }));
@@ -258,6 +262,7 @@ pub async fn datacenter(dc: &QueryDatacenter) -> serde_json::Value {
         "silent_hosts": silent_hosts,
         "events_in_total": totals.events_in,
         "spool_bytes": totals.spool_bytes,
+        "inbox_lines_quarantined_total": totals.quarantined,
         "shipper_lag_seconds": {
             "clickhouse": totals.lag_clickhouse,
             "redis": totals.lag_redis,
@@ -292,6 +297,7 @@ async fn read_relay(r: QueryRelay) -> serde_json::Value {
 struct Figures {
     events_in: Option<f64>,
     spool_bytes: Option<f64>,
+    quarantined: Option<f64>,
     lag_clickhouse: Option<f64>,
     lag_redis: Option<f64>,
     rows: Option<f64>,
@@ -309,6 +315,7 @@ impl Figures {
         Self {
             events_in: total(collector, reads::COLLECTOR_EVENTS_ACCEPTED_TOTAL),
             spool_bytes: collector.and_then(|s| sum(s, reads::COLLECTOR_SPOOL_BYTES, "")),
+            quarantined: total(collector, reads::COLLECTOR_QUARANTINED_LINES_TOTAL),
             lag_clickhouse: lag("clickhouse"),
             lag_redis: lag("redis"),
             rows: total(shipper, reads::SHIPPER_ROWS_TOTAL),
@@ -326,6 +333,7 @@ impl Figures {
         };
         self.events_in = plus(self.events_in, o.events_in);
         self.spool_bytes = plus(self.spool_bytes, o.spool_bytes);
+        self.quarantined = plus(self.quarantined, o.quarantined);
         self.lag_clickhouse = max(self.lag_clickhouse, o.lag_clickhouse);
         self.lag_redis = max(self.lag_redis, o.lag_redis);
         self.rows = plus(self.rows, o.rows);
