@@ -68,6 +68,16 @@ async fn partial_lines_wait_rotation_is_followed_and_rotated_files_are_deleted()
         .contains("spoolhouse_collector_inbox_files_deleted_total 1"));
 }
 
+/// The quarantine file's text, and its entries.
+fn quarantined(h: &Harness) -> (String, Vec<serde_json::Value>) {
+    let q = std::fs::read_to_string(h.config.quarantine_dir().join("rejected.jsonl")).unwrap();
+    let entries = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (q, entries)
+}
+
 /// Bad lines are skipped, counted, and kept in the quarantine with the rule
 /// they broke, where they were and the line itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,11 +109,7 @@ async fn bad_and_overlong_inbox_lines_are_counted_skipped_and_quarantined() {
     );
     assert!(m.contains("reason=\"not_json\"} 1"), "{m}");
 
-    let q = std::fs::read_to_string(h.config.quarantine_dir().join("rejected.jsonl")).unwrap();
-    let entries: Vec<serde_json::Value> = q
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (q, entries) = quarantined(&h);
     assert_eq!(entries.len(), 2, "{q}");
     let first_line = lines(1..=1).len() as u64;
     assert_eq!(entries[0]["rule"], "not_json", "{q}");
@@ -148,11 +154,7 @@ async fn a_quarantined_line_carries_the_collectors_message_once() {
     append(&log, &format!("{}{bad}\n{}", lines(1..=2), lines(4..=4)));
     assert!(eventually(Duration::from_secs(10), || read_all(&spool).len() == 3).await);
     running.shutdown().await.unwrap();
-    let q = std::fs::read_to_string(h.config.quarantine_dir().join("rejected.jsonl")).unwrap();
-    let entries: Vec<serde_json::Value> = q
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (q, entries) = quarantined(&h);
     assert_eq!(entries.len(), 1, "{q}");
     assert_eq!(entries[0]["field"], "attrs.vote");
     assert_eq!(entries[0]["rule"], "not_in_enum");

@@ -1421,21 +1421,29 @@ fn forwarder_config(
     c
 }
 
+/// Two relays of dc1 in `dir` on free ports with one secret: the secret's
+/// file, the ports, and relay `i`'s config (`relay1`, `relay2`).
+fn two_relays<'a>(
+    cluster: &'a LocalCluster,
+    dir: &'a std::path::Path,
+) -> (
+    std::path::PathBuf,
+    [u16; 2],
+    impl Fn(usize) -> dc_config::services::RelayConfig + 'a,
+) {
+    let secret = secret_file(dir, "relay.secret", "dc1-relay-secret");
+    let ports = [free_port(), free_port()];
+    let s = secret.clone();
+    let config =
+        move |i: usize| relay_config(cluster, &format!("relay{}", i + 1), ports[i], dir, &s);
+    (secret, ports, config)
+}
+
 #[test]
 fn relay_mode_ships_every_host_once_across_relay_kills_and_failover() {
     let cluster = launch();
     let dir = tempfile::tempdir().unwrap();
-    let secret = secret_file(dir.path(), "relay.secret", "dc1-relay-secret");
-    let ports = [free_port(), free_port()];
-    let relay_cfg = |i: usize| {
-        relay_config(
-            &cluster,
-            &format!("relay{}", i + 1),
-            ports[i],
-            dir.path(),
-            &secret,
-        )
-    };
+    let (secret, ports, relay_cfg) = two_relays(&cluster, dir.path());
     let mut relays: Vec<Option<RunningRelay>> = (0..2)
         .map(|i| Some(RunningRelay::start(relay_cfg(i))))
         .collect();
@@ -1601,22 +1609,12 @@ fn a_relays_orphan_insert_never_lands_beside_the_takeover() {
 fn a_host_goes_back_to_its_own_relay_once_it_serves_again() {
     let cluster = launch();
     let dir = tempfile::tempdir().unwrap();
-    let secret = secret_file(dir.path(), "relay.secret", "dc1-relay-secret");
-    let ports = [free_port(), free_port()];
+    let (secret, ports, relay_cfg) = two_relays(&cluster, dir.path());
     // A host whose own relay (by weight, from its name) is the first.
     let host = (0..)
         .map(|i| format!("dc1-home{i}"))
         .find(|h| shipper::forward::first_relay(h, &[1, 1]) == 0)
         .unwrap();
-    let relay_cfg = |i: usize| {
-        relay_config(
-            &cluster,
-            &format!("relay{}", i + 1),
-            ports[i],
-            dir.path(),
-            &secret,
-        )
-    };
     let own = RunningRelay::start(relay_cfg(0));
     let other = RunningRelay::start(relay_cfg(1));
     let cfg = forwarder_config(&cluster, &host, dir.path(), &ports, &secret);
