@@ -43,6 +43,9 @@ enum BenchCommand {
     /// Global reports across two DCs 100 ms apart (through the launcher's
     /// relays) and directly, beside this DC's own report, from the same states.
     Report(crate::bench_report::ReportBench),
+    /// The generated Python client's send() of 100 000 events into a
+    /// collector, beside `spoolhouse send` of the same events.
+    Clients(crate::bench_clients::ClientsBench),
     /// One DC with 1, 8 and 32 app hosts at the same total event rate:
     /// aggregation rounds, their seconds and ClickHouse's CPU per DC-minute,
     /// INSERTs per second per shard, ZooKeeper's load.
@@ -103,6 +106,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Progress(a) => crate::bench_progress::run(a),
         BenchCommand::Report(a) => crate::bench_report::run(a),
         BenchCommand::Fleet(a) => crate::bench_fleet::run(a),
+        BenchCommand::Clients(a) => crate::bench_clients::run(a),
     }
 }
 

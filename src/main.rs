@@ -2,6 +2,8 @@
 
 mod admin;
 #[cfg(feature = "lab")]
+mod bench_clients;
+#[cfg(feature = "lab")]
 mod bench_fleet;
 #[cfg(feature = "lab")]
 mod bench_progress;
