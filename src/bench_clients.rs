@@ -140,7 +140,7 @@ fn measure(args: &ClientsBench, dir: &std::path::Path) -> anyhow::Result<()> {
         bail!("spoolhouse send failed ({send})");
     }
     rt.block_on(running.shutdown())?;
-    let load = crate::cmd_bench::load_average();
+    let load = crate::machine::load_average();
     println!(
         "{} vote events into one collector (unix socket, fsync group), load {load}:",
         args.events

@@ -31,9 +31,9 @@ use launcher::services::Services;
 use launcher::{LaunchOptions, LocalCluster};
 use shipper::metrics::names;
 
-use crate::cmd_bench::{cpu_ticks, load_average};
 use crate::cmd_local::NetworkArg;
 use crate::demo_traffic::Mix;
+use crate::machine::{cpu_ticks, load_average};
 
 /// Arguments of `spoolhouse bench fleet`.
 #[derive(Debug, Args)]

@@ -696,7 +696,7 @@ fn measure_phase1(
     let sources_before = rt.block_on(service_sources(ctx.query));
     let cpu_before: Vec<Option<u64>> = procs
         .iter()
-        .map(|(_, p)| crate::cmd_bench::cpu_ticks(*p))
+        .map(|(_, p)| crate::machine::cpu_ticks(*p))
         .collect();
     let acked_before = ctx.acked.load(Ordering::Relaxed);
     *ctx.ack_latency.lock().expect("ack lock") = histogram();
@@ -715,9 +715,9 @@ fn measure_phase1(
     ctx.sampling.store(false, Ordering::Relaxed);
     let cpu_after: Vec<Option<u64>> = procs
         .iter()
-        .map(|(_, p)| crate::cmd_bench::cpu_ticks(*p))
+        .map(|(_, p)| crate::machine::cpu_ticks(*p))
         .collect();
-    let load_after = crate::cmd_bench::load_average();
+    let load_after = crate::machine::load_average();
     let ack = ctx.ack_latency.lock().expect("ack lock").clone();
     let write_errors = ctx.write_errors.lock().expect("errors lock").clone();
     // Lag polls still running end within LAG_POLL_MAX.
@@ -952,7 +952,7 @@ fn run_phase2(rt: &tokio::runtime::Runtime, ctx: &Arc<Ctx>, args: &ProgressBench
 
 /// Runs `spoolhouse bench progress`.
 pub fn run(args: ProgressBench) -> anyhow::Result<()> {
-    let load_before = crate::cmd_bench::load_average();
+    let load_before = crate::machine::load_average();
     let mut cluster = LocalCluster::start(
         &crate::bench_shipper::one_shard_dc(),
         LaunchOptions::default(),

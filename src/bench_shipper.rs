@@ -128,8 +128,8 @@ struct Cpu {
 
 impl Cpu {
     fn start(server: Option<u32>) -> Self {
-        let own = crate::cmd_bench::cpu_ticks(std::process::id()).unwrap_or(0);
-        let clickhouse = server.and_then(crate::cmd_bench::cpu_ticks).unwrap_or(0);
+        let own = crate::machine::cpu_ticks(std::process::id()).unwrap_or(0);
+        let clickhouse = server.and_then(crate::machine::cpu_ticks).unwrap_or(0);
         Self {
             server,
             own,
@@ -139,11 +139,8 @@ impl Cpu {
 
     /// (this process, ClickHouse) seconds since the start.
     fn took(&self) -> (f64, f64) {
-        let own = crate::cmd_bench::cpu_ticks(std::process::id()).unwrap_or(0);
-        let clickhouse = self
-            .server
-            .and_then(crate::cmd_bench::cpu_ticks)
-            .unwrap_or(0);
+        let own = crate::machine::cpu_ticks(std::process::id()).unwrap_or(0);
+        let clickhouse = self.server.and_then(crate::machine::cpu_ticks).unwrap_or(0);
         (
             own.saturating_sub(self.own) as f64 / 100.0,
             clickhouse.saturating_sub(self.clickhouse) as f64 / 100.0,

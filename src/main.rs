@@ -33,6 +33,8 @@ mod cmd_spool;
 #[cfg(feature = "lab")]
 mod demo_traffic;
 mod logging;
+#[cfg(feature = "lab")]
+mod machine;
 
 use clap::{Parser, Subcommand};
 
