@@ -25,6 +25,8 @@ pub struct CodegenArgs {
 enum LangArg {
     /// A Python 3 package (`pyproject.toml`, type hints).
     Python,
+    /// A Go module (`go.mod`, package `events`).
+    Go,
 }
 
 /// Runs `spoolhouse codegen`.
@@ -34,6 +36,7 @@ pub fn run(args: CodegenArgs) -> anyhow::Result<()> {
     let registry = Registry::parse(&args.registry, &text)?;
     let lang = match args.lang {
         LangArg::Python => Lang::Python,
+        LangArg::Go => Lang::Go,
     };
     let files = codegen::generate(lang, &registry, &text);
     for f in &files {

@@ -4,7 +4,10 @@
 //! host's Unix socket or appends to an inbox file (docs/protocol.md).
 //! Every generated file says it is generated, and from which registry.
 
+mod go;
 mod python;
+
+pub use go::MODULE as GO_MODULE;
 
 use std::path::PathBuf;
 
@@ -17,6 +20,8 @@ use crate::registry::Registry;
 pub enum Lang {
     /// Python 3.8+, type hints, a `pyproject.toml` package.
     Python,
+    /// A Go module (Go 1.19+, no dependencies) that passes `go vet`.
+    Go,
 }
 
 /// One generated file: its path under the output folder, and its text.
@@ -40,6 +45,7 @@ pub fn generate(lang: Lang, registry: &Registry, registry_text: &str) -> Vec<Fil
     let version = registry_version(registry_text);
     match lang {
         Lang::Python => python::generate(registry, &version),
+        Lang::Go => go::generate(registry, &version),
     }
 }
 
