@@ -1,7 +1,7 @@
-//! `spoolhouse bench clients`: the generated Python client's `send()` of
-//! N events into a collector, beside `spoolhouse send` of the same events
-//! as JSON lines, same run, same collector (in this process, its spool in
-//! a temporary folder).
+//! `spoolhouse bench clients`: the generated Python and Go clients'
+//! `send()` of N events into a collector, beside `spoolhouse send` of the
+//! same events as JSON lines, same run, same collector (in this process,
+//! its spool in a temporary folder).
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -41,6 +41,59 @@ for start in range(0, n, batch):
 print(stored, time.monotonic() - t0)
 "#;
 
+/// The Go side, as the Python one.
+const GO: &str = r#"package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"spoolhouse/events"
+)
+
+func main() {
+	n, _ := strconv.Atoi(os.Args[1])
+	batch, _ := strconv.Atoi(os.Args[2])
+	client, err := events.NewClientFromEnv()
+	if err != nil {
+		panic(err)
+	}
+	t0 := time.Now()
+	stored := 0
+	for start := 0; start < n; start += batch {
+		var evs []events.Event
+		for i := start; i < n && i < start+batch; i++ {
+			evs = append(evs, events.Vote{UserID: uint64(i), TargetUserID: 2, Vote: events.VoteVoteYes, CountryID: 7})
+		}
+		k, err := client.Send(evs...)
+		if err != nil {
+			panic(err)
+		}
+		stored += k
+	}
+	fmt.Println(stored, time.Since(t0).Seconds())
+}
+"#;
+
+/// Runs a timing program (its output: events stored, seconds); checks
+/// every event was stored.
+fn timed(cmd: &mut Command, what: &str, events: u64) -> anyhow::Result<f64> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace();
+    let stored: u64 = it.next().unwrap_or("0").parse()?;
+    let secs: f64 = it.next().unwrap_or("0").parse()?;
+    if stored != events {
+        bail!("{what} stored {stored} of {events} events");
+    }
+    Ok(secs)
+}
+
 /// Runs `spoolhouse bench clients`.
 pub fn run(args: ClientsBench) -> anyhow::Result<()> {
     let path = args
@@ -74,46 +127,49 @@ fn measure(args: &ClientsBench, dir: &std::path::Path) -> anyhow::Result<()> {
     let running = rt.block_on(collector.start())?;
     let socket = running.socket.clone();
 
-    // The generated client.
-    let out = dir.join("python");
-    for f in dc_config::codegen::generate(
-        dc_config::codegen::Lang::Python,
-        &d.registry,
-        &d.registry_text,
-    ) {
-        let p = out.join(&f.path);
-        std::fs::create_dir_all(p.parent().expect("a file in a folder"))?;
-        std::fs::write(&p, &f.text)?;
+    // The generated clients.
+    let write = |lang, out: &std::path::Path| -> anyhow::Result<()> {
+        for f in dc_config::codegen::generate(lang, &d.registry, &d.registry_text) {
+            let p = out.join(&f.path);
+            std::fs::create_dir_all(p.parent().expect("a file in a folder"))?;
+            std::fs::write(&p, &f.text)?;
+        }
+        Ok(())
+    };
+    let (n, batch) = (args.events.to_string(), args.batch.to_string());
+    let py_dir = dir.join("python");
+    write(dc_config::codegen::Lang::Python, &py_dir)?;
+    let py_s = timed(
+        Command::new("python3")
+            .args(["-c", PYTHON, &n, &batch])
+            .env("PYTHONPATH", &py_dir)
+            .env("SPOOLHOUSE_SOCKET", &socket),
+        "the Python client (apt-get install -y python3)",
+        args.events,
+    )?;
+    let go_dir = dir.join("go");
+    write(dc_config::codegen::Lang::Go, &go_dir)?;
+    std::fs::create_dir_all(go_dir.join("sendbench"))?;
+    std::fs::write(go_dir.join("sendbench/main.go"), GO)?;
+    // Built before, not timed.
+    let built = Command::new("go")
+        .args(["build", "-o", "sendbench.bin", "./sendbench"])
+        .current_dir(&go_dir)
+        .env("GOCACHE", go_dir.join(".gocache"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .status()
+        .context("running go (apt-get install -y golang-go)")?;
+    if !built.success() {
+        bail!("building the Go client's bench failed ({built})");
     }
-    let py = Command::new("python3")
-        .args([
-            "-c",
-            PYTHON,
-            &args.events.to_string(),
-            &args.batch.to_string(),
-        ])
-        .env("PYTHONPATH", &out)
-        .env("SPOOLHOUSE_SOCKET", &socket)
-        .output()
-        .context("running python3 (apt-get install -y python3)")?;
-    if !py.status.success() {
-        bail!(
-            "the Python client failed: {}",
-            String::from_utf8_lossy(&py.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&py.stdout);
-    let mut it = text.split_whitespace();
-    let (stored, py_s): (u64, f64) = (
-        it.next().unwrap_or("0").parse()?,
-        it.next().unwrap_or("0").parse()?,
-    );
-    if stored != args.events {
-        bail!(
-            "the Python client stored {stored} of {} events",
-            args.events
-        );
-    }
+    let go_s = timed(
+        Command::new(go_dir.join("sendbench.bin"))
+            .args([&n, &batch])
+            .env("SPOOLHOUSE_SOCKET", &socket),
+        "the Go client",
+        args.events,
+    )?;
 
     // `spoolhouse send` of the same votes as JSON lines.
     let now = dc_config::event::now_ms();
@@ -151,12 +207,18 @@ fn measure(args: &ClientsBench, dir: &std::path::Path) -> anyhow::Result<()> {
         args.events as f64 / py_s
     );
     println!(
+        "  generated Go client, {} per Send():     {:>9.0} events/s ({go_s:.2} s)",
+        args.batch,
+        args.events as f64 / go_s
+    );
+    println!(
         "  spoolhouse send (JSON lines file):        {:>9.0} events/s ({send_s:.2} s, process start included)",
         args.events as f64 / send_s
     );
     println!(
-        "  Python / spoolhouse send = {:.0} %",
-        100.0 * send_s / py_s
+        "  Python / spoolhouse send = {:.0} %, Go / spoolhouse send = {:.0} %",
+        100.0 * send_s / py_s,
+        100.0 * send_s / go_s
     );
     Ok(())
 }
