@@ -7,8 +7,8 @@ set -euo pipefail
 
 # chromium: the web console's browser test (tests/console.rs) drives it.
 # prometheus: its promtool lints every service's /metrics (tests/metrics_lint.rs).
-# python3, golang-go: the generated Python and Go clients run for real (tests/codegen.rs).
-packages=(clickhouse-server clickhouse-client zookeeper redis-server iproute2 chromium prometheus python3 golang-go)
+# python3, golang-go, php-cli: the generated clients run for real (tests/codegen.rs).
+packages=(clickhouse-server clickhouse-client zookeeper redis-server iproute2 chromium prometheus python3 golang-go php-cli)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

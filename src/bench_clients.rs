@@ -1,4 +1,4 @@
-//! `spoolhouse bench clients`: the generated Python and Go clients'
+//! `spoolhouse bench clients`: the generated Python, PHP and Go clients'
 //! `send()` of N events into a collector, beside `spoolhouse send` of the
 //! same events as JSON lines, same run, same collector (in this process,
 //! its spool in a temporary folder).
@@ -39,6 +39,25 @@ for start in range(0, n, batch):
               for i in range(start, min(n, start + batch))]
     stored += client.send(*events)
 print(stored, time.monotonic() - t0)
+"#;
+
+/// The PHP side, as the Python one (argv: package folder, n, batch).
+const PHP: &str = r#"<?php
+declare(strict_types=1);
+require $argv[1] . '/autoload.php';
+use Spoolhouse\Events\{Client, Vote};
+[$n, $batch] = [(int) $argv[2], (int) $argv[3]];
+$client = new Client();
+$t0 = microtime(true);
+$stored = 0;
+for ($start = 0; $start < $n; $start += $batch) {
+    $events = [];
+    for ($i = $start; $i < min($n, $start + $batch); $i++) {
+        $events[] = new Vote(userId: $i, targetUserId: 2, vote: Vote::VOTE_YES, countryId: 7);
+    }
+    $stored += $client->send(...$events);
+}
+echo $stored, ' ', microtime(true) - $t0, "\n";
 "#;
 
 /// The Go side, as the Python one.
@@ -147,6 +166,17 @@ fn measure(args: &ClientsBench, dir: &std::path::Path) -> anyhow::Result<()> {
         "the Python client (apt-get install -y python3)",
         args.events,
     )?;
+    let php_dir = dir.join("php");
+    write(dc_config::codegen::Lang::Php, &php_dir)?;
+    let php_s = timed(
+        Command::new("php")
+            .args(["-r", PHP.trim_start_matches("<?php"), "--"])
+            .arg(&php_dir)
+            .args([&n, &batch])
+            .env("SPOOLHOUSE_SOCKET", &socket),
+        "the PHP client (apt-get install -y php-cli)",
+        args.events,
+    )?;
     let go_dir = dir.join("go");
     write(dc_config::codegen::Lang::Go, &go_dir)?;
     std::fs::create_dir_all(go_dir.join("sendbench"))?;
@@ -207,6 +237,11 @@ fn measure(args: &ClientsBench, dir: &std::path::Path) -> anyhow::Result<()> {
         args.events as f64 / py_s
     );
     println!(
+        "  generated PHP client, {} per send():    {:>9.0} events/s ({php_s:.2} s)",
+        args.batch,
+        args.events as f64 / php_s
+    );
+    println!(
         "  generated Go client, {} per Send():     {:>9.0} events/s ({go_s:.2} s)",
         args.batch,
         args.events as f64 / go_s
@@ -216,8 +251,9 @@ fn measure(args: &ClientsBench, dir: &std::path::Path) -> anyhow::Result<()> {
         args.events as f64 / send_s
     );
     println!(
-        "  Python / spoolhouse send = {:.0} %, Go / spoolhouse send = {:.0} %",
+        "  Python / spoolhouse send = {:.0} %, PHP / spoolhouse send = {:.0} %, Go / spoolhouse send = {:.0} %",
         100.0 * send_s / py_s,
+        100.0 * send_s / php_s,
         100.0 * send_s / go_s
     );
     Ok(())

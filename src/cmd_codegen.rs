@@ -27,6 +27,8 @@ enum LangArg {
     Python,
     /// A Go module (`go.mod`, package `events`).
     Go,
+    /// A PHP 8 Composer package (strict types, PSR-4, `autoload.php`).
+    Php,
 }
 
 /// Runs `spoolhouse codegen`.
@@ -37,6 +39,7 @@ pub fn run(args: CodegenArgs) -> anyhow::Result<()> {
     let lang = match args.lang {
         LangArg::Python => Lang::Python,
         LangArg::Go => Lang::Go,
+        LangArg::Php => Lang::Php,
     };
     let files = codegen::generate(lang, &registry, &text);
     for f in &files {

@@ -1,5 +1,6 @@
-//! `spoolhouse codegen` as a developer meets it, for Python and Go: the
-//! generated package compiles (`py_compile`; `go vet`, `gofmt`), sends
+//! `spoolhouse codegen` as a developer meets it, for Python, Go and PHP:
+//! the generated package compiles (`py_compile`; `go vet`, `gofmt`;
+//! `php -l`), sends
 //! every event type of the example registry to a real collector through
 //! its socket and through an inbox file, the rows reach ClickHouse with
 //! their typed values, invalid values are refused on the client with the
@@ -236,4 +237,56 @@ fn the_generated_clients_send_every_event_type_typed() {
         || go_rows().lines().count() >= 8,
     );
     assert_eq!(go_rows(), format!("{}{}", want(3000), want(4000)));
+    // The PHP package: every file lints, and the same sends and checks.
+    let php_dir = tempfile::tempdir().unwrap();
+    generate("php", php_dir.path());
+    let mut php_files = vec![php_dir.path().join("autoload.php")];
+    for f in std::fs::read_dir(php_dir.path().join("src")).unwrap() {
+        php_files.push(f.unwrap().path());
+    }
+    for f in &php_files {
+        let lint = Command::new("php")
+            .arg("-l")
+            .arg(f)
+            .output()
+            .expect("php (apt-get install -y php-cli)");
+        assert!(
+            lint.status.success(),
+            "php -l {}: {}",
+            f.display(),
+            String::from_utf8_lossy(&lint.stdout)
+        );
+    }
+    let run = Command::new("php")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/codegen/send_every_event.php"
+        ))
+        .arg(php_dir.path())
+        .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(printed.contains("socket stored 4\n"), "{printed}");
+    assert!(printed.contains("inbox stored 4\n"), "{printed}");
+    assert!(printed.ends_with("ok\n"), "{printed}");
+    let php_rows = || {
+        ch.query(
+            "SELECT event, arrayStringConcat(arrayMap((n, v) -> concat(n, '=', v), attr_names, attr_values), ' ') \
+             FROM spoolhouse.events_dc WHERE toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) BETWEEN 5001 AND 6004 \
+             ORDER BY toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) FORMAT TSV",
+        )
+        .unwrap()
+    };
+    wait_for(
+        "the PHP client's events in ClickHouse",
+        Duration::from_secs(60),
+        || php_rows().lines().count() >= 8,
+    );
+    assert_eq!(php_rows(), format!("{}{}", want(5000), want(6000)));
 }

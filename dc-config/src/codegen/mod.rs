@@ -5,6 +5,7 @@
 //! Every generated file says it is generated, and from which registry.
 
 mod go;
+mod php;
 mod python;
 
 pub use go::MODULE as GO_MODULE;
@@ -22,6 +23,8 @@ pub enum Lang {
     Python,
     /// A Go module (Go 1.19+, no dependencies) that passes `go vet`.
     Go,
+    /// A Composer package (PHP 8.1+, strict types, PSR-4).
+    Php,
 }
 
 /// One generated file: its path under the output folder, and its text.
@@ -46,6 +49,7 @@ pub fn generate(lang: Lang, registry: &Registry, registry_text: &str) -> Vec<Fil
     match lang {
         Lang::Python => python::generate(registry, &version),
         Lang::Go => go::generate(registry, &version),
+        Lang::Php => php::generate(registry, &version),
     }
 }
 
