@@ -29,6 +29,8 @@ enum LangArg {
     Go,
     /// A PHP 8 Composer package (strict types, PSR-4, `autoload.php`).
     Php,
+    /// A Rust crate (`Cargo.toml`, `serde_json` its one dependency).
+    Rust,
 }
 
 /// Runs `spoolhouse codegen`.
@@ -40,6 +42,7 @@ pub fn run(args: CodegenArgs) -> anyhow::Result<()> {
         LangArg::Python => Lang::Python,
         LangArg::Go => Lang::Go,
         LangArg::Php => Lang::Php,
+        LangArg::Rust => Lang::Rust,
     };
     let files = codegen::generate(lang, &registry, &text);
     for f in &files {

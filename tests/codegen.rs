@@ -1,6 +1,6 @@
-//! `spoolhouse codegen` as a developer meets it, for Python, Go and PHP:
-//! the generated package compiles (`py_compile`; `go vet`, `gofmt`;
-//! `php -l`), sends
+//! `spoolhouse codegen` as a developer meets it, for Python, Go, PHP and
+//! Rust: the generated package compiles (`py_compile`; `go vet`, `gofmt`;
+//! `php -l`; `cargo clippy -D warnings`, offline), sends
 //! every event type of the example registry to a real collector through
 //! its socket and through an inbox file, the rows reach ClickHouse with
 //! their typed values, invalid values are refused on the client with the
@@ -289,4 +289,56 @@ fn the_generated_clients_send_every_event_type_typed() {
         || php_rows().lines().count() >= 8,
     );
     assert_eq!(php_rows(), format!("{}{}", want(5000), want(6000)));
+    // The Rust crate: clippy-clean, and the same sends and checks.
+    let crate_dir = tempfile::tempdir().unwrap();
+    generate("rust", crate_dir.path());
+    std::fs::create_dir_all(crate_dir.path().join("examples")).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/codegen/send_every_event.rs"
+        ),
+        crate_dir.path().join("examples/send_every_event.rs"),
+    )
+    .unwrap();
+    let cargo = |args: &[&str]| {
+        let o = Command::new(env!("CARGO"))
+            .args(args)
+            .current_dir(crate_dir.path())
+            .env("CARGO_TARGET_DIR", crate_dir.path().join("target"))
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        assert!(o.status.success(), "cargo {args:?}:\n{out}\n{err}");
+        out
+    };
+    cargo(&["clippy", "--offline", "--lib", "--", "-D", "warnings"]);
+    let printed = cargo(&[
+        "run",
+        "--offline",
+        "--quiet",
+        "--example",
+        "send_every_event",
+    ]);
+    assert!(printed.contains("socket stored 4\n"), "{printed}");
+    assert!(printed.contains("inbox stored 4\n"), "{printed}");
+    assert!(printed.ends_with("ok\n"), "{printed}");
+    let rust_rows = || {
+        ch.query(
+            "SELECT event, arrayStringConcat(arrayMap((n, v) -> concat(n, '=', v), attr_names, attr_values), ' ') \
+             FROM spoolhouse.events_dc WHERE toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) BETWEEN 7001 AND 8004 \
+             ORDER BY toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) FORMAT TSV",
+        )
+        .unwrap()
+    };
+    wait_for(
+        "the Rust client's events in ClickHouse",
+        Duration::from_secs(60),
+        || rust_rows().lines().count() >= 8,
+    );
+    assert_eq!(rust_rows(), format!("{}{}", want(7000), want(8000)));
 }

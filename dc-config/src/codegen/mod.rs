@@ -7,6 +7,7 @@
 mod go;
 mod php;
 mod python;
+mod rust;
 
 pub use go::MODULE as GO_MODULE;
 
@@ -25,6 +26,8 @@ pub enum Lang {
     Go,
     /// A Composer package (PHP 8.1+, strict types, PSR-4).
     Php,
+    /// A Rust crate (edition 2021, `serde_json` its one dependency).
+    Rust,
 }
 
 /// One generated file: its path under the output folder, and its text.
@@ -50,6 +53,7 @@ pub fn generate(lang: Lang, registry: &Registry, registry_text: &str) -> Vec<Fil
         Lang::Python => python::generate(registry, &version),
         Lang::Go => go::generate(registry, &version),
         Lang::Php => php::generate(registry, &version),
+        Lang::Rust => rust::generate(registry, &version),
     }
 }
 
