@@ -17,24 +17,37 @@ use common::{start_dc, wait_for};
 use launcher::{LaunchOptions, LocalCluster};
 
 fn generate(lang: &str, out: &Path) {
-    let gen = Command::new(env!("CARGO_BIN_EXE_spoolhouse"))
-        .args([
-            "codegen",
-            "--lang",
-            lang,
-            "--registry",
-            "examples/events.toml",
-            "--out",
-        ])
-        .arg(out)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        gen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gen.stderr)
+    stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_spoolhouse"))
+            .args([
+                "codegen",
+                "--lang",
+                lang,
+                "--registry",
+                "examples/events.toml",
+                "--out",
+            ])
+            .arg(out)
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
+        &[],
+        "cargo build",
     );
+}
+
+/// Runs `c` (its program missing: `install` says how to get it) with
+/// `env` added; asserts it succeeded (showing both outputs if not) and
+/// returns its standard output.
+fn stdout_of(c: &mut Command, env: &[(&str, &Path)], install: &str) -> String {
+    let o = c
+        .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("{c:?}: {e} ({install})"));
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(o.status.success(), "{c:?}:\n{out}\n{err}");
+    out
 }
 
 /// Runs `go ARGS` in the generated module `dir`, offline, with its caches in `dir`.
@@ -46,31 +59,55 @@ fn go(args: &[&str], dir: &Path, env: &[(&str, &Path)]) -> String {
         .env("GOPATH", dir.join(".gopath"))
         .env("GOFLAGS", "-mod=mod")
         .env("GOPROXY", "off");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.output().expect("go (apt-get install -y golang-go)");
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    );
-    assert!(o.status.success(), "go {args:?}:\n{out}\n{err}");
-    out
+    stdout_of(&mut c, env, "apt-get install -y golang-go")
 }
 
 fn python(args: &[&str], pythonpath: &Path, env: &[(&str, &Path)]) -> String {
     let mut c = Command::new("python3");
     c.args(args).env("PYTHONPATH", pythonpath);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.output().expect("python3 (apt-get install -y python3)");
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
+    stdout_of(&mut c, env, "apt-get install -y python3")
+}
+
+/// A client program's output: four events stored through the socket,
+/// four through the inbox, every check passed.
+fn assert_sent(printed: &str) {
+    assert!(printed.contains("socket stored 4\n"), "{printed}");
+    assert!(printed.contains("inbox stored 4\n"), "{printed}");
+    assert!(printed.ends_with("ok\n"), "{printed}");
+}
+
+/// Waits until ClickHouse holds the eight events a client sent (user ids
+/// from `base + 1` through the socket, from `base + 1001` through the
+/// inbox), then checks each is there with its typed values.
+fn assert_typed_rows(ch: &launcher::probe::ClickHouseHttp, base: u64) {
+    let rows = || {
+        ch.query(&format!(
+            "SELECT event, arrayStringConcat(arrayMap((n, v) -> concat(n, '=', v), attr_names, attr_values), ' ') \
+             FROM spoolhouse.events_dc WHERE toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) BETWEEN {} AND {} \
+             ORDER BY toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) FORMAT TSV",
+            base + 1,
+            base + 1004
+        ))
+        .unwrap()
+    };
+    wait_for(
+        &format!("the typed events from {base} in ClickHouse"),
+        Duration::from_secs(60),
+        || rows().lines().count() >= 8,
     );
-    assert!(o.status.success(), "python3 {args:?}:\n{out}\n{err}");
-    out
+    let want = |base: u64| {
+        format!(
+            "registration\tuser_id={} gender=female country_id=7 platform=ios\n\
+             watch_progress\tuser_id={} video_id=99 video_time=1234\n\
+             vote\tuser_id={} target_user_id=5 vote=yes country_id=250\n\
+             screen_view\tuser_id={} screen=home \u{e9} platform=web load_ms=42 is_first_launch=1\n",
+            base + 1,
+            base + 2,
+            base + 3,
+            base + 4
+        )
+    };
+    assert_eq!(rows(), format!("{}{}", want(base), want(base + 1000)));
 }
 
 #[test]
@@ -127,39 +164,12 @@ fn the_generated_clients_send_every_event_type_typed() {
         "/tests/codegen/send_every_event.py"
     );
     let printed = python(&[script], out.path(), &env);
-    assert!(printed.contains("socket stored 4\n"), "{printed}");
-    assert!(printed.contains("inbox stored 4\n"), "{printed}");
-    assert!(printed.ends_with("ok\n"), "{printed}");
+    assert_sent(&printed);
 
     // The rows, typed as the registry says, from the socket and the inbox.
     let server = dc.replicas().next().unwrap().name();
     let ch = cluster.clickhouse(&server).unwrap();
-    let rows = || {
-        ch.query(
-            "SELECT event, arrayStringConcat(arrayMap((n, v) -> concat(n, '=', v), attr_names, attr_values), ' ') \
-             FROM spoolhouse.events_dc WHERE toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) BETWEEN 1001 AND 2004 \
-             ORDER BY toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) FORMAT TSV",
-        )
-        .unwrap()
-    };
-    wait_for(
-        "the typed events in ClickHouse",
-        Duration::from_secs(60),
-        || rows().lines().count() >= 8,
-    );
-    let want = |base: u64| {
-        format!(
-            "registration\tuser_id={} gender=female country_id=7 platform=ios\n\
-             watch_progress\tuser_id={} video_id=99 video_time=1234\n\
-             vote\tuser_id={} target_user_id=5 vote=yes country_id=250\n\
-             screen_view\tuser_id={} screen=home \u{e9} platform=web load_ms=42 is_first_launch=1\n",
-            base + 1,
-            base + 2,
-            base + 3,
-            base + 4
-        )
-    };
-    assert_eq!(rows(), format!("{}{}", want(1000), want(2000)));
+    assert_typed_rows(&ch, 1000);
 
     // The README's example, as printed.
     let readme = std::fs::read_to_string(out.path().join("README.md")).unwrap();
@@ -220,23 +230,8 @@ fn the_generated_clients_send_every_event_type_typed() {
         String::from_utf8_lossy(&unformatted.stdout)
     );
     let printed = go(&["run", "./sendall"], gomod.path(), &env);
-    assert!(printed.contains("socket stored 4 <nil>\n"), "{printed}");
-    assert!(printed.contains("inbox stored 4 <nil>\n"), "{printed}");
-    assert!(printed.ends_with("ok\n"), "{printed}");
-    let go_rows = || {
-        ch.query(
-            "SELECT event, arrayStringConcat(arrayMap((n, v) -> concat(n, '=', v), attr_names, attr_values), ' ') \
-             FROM spoolhouse.events_dc WHERE toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) BETWEEN 3001 AND 4004 \
-             ORDER BY toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) FORMAT TSV",
-        )
-        .unwrap()
-    };
-    wait_for(
-        "the Go client's events in ClickHouse",
-        Duration::from_secs(60),
-        || go_rows().lines().count() >= 8,
-    );
-    assert_eq!(go_rows(), format!("{}{}", want(3000), want(4000)));
+    assert_sent(&printed.replace(" <nil>", ""));
+    assert_typed_rows(&ch, 3000);
     // The PHP package: every file lints, and the same sends and checks.
     let php_dir = tempfile::tempdir().unwrap();
     generate("php", php_dir.path());
@@ -245,50 +240,24 @@ fn the_generated_clients_send_every_event_type_typed() {
         php_files.push(f.unwrap().path());
     }
     for f in &php_files {
-        let lint = Command::new("php")
-            .arg("-l")
-            .arg(f)
-            .output()
-            .expect("php (apt-get install -y php-cli)");
-        assert!(
-            lint.status.success(),
-            "php -l {}: {}",
-            f.display(),
-            String::from_utf8_lossy(&lint.stdout)
+        stdout_of(
+            Command::new("php").arg("-l").arg(f),
+            &[],
+            "apt-get install -y php-cli",
         );
     }
-    let run = Command::new("php")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/codegen/send_every_event.php"
-        ))
-        .arg(php_dir.path())
-        .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{printed}{}",
-        String::from_utf8_lossy(&run.stderr)
+    let printed = stdout_of(
+        Command::new("php")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/codegen/send_every_event.php"
+            ))
+            .arg(php_dir.path()),
+        &env,
+        "apt-get install -y php-cli",
     );
-    assert!(printed.contains("socket stored 4\n"), "{printed}");
-    assert!(printed.contains("inbox stored 4\n"), "{printed}");
-    assert!(printed.ends_with("ok\n"), "{printed}");
-    let php_rows = || {
-        ch.query(
-            "SELECT event, arrayStringConcat(arrayMap((n, v) -> concat(n, '=', v), attr_names, attr_values), ' ') \
-             FROM spoolhouse.events_dc WHERE toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) BETWEEN 5001 AND 6004 \
-             ORDER BY toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) FORMAT TSV",
-        )
-        .unwrap()
-    };
-    wait_for(
-        "the PHP client's events in ClickHouse",
-        Duration::from_secs(60),
-        || php_rows().lines().count() >= 8,
-    );
-    assert_eq!(php_rows(), format!("{}{}", want(5000), want(6000)));
+    assert_sent(&printed);
+    assert_typed_rows(&ch, 5000);
     // The Rust crate: clippy-clean, and the same sends and checks.
     let crate_dir = tempfile::tempdir().unwrap();
     generate("rust", crate_dir.path());
@@ -302,19 +271,14 @@ fn the_generated_clients_send_every_event_type_typed() {
     )
     .unwrap();
     let cargo = |args: &[&str]| {
-        let o = Command::new(env!("CARGO"))
-            .args(args)
-            .current_dir(crate_dir.path())
-            .env("CARGO_TARGET_DIR", crate_dir.path().join("target"))
-            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
-            .output()
-            .unwrap();
-        let (out, err) = (
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        );
-        assert!(o.status.success(), "cargo {args:?}:\n{out}\n{err}");
-        out
+        stdout_of(
+            Command::new(env!("CARGO"))
+                .args(args)
+                .current_dir(crate_dir.path())
+                .env("CARGO_TARGET_DIR", crate_dir.path().join("target")),
+            &env,
+            "rustup",
+        )
     };
     cargo(&["clippy", "--offline", "--lib", "--", "-D", "warnings"]);
     let printed = cargo(&[
@@ -324,21 +288,6 @@ fn the_generated_clients_send_every_event_type_typed() {
         "--example",
         "send_every_event",
     ]);
-    assert!(printed.contains("socket stored 4\n"), "{printed}");
-    assert!(printed.contains("inbox stored 4\n"), "{printed}");
-    assert!(printed.ends_with("ok\n"), "{printed}");
-    let rust_rows = || {
-        ch.query(
-            "SELECT event, arrayStringConcat(arrayMap((n, v) -> concat(n, '=', v), attr_names, attr_values), ' ') \
-             FROM spoolhouse.events_dc WHERE toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) BETWEEN 7001 AND 8004 \
-             ORDER BY toUInt64OrZero(attr_values[indexOf(attr_names, 'user_id')]) FORMAT TSV",
-        )
-        .unwrap()
-    };
-    wait_for(
-        "the Rust client's events in ClickHouse",
-        Duration::from_secs(60),
-        || rust_rows().lines().count() >= 8,
-    );
-    assert_eq!(rust_rows(), format!("{}{}", want(7000), want(8000)));
+    assert_sent(&printed);
+    assert_typed_rows(&ch, 7000);
 }

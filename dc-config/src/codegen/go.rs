@@ -7,7 +7,7 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use super::{constant, pascal, File};
+use super::{constant, example_event, fill_bounds, pascal, File, Sample};
 use crate::registry::{EventType, Field, FieldType, Registry};
 
 const RUNTIME: &str = include_str!("go_runtime.go");
@@ -183,32 +183,23 @@ fn event_type(out: &mut String, name: &str, ev: &EventType) {
 }
 
 fn example(registry: &Registry) -> String {
-    let (name, ev) = registry
-        .event
-        .iter()
-        .next()
-        .expect("a checked registry has an event type");
+    let (name, fields) = example_event(registry);
     let class = pascal(name);
-    let args: Vec<String> = ev
-        .fields
+    let args: Vec<String> = fields
         .iter()
-        .filter(|(_, f)| f.required)
-        .map(|(fname, f)| {
-            let v = match f.ty {
-                FieldType::Enum => {
-                    let mut taken = Vec::new();
-                    format!(
-                        "events.{class}{}{}",
-                        go_name(fname),
-                        pascal(&constant(&f.values[0], &mut taken).to_ascii_lowercase())
-                    )
-                }
-                FieldType::Bool => "true".into(),
-                FieldType::Float => "1.5".into(),
-                FieldType::String => go_str("example"),
-                _ => "7".into(),
+        .filter_map(|(fname, sample)| {
+            let v = match sample.as_ref()? {
+                Sample::Enum(v) => format!(
+                    "events.{class}{}{}",
+                    go_name(fname),
+                    pascal(&constant(v, &mut Vec::new()).to_ascii_lowercase())
+                ),
+                Sample::Bool => "true".into(),
+                Sample::Float => "1.5".into(),
+                Sample::Str => go_str("example"),
+                Sample::Int => "7".into(),
             };
-            format!("{}: {v}", go_name(fname))
+            Some(format!("{}: {v}", go_name(fname)))
         })
         .collect();
     format!(
@@ -227,11 +218,7 @@ pub(super) fn generate(registry: &Registry, version: &str) -> Vec<File> {
          // {version}, and a client that sends them to the collector on this host.\n\
          package events\n"
     );
-    src.push_str(
-        &RUNTIME
-            .replace("@MIN_TIME_MS@", &crate::event::MIN_TIME_MS.to_string())
-            .replace("@MAX_TIME_MS@", &crate::event::MAX_TIME_MS.to_string()),
-    );
+    src.push_str(&fill_bounds(RUNTIME));
     let _ = writeln!(
         src,
         "\n// RegistryVersion: the registry this package was generated from.\nconst RegistryVersion = {}",

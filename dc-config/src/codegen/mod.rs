@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
-use crate::registry::Registry;
+use crate::registry::{FieldType, Registry};
 
 /// A language clients are generated in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,54 @@ pub fn generate(lang: Lang, registry: &Registry, registry_text: &str) -> Vec<Fil
         Lang::Php => php::generate(registry, &version),
         Lang::Rust => rust::generate(registry, &version),
     }
+}
+
+/// A runtime template with the collector's event time bounds filled in,
+/// from the Rust definitions rather than copied.
+pub(crate) fn fill_bounds(text: &str) -> String {
+    text.replace("@MIN_TIME_MS@", &crate::event::MIN_TIME_MS.to_string())
+        .replace("@MAX_TIME_MS@", &crate::event::MAX_TIME_MS.to_string())
+}
+
+/// A sample value of a required field, for a README's example; each
+/// language spells it.
+pub(crate) enum Sample<'a> {
+    /// The enum's first value.
+    Enum(&'a str),
+    /// `true`.
+    Bool,
+    /// `1.5`.
+    Float,
+    /// `"example"`.
+    Str,
+    /// `7`.
+    Int,
+}
+
+/// What every README's example sends: the registry's first event type and,
+/// per field in declaration order, a sample for a required one (`None` for
+/// an optional one).
+pub(crate) fn example_event(registry: &Registry) -> (&str, Vec<(&str, Option<Sample<'_>>)>) {
+    let (name, ev) = registry
+        .event
+        .iter()
+        .next()
+        .expect("a checked registry has an event type");
+    let fields = ev
+        .fields
+        .iter()
+        .map(|(fname, f)| {
+            let sample = f.required.then(|| match f.ty {
+                FieldType::Enum => Sample::Enum(&f.values[0]),
+                FieldType::Bool => Sample::Bool,
+                FieldType::Float => Sample::Float,
+                FieldType::String => Sample::Str,
+                _ => Sample::Int,
+            });
+            (fname.as_str(), sample)
+        })
+        .collect();
+    (name, fields)
 }
 
 /// `snake_case` to `PascalCase`.

@@ -7,7 +7,7 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use super::{constant, pascal, File};
+use super::{constant, example_event, fill_bounds, pascal, File, Sample};
 use crate::registry::{EventType, Field, FieldType, Registry};
 
 const RUNTIME: &[(&str, &str)] = &[
@@ -152,32 +152,23 @@ fn event_class(name: &str, ev: &EventType, version: &str) -> String {
 }
 
 fn example(registry: &Registry) -> String {
-    let (name, ev) = registry
-        .event
-        .iter()
-        .next()
-        .expect("a checked registry has an event type");
+    let (name, fields) = example_event(registry);
     let class = pascal(name);
-    let args: Vec<String> = ev
-        .fields
+    let args: Vec<String> = fields
         .iter()
-        .filter(|(_, f)| f.required)
-        .map(|(fname, f)| {
-            let v = match f.ty {
-                FieldType::Enum => {
-                    let mut taken = vec!["VALUES".to_string()];
-                    format!(
-                        "{class}::{}_{}",
-                        fname.to_ascii_uppercase(),
-                        constant(&f.values[0], &mut taken).trim_start_matches('_')
-                    )
-                }
-                FieldType::Bool => "true".into(),
-                FieldType::Float => "1.5".into(),
-                FieldType::String => php_str("example"),
-                _ => "7".into(),
+        .filter_map(|(fname, sample)| {
+            let v = match sample.as_ref()? {
+                Sample::Enum(v) => format!(
+                    "{class}::{}_{}",
+                    fname.to_ascii_uppercase(),
+                    constant(v, &mut vec!["VALUES".to_string()]).trim_start_matches('_')
+                ),
+                Sample::Bool => "true".into(),
+                Sample::Float => "1.5".into(),
+                Sample::Str => php_str("example"),
+                Sample::Int => "7".into(),
             };
-            format!("{}: {v}", camel(fname))
+            Some(format!("{}: {v}", camel(fname)))
         })
         .collect();
     format!(
@@ -192,9 +183,7 @@ fn example(registry: &Registry) -> String {
 pub(super) fn generate(registry: &Registry, version: &str) -> Vec<File> {
     let mut files = Vec::new();
     for (name, text) in RUNTIME {
-        let body = text
-            .replace("@MIN_TIME_MS@", &crate::event::MIN_TIME_MS.to_string())
-            .replace("@MAX_TIME_MS@", &crate::event::MAX_TIME_MS.to_string());
+        let body = fill_bounds(text);
         files.push(File {
             path: PathBuf::from(format!("src/{name}.php")),
             text: format!("{}{body}", header(version)),

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use super::{constant, pascal, File};
+use super::{constant, example_event, fill_bounds, pascal, File, Sample};
 use crate::registry::{EventType, Field, FieldType, Registry};
 
 /// The package's runtime: validators with the collector's messages, the
@@ -149,11 +149,7 @@ fn module(registry: &Registry, version: &str) -> String {
          REGISTRY_VERSION = {}\n",
         py_str(version)
     );
-    out.push_str(
-        &RUNTIME
-            .replace("@MIN_TIME_MS@", &crate::event::MIN_TIME_MS.to_string())
-            .replace("@MAX_TIME_MS@", &crate::event::MAX_TIME_MS.to_string()),
-    );
+    out.push_str(&fill_bounds(RUNTIME));
     let mut names = vec![
         "REGISTRY_VERSION",
         "Client",
@@ -175,32 +171,23 @@ fn module(registry: &Registry, version: &str) -> String {
 }
 
 fn example(registry: &Registry) -> String {
-    let (name, ev) = registry
-        .event
-        .iter()
-        .next()
-        .expect("a checked registry has an event type");
+    let (name, fields) = example_event(registry);
     let class = pascal(name);
-    let args: Vec<String> = ev
-        .fields
+    let args: Vec<String> = fields
         .iter()
-        .filter(|(_, f)| f.required)
-        .map(|(fname, f)| {
-            let v = match f.ty {
-                FieldType::Enum => {
-                    let mut taken = vec!["VALUES".to_string()];
-                    format!(
-                        "{class}.{}.{}",
-                        pascal(fname),
-                        constant(&f.values[0], &mut taken)
-                    )
-                }
-                FieldType::Bool => "True".into(),
-                FieldType::Float => "1.5".into(),
-                FieldType::String => py_str("example"),
-                _ => "7".into(),
+        .filter_map(|(fname, sample)| {
+            let v = match sample.as_ref()? {
+                Sample::Enum(v) => format!(
+                    "{class}.{}.{}",
+                    pascal(fname),
+                    constant(v, &mut vec!["VALUES".to_string()])
+                ),
+                Sample::Bool => "True".into(),
+                Sample::Float => "1.5".into(),
+                Sample::Str => py_str("example"),
+                Sample::Int => "7".into(),
             };
-            format!("{}={v}", param(fname))
+            Some(format!("{}={v}", param(fname)))
         })
         .collect();
     format!(

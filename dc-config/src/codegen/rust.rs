@@ -7,7 +7,7 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use super::{constant, pascal, File};
+use super::{constant, example_event, fill_bounds, pascal, File, Sample};
 use crate::registry::{EventType, Field, FieldType, Registry};
 
 const RUNTIME: &str = include_str!("rust_runtime.rs");
@@ -160,43 +160,28 @@ fn event_type(out: &mut String, name: &str, ev: &EventType) {
 }
 
 fn example(registry: &Registry) -> String {
-    let (name, ev) = registry
-        .event
-        .iter()
-        .next()
-        .expect("a checked registry has an event type");
+    let (name, fields) = example_event(registry);
     let class = pascal(name);
-    let mut args: Vec<String> = ev
-        .fields
+    let mut uses = vec!["Client".to_string(), class.clone()];
+    let mut args: Vec<String> = fields
         .iter()
-        .map(|(fname, f)| {
-            let v = match f.ty {
-                FieldType::Enum => {
-                    let mut taken = Vec::new();
-                    format!(
-                        "{class}{}::{}",
-                        pascal(fname),
-                        variant(&f.values[0], &mut taken)
-                    )
+        .map(|(fname, sample)| {
+            let v = match sample {
+                None => "None".into(),
+                Some(Sample::Enum(v)) => {
+                    let ty = format!("{class}{}", pascal(fname));
+                    uses.push(ty.clone());
+                    format!("{ty}::{}", variant(v, &mut Vec::new()))
                 }
-                FieldType::Bool => "true".into(),
-                FieldType::Float => "1.5".into(),
-                FieldType::String => format!("{}.into()", rs_str("example")),
-                _ => "7".into(),
+                Some(Sample::Bool) => "true".into(),
+                Some(Sample::Float) => "1.5".into(),
+                Some(Sample::Str) => format!("{}.into()", rs_str("example")),
+                Some(Sample::Int) => "7".into(),
             };
-            let v = if f.required { v } else { "None".into() };
             format!("{}: {v}", ident(fname))
         })
         .collect();
     args.push("time_ms: None".into());
-    let enums: Vec<String> = ev
-        .fields
-        .iter()
-        .filter(|(_, f)| f.ty == FieldType::Enum && f.required)
-        .map(|(fname, _)| format!("{class}{}", pascal(fname)))
-        .collect();
-    let mut uses = vec!["Client".to_string(), class.clone()];
-    uses.extend(enums);
     format!(
         "use spoolhouse_events::{{{}}};\n\
          let mut client = Client::from_env()?; // SPOOLHOUSE_SOCKET=/path/collector.sock, or SPOOLHOUSE_INBOX=/path/inbox\n\
@@ -219,11 +204,7 @@ pub(super) fn generate(registry: &Registry, version: &str) -> Vec<File> {
          pub const REGISTRY_VERSION: &str = {};\n",
         rs_str(version)
     );
-    src.push_str(
-        &RUNTIME
-            .replace("@MIN_TIME_MS@", &crate::event::MIN_TIME_MS.to_string())
-            .replace("@MAX_TIME_MS@", &crate::event::MAX_TIME_MS.to_string()),
-    );
+    src.push_str(&fill_bounds(RUNTIME));
     for (name, ev) in &registry.event {
         event_type(&mut src, name, ev);
     }
