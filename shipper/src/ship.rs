@@ -986,20 +986,21 @@ impl Shipper {
                     }
                     continue;
                 }
-                // The answer due first: appended within the timeout of
-                // being sent, visible within the visible timeout after.
+                // The answer due first, and whether it is the visible one:
+                // appended within the timeout of being sent, visible within
+                // the visible timeout after.
                 let due = window
                     .iter()
                     .filter(|f| f.seq.is_some() && !f.visible)
                     .map(|f| {
-                        f.since
-                            + if f.appended {
-                                forwarder.visible_timeout()
-                            } else {
-                                forwarder.timeout()
-                            }
+                        let limit = if f.appended {
+                            forwarder.visible_timeout()
+                        } else {
+                            forwarder.timeout()
+                        };
+                        (f.since + limit, f.appended, limit)
                     })
-                    .min();
+                    .min_by_key(|d| d.0);
                 let room = open && window.len() < wire::WINDOW;
                 let failed = tokio::select! {
                     item = rx.recv(), if room => match item {
@@ -1039,16 +1040,9 @@ impl Shipper {
                         }),
                         Err(e) => Some(e),
                     },
-                    _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
-                        let late = window
-                            .iter()
-                            .find(|f| f.seq.is_some() && !f.visible)
-                            .is_some_and(|f| f.appended);
-                        let (what, limit) = if late {
-                            ("visible", forwarder.visible_timeout())
-                        } else {
-                            ("appended", forwarder.timeout())
-                        };
+                    _ = tokio::time::sleep_until(due.map_or_else(Instant::now, |d| d.0).into()), if due.is_some() => {
+                        let (_, appended, limit) = due.expect("guarded");
+                        let what = if appended { "visible" } else { "appended" };
                         Some(Error::Relay {
                             relay: forwarder.relay().to_string(),
                             message: format!("batch not {what} within {limit:?}"),
